@@ -1,0 +1,1 @@
+"""clipcrawl's Prefect flows: wiring, parameters, task runners, artifacts."""

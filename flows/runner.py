@@ -1,0 +1,83 @@
+"""Dask task runners and resource placement shared by every flow.
+
+Workers that own a GPU offer the Dask resource GPU=1, CPU workers offer CPU=1 per
+slot; embedding is submitted under `gpu_work()`, everything else under `cpu_work()`,
+so CPU work never occupies the GPU worker and GPU work never lands on a CPU worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import dask
+from distributed import Nanny, Scheduler, SpecCluster
+from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect_dask import DaskTaskRunner
+
+from tasks.uri import is_local, join
+
+
+def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_limit: str = "auto") -> SpecCluster:
+    """A local cluster built like a real one: CPU workers plus one worker offering GPU=1.
+
+    Every worker is its own process with one thread (extraction and decoding hold the
+    GIL). The GPU worker uses CUDA when present and the CPU otherwise.
+    """
+    cpu_workers = cpu_workers or max(1, (os.cpu_count() or 2) - 1)
+    env = {"PREFECT_API_URL": prefect_api_url()}
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    def worker(resources: dict) -> dict:
+        return {"cls": Nanny, "options": {"nthreads": 1, "resources": resources, "host": "127.0.0.1",
+                                          "memory_limit": memory_limit, "env": env}}
+
+    workers = {f"cpu-{i}": worker({"CPU": 1}) for i in range(cpu_workers)}
+    workers |= {f"gpu-{i}": worker({"GPU": 1}) for i in range(gpu_workers)}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
+    return SpecCluster(workers=workers, scheduler=scheduler, name="clipcrawl-local")
+
+
+def prefect_api_url() -> str:
+    """The API this process reports to (also when it is a temporary one), for worker processes
+    that must report their task runs to the same place rather than start their own."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.api_url)
+
+
+def task_runner(dask_address: str | None = None) -> DaskTaskRunner:
+    """An existing cluster when an address is given, else a fresh local cluster."""
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    return DaskTaskRunner(cluster_class=local_cluster)
+
+
+def cpu_work():
+    """Annotate the submissions inside so they run on CPU workers only."""
+    return dask.annotate(resources={"CPU": 1})
+
+
+def gpu_work():
+    """Annotate the submissions inside so they run on GPU-tagged workers only."""
+    return dask.annotate(resources={"GPU": 1})
+
+
+def result_storage(out: str, results: str | None = None):
+    """Prefect result storage every worker can reach: `results`, else OUT/_results.
+
+    Prefect wants result storage blocks saved server-side; the block's name is derived
+    from its location, so every run writing to the same place shares one block.
+    """
+    uri = results or join(out, "_results")
+    if is_local(uri):
+        uri = os.path.abspath(uri.removeprefix("file://"))
+        block = LocalFileSystem(basepath=uri)
+    else:
+        block = RemoteFileSystem(basepath=uri)
+    block.save(f"clipcrawl-results-{hashlib.sha1(uri.encode()).hexdigest()[:12]}", overwrite=True)
+    return block
+
+

@@ -1,0 +1,77 @@
+"""Common Crawl listings: which WAT/WARC files make up a crawl, and which segments to take."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import random
+from collections import defaultdict
+
+from tasks.uri import join, open_uri
+
+COLLINFO_URI = "https://index.commoncrawl.org/collinfo.json"
+
+
+class ListingError(RuntimeError):
+    pass
+
+
+def read_paths(source: str, crawl: str, kind: str) -> list[str]:
+    """Relative paths listed in crawl-data/<crawl>/<kind>.paths.gz under `source`."""
+    uri = join(source, "crawl-data", crawl, f"{kind}.paths.gz")
+    try:
+        with open_uri(uri) as raw:
+            data = raw.read()
+    except FileNotFoundError as exc:
+        raise ListingError(f"{uri}: no {kind} listing for crawl {crawl!r} at {source}") from exc
+    try:
+        text = gzip.decompress(data).decode()
+    except (OSError, EOFError) as exc:
+        raise ListingError(f"{uri}: not a gzip paths listing ({exc})") from exc
+    return [line.strip() for line in io.StringIO(text) if line.strip()]
+
+
+def segment_of(path: str) -> str:
+    """The segment name in crawl-data/<crawl>/segments/<segment>/<kind>/<file>."""
+    parts = path.split("/")
+    try:
+        return parts[parts.index("segments") + 1]
+    except (ValueError, IndexError):
+        raise ListingError(f"{path}: not a crawl-data/<crawl>/segments/<segment>/... path") from None
+
+
+def select_segments(segments: list[str], count: int | None, names: list[str], seed: int | None) -> list[str]:
+    """Explicit names, a random sample of `count` with `seed`, the first `count`, or all."""
+    if names:
+        missing = sorted(set(names) - set(segments))
+        if missing:
+            raise ListingError(f"segments not in the crawl listing: {', '.join(missing)}")
+        return [s for s in segments if s in set(names)]
+    if count is None or count >= len(segments):
+        return list(segments)
+    if seed is not None:
+        return sorted(random.Random(seed).sample(segments, count))
+    return segments[:count]
+
+
+def crawl_files(source: str, crawl: str, kind: str = "wat", segments: int | None = None,
+                segment_list: list[str] | None = None, sample_seed: int | None = None,
+                files_per_segment: int | None = None) -> list[str]:
+    """URIs of the crawl's WAT (or WARC) files in the selected segments, in listing order."""
+    by_segment: dict[str, list[str]] = defaultdict(list)
+    for path in read_paths(source, crawl, kind):
+        by_segment[segment_of(path)].append(path)
+    chosen = select_segments(list(by_segment), segments, segment_list or [], sample_seed)
+    uris = []
+    for segment in chosen:
+        paths = by_segment[segment][:files_per_segment] if files_per_segment else by_segment[segment]
+        uris.extend(join(source, p) for p in paths)
+    return uris
+
+
+def list_crawls(collinfo_uri: str = COLLINFO_URI) -> list[str]:
+    """Crawl ids from a Common Crawl collinfo.json, newest first as published."""
+    import json
+
+    with open_uri(collinfo_uri, "r") as f:
+        return [entry["id"] for entry in json.load(f)]

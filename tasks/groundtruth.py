@@ -1,0 +1,34 @@
+"""Compare a run's outputs with the synthetic world's ground-truth manifest."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from tasks.uri import join, listdir, open_uri
+
+
+def read_pair_set(out: str) -> tuple[set[tuple[str, str]], int]:
+    """The (url, text) pairs published under OUT/pairs/, and the row count (to spot duplicates)."""
+    found: set[tuple[str, str]] = set()
+    rows = 0
+    for uri in listdir(join(out, "pairs"), ".parquet"):
+        with open_uri(uri) as f:
+            table = pq.read_table(f, columns=["url", "text"])
+        rows += table.num_rows
+        found.update(zip(table.column("url").to_pylist(), table.column("text").to_pylist()))
+    return found, rows
+
+
+def compare_pairs(world, out: str, examples: int = 5) -> dict:
+    """Whether the published pairs equal the pairs a correct extractor keeps, with examples of any gap."""
+    expected = world.expected_pairs()
+    found, rows = read_pair_set(out)
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    return {
+        "equal": not missing and not extra and rows == len(found),
+        "expected": len(expected),
+        "extracted": len(found),
+        "duplicate_rows": rows - len(found),
+        "missing": missing[:examples],
+        "extra": extra[:examples],
+    }

@@ -1,0 +1,55 @@
+"""The `<img>` links of one WARC response record holding an HTML page (any charset)."""
+
+from __future__ import annotations
+
+import re
+
+from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+from resiliparse.parse.html import HTMLTree
+
+from tasks.wat import MalformedRecord, PageLinks
+
+HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
+_SNIFF = re.compile(rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body|meta|title)[\s>]", re.I | re.S)
+_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:\-]+)""", re.I)
+
+
+def is_html(content_type: str | None, payload_start: bytes) -> bool:
+    """Declared text/html (or XHTML), or undeclared/generic and sniffed as HTML."""
+    if content_type:
+        ctype = content_type.split(";", 1)[0].strip().lower()
+        if ctype in HTML_TYPES:
+            return True
+        if ctype not in ("", "application/octet-stream", "text/plain", "unknown/unknown"):
+            return False
+    return bool(_SNIFF.match(payload_start[:1024]))
+
+
+def decode_html(payload: bytes, http_charset: str | None) -> str:
+    """HTML text: HTTP header charset, else <meta charset>, else detection."""
+    encoding = http_charset
+    if not encoding:
+        m = _META_CHARSET.search(payload, 0, 2048)
+        encoding = m.group(1).decode("ascii") if m else detect_encoding(payload)
+    try:
+        return bytes_to_str(payload, encoding)
+    except LookupError:  # unknown charset label
+        return bytes_to_str(payload, detect_encoding(payload))
+
+
+def page_links_from_html(page_url: str, status: int | None, payload: bytes, http_charset: str | None) -> PageLinks:
+    """Img tags (with a src attribute) and the first <base href> of an HTML page."""
+    try:
+        tree = HTMLTree.parse(decode_html(payload, http_charset))
+    except (UnicodeError, ValueError) as exc:
+        raise MalformedRecord(f"undecodable HTML: {exc}") from None
+    document = tree.document
+    if document is None:
+        raise MalformedRecord("unparsable HTML")
+    base = document.query_selector("base[href]")
+    links = [
+        (img.getattr("src"), img.getattr("alt"))
+        for img in document.get_elements_by_tag_name("img")
+        if img.hasattr("src")
+    ]
+    return PageLinks(page_url, base.getattr("href") if base is not None else None, status, links, False)

@@ -1,0 +1,13 @@
+"""The synthetic crawl world: a small fictional web in Common Crawl's formats, with ground truth.
+
+    world = generate_world("/tmp/w", WorldSpec(seed=0))
+    world.wat_uris(); world.expected_pairs()
+    with ImageServer(world.root) as srv: srv.host_map
+"""
+
+from tasks.world.generate import World, WorldSpec, generate_world
+from tasks.world.scenes import Scene, describe, render_image, render_scene, sample_training_pairs
+from tasks.world.server import ImageServer
+
+__all__ = ["World", "WorldSpec", "generate_world", "Scene", "describe", "render_scene", "render_image",
+           "sample_training_pairs", "ImageServer"]

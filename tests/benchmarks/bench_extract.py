@@ -1,0 +1,166 @@
+"""Benchmark: pair extraction from one realistic WAT, ours vs cc2dataset, against the inflate limit.
+
+    python tests/benchmarks/bench_extract.py [--pages 32000] [--cc2dataset-python /work/venvs/cc2dataset/bin/python]
+
+Generates (or reuses) a single-file synthetic world WAT (>= 100 MB compressed with the
+default --pages), then on that file measures, single process, best of --repeat runs:
+raw gzip inflate with zlib and isal, our iter_pairs (language off and on) and
+cc2dataset's process_wat (in its own venv, subprocess, timed inside). Prints MB/s of
+compressed input, pairs/s, the ratio, and compares the two pair sets after applying
+our normalisation to cc2dataset's raw output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+from isal import igzip  # noqa: E402
+
+from tasks.config import ExtractSettings  # noqa: E402
+from tasks.extract import FileStats, iter_pairs  # noqa: E402
+from tasks.normalize import normalize_text, resolve_url, unescape_attribute  # noqa: E402
+
+CC2_SCRIPT = """
+import json, sys, time
+from cc2dataset.main import process_wat
+t = time.perf_counter()
+rows = list(process_wat(sys.argv[1], "image"))
+dt = time.perf_counter() - t
+with open(sys.argv[2], "w") as f:
+    json.dump({"seconds": dt, "pairs": [(r[1], r[2]) for r in rows]}, f)
+"""
+
+
+def best_of(fn, repeat: int):
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, result
+
+
+def inflate(opener, path: str) -> int:
+    n = 0
+    with opener(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            n += len(chunk)
+    return n
+
+
+def ours(path: str, detect_language: bool):
+    stats = FileStats(uri=path)
+    out = set()
+    for batch in iter_pairs(path, ExtractSettings(detect_language=detect_language), stats):
+        out.update(zip(batch.column("url").to_pylist(), batch.column("text").to_pylist()))
+    return out, stats
+
+
+def cc2dataset(python: str, path: str, repeat: int):
+    best, pairs = float("inf"), None
+    with tempfile.TemporaryDirectory() as tmp:
+        script, result = os.path.join(tmp, "run.py"), os.path.join(tmp, "out.json")
+        with open(script, "w") as f:
+            f.write(CC2_SCRIPT)
+        for _ in range(repeat):
+            subprocess.run([python, script, path, result], check=True, capture_output=True)
+            with open(result) as f:
+                res = json.load(f)
+            best, pairs = min(best, res["seconds"]), res["pairs"]
+    return best, [tuple(p) for p in pairs]
+
+
+def normalised_cc2(raw: list[tuple[str, str]], settings: ExtractSettings) -> tuple[set, dict]:
+    """cc2dataset's pairs through our rules: entities decoded, whitespace collapsed, alt length, url validity."""
+    out, why = set(), {}
+    for url, alt in raw:
+        text = normalize_text(unescape_attribute(alt))
+        if not settings.min_alt_length <= len(text) <= settings.max_alt_length:
+            why["alt length outside [min, max] after decoding/whitespace (cc2dataset keeps any non-empty alt)"] = \
+                why.get("alt length outside [min, max] after decoding/whitespace (cc2dataset keeps any non-empty alt)", 0) + 1
+            continue
+        fixed, status = resolve_url(unescape_attribute(url), url)
+        if fixed is None:
+            key = f"url {status.value} (cc2dataset only checks the http(s) prefix)"
+            why[key] = why.get(key, 0) + 1
+            continue
+        out.add((fixed, text))
+    return out, why
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world-dir", default=os.path.join(tempfile.gettempdir(), "clipcrawl-bench-world"))
+    ap.add_argument("--pages", type=int, default=32000, help="pages in the WAT (32000 -> ~105 MB)")
+    ap.add_argument("--cc2dataset-python", default="/work/venvs/cc2dataset/bin/python")
+    ap.add_argument("--repeat", type=int, default=2)
+    args = ap.parse_args()
+
+    from tasks.world import WorldSpec, generate_world
+
+    t = time.perf_counter()
+    spec = WorldSpec(seed=7, segments=1, files_per_segment=1, pages_per_file=args.pages, warc=False,
+                     images=max(400, args.pages * 4), sites=max(8, args.pages // 50))
+    world = generate_world(args.world_dir, spec, workers=1)
+    path = world.wat_uris()[0]
+    mb = os.path.getsize(path) / 1e6
+    print(f"file: {path}\n  {mb:.1f} MB compressed (world ready in {time.perf_counter() - t:.0f} s)")
+    cores = len(os.sched_getaffinity(0))
+    print(f"  machine: {cores} usable cores; every figure below is one process on one core, best of {args.repeat}")
+
+    t_zlib, size = best_of(lambda: inflate(gzip.open, path), args.repeat)
+    t_isal, _ = best_of(lambda: inflate(igzip.open, path), args.repeat)
+    print(f"\ninflate only ({size / 1e6:.0f} MB uncompressed):")
+    print(f"  zlib (gzip module) : {mb / t_zlib:7.1f} MB/s compressed  ({t_zlib:.2f} s)")
+    print(f"  isal (igzip)       : {mb / t_isal:7.1f} MB/s compressed  ({t_isal:.2f} s)")
+
+    t_ours, (pairs_ours, stats) = best_of(lambda: ours(path, False), args.repeat)
+    t_lang, (pairs_lang, stats_lang) = best_of(lambda: ours(path, True), args.repeat)
+    n = len(pairs_ours)
+    print("\nclipcrawl iter_pairs:")
+    print(f"  language off       : {mb / t_ours:7.1f} MB/s  {n / t_ours:9.0f} pairs/s  ({t_ours:.2f} s, {n} pairs)")
+    print(f"  language on        : {mb / t_lang:7.1f} MB/s  {n / t_lang:9.0f} pairs/s  ({t_lang:.2f} s)")
+    print(f"  time vs isal inflate: {t_ours / t_isal:.2f}x (language off)")
+    print(f"  stats: {json.dumps({k: v for k, v in stats.to_dict().items() if k not in ('uri', 'error')})}")
+
+    expected = world.expected_pairs()
+    print(f"  vs world ground truth: {len(pairs_ours & expected)} of {len(expected)} expected, "
+          f"{len(pairs_ours - expected)} unexpected")
+
+    if not os.path.exists(args.cc2dataset_python):
+        print(f"\ncc2dataset: {args.cc2dataset_python} not found, skipped")
+        return
+    t_cc2, raw = cc2dataset(args.cc2dataset_python, path, args.repeat)
+    n_raw = len(raw)
+    print("\ncc2dataset process_wat (fastwarc + simdjson, no dedup, no language):")
+    print(f"  {mb / t_cc2:7.1f} MB/s  {n_raw / t_cc2:9.0f} raw pairs/s  ({t_cc2:.2f} s, {n_raw} raw rows, "
+          f"{len(set(raw))} distinct)")
+    print("\nratio ours/cc2dataset, time on the same file:")
+    print(f"  language off: {t_cc2 / t_ours:.2f}x    language on: {t_cc2 / t_lang:.2f}x")
+    print(f"  pairs/s (each counted as emitted: ours deduplicated + filtered, cc2dataset raw): "
+          f"{(n / t_ours) / (n_raw / t_cc2):.2f}x")
+
+    cc2_norm, why = normalised_cc2(raw, ExtractSettings())
+    print("\npair sets (cc2dataset's output passed through our rules):")
+    for reason, k in sorted(why.items(), key=lambda kv: -kv[1]):
+        print(f"  cc2dataset rows dropped by our rules: {k:7d}  {reason}")
+    print(f"  same pairs: {len(cc2_norm & pairs_ours)}; only cc2dataset: {len(cc2_norm - pairs_ours)}; "
+          f"only ours: {len(pairs_ours - cc2_norm)}")
+    for label, diff in (("only cc2dataset", cc2_norm - pairs_ours), ("only ours", pairs_ours - cc2_norm)):
+        for pair in sorted(diff)[:5]:
+            print(f"    {label}: {pair}")
+    raw_changed = sum(1 for u, a in set(raw) if "&" in u or "&" in a or a != " ".join(a.split()))
+    print(f"  cc2dataset raw rows with undecoded entities or unnormalised whitespace: {raw_changed}")
+
+
+if __name__ == "__main__":
+    main()

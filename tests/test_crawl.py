@@ -1,0 +1,35 @@
+import gzip
+
+import pytest
+
+from tasks.crawl import ListingError, crawl_files, segment_of, select_segments
+
+
+@pytest.fixture
+def source(tmp_path):
+    crawl = tmp_path / "crawl-data" / "CC-MAIN-2099-01"
+    crawl.mkdir(parents=True)
+    paths = [f"crawl-data/CC-MAIN-2099-01/segments/{seg}/wat/f{i}.warc.wat.gz"
+             for seg in ("100.1", "100.2", "100.3") for i in range(3)]
+    (crawl / "wat.paths.gz").write_bytes(gzip.compress("\n".join(paths).encode() + b"\n"))
+    return str(tmp_path)
+
+
+def test_first_n_segments_and_files_per_segment(source):
+    uris = crawl_files(source, "CC-MAIN-2099-01", "wat", segments=2, files_per_segment=1)
+    assert [segment_of(u) for u in uris] == ["100.1", "100.2"]
+    assert uris[0].startswith(source) and uris[0].endswith("f0.warc.wat.gz")
+
+
+def test_explicit_segments_and_seeded_sample(source):
+    assert {segment_of(u) for u in crawl_files(source, "CC-MAIN-2099-01", segment_list=["100.3"])} == {"100.3"}
+    a = crawl_files(source, "CC-MAIN-2099-01", segments=2, sample_seed=1)
+    assert a == crawl_files(source, "CC-MAIN-2099-01", segments=2, sample_seed=1)
+    assert len({segment_of(u) for u in a}) == 2
+
+
+def test_unknown_crawl_or_segment_names_the_problem(source):
+    with pytest.raises(ListingError, match="CC-MAIN-1999-01"):
+        crawl_files(source, "CC-MAIN-1999-01")
+    with pytest.raises(ListingError, match="nope"):
+        select_segments(["a", "b"], None, ["nope"], None)

@@ -1,0 +1,139 @@
+"""The ingest_crawl flow on the synthetic world, through a real multi-process Dask cluster."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import json
+import shutil
+import threading
+
+import pyarrow.parquet as pq
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import TaskRunSort
+
+from flows.ingest import ingest_crawl
+from flows.runner import task_runner
+from tasks.config import ExtractSettings, IngestSettings
+from tasks.groundtruth import compare_pairs
+from tasks.status import FileStatus, PairStatus
+
+
+def run(dask_address, out, **settings):
+    flow = ingest_crawl.with_options(task_runner=task_runner(dask_address))
+    return flow(out=str(out), settings=IngestSettings(**settings), return_state=True)
+
+
+def task_states(state) -> dict[str, str]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+            sort=TaskRunSort.ID_DESC, limit=200)
+    return {r.name: r.state.name for r in runs}
+
+
+def test_crawl_extraction_equals_ground_truth_and_reruns_from_cache(dask_address, small_world, tmp_path):
+    out = tmp_path / "out"
+    state = run(dask_address, out, crawl=small_world.crawl_id, source=str(small_world.root))
+    assert state.is_completed(), state.message
+    summary = state.result()
+    report = compare_pairs(small_world, str(out))
+    assert report["equal"], report
+    assert summary["kept"] == len(small_world.expected_pairs())
+
+    # the stats add up to the manifest: every img link is kept or dropped with its reason
+    manifest = small_world.manifest_pairs().to_pylist()
+    expected_dropped = {}
+    for row in manifest:
+        if row["status"] != PairStatus.KEPT:
+            expected_dropped[row["status"]] = expected_dropped.get(row["status"], 0) + 1
+    kept_rows = sum(r["status"] == PairStatus.KEPT for r in manifest)
+    assert summary["dropped"].pop(PairStatus.DUPLICATE) == kept_rows - summary["kept"]
+    assert {k: v for k, v in summary["dropped"].items() if v} == expected_dropped
+    assert summary["img_links"] == len(manifest)
+
+    # one parquet + stats per input file, with the contract's columns
+    wats = small_world.wat_uris()
+    for name in (p.name for p in (out / "pairs").glob("*.parquet")):
+        assert (out / "pairs" / name.replace(".parquet", ".stats.json")).exists()
+    assert len(list((out / "pairs").glob("*.parquet"))) == len(wats)
+    table = pq.read_table(next((out / "pairs").glob("*.parquet")))
+    assert {"uid", "url", "text", "page_url", "source", "language"} <= set(table.column_names)
+    assert set(table.column("source").to_pylist()) <= set(wats)
+
+    # a rerun serves every file from the persistent cache
+    again = run(dask_address, out, crawl=small_world.crawl_id, source=str(small_world.root))
+    assert again.is_completed(), again.message
+    states = task_states(again)
+    extract_states = [s for name, s in states.items() if name.startswith("extract-")]
+    assert len(extract_states) == len(wats) and set(extract_states) == {"Cached"}
+    assert again.result()["kept"] == summary["kept"]
+
+
+def test_warc_files_give_the_same_pairs_as_wat(dask_address, small_world, tmp_path):
+    state = run(dask_address, tmp_path, crawl=small_world.crawl_id, source=str(small_world.root), kind="warc",
+                segments=1)
+    assert state.is_completed(), state.message
+    wat = run(dask_address, tmp_path / "wat", crawl=small_world.crawl_id, source=str(small_world.root), segments=1)
+    from tasks.groundtruth import read_pair_set
+
+    assert read_pair_set(str(tmp_path))[0] == read_pair_set(str(tmp_path / "wat"))[0]
+    assert wat.result()["kept"] == state.result()["kept"] > 0
+
+
+def test_bad_files_fail_alone_and_are_listed(dask_address, small_world, tmp_path):
+    good, other = small_world.wat_uris()[:2]
+    truncated = tmp_path / "truncated.warc.wat.gz"
+    data = open(other, "rb").read()
+    truncated.write_bytes(data[: len(data) // 2])
+    not_warc = tmp_path / "notes.warc.wat.gz"
+    not_warc.write_bytes(gzip.compress(b"this is not a WARC file\n" * 100))
+    missing = str(tmp_path / "missing.warc.wat.gz")
+    out = tmp_path / "out"
+
+    state = run(dask_address, out, inputs=[good, str(truncated), str(not_warc), missing], retries=0)
+    assert state.is_failed()
+    assert "2 of 4 files failed" in state.message
+    assert "notes.warc.wat.gz" in state.message and "missing.warc.wat.gz" in state.message
+    summary = json.loads((out / "pairs" / "_summary.json").read_text())
+    assert {f["uri"] for f in summary["failed"]} == {str(not_warc), missing}
+    stats = json.loads((out / "pairs" / "truncated.stats.json").read_text())
+    assert stats["status"] == FileStatus.PARTIAL and "truncated" in stats["uri"] and stats["error"]
+    assert 0 < stats["kept"]
+    assert pq.read_table(out / "pairs" / "truncated.parquet").num_rows == stats["kept"]
+    assert pq.read_table(out / "pairs" / f"{good.rsplit('/', 1)[1].removesuffix('.warc.wat.gz')}.parquet").num_rows > 0
+
+
+class Flaky(http.server.SimpleHTTPRequestHandler):
+    """Answers 503 Slow Down to the first requests, then serves files."""
+
+    failures_left = 2
+
+    def do_GET(self):
+        if Flaky.failures_left > 0:
+            Flaky.failures_left -= 1
+            self.send_error(503, "Slow Down")
+            return
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_transient_errors_are_retried_with_backoff(dask_address, small_world, tmp_path):
+    wat = small_world.wat_uris()[0]
+    shutil.copy(wat, tmp_path / "a.warc.wat.gz")
+    handler = lambda *a, **k: Flaky(*a, directory=str(tmp_path), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/a.warc.wat.gz"
+        state = run(dask_address, tmp_path / "out", inputs=[url], retries=3, retry_delay=0.2,
+                    extract=ExtractSettings(detect_language=False))
+    finally:
+        server.shutdown()
+    assert state.is_completed(), state.message
+    assert Flaky.failures_left == 0
+    assert state.result()["kept"] > 0
