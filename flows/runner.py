@@ -31,7 +31,8 @@ def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_l
 
     def worker(resources: dict) -> dict:
         return {"cls": Nanny, "options": {"nthreads": 1, "resources": resources, "host": "127.0.0.1",
-                                          "memory_limit": memory_limit, "env": env}}
+                                          "memory_limit": memory_limit, "env": env,
+                                          "silence_logs": logging.WARNING}}
 
     workers = {f"cpu-{i}": worker({"CPU": 1}) for i in range(cpu_workers)}
     workers |= {f"gpu-{i}": worker({"GPU": 1}) for i in range(gpu_workers)}
