@@ -7,9 +7,10 @@ whichever file it was read from.
 from __future__ import annotations
 
 import re
-from hashlib import blake2b
 from html.entities import html5 as _HTML5_ENTITIES
 from urllib.parse import urljoin, urlsplit
+
+import xxhash
 
 from tasks.status import PairStatus
 
@@ -141,7 +142,23 @@ def resolve_url(src: str, base: str | _Base) -> tuple[str | None, PairStatus]:
     return url, PairStatus.KEPT
 
 
+def plain_http_url(src: str) -> bool:
+    """True when `src` is already an absolute http(s) URL with a plain host that resolve_url keeps as is.
+
+    The common case (~70% of img srcs): no base needed, no cleanup. Leading whitespace
+    fails the pattern; `isprintable` rules out tabs/newlines anywhere and other
+    trailing whitespace but a space, checked last.
+    """
+    return _PLAIN_HTTP.match(src) is not None and src[-1] != " " and src.isprintable()
+
+
 def pair_uid(url: str, text: str) -> int:
-    """Stable 64-bit id of a (url, text) pair: blake2b-64 of url + "\\n" + text, little-endian."""
-    digest = blake2b(f"{url}\n{text}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    """Stable 64-bit id of a (url, text) pair: XXH3-64 (seed 0) of UTF-8 `url + "\\n" + text`.
+
+    XXH3 is a fixed, documented algorithm (xxhash >= 1.0 gives the same value on every
+    platform), ~4x cheaper than blake2b here; the id only needs to be stable and well mixed.
+    """
+    return _xxh3_64(f"{url}\n{text}".encode("utf-8", "surrogatepass"))
+
+
+_xxh3_64 = xxhash.xxh3_64_intdigest

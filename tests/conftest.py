@@ -15,7 +15,25 @@ def prefect_api():
 
 
 @pytest.fixture(scope="session")
-def dask_address(prefect_api):
+def s3_endpoint():
+    """A real S3 API (moto in server mode) on 127.0.0.1, set in the environment before the
+    Dask workers start so that they reach it too."""
+    import os
+
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def dask_address(prefect_api, s3_endpoint):
     """A real cluster: two CPU worker processes and one worker offering GPU=1."""
     from flows.runner import local_cluster
 

@@ -9,29 +9,11 @@ import shutil
 import threading
 
 import pyarrow.parquet as pq
-import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.sorting import TaskRunSort
 
-from flows.ingest import ingest_crawl
-from flows.runner import task_runner
-from tasks.config import ExtractSettings, IngestSettings
+from tasks.config import ExtractSettings
 from tasks.groundtruth import compare_pairs
 from tasks.status import FileStatus, PairStatus
-
-
-def run(dask_address, out, **settings):
-    flow = ingest_crawl.with_options(task_runner=task_runner(dask_address))
-    return flow(out=str(out), settings=IngestSettings(**settings), return_state=True)
-
-
-def task_states(state) -> dict[str, str]:
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
-            sort=TaskRunSort.ID_DESC, limit=200)
-    return {r.name: r.state.name for r in runs}
+from tests.helpers import run, task_states
 
 
 def test_crawl_extraction_equals_ground_truth_and_reruns_from_cache(dask_address, small_world, tmp_path):

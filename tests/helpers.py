@@ -1,0 +1,24 @@
+"""Running flows in tests and reading back what the Prefect API recorded."""
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import TaskRunSort
+
+from flows.ingest import ingest_crawl
+from flows.runner import task_runner
+from tasks.config import IngestSettings
+
+
+def run(dask_address, out, **settings):
+    """ingest_crawl on the session's cluster; returns the flow run's final state."""
+    flow = ingest_crawl.with_options(task_runner=task_runner(dask_address))
+    return flow(out=str(out), settings=IngestSettings(**settings), return_state=True)
+
+
+def task_states(state) -> dict[str, str]:
+    """{task run name: state name} of one flow run, from the API."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+            sort=TaskRunSort.ID_DESC, limit=200)
+    return {r.name: r.state.name for r in runs}
