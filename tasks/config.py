@@ -53,3 +53,41 @@ def load_config(path: str | Path) -> dict:
     if str(path).endswith(".toml"):
         return tomllib.loads(text)
     return yaml.safe_load(text) or {}
+
+
+class DownloadSettings(BaseModel):
+    """How images are fetched, checked, resized and written (img2dataset's options, LAION-400M defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shard_size: int = Field(10_000, ge=1, description="Samples per shard (one task each).")
+    # network
+    concurrency: int = Field(256, ge=1, description="Requests in flight per shard task.")
+    per_host: int = Field(8, ge=1, description="Requests in flight per host (politeness).")
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(10.0, gt=0, description="Longest silence while reading a body.")
+    total_timeout: float = Field(30.0, gt=0, description="Longest time for one attempt, body included.")
+    retries: int = Field(2, ge=0, description="Retries of transient failures (timeouts, resets, 429, 5xx).")
+    retry_backoff: float = Field(1.0, ge=0, description="Seconds before the first retry; doubles, with jitter.")
+    max_retry_after: float = Field(60.0, ge=0, description="Longest Retry-After honoured; longer gives up.")
+    max_redirects: int = Field(5, ge=0)
+    max_bytes: int = Field(20_000_000, ge=1, description="Abort bodies over this size (declared or received).")
+    min_bytes: int = Field(5_000, ge=0, description="LAION-400M dropped images under 5 KB.")
+    user_agent_token: str = Field("clipcrawl", description="Token in the User-Agent, matched by robots.txt and X-Robots-Tag.")
+    respect_optouts: bool = Field(True, description="Honour X-Robots-Tag noai/noimageai/noindex/noimageindex.")
+    respect_robots: bool = Field(True, description="Honour the image host's robots.txt (fetched once per host).")
+    allow_addresses: list[str] = Field(default_factory=list,
+                                       description="CIDRs exempt from the SSRF guard, e.g. 127.0.0.1/32 for tests.")
+    resolve: dict[str, str] = Field(default_factory=dict,
+                                    description="'host:port' -> 'ip:port' overrides, like curl --resolve (the synthetic world).")
+    ca_bundle: str | None = Field(None, description="PEM file of extra trusted CAs (default: the system's).")
+    # images
+    image_size: int = Field(256, ge=1)
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "border"
+    resize_only_if_bigger: bool = False
+    min_image_size: int = Field(0, ge=0, description="Drop images whose smaller side is under this.")
+    max_aspect_ratio: float | None = Field(None, gt=0, description="Drop images more elongated than this (None: no limit).")
+    max_image_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb guard (Pillow's default).")
+    encode_format: Literal["jpg", "webp", "png"] = "jpg"
+    encode_quality: int = Field(95, ge=1, le=100)
+    processes: int | None = Field(None, ge=1, description="Image worker processes per shard task (default: cores).")

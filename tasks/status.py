@@ -21,3 +21,26 @@ class FileStatus(StrEnum):
     OK = "ok"            # read to the end
     PARTIAL = "partial"  # corrupt or truncated: what could be read was kept, error says where it stopped
     FAILED = "failed"    # nothing usable (unreachable, not WARC at all): the task failed
+
+
+class DownloadStatus(StrEnum):
+    """How downloading one sample ended; every row of images/{shard}.parquet has one."""
+
+    SUCCESS = "success"
+    TIMEOUT = "timeout"                        # connect, read or total timeout
+    DNS_ERROR = "dns_error"                    # the host name does not resolve
+    CONNECTION_ERROR = "connection_error"      # refused, reset, TLS failure, server disconnected
+    HTTP_4XX = "http_4xx"                      # 4xx after retries of 429 (http_status column has the code)
+    HTTP_5XX = "http_5xx"                      # 5xx after retries
+    TOO_MANY_REDIRECTS = "too_many_redirects"  # more than max_redirects, or a redirect loop
+    TOO_LARGE = "too_large"                    # declared or received bytes over max_bytes
+    TOO_SMALL_BYTES = "too_small_bytes"        # fewer bytes than min_bytes (LAION-400M: 5 KB)
+    TOO_SMALL_PIXELS = "too_small_pixels"      # smaller side under min_image_size
+    TOO_MANY_PIXELS = "too_many_pixels"        # over max_image_pixels: decompression-bomb guard
+    BAD_ASPECT_RATIO = "bad_aspect_ratio"      # aspect ratio over max_aspect_ratio
+    NOT_AN_IMAGE = "not_an_image"              # the bytes are no image format Pillow knows (HTML, SVG, ...)
+    DECODE_ERROR = "decode_error"              # an image format, but truncated or corrupt
+    OPT_OUT_HEADER = "opt_out_header"          # X-Robots-Tag noai / noimageai / noindex / noimageindex
+    ROBOTS_DISALLOWED = "robots_disallowed"    # the image host's robots.txt disallows our user agent
+    BLOCKED_ADDRESS = "blocked_address"        # the host resolves to a private/loopback/reserved address
+    UNSUPPORTED_SCHEME = "unsupported_scheme"  # not http(s)
