@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
 from prefect.tasks import exponential_backoff
 
-from flows.runner import cpu_work, result_storage, task_runner
+from flows.runner import cpu_work, gather, result_storage, task_runner
 from tasks import dedup, pairs
 from tasks.config import IngestSettings
 from tasks.crawl import crawl_files
@@ -15,24 +14,6 @@ from tasks.uri import join, write_json
 
 class IngestFailed(RuntimeError):
     """Some input files could not be read; the others were published."""
-
-
-def _gather(futures: dict, what: str) -> tuple[dict, dict]:
-    """Wait for every future; split results from failures ({key: error message})."""
-    logger = get_run_logger()
-    done, failed = {}, {}
-    keys = {id(f): k for k, f in futures.items()}
-    for i, future in enumerate(as_completed(list(futures.values())), 1):
-        key = keys[id(future)]
-        future.wait()
-        if future.state.is_completed():
-            done[key] = future.result()
-        else:
-            failed[key] = future.state.message or "failed"
-            logger.error("%s %s failed: %s", what, key, failed[key])
-        if i % max(1, len(futures) // 20) == 0 or i == len(futures):
-            logger.info("%s: %d/%d done, %d failed", what, i, len(futures), len(failed))
-    return done, failed
 
 
 @flow(name="ingest_crawl", task_runner=task_runner(), log_prints=True)
@@ -52,7 +33,7 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
         retry_jitter_factor=0.5, result_storage=storage)
     with cpu_work():
         futures = {uri: extract.submit(uri, out, name, settings.extract) for uri, name in zip(uris, names)}
-    extracted, failed = _gather(futures, "extract")
+    extracted, failed = gather(futures, "extract")
 
     order = [(uri, name) for uri, name in zip(uris, names) if uri in extracted]
     done_names = [name for _, name in order]
@@ -61,7 +42,7 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     find = pairs.find_duplicates_task.with_options(result_storage=storage)
     with cpu_work():
         bucket_futures = {b: find.submit(out, done_names, b, buckets, run_id) for b in range(buckets)}
-    dedup_done, dedup_failed = _gather(bucket_futures, "dedup")
+    dedup_done, dedup_failed = gather(bucket_futures, "dedup")
     if dedup_failed:
         raise IngestFailed(f"dedup pass failed for buckets {sorted(dedup_failed)}: {next(iter(dedup_failed.values()))}")
 
@@ -69,7 +50,7 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     publish = pairs.publish_file_task.with_options(result_storage=storage)
     with cpu_work():
         publish_futures = {uri: publish.submit(out, name, i, loser_uris) for i, (uri, name) in enumerate(order)}
-    published, publish_failed = _gather(publish_futures, "publish")
+    published, publish_failed = gather(publish_futures, "publish")
     failed |= publish_failed
 
     summary = pairs.summarize(list(published.values()), failed, run_id)

@@ -13,7 +13,9 @@ import os
 
 import dask
 from distributed import Nanny, Scheduler, SpecCluster
+from prefect import get_run_logger
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
 from tasks.uri import is_local, join
@@ -82,3 +84,19 @@ def result_storage(out: str, results: str | None = None):
     return block
 
 
+def gather(futures: dict, what: str) -> tuple[dict, dict]:
+    """Wait for every future; split results from failures ({key: error message})."""
+    logger = get_run_logger()
+    done, failed = {}, {}
+    keys = {id(f): k for k, f in futures.items()}
+    for i, future in enumerate(as_completed(list(futures.values())), 1):
+        key = keys[id(future)]
+        future.wait()
+        if future.state.is_completed():
+            done[key] = future.result()
+        else:
+            failed[key] = future.state.message or "failed"
+            logger.error("%s %s failed: %s", what, key, failed[key])
+        if i % max(1, len(futures) // 20) == 0 or i == len(futures):
+            logger.info("%s: %d/%d done, %d failed", what, i, len(futures), len(failed))
+    return done, failed

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from tasks import __version__, dedup
+from tasks import dedup
+from tasks.cache import cache_key, retry_transient
 from tasks.config import ExtractSettings
-from tasks.errors import is_transient
 from tasks.extract import FileStats, iter_pairs
 from tasks.status import FileStatus, PairStatus
 from tasks.uri import atomic_write, join, name_of, open_uri, write_json
@@ -90,7 +90,7 @@ def summarize(published: list[dict], failed: dict[str, str], run_id: str) -> dic
 def run_digest(results: list[dict]) -> str:
     """Names the dedup pass of one set of extracted files (changes when any file's extraction does)."""
     keys = [{k: v for k, v in r.items() if k != "seconds"} for r in results]
-    return _key("run", keys)[:16]
+    return cache_key("run", keys)[:16]
 
 
 def loser_uri(out: str, run_id: str, bucket: int) -> str:
@@ -121,26 +121,13 @@ def publish_file(out: str, name: str, file_index: int, loser_uris: list[str]) ->
 
 # ---- Prefect wrappers: retries on transient errors, persistent cache keyed on inputs + code version
 
-def retry_transient(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the state's own exception, classified
-        return is_transient(exc)
-    return False
-
-
-def _key(*parts) -> str:
-    blob = json.dumps([__version__, *parts], sort_keys=True, default=lambda o: o.model_dump(mode="json"))
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 extract_file_task = task(
     extract_file,
     name="extract_file",
     task_run_name="extract-{name}",
     tags=["clipcrawl", "extract"],
     retry_condition_fn=retry_transient,
-    cache_key_fn=lambda ctx, p: _key("extract", p["uri"], p["out"], p["name"], p["settings"]),
+    cache_key_fn=lambda ctx, p: cache_key("extract", p["uri"], p["out"], p["name"], p["settings"]),
     persist_result=True,
 )
 find_duplicates_task = task(
@@ -148,7 +135,7 @@ find_duplicates_task = task(
     name="find_duplicates",
     task_run_name="dedup-bucket-{bucket}",
     tags=["clipcrawl", "dedup"],
-    cache_key_fn=lambda ctx, p: _key("dedup", p["out"], p["names"], p["bucket"], p["buckets"], p["run_id"]),
+    cache_key_fn=lambda ctx, p: cache_key("dedup", p["out"], p["names"], p["bucket"], p["buckets"], p["run_id"]),
     persist_result=True,
 )
 publish_file_task = task(
@@ -157,6 +144,6 @@ publish_file_task = task(
     task_run_name="publish-{name}",
     tags=["clipcrawl", "publish"],
     # the loser lists are named by the run digest, so the key follows the dedup pass of this very run
-    cache_key_fn=lambda ctx, p: _key("publish", p["out"], p["name"], p["file_index"], p["loser_uris"]),
+    cache_key_fn=lambda ctx, p: cache_key("publish", p["out"], p["name"], p["file_index"], p["loser_uris"]),
     persist_result=True,
 )
