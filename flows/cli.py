@@ -4,17 +4,18 @@ PREFECT_API_URL points at a server), exits non-zero with a one-line reason on fa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
-from tasks.config import COMMON_CRAWL_HTTPS, ExtractSettings, IngestSettings, load_config
+from tasks.config import COMMON_CRAWL_HTTPS, DownloadSettings, ExtractSettings, IngestSettings, load_config
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask-address", help="use an existing Dask scheduler (tcp://host:8786) instead of a local cluster")
     p.add_argument("--results", help="Prefect result storage URI shared by all workers (default OUT/_results)")
-    p.add_argument("--config", help="YAML or TOML file with per-stage settings sections (ingest:, extract:)")
+    p.add_argument("--config", help="YAML or TOML file with per-stage settings sections (ingest:, extract:, download:)")
 
 
 def _extract_options(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="clipcrawl-demo", help="output directory (default ./clipcrawl-demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
     p.add_argument("--segments", type=int, default=2, help="segments in the synthetic crawl")
+    _common(p)
+
+    p = sub.add_parser("download", help="OUT/pairs/ -> OUT/images/ webdataset shards")
+    p.add_argument("--pairs", required=True, help="directory of pair parquet files (or one parquet file)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--shard-size", type=int, help="samples per shard (default 10000)")
+    p.add_argument("--image-size", type=int, help="output size in pixels (default 256)")
+    p.add_argument("--resize-mode", choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"])
+    p.add_argument("--encode-format", choices=["jpg", "webp", "png"])
+    p.add_argument("--processes", type=int, help="image worker processes per shard task (default: cores)")
+    p.add_argument("--concurrency", type=int, help="requests in flight per shard task (default 256)")
+    p.add_argument("--user-agent-token", help="token in the User-Agent, matched by robots.txt and X-Robots-Tag")
+    p.add_argument("--ignore-opt-outs", action="store_true", help="do not honour X-Robots-Tag noai/noindex headers")
+    p.add_argument("--ignore-robots", action="store_true", help="do not honour the image hosts' robots.txt")
+    p.add_argument("--allow-address", action="append", default=[], help="CIDR exempt from the SSRF guard (repeatable)")
     _common(p)
 
     p = sub.add_parser("extract", help="WAT or WARC files -> OUT/pairs/")
@@ -64,45 +80,87 @@ def ingest_settings(args: argparse.Namespace, **fields) -> IngestSettings:
     return IngestSettings(**ingest, extract=ExtractSettings(**extract))
 
 
-def run_ingest(args: argparse.Namespace, settings: IngestSettings) -> dict:
-    from flows.ingest import ingest_crawl
+def download_settings(args: argparse.Namespace, **fields) -> DownloadSettings:
+    config = dict(load_config(args.config).get("download", {})) if args.config else {}
+    flags = {"shard_size": args.shard_size, "image_size": args.image_size, "resize_mode": args.resize_mode,
+             "encode_format": args.encode_format, "processes": args.processes, "concurrency": args.concurrency,
+             "user_agent_token": args.user_agent_token, "allow_addresses": args.allow_address or None,
+             "respect_optouts": False if args.ignore_opt_outs else None,
+             "respect_robots": False if args.ignore_robots else None} if args.command == "download" else {}
+    return DownloadSettings(**config | {k: v for k, v in (flags | fields).items() if v is not None})
+
+
+@contextlib.contextmanager
+def cluster(args: argparse.Namespace):
+    """The Dask scheduler address every flow of this command runs on: the given one, or a
+    local cluster started once for the whole command."""
+    if args.dask_address:
+        yield args.dask_address
+        return
+    from flows.runner import local_cluster
+
+    with local_cluster() as local:
+        yield local.scheduler_address
+
+
+def run_flow(flow, address: str, **parameters):
+    """Run a flow on the cluster; a failed run exits with its one-line reason."""
     from flows.runner import task_runner
 
-    flow = ingest_crawl.with_options(task_runner=task_runner(args.dask_address))
-    state = flow(out=args.out, settings=settings, results=args.results, return_state=True)
+    state = flow.with_options(task_runner=task_runner(address))(**parameters, return_state=True)
     if not state.is_completed():
-        raise SystemExit(f"clipcrawl: ingest_crawl {state.name}: {state.message}")
+        raise SystemExit(f"clipcrawl: {flow.name} {state.name}: {state.message}")
     return state.result()
 
 
-def demo(args: argparse.Namespace) -> None:
-    from tasks.world import WorldSpec, generate_world
-    from tasks.groundtruth import compare_pairs
+def run_ingest(args: argparse.Namespace, address: str, settings: IngestSettings) -> dict:
+    from flows.ingest import ingest_crawl
+
+    return run_flow(ingest_crawl, address, out=args.out, settings=settings, results=args.results)
+
+
+def run_download(args: argparse.Namespace, address: str, pairs: str, settings: DownloadSettings) -> dict:
+    from flows.download import download_images
+
+    return run_flow(download_images, address, pairs=pairs, out=args.out, settings=settings, results=args.results)
+
+
+def demo(args: argparse.Namespace, address: str) -> None:
+    from tasks.groundtruth import compare_downloads, compare_pairs
+    from tasks.world import ImageServer, WorldSpec, generate_world
 
     world = generate_world(os.path.join(args.out, "world"), WorldSpec(seed=args.seed, segments=args.segments))
     print(f"synthetic crawl {world.crawl_id} at {world.root}")
-    args.results = args.results or None
-    summary = run_ingest(args, ingest_settings(args, crawl=world.crawl_id, source=str(world.root)))
-    report = compare_pairs(world, args.out)
-    print(json.dumps({"pairs": summary["kept"], "ground_truth": report}, indent=2))
-    if not report["equal"]:
+    pairs = run_ingest(args, address, ingest_settings(args, crawl=world.crawl_id, source=str(world.root)))
+    pairs_check = compare_pairs(world, args.out)
+    print(json.dumps({"pairs": pairs["kept"], "ground_truth": pairs_check}, indent=2))
+    if not pairs_check["equal"]:
         raise SystemExit("clipcrawl: demo: extracted pairs differ from the synthetic world's ground truth")
+    with ImageServer(world.root) as server:
+        images = run_download(args, address, os.path.join(args.out, "pairs"), server.download_settings())
+    images_check = compare_downloads(world, args.out)
+    print(json.dumps({"images": images, "ground_truth": images_check}, indent=2))
+    if not images_check["equal"]:
+        raise SystemExit("clipcrawl: demo: download statuses differ from the synthetic world's ground truth")
+    print(f"outputs in {os.path.abspath(args.out)}: pairs/, images/")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home from crawl machines
     try:
-        if args.command == "demo":
-            demo(args)
-        elif args.command == "extract":
-            summary = run_ingest(args, ingest_settings(args, inputs=args.inputs))
-            print(json.dumps(summary, indent=2))
-        elif args.command == "ingest":
-            settings = ingest_settings(args, crawl=args.crawl, source=args.source, segments=args.segments,
-                                       segment_list=args.segment_list, sample_seed=args.sample_seed,
-                                       files_per_segment=args.files_per_segment, kind=args.kind)
-            print(json.dumps(run_ingest(args, settings), indent=2))
+        with cluster(args) as address:
+            if args.command == "demo":
+                demo(args, address)
+            elif args.command == "extract":
+                print(json.dumps(run_ingest(args, address, ingest_settings(args, inputs=args.inputs)), indent=2))
+            elif args.command == "ingest":
+                settings = ingest_settings(args, crawl=args.crawl, source=args.source, segments=args.segments,
+                                           segment_list=args.segment_list, sample_seed=args.sample_seed,
+                                           files_per_segment=args.files_per_segment, kind=args.kind)
+                print(json.dumps(run_ingest(args, address, settings), indent=2))
+            elif args.command == "download":
+                print(json.dumps(run_download(args, address, args.pairs, download_settings(args)), indent=2))
     except KeyboardInterrupt:
         raise SystemExit("clipcrawl: interrupted") from None
     except SystemExit:

@@ -29,6 +29,8 @@ def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_l
     """
     cpu_workers = cpu_workers or max(1, (os.cpu_count() or 2) - 1)
     env = {"PREFECT_API_URL": prefect_api_url()}
+    # worker processes must be able to start the image process pool of the download stage
+    dask.config.set({"distributed.worker.daemon": False})
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     def worker(resources: dict) -> dict:

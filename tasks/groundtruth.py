@@ -32,3 +32,33 @@ def compare_pairs(world, out: str, examples: int = 5) -> dict:
         "missing": missing[:examples],
         "extra": extra[:examples],
     }
+
+
+def read_download_statuses(out: str) -> list[tuple[str, str]]:
+    """(url, status) of every sample row under OUT/images/."""
+    rows: list[tuple[str, str]] = []
+    for uri in listdir(join(out, "images"), ".parquet"):
+        with open_uri(uri) as f:
+            table = pq.read_table(f, columns=["url", "status"])
+        rows.extend(zip(table.column("url").to_pylist(), table.column("status").to_pylist()))
+    return rows
+
+
+def compare_downloads(world, out: str, examples: int = 5) -> dict:
+    """Whether every downloaded sample got the status the world's image server should cause."""
+    expected = world.expected_downloads()
+    rows = read_download_statuses(out)
+    wrong = [(url, status, expected.get(url)) for url, status in rows if expected.get(url) != status]
+    seen = {url for url, _ in rows}
+    by_status: dict[str, int] = {}
+    for _, status in rows:
+        by_status[status] = by_status.get(status, 0) + 1
+    return {
+        "equal": not wrong and seen == set(expected),
+        "samples": len(rows),
+        "urls": len(seen),
+        "expected_urls": len(expected),
+        "status": dict(sorted(by_status.items())),
+        "wrong": [{"url": u, "status": s, "expected": e} for u, s, e in wrong[:examples]],
+        "missing": sorted(set(expected) - seen)[:examples],
+    }

@@ -5,9 +5,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import html
+import http.client
 import io
 import os
+import socket
+import ssl
+import struct
+import time
 import urllib.request
+import urllib.robotparser
 import zlib
 from collections import defaultdict
 from html.parser import HTMLParser
@@ -18,9 +24,12 @@ import pytest
 from PIL import Image
 from warcio.archiveiterator import ArchiveIterator
 
-from tasks.status import PairStatus
+from tasks.config import DownloadSettings
+from tasks.status import DownloadStatus, PairStatus
 from tasks.world import ImageServer, Scene, WorldSpec, generate_world, render_scene, sample_training_pairs
+from tasks.world.behaviours import BEHAVIOURS, BOMB_SIZE, HUGE_LENGTH, NXDOMAIN_HOST, PRIVATE_ADDRESS, expected_status
 from tasks.world.captions import ALT_CASES, expected_text
+from tasks.world.payloads import body as payload
 from tasks.world.scenes import image_spec
 from tasks.world.srcs import SRC_CASES
 
@@ -212,9 +221,11 @@ def test_warc_html_holds_raw_bytes_of_declared_charset(world):
 def test_images_manifest(world):
     images = world.manifest_images().to_pylist()
     assert {"image_id", "urls", "host", "shape", "colour", "count", "background", "size", "caption", "format",
-            "flagged", "behaviour"} <= set(images[0])
-    assert any(i["flagged"] for i in images) and all(i["behaviour"] == "ok" for i in images)
+            "flagged", "behaviour", "expected_status"} <= set(images[0])
+    assert any(i["flagged"] for i in images) and {i["behaviour"] for i in images} == set(BEHAVIOURS)
+    assert sum(i["behaviour"] == "ok" for i in images) > 0.75 * len(images)
     assert {i["format"] for i in images} == {"jpg", "png", "webp", "gif"}
+    assert {i["expected_status"] for i in images} <= {str(s) for s in DownloadStatus}
 
 
 def test_render_and_training_pairs():
@@ -240,9 +251,9 @@ def _get(srv, url):
 
 
 def test_server_serves_rendered_images_by_host(world):
-    images = world.manifest_images().to_pylist()
+    images = [i for i in world.manifest_images().to_pylist() if i["behaviour"] == "ok"]
     with ImageServer(world.root) as srv:
-        assert set(srv.host_map) == set(world.image_hosts)
+        assert set(srv.host_map) == set(world.image_hosts) - {NXDOMAIN_HOST}
         assert any(h.startswith("img.site-") for h in srv.host_map) and "cdn.world.test" in srv.host_map
         for image in images[:12]:
             url = image["urls"][-1]
@@ -271,3 +282,239 @@ def test_wat_only_knob(tmp_path):
     links = [len(d["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]["Links"])
              for _, d in docs if "HTML-Metadata" in d["Envelope"]["Payload-Metadata"].get("HTTP-Response-Metadata", {})]
     assert min(links) > 50
+
+
+# --- the misbehaving server and the download ground truth -------------------------------------------------
+
+def _behaviour_urls(world) -> dict[str, list[str]]:
+    """behaviour -> the kept image URLs showing it (http first)."""
+    images = {i["image_id"]: i["behaviour"] for i in world.manifest_images().to_pylist()}
+    out = defaultdict(set)
+    for r in world.manifest_pairs().to_pylist():
+        if r["status"] == PairStatus.KEPT and r["url"].startswith("http"):
+            out[images[r["image_id"]]].add(r["url"])
+    return {b: sorted(urls, key=lambda u: (u.startswith("https"), u)) for b, urls in out.items()}
+
+
+@pytest.mark.parametrize("spec", [SPEC, WorldSpec(seed=11, segments=1, files_per_segment=1, pages_per_file=1,
+                                                  warc=False)], ids=["small", "one-page"])
+def test_every_behaviour_has_a_kept_pair_and_a_ground_truth(world, tmp_path, spec):
+    w = world if spec == SPEC else generate_world(str(tmp_path / "tiny"), spec)
+    by_behaviour = _behaviour_urls(w)
+    assert set(by_behaviour) == set(BEHAVIOURS)
+    expected = w.expected_downloads()
+    kept = {r["url"] for r in w.manifest_pairs().to_pylist()
+            if r["status"] == PairStatus.KEPT and r["url"].split(":")[0] in ("http", "https")}
+    assert set(expected) == kept
+    # every outcome of a download but unsupported_scheme (never kept) and the opt-in image filters
+    assert set(expected.values()) == {str(s) for s in DownloadStatus} - {
+        DownloadStatus.UNSUPPORTED_SCHEME, DownloadStatus.TOO_SMALL_PIXELS, DownloadStatus.BAD_ASPECT_RATIO}
+    strict = w.expected_downloads(DownloadSettings(min_image_size=64, max_aspect_ratio=10))
+    assert {DownloadStatus.TOO_SMALL_PIXELS, DownloadStatus.BAD_ASPECT_RATIO} <= set(strict.values())
+    table = {b: {expected[u] for u in urls} for b, urls in by_behaviour.items()}
+    assert all(len(v) == 1 for v in table.values()), table  # one status per behaviour
+    assert {b: v.pop() for b, v in table.items()} == {
+        "ok": "success", "slow": "success", "timeout": "timeout", "unavailable_twice": "success",
+        "error_500": "http_5xx", "rate_limited": "success", "not_found": "http_4xx", "gone": "http_4xx",
+        "forbidden": "http_4xx", "redirect": "success", "redirect_loop": "too_many_redirects",
+        "disconnect": "connection_error", "text_plain": "success", "octet_stream": "success",
+        "truncated_jpeg": "decode_error", "endless_body": "too_large", "endless_drip": "timeout",
+        "huge_content_length": "too_large", "pixel_bomb": "too_many_pixels", "tiny_image": "too_small_bytes",
+        "empty_body": "too_small_bytes", "cmyk_jpeg": "success", "png_alpha": "success", "gif_animated": "success",
+        "webp_alpha": "success", "small_pixels": "success", "panorama": "success", "svg_as_jpeg": "not_an_image",
+        "html_as_jpeg": "not_an_image", "noai_header": "opt_out_header", "otherbot_noai_header": "success",
+        "ourbot_noai_header": "opt_out_header", "robots_disallowed": "robots_disallowed",
+        "blocked_address": "blocked_address", "dns_error": "dns_error", "bad_certificate": "connection_error"}
+    assert any(u.startswith("https://") for u in expected)
+
+
+def test_ground_truth_follows_settings():
+    s = DownloadSettings()
+    assert expected_status("unavailable_twice", (200, 200), s.model_copy(update={"retries": 1})) == "http_5xx"
+    assert expected_status("slow", (200, 200), s.model_copy(update={"read_timeout": 0.3})) == "timeout"
+    assert expected_status("noai_header", (200, 200), s.model_copy(update={"respect_optouts": False})) == "success"
+    assert expected_status("robots_disallowed", (200, 200), s.model_copy(update={"respect_robots": False})) == "success"
+    assert expected_status("pixel_bomb", BOMB_SIZE, s.model_copy(update={"max_image_pixels": 10**9})) == "success"
+
+
+def test_served_images_decode_over_the_byte_floor(world):
+    """Whatever should succeed is a decodable image over 5 KB of the manifest's size (grain keeps flat scenes big)."""
+    for image in world.manifest_images().to_pylist():
+        if image["expected_status"] != "success" and image["behaviour"] not in ("noai_header", "ourbot_noai_header"):
+            continue
+        data = payload(SPEC.seed, image["image_id"], image["behaviour"], image["format"])
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        assert len(data) >= 5000 and img.size == (image["width"], image["height"]), image
+
+
+@pytest.fixture(scope="module")
+def server(world):
+    with ImageServer(world.root) as srv:
+        yield srv
+
+
+def _request(srv, url, method="GET", ctx=None, timeout=5.0):
+    """One request, no redirects followed, through `srv.resolve` (like curl --resolve); returns the response."""
+    scheme, rest = url.split("://", 1)
+    host, path = rest.split("/", 1)
+    ip, port = srv.resolve[f"{host}:{443 if scheme == 'https' else 80}"].rsplit(":", 1)
+    if scheme == "https":
+        conn = http.client.HTTPSConnection(host, timeout=timeout, context=ctx or srv.ssl_context())
+    else:
+        conn = http.client.HTTPConnection(host, timeout=timeout)
+    conn._create_connection = lambda _addr, *a, **k: socket.create_connection((ip, int(port)), *a, **k)
+    conn.request(method, "/" + path)
+    return conn.getresponse()
+
+
+@pytest.fixture(scope="module")
+def urls(world):
+    return {b: u[0] for b, u in _behaviour_urls(world).items()}
+
+
+def test_resolve_map_and_settings(server, world):
+    r = server.resolve
+    assert r["img.site-3.world.test:80"] == f"127.0.0.1:{server.port}"
+    assert r["img.site-3.world.test:443"] == f"127.0.0.1:{server.https_port}"
+    assert r["intranet.world.test:80"] == f"{PRIVATE_ADDRESS}:80" and f"{NXDOMAIN_HOST}:80" not in r
+    assert {k.rsplit(":", 1)[0] for k in r} == set(world.image_hosts) - {NXDOMAIN_HOST}
+    s = server.download_settings(retries=5)
+    assert s.resolve == r and s.ca_bundle == server.ca_pem_path and os.path.exists(s.ca_bundle)
+    assert s.retries == 5 and s.allow_addresses == ["127.0.0.1/32"] and s.total_timeout < 10
+    assert world.expected_downloads(server.download_settings()) == world.expected_downloads()
+
+
+def test_transient_errors_then_success(server, urls):
+    url = urls["unavailable_twice"]
+    assert [_request(server, url).status for _ in range(4)] == [503, 503, 200, 200]
+    first = _request(server, urls["rate_limited"])
+    assert first.status == 429 and first.getheader("Retry-After") == "1"
+    assert _request(server, urls["rate_limited"]).status == 200
+    assert _request(server, urls["error_500"]).status == 500 and _request(server, urls["error_500"]).status == 500
+    assert [_request(server, urls[b]).status for b in ("not_found", "gone", "forbidden")] == [404, 410, 403]
+
+
+def test_redirects(server, urls):
+    moved = _request(server, urls["redirect"])
+    assert moved.status == 302 and "/moved/" in moved.getheader("Location")
+    target = _request(server, moved.getheader("Location"))
+    assert target.status == 200 and Image.open(io.BytesIO(target.read())).size
+    seen, url = [], urls["redirect_loop"]
+    for _ in range(6):
+        resp = _request(server, url)
+        assert resp.status == 302
+        url = resp.getheader("Location")
+        seen.append(url)
+    assert len(set(seen)) == 2 and seen[1] == seen[3] == seen[5]
+
+
+def test_lying_and_endless_bodies(server, urls):
+    trunc = _request(server, urls["truncated_jpeg"])
+    data = trunc.read()
+    assert int(trunc.getheader("Content-Length")) == len(data) > 5000 and data[:2] == b"\xff\xd8"
+    assert not data.endswith(b"\xff\xd9")
+    with pytest.raises(OSError, match="truncated"):
+        Image.open(io.BytesIO(data)).load()
+    bomb = _request(server, urls["pixel_bomb"])
+    data = bomb.read()
+    assert len(data) < 200_000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", data[16:24]) == BOMB_SIZE
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(data))
+    huge = _request(server, urls["huge_content_length"])
+    assert int(huge.getheader("Content-Length")) == HUGE_LENGTH and len(huge.read(1 << 20)) == 1 << 20
+    endless = _request(server, urls["endless_body"])
+    assert endless.getheader("Content-Length") is None and len(endless.read(4 << 20)) == 4 << 20
+    t0 = time.perf_counter()
+    drip = _request(server, urls["endless_drip"])
+    assert drip.read(4) and time.perf_counter() - t0 > 0.5
+    empty = _request(server, urls["empty_body"])
+    assert empty.status == 200 and empty.read() == b""
+    assert len(_request(server, urls["tiny_image"]).read()) < 5000
+
+
+def test_slow_hanging_and_closing(server, urls):
+    t0 = time.perf_counter()
+    assert _request(server, urls["slow"]).status == 200 and 0.45 < time.perf_counter() - t0 < 1.5
+    with pytest.raises(TimeoutError):
+        _request(server, urls["timeout"], timeout=1.0)
+    with pytest.raises(http.client.RemoteDisconnected):
+        _request(server, urls["disconnect"])
+
+
+def test_content_and_opt_outs(server, urls):
+    for name, ctype in (("svg_as_jpeg", "image/jpeg"), ("html_as_jpeg", "image/jpeg"), ("text_plain", "text/plain"),
+                        ("octet_stream", "application/octet-stream")):
+        resp = _request(server, urls[name])
+        data = resp.read()
+        assert resp.getheader("Content-Type") == ctype and len(data) > 5000
+        if name.endswith("as_jpeg"):
+            with pytest.raises(Image.UnidentifiedImageError):
+                Image.open(io.BytesIO(data))
+        else:
+            Image.open(io.BytesIO(data)).load()
+    for name, mode in (("cmyk_jpeg", "CMYK"), ("png_alpha", "RGBA"), ("webp_alpha", "RGBA"), ("gif_animated", "P")):
+        img = Image.open(io.BytesIO(_request(server, urls[name]).read()))
+        assert img.mode == mode and getattr(img, "n_frames", 1) == (3 if name == "gif_animated" else 1)
+    assert _request(server, urls["noai_header"]).getheader("X-Robots-Tag") == "noai"
+    assert _request(server, urls["otherbot_noai_header"]).getheader("X-Robots-Tag").startswith("otherbot:")
+    assert _request(server, urls["ok"]).getheader("X-Robots-Tag") is None
+
+
+def _robots(server, host) -> urllib.robotparser.RobotFileParser:
+    resp = _request(server, f"http://{host}/robots.txt")
+    rp = urllib.robotparser.RobotFileParser()
+    if resp.status == 404:
+        rp.allow_all = True
+    else:
+        rp.parse(resp.read().decode().splitlines())
+    return rp
+
+
+def test_robots_and_private_hosts(server, urls):
+    closed = _robots(server, "closed.world.test")
+    assert urls["robots_disallowed"].startswith("http://closed.world.test/")
+    assert not closed.can_fetch("clipcrawl", urls["robots_disallowed"])
+    usual = _robots(server, "img.site-0.world.test")
+    assert usual.can_fetch("clipcrawl", urls["ok"]) and not usual.can_fetch("otherbot", urls["ok"])
+    assert _robots(server, "cdn.world.test").can_fetch("clipcrawl", "http://cdn.world.test/s1/000100.jpg")
+    assert urls["blocked_address"].startswith("http://intranet.world.test/")
+    assert urls["dns_error"].startswith(f"http://{NXDOMAIN_HOST}/")
+    assert not any("intranet" in u or "nxdomain" in u for u in server.hits)  # only the downloader could go there
+
+
+def test_https_needs_the_world_ca(server, world, urls):
+    https = next(u for u in _behaviour_urls(world)["png_alpha"] if u.startswith("https://img."))
+    resp = _request(server, https)
+    assert resp.status == 200 and Image.open(io.BytesIO(resp.read())).size
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _request(server, https, ctx=ssl.create_default_context())
+    with pytest.raises(ssl.SSLCertVerificationError, match="expired"):
+        _request(server, urls["bad_certificate"])
+
+
+def test_aiohttp_through_the_resolve_map(server, urls):
+    """What the downloader does: aiohttp with a resolver built from `resolve`, the CA for https."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp.abc import AbstractResolver
+
+    class Resolver(AbstractResolver):
+        async def resolve(self, host, port=0, family=socket.AF_INET):
+            ip, p = server.resolve[f"{host}:{port}"].rsplit(":", 1)
+            return [{"hostname": host, "host": ip, "port": int(p), "family": family, "proto": 0,
+                     "flags": socket.AI_NUMERICHOST}]
+
+        async def close(self):
+            pass
+
+    async def fetch():
+        conn = aiohttp.TCPConnector(resolver=Resolver(), ssl=server.ssl_context())
+        async with aiohttp.ClientSession(connector=conn) as session, \
+                session.get(urls["redirect"].replace("http://", "https://")) as resp:
+            return resp.status, str(resp.url), await resp.read()
+
+    status, final, data = asyncio.run(fetch())
+    assert status == 200 and final.startswith("https://") and "/moved/" in final and len(data) > 5000

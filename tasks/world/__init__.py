@@ -1,8 +1,11 @@
 """The synthetic crawl world: a small fictional web in Common Crawl's formats, with ground truth.
 
     world = generate_world("/tmp/w", WorldSpec(seed=0))
-    world.wat_uris(); world.expected_pairs()
-    with ImageServer(world.root) as srv: srv.host_map
+    world.wat_uris(); world.expected_pairs(); world.expected_downloads()
+    with ImageServer(world.root) as srv: srv.download_settings()   # resolve map, CA bundle, short timeouts
+
+Image behaviours (503 twice, redirect loop, decompression bomb, X-Robots-Tag...) and their
+expected download status: tasks/world/behaviours.py.
 """
 
 from tasks.world.generate import World, WorldSpec, generate_world

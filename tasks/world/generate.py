@@ -23,13 +23,15 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.config import DownloadSettings
 from tasks.status import PairStatus
 from tasks.uri import atomic_write
+from tasks.world.behaviours import RESERVED, TEST_SETTINGS, expected_status, served_size
 from tasks.world.crawlfile import FileSpec, write_crawl_file
 from tasks.world.pages import Occurrence, shared_pairs
 from tasks.world.scenes import describe, image_spec
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class WorldSpec:
     links_per_page: tuple[int, int] = (10, 40)   # <a> links besides navigation
     images_per_page: tuple[int, int] = (1, 12)   # 10% of HTML pages have none
     sites: int = 8
-    images: int = 400                            # distinct images in the world
+    images: int = 400                            # distinct images in the world (the first 35 misbehave, one way each)
     shared_pairs: int = 20                       # (url, alt) pairs repeated across pages, files, segments
     warc: bool = True                            # False: WAT files only (fast; WARC offsets estimated)
     compresslevel: int = 6
@@ -88,6 +90,23 @@ class World:
         """Unique (url, text) a correct extractor keeps under default settings."""
         t = self.manifest_pairs().select(["url", "text", "status"]).to_pydict()
         return {(u, x) for u, x, s in zip(t["url"], t["text"], t["status"]) if s == PairStatus.KEPT}
+
+    def expected_downloads(self, settings: DownloadSettings | None = None) -> dict[str, str]:
+        """url -> DownloadStatus value for every distinct http(s) image URL of a kept pair.
+
+        For `ImageServer.download_settings()` when `settings` is None (the manifest's
+        `expected_status`); other settings recompute it from the behaviour table.
+        """
+        pairs = self.manifest_pairs().select(["url", "image_id", "status"]).to_pydict()
+        images = self.manifest_images().select(["image_id", "behaviour", "width", "height",
+                                                "expected_status"]).to_pylist()
+        if settings is None:
+            status = {i["image_id"]: i["expected_status"] for i in images}
+        else:
+            status = {i["image_id"]: str(expected_status(i["behaviour"], (i["width"], i["height"]), settings))
+                      for i in images}
+        return {u: status[i] for u, i, s in zip(pairs["url"], pairs["image_id"], pairs["status"])
+                if s == PairStatus.KEPT and u.split("://", 1)[0] in ("http", "https")}
 
     @cached_property
     def info(self) -> dict:
@@ -144,22 +163,33 @@ def _write_parquet(path: str, table: pa.Table) -> None:
         pq.write_table(table, f, compression="zstd")
 
 
+def ground_truth_settings() -> DownloadSettings:
+    """ImageServer.download_settings() less what depends on the running server (ports, CA file)."""
+    return DownloadSettings(**TEST_SETTINGS)
+
+
 def _images_table(spec: WorldSpec, urls_by_image: dict[int, set[str]]) -> pa.Table:
     rows = []
+    settings = ground_truth_settings()
     for image_id in sorted(urls_by_image):
         im = image_spec(spec.seed, image_id)
+        size = served_size(im.behaviour, im.width, im.height)
         rows.append({"image_id": image_id, "urls": sorted(urls_by_image[image_id]),
                      "host": f"img.site-{image_id % spec.sites}.world.test", **im.scene.to_dict(),
                      "flagged": im.scene.flagged, "caption": describe(im.scene, random.Random(f"cap:{image_id}")),
-                     "format": im.format, "width": im.width, "height": im.height,
-                     # Hook for the misbehaving-server stage (slow, 5xx, 429, redirect, truncated...).
-                     "behaviour": "ok"})
+                     "format": im.format, "width": size[0], "height": size[1],
+                     # What the image server does for it (tasks/world/behaviours.py), and the resulting
+                     # status of a correct downloader under ImageServer.download_settings().
+                     "behaviour": im.behaviour,
+                     "expected_status": str(expected_status(im.behaviour, size, settings))})
     return pa.Table.from_pylist(rows)
 
 
 def generate_world(root: str, spec: WorldSpec = WorldSpec(), workers: int = 1, force: bool = False) -> World:
     """Write the world for `spec` under `root`; a complete world with the same spec is reused unless `force`."""
     world = World(root, spec.crawl_id, spec)
+    if spec.images < 2 * len(RESERVED) + spec.sites:
+        raise ValueError(f"WorldSpec.images={spec.images}: needs at least {2 * len(RESERVED) + spec.sites}")
     marker = os.path.join(root, "world.json")
     if not force and os.path.exists(marker):
         with open(marker, "rb") as f:

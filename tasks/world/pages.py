@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass, field
 
 from tasks.status import PairStatus
+from tasks.world.behaviours import BEHAVIOURS, reserved_images, unreserved
 from tasks.world.captions import ALT_CASES, Alt, make_alt, pick_alt_case
 from tasks.world.scenes import image_spec
 from tasks.world.srcs import BAD_SRC_STATUS, SRC_CASES, Resolver, make_src, pick_src_case
@@ -94,7 +95,7 @@ def shared_pairs(seed: int, n: int, images: int, sites: int) -> list[SharedPair]
     rng = random.Random(f"shared:{seed}")
     pairs = []
     for _ in range(n):
-        image_id = rng.randrange(images)
+        image_id = unreserved(rng.randrange(images), images, sites)
         spec = image_spec(seed, image_id)
         src = make_src("abs_http", image_id, spec.format, image_id % sites, Resolver("http", "-", "/-/-/"), rng)
         alt = make_alt("caption", spec.scene, "en", rng)
@@ -190,16 +191,35 @@ class PageBuilder:
                 self._img(page, site, res, *next(case_iter), body, links)
             else:
                 self._shared(page, rng.choice(self.shared), body, links)
+        if showcase:
+            for image_id, behaviour in reserved_images(self.seed):
+                for scheme in BEHAVIOURS[behaviour].schemes:
+                    self._behaviour_img(page, image_id, behaviour, scheme, body, links)
         body.append("</article>\n<footer><a href=\"/impressum.html\">Impressum</a></footer>\n</body>\n</html>\n")
         links.append({"path": "A@/href", "url": "/impressum.html", "text": "Impressum"})
         page.html = "".join(head + body)
         page.links = links
+
+    def _behaviour_img(self, page: Page, image_id: int, behaviour: str, scheme: str,
+                       body: list[str], links: list[dict]) -> None:
+        """A showcase `<img>` of a reserved image, linked where its behaviour shows (its own host, if any)."""
+        spec = image_spec(self.seed, image_id)
+        host = BEHAVIOURS[behaviour].host or f"img.site-{image_id % self.sites}.world.test"
+        url = f"{scheme}://{host}/images/{image_id:06d}.{spec.format}"
+        alt = make_alt("caption", spec.scene, page.language, self.rng)
+        body.append(f'<img src="{url}" alt="{alt.written}" width="{spec.width}" height="{spec.height}">\n')
+        links.append({"path": "IMG@/src", "url": url, "alt": alt.written})
+        case = "abs_https" if scheme == "https" else "abs_http"
+        page.images.append(Occurrence(page.url, url, alt.written, url, alt.text, str(status_of(case, alt)),
+                                      f"{case}+caption+behaviour_{behaviour}", case, "caption", page.charset,
+                                      image_id, alt.matches, False))
 
     def _img(self, page: Page, site: int, res: Resolver, src_case: str, alt_case: str,
              body: list[str], links: list[dict]) -> None:
         rng = self.rng
         image_id = (rng.randrange(self.images // self.sites) * self.sites + site) % self.images \
             if rng.random() < 0.85 else rng.randrange(self.images)
+        image_id = unreserved(image_id, self.images, self.sites)
         spec = image_spec(self.seed, image_id)
         src = make_src(src_case, image_id, spec.format, image_id % self.sites, res, rng)
         alt = make_alt(alt_case, spec.scene, page.language, rng)

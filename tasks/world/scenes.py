@@ -13,7 +13,10 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
+import numpy as np
 from PIL import Image, ImageDraw
+
+from tasks.world.behaviours import BEHAVIOURS, FIXED_SIZES, behaviour_of
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross", "ring", "hexagon")
 # The stand-in concept a later NSFW-tag stage detects; rare on purpose.
@@ -93,7 +96,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 
 def render_scene(scene: Scene, size: tuple[int, int] = (256, 256)) -> Image.Image:
-    """Draw `scene` at `size`; shapes sit in a grid cell each, jittered by the layout seed."""
+    """Draw `scene` at `size`; shapes sit in a grid cell each, jittered by the layout seed, plus grain."""
     w, h = size
     bg = COLOURS[scene.background]
     img = Image.new("RGB", size, bg)
@@ -111,7 +114,18 @@ def render_scene(scene: Scene, size: tuple[int, int] = (256, 256)) -> Image.Imag
         cx = cw * (c + 0.5) + rng.uniform(-slack_x, slack_x) * 0.6
         cy = ch * (r + 0.5) + rng.uniform(-slack_y, slack_y) * 0.6
         _draw_shape(draw, scene.shape, cx, cy, radius, COLOURS[scene.colour], bg)
-    return img
+    return _grain(img, scene.layout_seed)
+
+
+GRAIN = 8  # +-levels of luma noise: like a photo's grain, so every served image is over the 5 KB floor
+
+
+def _grain(img: Image.Image, seed: int) -> Image.Image:
+    """Add deterministic sensor-like noise (random.Random bytes: the same on every platform)."""
+    w, h = img.size
+    noise = np.frombuffer(random.Random(f"grain:{seed}").randbytes(w * h), dtype=np.uint8).reshape(h, w, 1)
+    noise = (noise % (2 * GRAIN + 1)).astype(np.int16) - GRAIN
+    return Image.fromarray(np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8), "RGB")
 
 
 def encode_image(img: Image.Image, fmt: str) -> bytes:
@@ -171,13 +185,17 @@ class ImageSpec:
     format: str
     width: int
     height: int
+    behaviour: str = "ok"
 
 
 def image_spec(world_seed: int, image_id: int) -> ImageSpec:
     rng = random.Random(f"image:{world_seed}:{image_id}")
     fmt = rng.choices(("jpg", "png", "webp", "gif"), weights=(60, 20, 12, 8))[0]
     width, height = rng.choice(IMAGE_SIZES)
-    return ImageSpec(image_id, scene_for_image(world_seed, image_id), fmt, width, height)
+    behaviour = behaviour_of(world_seed, image_id)
+    fmt = BEHAVIOURS[behaviour].format or fmt          # the URL extension a format-specific behaviour needs
+    width, height = FIXED_SIZES.get(behaviour, (width, height))
+    return ImageSpec(image_id, scene_for_image(world_seed, image_id), fmt, width, height, behaviour)
 
 
 def render_image(world_seed: int, image_id: int, fmt: str | None = None) -> bytes:

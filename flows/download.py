@@ -1,0 +1,41 @@
+"""Flow `download_images`: pairs -> OUT/images/ webdataset shards (one task per shard)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.tasks import exponential_backoff
+
+from flows.runner import cpu_work, gather, result_storage, task_runner
+from tasks.config import DownloadSettings
+from tasks.download import download_shard_task, summarize
+from tasks.shards import plan_shards
+from tasks.uri import join, listdir, write_json
+
+
+class DownloadFailed(RuntimeError):
+    """Some shards could not be written; the others were published."""
+
+
+@flow(name="download_images", task_runner=task_runner(), log_prints=True)
+def download_images(pairs: str, out: str, settings: DownloadSettings = DownloadSettings(),
+                    results: str | None = None) -> dict:
+    """Download the images of OUT/pairs/ (or any parquet with url and text columns) into OUT/images/."""
+    logger = get_run_logger()
+    inputs = [pairs] if pairs.endswith(".parquet") else listdir(pairs, ".parquet")
+    specs = plan_shards(inputs, settings.shard_size)
+    logger.info("downloading %d shards of up to %d samples from %d pair files", len(specs), settings.shard_size,
+                len(inputs))
+    download = download_shard_task.with_options(
+        retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
+        result_storage=result_storage(out, results))
+    with cpu_work():
+        futures = {spec.shard: download.submit(spec, out, settings) for spec in specs}
+    done, failed = gather(futures, "download")
+    summary = summarize(list(done.values()), failed)
+    write_json(join(out, "images", "_summary.json"), summary)
+    logger.info("images: %d of %d samples downloaded (%s)", summary["successes"], summary["count"],
+                ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items())))
+    if failed:
+        raise DownloadFailed(f"{len(failed)} of {len(specs)} shards failed: "
+                             + "; ".join(f"shard {s}: {why}" for s, why in sorted(failed.items())))
+    return summary

@@ -1,0 +1,104 @@
+"""One shard of pairs -> OUT/images/{shard:05d}.tar/.parquet/_stats.json.
+
+Network I/O runs on an asyncio loop (tasks/fetch.py); decoding and resizing are
+CPU-bound and run in a process pool kept per worker process, overlapped with the
+downloads. Memory is bounded: at most `concurrency` bodies wait for the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+
+from prefect import task
+
+from tasks.cache import cache_key
+from tasks.config import DownloadSettings
+from tasks.fetch import Fetcher
+from tasks.images import process_image
+from tasks.shards import ShardSpec, ShardWriter, read_shard_rows, sample_key
+from tasks.status import DownloadStatus
+
+logger = logging.getLogger(__name__)
+_POOLS: dict[int, concurrent.futures.Executor] = {}
+
+
+def image_pool(processes: int | None) -> concurrent.futures.Executor:
+    """A pool of image workers for this process, made once and reused by every shard.
+
+    Daemonic processes (Dask's default for workers) may not have children: there the
+    pool falls back to threads, which still overlap since Pillow releases the GIL
+    while decoding, resizing and encoding.
+    """
+    size = processes or os.cpu_count() or 1
+    if size not in _POOLS:
+        if multiprocessing.current_process().daemon:
+            logger.warning("daemonic worker process: image work runs in %d threads, not processes "
+                           "(start Dask workers with distributed.worker.daemon=False)", size)
+            pool = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="clipcrawl-image")
+        else:
+            pool = concurrent.futures.ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
+        atexit.register(pool.shutdown, wait=False, cancel_futures=True)
+        _POOLS[size] = pool
+    return _POOLS[size]
+
+
+async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardWriter) -> None:
+    loop = asyncio.get_running_loop()
+    pool = image_pool(settings.processes)
+    fetching = asyncio.Semaphore(settings.concurrency)
+    processing = asyncio.Semaphore(2 * (settings.processes or os.cpu_count() or 1))
+
+    async def one(row: dict) -> None:
+        async with fetching:
+            result = await fetcher.fetch(row["url"])
+            await processing.acquire()  # hold the fetch slot until the body has a place in the pool
+        try:
+            image = None
+            if result.status == DownloadStatus.SUCCESS:
+                image = await loop.run_in_executor(pool, process_image, result.body, settings)
+        finally:
+            processing.release()
+        status = image.status if image else result.status
+        error = image.error_message if image else result.error_message
+        writer.add(row | {"status": status, "error_message": error, "http_status": result.http_status,
+                          "bytes": len(result.body) if result.body is not None else None,
+                          "final_url": result.final_url, "attempts": result.attempts},
+                   image if status == DownloadStatus.SUCCESS else None)
+
+    async with Fetcher(settings) as fetcher:
+        await asyncio.gather(*(one(row) for row in rows))
+
+
+def download_shard(spec: ShardSpec, out: str, settings: DownloadSettings) -> dict:
+    """Download, check, resize and write one shard; returns its stats (also in _stats.json)."""
+    table = read_shard_rows(spec)
+    rows = [row | {"key": sample_key(spec.shard, i, settings.shard_size)} for i, row in enumerate(table.to_pylist())]
+    with ShardWriter(out, spec.shard, settings) as writer:
+        asyncio.run(_download(rows, settings, writer))
+        return writer.close()
+
+
+def summarize(shards: list[dict], failed: dict) -> dict:
+    """Run totals over the published shards' stats, and the failed shards with their reasons."""
+    status: dict[str, int] = {}
+    for stats in shards:
+        for name, n in stats["status"].items():
+            status[name] = status.get(name, 0) + n
+    return {"shards": len(shards) + len(failed), "count": sum(s["count"] for s in shards),
+            "successes": sum(s["successes"] for s in shards), "status": status,
+            "failed": [{"shard": k, "error": v} for k, v in sorted(failed.items())]}
+
+
+download_shard_task = task(
+    download_shard,
+    name="download_shard",
+    task_run_name="download-{spec.shard:05d}",
+    tags=["clipcrawl", "download"],
+    cache_key_fn=lambda ctx, p: cache_key("download", p["spec"].slices, p["spec"].shard, p["out"], p["settings"]),
+    persist_result=True,
+)

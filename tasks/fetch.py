@@ -1,0 +1,391 @@
+"""Fetching image bytes: fast (one pooled aiohttp session per shard task), polite (per-host cap,
+robots.txt, X-Robots-Tag opt-outs, backoff) and safe (SSRF guard, size caps, timeouts).
+
+    async with Fetcher(settings) as fetcher:
+        results = await asyncio.gather(*(fetcher.fetch(url) for url in urls))
+
+fetch() never raises for a bad URL or server: every outcome is a FetchResult whose status is
+from the closed DownloadStatus set. Image decoding checks happen later (tasks.images).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import ipaddress
+import random
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Self
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
+
+from tasks.config import DownloadSettings
+from tasks.optout import ALLOW_ALL, ROBOTS_MAX_BYTES, RobotsRules, parse_robots, x_robots_opt_out
+from tasks.status import DownloadStatus as S
+
+USER_AGENT = "Mozilla/5.0 (compatible; {token}/0.1; +https://github.com/clipcrawl/clipcrawl)"
+SCHEMES = ("http", "https")
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+TRANSIENT_CODES = frozenset({429, 500, 502, 503, 504})
+DNS_CACHE_SECONDS = 300
+CHUNK = 64 * 1024
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NUMERIC_HOST = re.compile(r"[0-9][0-9a-fA-FxX.]*")
+
+
+@dataclass
+class FetchResult:
+    status: S                   # SUCCESS = body obtained; otherwise the reason
+    error_message: str | None   # names the reason, e.g. "HTTP 404 Not Found"
+    body: bytes | None
+    http_status: int | None
+    content_type: str | None
+    final_url: str | None       # the last URL requested (after redirects)
+    attempts: int               # HTTP requests sent or tried: redirect hops and retries included
+    seconds: float
+
+
+# ---------------------------------------------------------------------------- SSRF guard
+
+class BlockedAddress(Exception):
+    """The host resolves to an address we must not connect to (raised before connecting)."""
+
+
+def blocked_reason(ip: IPAddress, allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+    """Why connecting to `ip` is refused ("private", "loopback", ...), or None when it is fine."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:10.0.0.7 reaches 10.0.0.7
+    if any(ip in net for net in allowed if net.version == ip.version):
+        return None
+    for reason in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
+        if getattr(ip, f"is_{reason}"):
+            return reason.replace("_", "-")
+    return None if ip.is_global else "not globally routable"  # e.g. 100.64.0.0/10 (carrier NAT)
+
+
+def literal_ip(host: str) -> IPAddress | None:
+    """The address a host written as an IP literal names, legacy IPv4 forms (127.1, 2130706433) included."""
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip("[]"))
+    if _NUMERIC_HOST.fullmatch(host):
+        with contextlib.suppress(OSError):
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+    return None
+
+
+def _parse_resolve(mapping: dict[str, str]) -> dict[tuple[str, int], tuple[str, int]]:
+    parsed = {}
+    for key, value in mapping.items():
+        host, _, port = key.rpartition(":")
+        ip, _, ip_port = value.rpartition(":")
+        parsed[host.lower().rstrip("."), int(port)] = ip.strip("[]"), int(ip_port)
+    return parsed
+
+
+class GuardedResolver(AbstractResolver):
+    """`settings.resolve` overrides (like curl --resolve), else the system resolver; then the SSRF guard.
+
+    The guard sits in the resolver, so every connection is checked: redirects to internal hosts
+    and DNS rebinding included. aiohttp skips resolvers for IP literals: Fetcher checks those.
+    """
+
+    def __init__(self, settings: DownloadSettings):
+        self._overrides = _parse_resolve(settings.resolve)
+        self._allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in settings.allow_addresses]
+        self._system = aiohttp.DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        override = self._overrides.get((host.lower().rstrip("."), port))
+        if override:
+            ip, ip_port = override
+            version = ipaddress.ip_address(ip).version
+            results = [ResolveResult(hostname=host, host=ip, port=ip_port, proto=0,
+                                     family=socket.AF_INET if version == 4 else socket.AF_INET6,
+                                     flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)]
+        elif host.lower().rstrip(".").endswith(".invalid"):
+            # RFC 6761: resolvers SHOULD answer .invalid names negatively; no query is sent
+            raise OSError(socket.EAI_NONAME, f"{host}: name under .invalid never resolves (RFC 6761)")
+        else:
+            results = await self._system.resolve(host, port, family)  # OSError: aiohttp's DNS error
+        for result in results:
+            ip = ipaddress.ip_address(result["host"].split("%", 1)[0])
+            if reason := blocked_reason(ip, self._allowed):
+                raise BlockedAddress(f"{host} resolves to {ip} ({reason})")
+        return results
+
+    async def close(self) -> None:
+        await self._system.close()
+
+
+# ------------------------------------------------------------------- outcomes of one request
+
+@dataclass
+class _Outcome:
+    status: S
+    message: str | None = None
+    http_status: int | None = None
+    content_type: str | None = None
+    body: bytes | None = None
+    transient: bool = False          # worth another attempt
+    retry_after: float | None = None  # seconds the server asked us to wait
+    location: str | None = None      # set on a redirect (status then unused)
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def outcome_for_exception(exc: BaseException, url: URL, settings: DownloadSettings) -> _Outcome:
+    """The one place where exceptions become statuses (and retry decisions)."""
+    if blocked := _find(exc, BlockedAddress):
+        return _Outcome(S.BLOCKED_ADDRESS, str(blocked))
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return _Outcome(S.DNS_ERROR, f"cannot resolve {url.host}: {exc.os_error}")
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)) or _find(exc, ssl.SSLError):
+        return _Outcome(S.CONNECTION_ERROR, f"TLS failure with {url.host}: {exc}")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return _Outcome(S.TIMEOUT, f"connect timeout after {settings.connect_timeout} s", transient=True)
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return _Outcome(S.TIMEOUT, f"read timeout after {settings.read_timeout} s", transient=True)
+    if isinstance(exc, TimeoutError):
+        return _Outcome(S.TIMEOUT, f"total timeout after {settings.total_timeout} s", transient=True)
+    if isinstance(exc, aiohttp.InvalidURL):
+        return _Outcome(S.CONNECTION_ERROR, f"invalid URL: {exc}")
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)):
+        return _Outcome(S.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}", transient=True)  # refused, reset, cut
+    return _Outcome(S.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date), None if absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)
+
+
+def _http_error(resp: aiohttp.ClientResponse, settings: DownloadSettings) -> _Outcome:
+    code = resp.status
+    # 5xx -> http_5xx; 4xx, and the odd 1xx/3xx without a usable Location, -> http_4xx.
+    outcome = _Outcome(S.HTTP_5XX if code >= 500 else S.HTTP_4XX, f"HTTP {code} {resp.reason or ''}".strip(),
+                       http_status=code, transient=code in TRANSIENT_CODES)
+    wait = parse_retry_after(resp.headers.get("Retry-After")) if outcome.transient else None
+    if wait is not None and wait > settings.max_retry_after:
+        outcome.transient = False
+        outcome.message += f" (Retry-After {wait:.0f} s over max_retry_after {settings.max_retry_after} s)"
+    outcome.retry_after = wait
+    return outcome
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int, truncate: bool = False) -> bytes | None:
+    """The whole body; past `limit` bytes None, or with `truncate` its first `limit` bytes."""
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(CHUNK):
+        size += len(chunk)
+        chunks.append(chunk)
+        if size > limit:
+            return b"".join(chunks)[:limit] if truncate else None
+    return b"".join(chunks)
+
+
+async def read_response(resp: aiohttp.ClientResponse, settings: DownloadSettings) -> _Outcome:
+    """Status, opt-out header and size checks of one response; reads the body only if all pass."""
+    code, ctype = resp.status, resp.headers.get("Content-Type")
+    if code in REDIRECT_CODES and resp.headers.get("Location"):
+        return _Outcome(S.SUCCESS, http_status=code, location=resp.headers["Location"])
+    if not 200 <= code < 300:
+        return _http_error(resp, settings)
+    done = _Outcome(S.SUCCESS, http_status=code, content_type=ctype)
+    if settings.respect_optouts and (
+            directive := x_robots_opt_out(resp.headers.getall("X-Robots-Tag", []), settings.user_agent_token)):
+        done.status, done.message = S.OPT_OUT_HEADER, f"X-Robots-Tag: {directive}"
+    elif resp.content_length is not None and resp.content_length > settings.max_bytes:
+        done.status = S.TOO_LARGE
+        done.message = f"Content-Length {resp.content_length} over max_bytes {settings.max_bytes}"
+    elif (body := await _read_capped(resp, settings.max_bytes)) is None:
+        done.status, done.message = S.TOO_LARGE, f"body over max_bytes {settings.max_bytes}"
+    elif len(body) < settings.min_bytes:
+        done.status, done.message = S.TOO_SMALL_BYTES, f"{len(body)} bytes under min_bytes {settings.min_bytes}"
+    else:
+        done.body = body
+    return done
+
+
+# ------------------------------------------------------------------------------ the fetcher
+
+@dataclass
+class _Progress:
+    attempts: int = 0
+    url: str | None = None
+
+
+def _origin(url: URL) -> tuple[str, str, int]:
+    return url.scheme, (url.host or "").lower(), url.port or 0
+
+
+class Fetcher:
+    """One pooled HTTP session per shard task; `fetch(url)` is safe to run concurrently."""
+
+    def __init__(self, settings: DownloadSettings):
+        self.settings = settings
+        self._allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in settings.allow_addresses]
+        self._session: aiohttp.ClientSession | None = None
+        self._resolver: GuardedResolver | None = None
+        self._host_slots: dict[str, asyncio.Semaphore] = {}
+        self._robots: dict[tuple[str, str, int], asyncio.Task[RobotsRules]] = {}
+
+    async def __aenter__(self) -> Self:
+        s = self.settings
+        tls = ssl.create_default_context()
+        if s.ca_bundle:
+            tls.load_verify_locations(cafile=s.ca_bundle)  # in addition to the system's CAs
+        self._resolver = GuardedResolver(s)
+        connector = aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=s.per_host, ssl=tls,
+                                         ttl_dns_cache=DNS_CACHE_SECONDS, resolver=self._resolver)
+        timeout = aiohttp.ClientTimeout(total=s.total_timeout, connect=s.connect_timeout,
+                                        sock_connect=s.connect_timeout, sock_read=s.read_timeout)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT.format(token=s.user_agent_token), "Accept": "image/*,*/*;q=0.8"})
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        for task in self._robots.values():
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()
+            await self._resolver.close()  # the connector leaves a resolver it did not create open
+
+    async def fetch(self, url: str) -> FetchResult:
+        started, progress = time.monotonic(), _Progress()
+        try:
+            outcome = await self._follow(url, progress)
+        except Exception as exc:  # noqa: BLE001 - a bug or an exotic failure: a row with a reason, never a crash
+            outcome = _Outcome(S.CONNECTION_ERROR, f"unexpected {type(exc).__name__}: {exc}")
+        return FetchResult(status=outcome.status, error_message=outcome.message, body=outcome.body,
+                           http_status=outcome.http_status, content_type=outcome.content_type,
+                           final_url=progress.url, attempts=progress.attempts,
+                           seconds=time.monotonic() - started)
+
+    async def _follow(self, url: str, progress: _Progress) -> _Outcome:
+        """Request `url`, following at most max_redirects redirects, each hop checked again."""
+        seen: set[str] = set()
+        for hop in range(self.settings.max_redirects + 1):
+            progress.url = url
+            target, refusal = self._check_target(url, redirected=hop > 0)
+            if refusal:
+                return refusal
+            if self.settings.respect_robots and not (await self._robots_rules(target)).allows(target.raw_path_qs):
+                return _Outcome(S.ROBOTS_DISALLOWED, f"robots.txt of {target.host} disallows {target.raw_path_qs}")
+            outcome = await self._request(target, progress)
+            if outcome.location is None:
+                return outcome
+            seen.add(str(target))
+            try:
+                url = str(target.join(URL(outcome.location)))
+            except ValueError:
+                return _Outcome(S.CONNECTION_ERROR, f"bad redirect Location {outcome.location!r}",
+                                http_status=outcome.http_status)
+            if url in seen:
+                return _Outcome(S.TOO_MANY_REDIRECTS, f"redirect loop back to {url}", http_status=outcome.http_status)
+        return _Outcome(S.TOO_MANY_REDIRECTS, f"more than {self.settings.max_redirects} redirects",
+                        http_status=outcome.http_status)
+
+    def _check_target(self, url: str, redirected: bool) -> tuple[URL | None, _Outcome | None]:
+        """The parsed URL, or why it is refused before any connection (scheme, IP literal)."""
+        where = f" (redirected to {url[:200]})" if redirected else ""
+        try:
+            target = URL(url)
+        except (ValueError, TypeError) as exc:
+            return None, _Outcome(S.CONNECTION_ERROR, f"invalid URL: {exc}{where}")
+        scheme = target.scheme.lower()
+        if scheme not in SCHEMES:
+            return None, _Outcome(S.UNSUPPORTED_SCHEME, f"unsupported scheme {scheme or '(none)'!r}{where}")
+        if not target.host:
+            return None, _Outcome(S.CONNECTION_ERROR, f"invalid URL: no host{where}")
+        ip = literal_ip(target.host)
+        if ip is not None and (reason := blocked_reason(ip, self._allowed)):
+            named = target.host if target.host.strip("[]") == str(ip) else f"{target.host} = {ip}"
+            return None, _Outcome(S.BLOCKED_ADDRESS, f"{named} is {reason}")
+        return target, None
+
+    async def _request(self, target: URL, progress: _Progress) -> _Outcome:
+        """One hop, retried with exponential backoff and full jitter while the failure is transient."""
+        s = self.settings
+        for retry in range(s.retries + 1):
+            progress.attempts += 1
+            outcome = await self._attempt(target)
+            if not outcome.transient or retry == s.retries:
+                break
+            wait = outcome.retry_after
+            await asyncio.sleep(random.uniform(0, s.retry_backoff * 2**retry) if wait is None else wait)
+        return outcome
+
+    async def _attempt(self, target: URL) -> _Outcome:
+        async with self._host_slot(target):
+            try:
+                async with self._session.get(target, allow_redirects=False) as resp:
+                    outcome = await read_response(resp, self.settings)
+                    if outcome.body is None and outcome.location is None:
+                        resp.close()  # unread or cut-off body: drop the connection rather than drain it
+                    return outcome
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a status, in one place
+                return outcome_for_exception(exc, target, self.settings)
+
+    def _host_slot(self, url: URL) -> asyncio.Semaphore:
+        """At most per_host requests in flight per host name (any port or scheme).
+
+        The connector's limit_per_host also caps this, but waiting there would count against
+        the request's timeouts; waiting here does not.
+        """
+        host = (url.host or "").lower()
+        slot = self._host_slots.get(host)
+        if slot is None:
+            slot = self._host_slots[host] = asyncio.Semaphore(self.settings.per_host)
+        return slot
+
+    async def _robots_rules(self, url: URL) -> RobotsRules:
+        """robots.txt rules of the URL's origin, fetched once per Fetcher; concurrent callers share the fetch."""
+        origin = _origin(url)
+        task = self._robots.get(origin)
+        if task is None:
+            task = self._robots[origin] = asyncio.ensure_future(self._fetch_robots(url.origin() / "robots.txt"))
+        return await asyncio.shield(task)  # one caller cancelled must not cancel the others' fetch
+
+    async def _fetch_robots(self, robots_url: URL) -> RobotsRules:
+        # 4xx (401/403 included, Google's convention) means no robots.txt: allow all. So do 5xx and
+        # unreachable hosts, deliberately unlike RFC 9309's "assume disallow": we fetch a few images,
+        # not a crawl, a broken robots.txt is no opt-out, and a down host fails the image fetch anyway.
+        try:
+            async with self._host_slot(robots_url), self._session.get(robots_url, max_redirects=5) as resp:
+                if not 200 <= resp.status < 300:
+                    return ALLOW_ALL
+                text = (await _read_capped(resp, ROBOTS_MAX_BYTES, truncate=True)).decode("utf-8", "replace")
+                resp.close()
+        except Exception:  # noqa: BLE001 - unreachable or broken: allow, as said above
+            return ALLOW_ALL
+        return parse_robots(text, self.settings.user_agent_token)

@@ -1,0 +1,260 @@
+"""Pairs parquet files -> shards of `shard_size` samples, and the writer of one shard's outputs.
+
+A shard's outputs follow img2dataset's layout, so trainers read them unchanged:
+OUT/images/{shard:05d}.tar (webdataset: {key}.jpg, {key}.txt, {key}.json per success),
+{shard:05d}.parquet (one row per sample, failures included) and {shard:05d}_stats.json, the
+completion marker, published last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Self
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.images import ImageResult
+from tasks.pairs import PAIRS_SCHEMA
+from tasks.status import DownloadStatus
+from tasks.uri import atomic_write, is_local, join, open_uri, write_json
+
+# The columns of images/{shard}.parquet every shard has, whatever its rows; the pairs' other
+# columns (page_url, source, language, ...) follow as passthrough.
+IMAGES_SCHEMA = pa.schema([
+    ("key", pa.string()), ("uid", pa.uint64()), ("url", pa.string()), ("text", pa.string()),
+    ("status", pa.string()), ("error_message", pa.string()), ("http_status", pa.int32()),
+    ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
+    ("original_height", pa.int32()), ("sha256", pa.string()), ("bytes", pa.int64()),
+])
+PASSTHROUGH_TYPES = {f.name: f.type for f in PAIRS_SCHEMA if f.name not in IMAGES_SCHEMA.names}
+# Optional columns the download task may add: typed here so that a shard where they are all null
+# has the same schema as the others. Any other extra column's type is inferred (null -> string).
+OPTIONAL_TYPES = {"final_url": pa.string(), "attempts": pa.int32()}
+_IMAGE_FIELDS = ("status", "error_message", "width", "height", "original_width", "original_height", "sha256")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard's rows: (pairs parquet URI, row_start, row_end) slices, in order."""
+
+    shard: int
+    slices: tuple[tuple[str, int, int], ...]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(end - start for _, start, end in self.slices)
+
+
+def plan_shards(pairs_uris: list[str], shard_size: int) -> list[ShardSpec]:
+    """Cut the rows of `pairs_uris` (file order, then row order) into shards of `shard_size`.
+
+    Reads only the parquet footers. The last shard may be smaller; empty files are skipped.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    specs: list[ShardSpec] = []
+    current: list[tuple[str, int, int]] = []
+    filled = 0
+    for uri in pairs_uris:
+        with open_uri(uri) as f:
+            num_rows = pq.read_metadata(f).num_rows
+        start = 0
+        while start < num_rows:
+            take = min(shard_size - filled, num_rows - start)
+            current.append((uri, start, start + take))
+            filled += take
+            start += take
+            if filled == shard_size:
+                specs.append(ShardSpec(len(specs), tuple(current)))
+                current, filled = [], 0
+    if current:
+        specs.append(ShardSpec(len(specs), tuple(current)))
+    return specs
+
+
+def read_shard_rows(spec: ShardSpec, columns: list[str] | None = None) -> pa.Table:
+    """The rows of one shard, reading only the row groups that hold them."""
+    tables = []
+    for uri, start, end in spec.slices:
+        with open_uri(uri) as f:
+            pf = pq.ParquetFile(f)
+            groups, first, offset = [], None, 0
+            for i in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(i).num_rows
+                if offset < end and offset + n > start:
+                    groups.append(i)
+                    first = offset if first is None else first
+                offset += n
+            if offset < end:
+                raise ValueError(f"{uri} has {offset} rows, shard {spec.shard} wants rows {start}-{end}")
+            table = pf.read_row_groups(groups, columns=columns)
+        tables.append(table.slice(start - first, end - start))
+    if not tables:
+        schema = PAIRS_SCHEMA if columns is None else pa.schema([PAIRS_SCHEMA.field(c) for c in columns])
+        return schema.empty_table()
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def sample_key(shard: int, index: int, shard_size: int = 10_000) -> str:
+    """img2dataset's key: the shard number (5 digits) then the index in the shard (digits of shard_size - 1, min 4)."""
+    width = max(4, len(str(shard_size - 1)))
+    return f"{shard:05d}{index:0{width}d}"
+
+
+def shard_name(shard: int) -> str:
+    return f"{shard:05d}"
+
+
+class ShardWriter:
+    """Writes one shard: the tar streams to disk as samples come, rows (no image bytes) stay in memory.
+
+    Use as a context manager: leaving it normally publishes the tar, the parquet and the stats
+    (last), each atomically; leaving it with an exception publishes nothing and removes the
+    temporary files.
+    """
+
+    def __init__(self, out: str, shard: int, settings):
+        self.out = out
+        self.shard = shard
+        self.ext = settings.encode_format
+        self.tar_uri = join(out, "images", f"{shard_name(shard)}.tar")
+        self.parquet_uri = join(out, "images", f"{shard_name(shard)}.parquet")
+        self.stats_uri = join(out, "images", f"{shard_name(shard)}_stats.json")
+        self._rows: list[dict[str, Any]] = []
+        self._keys: set[str] = set()
+        self._image_bytes = 0
+        self._started = time.time()
+        self._closed = False
+        self._stack = contextlib.ExitStack()
+        try:
+            if is_local(self.tar_uri):  # the temporary file beside the tar becomes the tar
+                self._tar_file = self._stack.enter_context(atomic_write(self.tar_uri))
+            else:  # object stores: spool locally, upload in close() (a failed upload must not commit)
+                self._tar_file = self._stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
+            self._tar = tarfile.open(fileobj=self._tar_file, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self.abort(exc_type, exc, tb)
+        elif not self._closed:
+            self.close()
+        return False
+
+    def add(self, row: dict, image: ImageResult | None) -> None:
+        """One sample: `row` has key, uid, url, text, passthrough columns and, for samples that
+        failed before image processing, status / error_message / http_status; a bytes column
+        (downloaded size) when known. `image` (when given) decides the status and the sizes."""
+        if self._closed:
+            raise RuntimeError(f"shard {self.shard}: add() after close()")
+        record = dict(row)
+        key = record.get("key")
+        if not key:
+            raise ValueError(f"shard {self.shard}: row without a key: {row.get('url')!r}")
+        if key in self._keys:
+            raise ValueError(f"shard {self.shard}: duplicate key {key}")
+        if image is not None:
+            record.update({f: getattr(image, f) for f in _IMAGE_FIELDS})
+        try:
+            record["status"] = DownloadStatus(record.get("status")).value  # the closed vocabulary only
+        except ValueError:
+            raise ValueError(f"shard {self.shard}: {key} has no valid status: {record.get('status')!r}") from None
+        for column in IMAGES_SCHEMA.names:
+            record.setdefault(column, None)
+        self._keys.add(key)
+        self._rows.append(record)
+        if record["status"] == DownloadStatus.SUCCESS:
+            if image is None or image.data is None:
+                raise ValueError(f"shard {self.shard}: {key} is a success without image data")
+            self._add_member(f"{key}.{self.ext}", image.data)
+            self._add_member(f"{key}.txt", (record.get("text") or "").encode())
+            self._add_member(f"{key}.json", json.dumps(record, indent=4, ensure_ascii=False, default=str).encode())
+            self._image_bytes += len(image.data)
+
+    def _add_member(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mtime = int(self._started)
+        info.mode = 0o444
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def table(self) -> pa.Table:
+        """The shard's rows sorted by key: core columns with fixed types, then the passthrough ones."""
+        rows = sorted(self._rows, key=lambda r: r["key"])
+        extra = list(PASSTHROUGH_TYPES) + sorted({c for r in rows for c in r} - set(IMAGES_SCHEMA.names)
+                                                 - set(PASSTHROUGH_TYPES))
+        fields = list(IMAGES_SCHEMA)
+        for name in extra:
+            kind = PASSTHROUGH_TYPES.get(name) or OPTIONAL_TYPES.get(name)
+            if kind is None:
+                kind = pa.array([r.get(name) for r in rows]).type
+                kind = pa.string() if pa.types.is_null(kind) else kind
+            fields.append(pa.field(name, kind))
+        schema = pa.schema(fields)
+        return pa.table({f.name: pa.array([r.get(f.name) for r in rows], f.type) for f in schema}, schema=schema)
+
+    def stats(self, duration: float) -> dict:
+        statuses: dict[str, int] = {}
+        for r in self._rows:
+            statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+        successes = statuses.get(DownloadStatus.SUCCESS.value, 0)
+        return {
+            "shard": self.shard,
+            "count": len(self._rows),
+            "successes": successes,
+            "failures": len(self._rows) - successes,
+            "status": dict(sorted(statuses.items())),  # samples per status
+            "duration": duration,
+            "throughput": successes / duration if duration > 0 else 0.0,  # images written per second
+            "bytes": sum(r["bytes"] or 0 for r in self._rows),             # downloaded
+            "image_bytes": self._image_bytes,                               # encoded, in the tar
+            "start_time": self._started,
+            "end_time": self._started + duration,
+        }
+
+    def close(self) -> dict:
+        """Publish the tar, the parquet, then the stats; returns the stats."""
+        if self._closed:
+            raise RuntimeError(f"shard {self.shard}: closed twice")
+        self._closed = True
+        try:
+            self._tar.close()
+            table = self.table()
+            if is_local(self.tar_uri):
+                self._stack.close()  # fsync + rename of the tar
+            else:
+                self._tar_file.seek(0)
+                with atomic_write(self.tar_uri) as dst:
+                    while chunk := self._tar_file.read(8 << 20):
+                        dst.write(chunk)
+                self._stack.close()
+            with atomic_write(self.parquet_uri) as f:
+                pq.write_table(table, f, compression="zstd")
+            stats = self.stats(time.time() - self._started)
+            write_json(self.stats_uri, stats)
+        except BaseException as exc:
+            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return stats
+
+    def abort(self, exc_type=None, exc=None, tb=None) -> None:
+        """Drop everything written so far; nothing is published."""
+        self._closed = True
+        self._rows.clear()
+        with contextlib.suppress(Exception):
+            self._tar.close()
+        if exc_type is None:
+            exc_type, exc = RuntimeError, RuntimeError(f"shard {self.shard} aborted")
+        self._stack.__exit__(exc_type, exc, tb)

@@ -1,0 +1,475 @@
+"""Fetcher against a local aiohttp server on 127.0.0.1 (one handler per case), virtual hosts
+mapped to it through settings.resolve, as the synthetic world does."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import threading
+import time
+from collections import Counter
+from email.utils import formatdate
+
+import pytest
+import trustme
+from aiohttp import web
+
+from tasks.config import DownloadSettings
+from tasks.fetch import Fetcher, blocked_reason, literal_ip, parse_retry_after
+from tasks.status import DownloadStatus as S
+
+BODY = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 24  # 6 KiB: over min_bytes
+ROBOTS = {
+    "robots.test": (200, "User-agent: *\nDisallow: /private/\n"),
+    "picky.test": (200, "User-agent: otherbot\nDisallow:\n\nUser-agent: clipcrawl\nDisallow: /\n"),
+    "forbidden.test": (403, "User-agent: *\nDisallow: /\n"),
+    "broken.test": (500, "User-agent: *\nDisallow: /\n"),
+}
+HOSTS = ["site.test", "busy.test", "busy2.test", *ROBOTS]
+
+
+class Server:
+    """The misbehaving image server: http on one port, https (trustme cert) on another."""
+
+    def __init__(self, tmp_path):
+        self.hits: Counter[str] = Counter()         # path -> requests
+        self.robots_hits: Counter[str] = Counter()  # host -> robots.txt requests
+        self.inflight: Counter[str] = Counter()
+        self.max_inflight: Counter[str] = Counter()
+        self.ca = trustme.CA()
+        self.ca_path = str(tmp_path / "ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_path)
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+
+    async def _start(self):
+        app = web.Application()
+        app.middlewares.append(self._count)
+        app.router.add_routes([web.get(path, handler) for path, handler in self.routes().items()])
+        self.runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        await self.runner.setup()
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("secure.test").configure_cert(tls)
+        http = web.TCPSite(self.runner, "127.0.0.1", 0)
+        https = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=tls)
+        await http.start()
+        await https.start()
+        self.port, self.tls_port = (site._server.sockets[0].getsockname()[1] for site in (http, https))
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+    @web.middleware
+    async def _count(self, request, handler):
+        self.hits[request.path] += 1
+        return await handler(request)
+
+    def routes(self):
+        return {
+            "/robots.txt": self.robots, "/ok": self.ok, "/slow": self.slow, "/hang": self.hang,
+            "/flaky": self.flaky, "/ratelimited": self.ratelimited, "/ratelimited-long": self.ratelimited_long,
+            "/status/{code}": self.status, "/redirect": self.redirect, "/loop-a": self.loop_a, "/loop-b": self.loop_b,
+            "/chain/{n}": self.chain, "/to-ftp": self.to_ftp, "/to-metadata": self.to_metadata,
+            "/to-private": self.to_private, "/huge-declared": self.huge_declared,
+            "/endless-fast": self.endless_fast, "/endless-drip": self.endless_drip, "/tiny": self.tiny,
+            "/empty": self.empty, "/xrobots": self.xrobots, "/busy/{i}": self.busy,
+            "/private/{i}": self.ok, "/public/{i}": self.ok,
+        }
+
+    # -- handlers, one per case
+    async def robots(self, request):
+        host = request.host.split(":")[0]
+        self.robots_hits[host] += 1
+        await asyncio.sleep(0.05)  # concurrent fetches of the host arrive while this is in flight
+        status, text = ROBOTS.get(host, (404, "not found"))
+        return web.Response(status=status, text=text)
+
+    async def ok(self, request):
+        return web.Response(body=BODY, content_type="image/png")
+
+    async def slow(self, request):
+        await asyncio.sleep(0.3)
+        return web.Response(body=BODY, content_type="image/png")
+
+    async def hang(self, request):
+        await asyncio.sleep(5)
+        return web.Response(body=BODY)
+
+    async def flaky(self, request):  # 503 twice per key, then the image
+        key = request.query["key"]
+        self.hits[key] += 1
+        return web.Response(status=503) if self.hits[key] <= 2 else await self.ok(request)
+
+    async def ratelimited(self, request):
+        key = request.query["key"]
+        self.hits[key] += 1
+        if self.hits[key] == 1:
+            return web.Response(status=429, headers={"Retry-After": request.query.get("after", "1")})
+        return await self.ok(request)
+
+    async def ratelimited_long(self, request):
+        return web.Response(status=429, headers={"Retry-After": "3600"})
+
+    async def status(self, request):
+        return web.Response(status=int(request.match_info["code"]))
+
+    async def redirect(self, request):
+        raise web.HTTPFound("/ok")
+
+    async def loop_a(self, request):
+        raise web.HTTPFound("/loop-b")
+
+    async def loop_b(self, request):
+        raise web.HTTPMovedPermanently("/loop-a")
+
+    async def chain(self, request):
+        n = int(request.match_info["n"])
+        if n == 0:
+            return await self.ok(request)
+        raise web.HTTPFound(f"/chain/{n - 1}")
+
+    async def to_ftp(self, request):
+        raise web.HTTPFound("ftp://site.test/a.jpg")
+
+    async def to_metadata(self, request):
+        raise web.HTTPFound("http://metadata.test/latest/meta-data/")
+
+    async def to_private(self, request):
+        raise web.HTTPFound("http://robots.test/private/1")
+
+    async def huge_declared(self, request):
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.content_length = 10**10
+        await response.prepare(request)
+        await response.write(BODY)
+        await asyncio.sleep(2)
+        return response
+
+    async def _stream(self, request, chunk, pause):
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        await response.prepare(request)
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                await response.write(chunk)
+                await asyncio.sleep(pause)
+        except (ConnectionError, RuntimeError):
+            pass  # the client hung up, as it should
+        return response
+
+    async def endless_fast(self, request):
+        return await self._stream(request, b"x" * 65536, 0)
+
+    async def endless_drip(self, request):
+        return await self._stream(request, b"x" * 10, 0.05)
+
+    async def tiny(self, request):
+        return web.Response(body=b"GIF89a" + b"\0" * 94, content_type="image/gif")
+
+    async def empty(self, request):
+        return web.Response(body=b"", content_type="image/png")
+
+    async def xrobots(self, request):
+        response = web.Response(body=BODY, content_type="image/png")
+        for value in request.query.getall("tag"):
+            response.headers.add("X-Robots-Tag", value)
+        return response
+
+    async def busy(self, request):
+        host = request.host.split(":")[0]
+        self.inflight[host] += 1
+        self.max_inflight[host] = max(self.max_inflight[host], self.inflight[host])
+        try:
+            await asyncio.sleep(0.05)
+        finally:
+            self.inflight[host] -= 1
+        return await self.ok(request)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("fetch"))
+    yield srv
+    srv.stop()
+
+
+def settings(server, **overrides) -> DownloadSettings:
+    resolve = {f"{host}:80": f"127.0.0.1:{server.port}" for host in HOSTS}
+    resolve |= {"secure.test:443": f"127.0.0.1:{server.tls_port}", "internal.test:80": "10.0.0.7:80",
+                "metadata.test:80": "169.254.169.254:80", "mapped.test:80": f"[::ffff:10.0.0.7]:{server.port}"}
+    base = {"allow_addresses": ["127.0.0.1/32"], "resolve": resolve, "connect_timeout": 1.0, "read_timeout": 0.5,
+            "total_timeout": 1.0, "retries": 2, "retry_backoff": 0.01, "max_bytes": 1_000_000, "min_bytes": 1000}
+    return DownloadSettings(**(base | overrides))
+
+
+def fetch_all(server, urls, **overrides):
+    async def go():
+        async with Fetcher(settings(server, **overrides)) as fetcher:
+            return await asyncio.gather(*(fetcher.fetch(url) for url in urls))
+    return asyncio.run(go())
+
+
+def fetch(server, url, **overrides):
+    return fetch_all(server, [url], **overrides)[0]
+
+
+# -- success and timing
+
+def test_success(server):
+    r = fetch(server, "http://site.test/ok")
+    assert (r.status, r.body, r.http_status, r.content_type) == (S.SUCCESS, BODY, 200, "image/png")
+    assert r.error_message is None and r.attempts == 1 and r.final_url == "http://site.test/ok"
+
+
+def test_slow_but_in_time_is_success(server):
+    r = fetch(server, "http://site.test/slow")
+    assert r.status == S.SUCCESS and r.seconds >= 0.3
+
+
+def test_past_total_timeout_is_timeout(server):
+    r = fetch(server, "http://site.test/hang", read_timeout=5.0, retries=0)
+    assert r.status == S.TIMEOUT and "total timeout" in r.error_message
+    assert r.seconds < 1.5
+
+
+def test_silence_past_read_timeout_is_timeout(server):
+    r = fetch(server, "http://site.test/hang", read_timeout=0.2, retries=1)
+    assert r.status == S.TIMEOUT and "read timeout after 0.2 s" in r.error_message and r.attempts == 2
+
+
+# -- retries
+
+def test_5xx_then_success_is_retried(server):
+    r = fetch(server, "http://site.test/flaky?key=a")
+    assert r.status == S.SUCCESS and r.attempts == 3
+
+
+def test_429_waits_for_retry_after(server):
+    r = fetch(server, "http://site.test/ratelimited?key=b&after=1")
+    assert r.status == S.SUCCESS and r.attempts == 2
+    assert 0.9 <= r.seconds < 2
+
+
+def test_429_retry_after_as_http_date(server):
+    r = fetch(server, f"http://site.test/ratelimited?key=c&after={formatdate(time.time() + 1, usegmt=True)}")
+    assert r.status == S.SUCCESS and r.attempts == 2 and r.seconds < 2.5
+
+
+def test_retry_after_over_the_limit_gives_up(server):
+    r = fetch(server, "http://site.test/ratelimited-long", max_retry_after=5)
+    assert (r.status, r.http_status, r.attempts) == (S.HTTP_4XX, 429, 1)
+    assert "Retry-After" in r.error_message
+
+
+@pytest.mark.parametrize("code", [404, 403, 410, 400])
+def test_4xx_is_not_retried(server, code):
+    r = fetch(server, f"http://site.test/status/{code}")
+    assert (r.status, r.http_status, r.attempts) == (S.HTTP_4XX, code, 1)
+    assert r.error_message.startswith(f"HTTP {code}")
+
+
+def test_5xx_forever_gives_http_5xx_after_retries(server):
+    before = server.hits["/status/500"]
+    r = fetch(server, "http://site.test/status/500", retries=3)
+    assert (r.status, r.http_status, r.attempts) == (S.HTTP_5XX, 500, 4)
+    assert server.hits["/status/500"] - before == 4
+
+
+def test_refused_connection_is_connection_error_after_retries(server):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    r = fetch(server, f"http://127.0.0.1:{closed_port}/x.jpg", retries=1)
+    assert r.status == S.CONNECTION_ERROR and r.attempts == 2
+
+
+# -- redirects
+
+def test_redirect_gives_final_url(server):
+    r = fetch(server, "http://site.test/redirect")
+    assert r.status == S.SUCCESS and r.final_url == "http://site.test/ok" and r.attempts == 2
+
+
+def test_redirect_loop(server):
+    r = fetch(server, "http://site.test/loop-a")
+    assert r.status == S.TOO_MANY_REDIRECTS and "loop" in r.error_message
+
+
+def test_too_many_redirects(server):
+    assert fetch(server, "http://site.test/chain/3", max_redirects=3).status == S.SUCCESS
+    r = fetch(server, "http://site.test/chain/4", max_redirects=3)
+    assert r.status == S.TOO_MANY_REDIRECTS and r.http_status == 302
+
+
+def test_redirect_to_ftp_is_unsupported_scheme(server):
+    r = fetch(server, "http://site.test/to-ftp")
+    assert r.status == S.UNSUPPORTED_SCHEME and r.final_url == "ftp://site.test/a.jpg"
+    assert r.error_message == "unsupported scheme 'ftp' (redirected to ftp://site.test/a.jpg)"
+
+
+def test_redirect_to_metadata_address_is_blocked(server):
+    r = fetch(server, "http://site.test/to-metadata")
+    assert r.status == S.BLOCKED_ADDRESS and "169.254.169.254 (link-local)" in r.error_message
+
+
+def test_redirect_is_checked_against_robots(server):
+    assert fetch(server, "http://site.test/to-private").status == S.ROBOTS_DISALLOWED
+
+
+# -- sizes
+
+def test_declared_huge_content_length_is_too_large(server):
+    r = fetch(server, "http://site.test/huge-declared")
+    assert r.status == S.TOO_LARGE and "Content-Length" in r.error_message and r.seconds < 1
+
+
+def test_endless_fast_body_is_too_large(server):
+    r = fetch(server, "http://site.test/endless-fast", total_timeout=5.0)
+    assert r.status == S.TOO_LARGE and r.body is None and r.seconds < 2
+
+
+def test_endless_dripping_body_is_timeout(server):
+    r = fetch(server, "http://site.test/endless-drip", retries=0)
+    assert r.status == S.TIMEOUT and 0.9 < r.seconds < 1.5
+
+
+@pytest.mark.parametrize("path", ["/tiny", "/empty"])
+def test_small_bodies_are_too_small(server, path):
+    r = fetch(server, f"http://site.test{path}")
+    assert r.status == S.TOO_SMALL_BYTES and r.body is None
+
+
+# -- opt-outs
+
+@pytest.mark.parametrize("tags, status", [
+    (["noai"], S.OPT_OUT_HEADER),
+    (["otherbot: noai"], S.SUCCESS),
+    (["nofollow", "clipcrawl: noimageindex"], S.OPT_OUT_HEADER),
+])
+def test_x_robots_tag(server, tags, status):
+    query = "&".join(f"tag={t}" for t in tags)
+    r = fetch(server, f"http://site.test/xrobots?{query}")
+    assert r.status == status
+    if status == S.OPT_OUT_HEADER:
+        assert r.error_message.startswith("X-Robots-Tag:")
+        assert fetch(server, f"http://site.test/xrobots?{query}", respect_optouts=False).status == S.SUCCESS
+
+
+def test_robots_txt_is_fetched_once_per_host(server):
+    before = server.robots_hits["robots.test"]
+    urls = [f"http://robots.test/{kind}/{i}" for i in range(10) for kind in ("public", "private")]
+    results = fetch_all(server, urls)
+    assert [r.status for r in results] == [S.SUCCESS, S.ROBOTS_DISALLOWED] * 10
+    assert server.robots_hits["robots.test"] - before == 1  # one Fetcher, twenty concurrent fetches
+    assert fetch(server, "http://robots.test/private/1", respect_robots=False).status == S.SUCCESS
+
+
+def test_robots_txt_group_for_our_agent(server):
+    assert fetch(server, "http://picky.test/public/1").status == S.ROBOTS_DISALLOWED
+
+
+@pytest.mark.parametrize("host", ["forbidden.test", "broken.test", "site.test"])  # 403, 500, 404: allow all
+def test_robots_txt_errors_allow(server, host):
+    assert fetch(server, f"http://{host}/public/1").status == S.SUCCESS
+
+
+# -- SSRF guard, DNS, schemes
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://internal.test/a.jpg", "10.0.0.7 (private)"),
+    ("http://metadata.test/latest/meta-data/", "169.254.169.254 (link-local)"),
+    ("http://mapped.test/ok", "(private)"),  # ::ffff:10.0.0.7, IPv4-mapped IPv6: still refused
+])
+def test_private_addresses_are_blocked(server, url, reason):
+    r = fetch(server, url)
+    assert r.status == S.BLOCKED_ADDRESS and reason in r.error_message
+
+
+def test_loopback_without_allowlist_is_blocked_before_connecting(server):
+    before = sum(server.hits.values())
+    urls = [f"http://127.0.0.1:{server.port}/ok", f"http://localhost:{server.port}/ok",
+            f"http://[::ffff:127.0.0.1]:{server.port}/ok", f"http://2130706433:{server.port}/ok",
+            "http://site.test/ok"]
+    results = fetch_all(server, urls, allow_addresses=[])
+    assert [r.status for r in results] == [S.BLOCKED_ADDRESS] * len(urls)
+    assert results[0].error_message == "127.0.0.1 is loopback"
+    assert results[1].error_message.startswith("localhost resolves to") and "(loopback)" in results[1].error_message
+    assert sum(server.hits.values()) == before  # not even robots.txt was asked
+
+
+def test_unresolvable_host_is_dns_error(server):
+    r = fetch(server, "http://no-such-host.invalid/a.jpg")
+    assert r.status == S.DNS_ERROR and "no-such-host.invalid" in r.error_message
+
+
+@pytest.mark.parametrize("url", ["data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)",
+                                 "file:///etc/passwd", "ftp://site.test/a.jpg", "a.jpg"])
+def test_non_http_schemes_are_unsupported(server, url):
+    r = fetch(server, url)
+    assert r.status == S.UNSUPPORTED_SCHEME and r.attempts == 0
+
+
+def test_garbage_url_is_a_result_not_an_exception(server):
+    for url in ["http://", "http://[::1/x", "http://exa mple.test/a.jpg", ""]:
+        r = fetch(server, url)
+        assert r.status in {S.CONNECTION_ERROR, S.UNSUPPORTED_SCHEME, S.DNS_ERROR}, (url, r)
+
+
+# -- TLS
+
+def test_https_with_trusted_ca(server):
+    r = fetch(server, "https://secure.test/ok", ca_bundle=server.ca_path)
+    assert r.status == S.SUCCESS and r.body == BODY
+
+
+def test_https_with_untrusted_certificate(server):
+    r = fetch(server, "https://secure.test/ok", retries=2)
+    assert r.status == S.CONNECTION_ERROR and "TLS" in r.error_message and r.attempts == 1
+
+
+# -- politeness
+
+def test_per_host_cap(server):
+    urls = [f"http://{host}/busy/{i}" for i in range(12) for host in ("busy.test", "busy2.test")]
+    results = fetch_all(server, urls, per_host=2, concurrency=50)
+    assert all(r.status == S.SUCCESS for r in results)
+    assert server.max_inflight["busy.test"] == 2 and server.max_inflight["busy2.test"] == 2
+
+
+# -- pure helpers
+
+def test_blocked_reason():
+    allowed = [ipaddress.ip_network("127.0.0.1/32")]
+    ip = ipaddress.ip_address
+    assert blocked_reason(ip("93.184.216.34"), []) is None
+    assert blocked_reason(ip("2606:4700::1111"), []) is None
+    assert blocked_reason(ip("127.0.0.1"), allowed) is None
+    assert blocked_reason(ip("127.0.0.2"), allowed) == "loopback"
+    assert blocked_reason(ip("::1"), []) == "loopback"
+    assert blocked_reason(ip("fe80::1"), []) == "link-local"
+    assert blocked_reason(ip("fc00::1"), []) == "private"
+    assert blocked_reason(ip("::ffff:192.168.1.1"), []) == "private"
+    assert blocked_reason(ip("224.0.0.1"), []) == "multicast"
+    assert blocked_reason(ip("0.0.0.0"), []) == "unspecified"
+    assert blocked_reason(ip("240.0.0.1"), []) == "reserved"
+    assert blocked_reason(ip("100.64.0.1"), []) == "not globally routable"
+
+
+def test_literal_ip():
+    assert literal_ip("10.0.0.7") == ipaddress.ip_address("10.0.0.7")
+    assert literal_ip("[::1]") == ipaddress.ip_address("::1")
+    assert literal_ip("127.1") == ipaddress.ip_address("127.0.0.1")
+    assert literal_ip("0x7f000001") == ipaddress.ip_address("127.0.0.1")
+    assert literal_ip("img.site-3.world.test") is None
+    assert literal_ip("1e100.net") is None
+
+
+def test_parse_retry_after():
+    assert parse_retry_after("120") == 120
+    assert parse_retry_after(formatdate(1000 + 30, usegmt=True), now=1000) == 30
+    assert parse_retry_after(formatdate(1000 - 30, usegmt=True), now=1000) == 0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
