@@ -13,6 +13,8 @@ import concurrent.futures
 import logging
 import multiprocessing
 import os
+import threading
+import time
 
 from prefect import task
 
@@ -20,11 +22,26 @@ from tasks.cache import cache_key
 from tasks.config import DownloadSettings
 from tasks.fetch import Fetcher
 from tasks.images import process_image
+from tasks.normalize import pair_uid
 from tasks.shards import ShardSpec, ShardWriter, read_shard_rows, sample_key
 from tasks.status import DownloadStatus
 
 logger = logging.getLogger(__name__)
 _POOLS: dict[int, concurrent.futures.Executor] = {}
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool worker initializer: exit when the process that made the pool is gone.
+
+    A Dask nanny kills a worker that is slow to close; its image workers, blocked on the pool's
+    queue, would otherwise live on as orphans forever (holding the worker's stdout open).
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="clipcrawl-parent-watch", daemon=True).start()
 
 
 def image_pool(processes: int | None) -> concurrent.futures.Executor:
@@ -41,7 +58,8 @@ def image_pool(processes: int | None) -> concurrent.futures.Executor:
                            "(start Dask workers with distributed.worker.daemon=False)", size)
             pool = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="clipcrawl-image")
         else:
-            pool = concurrent.futures.ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
+            pool = concurrent.futures.ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"),
+                                                          initializer=_exit_with_parent, initargs=(os.getpid(),))
         atexit.register(pool.shutdown, wait=False, cancel_futures=True)
         _POOLS[size] = pool
     return _POOLS[size]
@@ -77,7 +95,9 @@ async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardW
 def download_shard(spec: ShardSpec, out: str, settings: DownloadSettings) -> dict:
     """Download, check, resize and write one shard; returns its stats (also in _stats.json)."""
     table = read_shard_rows(spec)
-    rows = [row | {"key": sample_key(spec.shard, i, settings.shard_size)} for i, row in enumerate(table.to_pylist())]
+    rows = [row | {"key": sample_key(spec.shard, i, settings.shard_size),
+                   "uid": row.get("uid") or pair_uid(row["url"], row["text"])}  # any parquet with url, text
+            for i, row in enumerate(table.to_pylist())]
     with ShardWriter(out, spec.shard, settings) as writer:
         asyncio.run(_download(rows, settings, writer))
         return writer.close()
