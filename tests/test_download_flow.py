@@ -35,7 +35,7 @@ def test_download_matches_ground_truth_and_reruns_from_cache(dask_address, small
         state = download(dask_address, pairs_dir, server, shard_size=200, processes=2)
         assert state.is_completed(), state.message
         report = compare_downloads(small_world, str(pairs_dir))
-        assert report["equal"], report
+        assert report["equal"], (report["wrong"], report["missing"])
         summary = state.result()
         assert summary["count"] == pairs_rows == report["samples"]
 

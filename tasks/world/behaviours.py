@@ -48,8 +48,10 @@ NO_ROBOTS_HOST = "cdn.world.test"        # robots.txt is 404: everything allowed
 
 # What ImageServer.download_settings() changes from the defaults (besides resolve and the CA):
 # short timeouts so a download of a small world takes seconds, loopback exempt from the SSRF guard.
-TEST_SETTINGS = {"connect_timeout": 2.0, "read_timeout": 1.5, "total_timeout": 4.0, "retry_backoff": 0.1,
-                 "allow_addresses": ["127.0.0.1/32"]}
+# They keep a margin over the slow behaviours (6x SLOW_DELAY, one spare retry) because a loaded
+# 2-core machine (cold imports of the image workers, the test runner) delays ordinary answers too.
+TEST_SETTINGS = {"connect_timeout": 3.0, "read_timeout": 3.0, "total_timeout": 5.0, "retries": 3,
+                 "retry_backoff": 0.1, "allow_addresses": ["127.0.0.1/32"]}
 
 
 @dataclass(frozen=True)
