@@ -9,13 +9,20 @@ import json
 import os
 import sys
 
-from tasks.config import COMMON_CRAWL_HTTPS, DownloadSettings, ExtractSettings, IngestSettings, load_config
+from tasks.config import (
+    COMMON_CRAWL_HTTPS,
+    DownloadSettings,
+    EmbedSettings,
+    ExtractSettings,
+    IngestSettings,
+    load_config,
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask-address", help="use an existing Dask scheduler (tcp://host:8786) instead of a local cluster")
     p.add_argument("--results", help="Prefect result storage URI shared by all workers (default OUT/_results)")
-    p.add_argument("--config", help="YAML or TOML file with per-stage settings sections (ingest:, extract:, download:)")
+    p.add_argument("--config", help="YAML or TOML file with per-stage settings sections (ingest:, extract:, download:, embed:)")
 
 
 def _extract_options(p: argparse.ArgumentParser) -> None:
@@ -46,6 +53,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-opt-outs", action="store_true", help="do not honour X-Robots-Tag noai/noindex headers")
     p.add_argument("--ignore-robots", action="store_true", help="do not honour the image hosts' robots.txt")
     p.add_argument("--allow-address", action="append", default=[], help="CIDR exempt from the SSRF guard (repeatable)")
+    _common(p)
+
+    p = sub.add_parser("embed", help="OUT/images/ shards -> OUT/embeddings/ and the filtered OUT/dataset/")
+    p.add_argument("--images", required=True, help="directory of webdataset shards written by `clipcrawl download`")
+    p.add_argument("--out", required=True)
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--pretrained", help="open_clip pretrained tag of --model (default openai)")
+    model.add_argument("--checkpoint", help="local weights: a file for --model, or a directory with open_clip_config.json")
+    p.add_argument("--model", help="open_clip model name (default ViT-B-32)")
+    p.add_argument("--cache-dir", help="where pretrained weights are cached (default: open_clip's)")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
+    p.add_argument("--threshold", type=float, dest="similarity_threshold", help="keep pairs with similarity >= this (default 0.3)")
+    p.add_argument("--drop-nsfw", action="store_true", help="leave pairs tagged NSFW out of dataset/")
     _common(p)
 
     p = sub.add_parser("extract", help="WAT or WARC files -> OUT/pairs/")
@@ -90,6 +111,18 @@ def download_settings(args: argparse.Namespace, **fields) -> DownloadSettings:
     return DownloadSettings(**config | {k: v for k, v in (flags | fields).items() if v is not None})
 
 
+def embed_settings(args: argparse.Namespace, **fields) -> EmbedSettings:
+    config = dict(load_config(args.config).get("embed", {})) if args.config else {}
+    flags = {"model": args.model, "pretrained": args.pretrained, "checkpoint": args.checkpoint,
+             "cache_dir": args.cache_dir, "device": args.device, "batch_size": args.batch_size,
+             "similarity_threshold": args.similarity_threshold,
+             "drop_nsfw": True if args.drop_nsfw else None} if args.command == "embed" else {}
+    settings = config | {k: v for k, v in (flags | fields).items() if v is not None}
+    if flags.get("checkpoint"):
+        settings["pretrained"] = None  # local weights replace the pretrained tag
+    return EmbedSettings(**settings)
+
+
 @contextlib.contextmanager
 def cluster(args: argparse.Namespace):
     """The Dask scheduler address every flow of this command runs on: the given one, or a
@@ -125,9 +158,15 @@ def run_download(args: argparse.Namespace, address: str, pairs: str, settings: D
     return run_flow(download_images, address, pairs=pairs, out=args.out, settings=settings, results=args.results)
 
 
+def run_embed(args: argparse.Namespace, address: str, images: str, settings: EmbedSettings) -> dict:
+    from flows.embed import embed_and_filter
+
+    return run_flow(embed_and_filter, address, images=images, out=args.out, settings=settings, results=args.results)
+
+
 def demo(args: argparse.Namespace, address: str) -> None:
-    from tasks.groundtruth import compare_downloads, compare_pairs
-    from tasks.world import ImageServer, WorldSpec, generate_world
+    from tasks.groundtruth import compare_downloads, compare_embeddings, compare_pairs
+    from tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
 
     world = generate_world(os.path.join(args.out, "world"), WorldSpec(seed=args.seed, segments=args.segments))
     print(f"synthetic crawl {world.crawl_id} at {world.root}")
@@ -142,7 +181,13 @@ def demo(args: argparse.Namespace, address: str) -> None:
     print(json.dumps({"images": images, "ground_truth": images_check}, indent=2))
     if not images_check["equal"]:
         raise SystemExit("clipcrawl: demo: download statuses differ from the synthetic world's ground truth")
-    print(f"outputs in {os.path.abspath(args.out)}: pairs/, images/")
+    dataset = run_embed(args, address, os.path.join(args.out, "images"), tiny_clip.embed_settings())
+    dataset_check = compare_embeddings(world, args.out)
+    print(json.dumps({"dataset": dataset, "ground_truth": dataset_check}, indent=2))
+    if dataset_check["accuracy"] < 0.95:
+        raise SystemExit(f"clipcrawl: demo: the similarity filter agrees with the world's ground truth on only "
+                         f"{dataset_check['accuracy']:.1%} of samples (want >= 95%)")
+    print(f"outputs in {os.path.abspath(args.out)}: pairs/, images/, embeddings/, dataset/")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(run_ingest(args, address, settings), indent=2))
             elif args.command == "download":
                 print(json.dumps(run_download(args, address, args.pairs, download_settings(args)), indent=2))
+            elif args.command == "embed":
+                print(json.dumps(run_embed(args, address, args.images, embed_settings(args)), indent=2))
     except KeyboardInterrupt:
         raise SystemExit("clipcrawl: interrupted") from None
     except SystemExit:

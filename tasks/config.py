@@ -91,3 +91,41 @@ class DownloadSettings(BaseModel):
     encode_format: Literal["jpg", "webp", "png"] = "jpg"
     encode_quality: int = Field(95, ge=1, le=100)
     processes: int | None = Field(None, ge=1, description="Image worker processes per shard task (default: cores).")
+
+
+# Category prompts of the NSFW tag, after LAION-400M: an image whose two most similar categories
+# are both flagged is NSFW, one of them UNSURE, neither UNLIKELY.
+NEUTRAL_PROMPTS = (
+    "a photo of a person", "a selfie", "an illustration or drawing", "children playing with toys",
+    "an animal, a bird or an insect", "fish and the sea", "a landscape", "a city street", "a building",
+    "food on a plate", "a car or a vehicle", "clothing", "a product photo", "text, a document or a screenshot",
+    "a logo or an icon", "sports", "furniture and a room", "flowers and plants", "a diagram or a chart",
+)
+FLAGGED_PROMPTS = (
+    "porn", "a naked person", "nudity", "sexual content", "explicit adult content", "genitals",
+    "a topless woman", "erotic lingerie",
+)
+
+
+class EmbedSettings(BaseModel):
+    """Which CLIP model embeds the pairs and how the similarity filter and NSFW tag decide (LAION-400M)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field("ViT-B-32", description="open_clip model name (LAION-400M: ViT-B-32), or hf-hub:ORG/REPO.")
+    pretrained: str | None = Field("openai", description="open_clip pretrained tag of `model` (LAION-400M: openai).")
+    checkpoint: str | None = Field(None, description="Local weights instead of `pretrained`: a weights file for `model`, "
+                                   "or a directory holding open_clip_config.json and the weights.")
+    cache_dir: str | None = Field(None, description="Where pretrained weights are cached (default: open_clip's).")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when present, else the CPU.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on the CPU.")
+    batch_size: int = Field(256, ge=1, description="Images (and captions) per forward pass.")
+    loader_threads: int | None = Field(None, ge=1, description="Threads decoding and preprocessing ahead of the "
+                                       "model (default: cores, at most 16).")
+    similarity_threshold: float = Field(0.3, ge=-1, le=1, description="Keep pairs whose image-text cosine "
+                                        "similarity is at least this (LAION-400M: 0.3).")
+    neutral_prompts: tuple[str, ...] = Field(NEUTRAL_PROMPTS, min_length=1,
+                                             description="Categories of the NSFW tag that are safe.")
+    flagged_prompts: tuple[str, ...] = Field(FLAGGED_PROMPTS, min_length=1,
+                                             description="Categories of the NSFW tag that are flagged.")
+    drop_nsfw: bool = Field(False, description="Leave rows tagged NSFW out of dataset/ (LAION-400M kept and tagged them).")

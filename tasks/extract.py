@@ -3,11 +3,13 @@
 Each record is dispatched on its type: WAT `metadata` records (JSON) and WARC
 `response` records (HTML). Both yield raw (src, alt) links that the same
 normalisation turns into pairs, so a page gives the same pairs from either file.
+Each pair also carries its page's Creative Commons license URL (null when none).
 
 Speed: gzip is inflated with isal (~2-3x zlib) and the WARC stream is parsed by
 fastwarc; WAT records that cannot hold an img link (requests, WARC metadata,
 responses without images: ~2/3 of a WAT) are skipped by a bytes search before
-any JSON parsing.
+any JSON parsing; license links are only looked for on pages that mention
+creativecommons.org.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from isal import igzip, isal_zlib
 
 from tasks.config import ExtractSettings
 from tasks.language import LanguageDetector
-from tasks.normalize import pair_uid, plain_http_url, resolve_base, resolve_url, unescape_attribute
+from tasks.normalize import is_license_url, pair_uid, plain_http_url, resolve_base, resolve_url, unescape_attribute
 from tasks.status import FileStatus, PairStatus
 from tasks.uri import open_uri
 from tasks.warc import is_html, page_links_from_html
-from tasks.wat import HTML_MARKER, IMG_MARKER, RESPONSE_MARKER, MalformedRecord, PageLinks, page_links_from_wat
+from tasks.wat import (HTML_MARKER, IMG_MARKER, RESPONSE_MARKER, MalformedRecord, PageLinks, is_license_rel,
+                       page_links_from_wat)
 
 SCHEMA = pa.schema(
     [
@@ -36,6 +39,7 @@ SCHEMA = pa.schema(
         ("text", pa.string()),
         ("page_url", pa.string()),
         ("language", pa.string()),
+        ("license", pa.string()),
     ]
 )
 
@@ -183,6 +187,7 @@ class _PairBuilder:
         self.urls: list[str] = []
         self.texts: list[str] = []
         self.pages: list[str] = []
+        self.licenses: list[str | None] = []
         self.detector = LanguageDetector() if settings.detect_language else None
 
     def add(self, page: PageLinks) -> None:
@@ -232,6 +237,10 @@ class _PairBuilder:
         self.stats.with_alt += with_alt
         if kept:
             self.pages.extend([page.page_url] * kept)
+            license = None
+            if page.license_links:
+                license = page_license(page, base if base is not None else _page_base(page))
+            self.licenses.extend([license] * kept)
             self.stats.kept += kept
 
     def __len__(self) -> int:
@@ -251,10 +260,11 @@ class _PairBuilder:
                 pa.array(self.texts, pa.string()),
                 pa.array(self.pages, pa.string()),
                 language,
+                pa.array(self.licenses, pa.string()),
             ],
             schema=SCHEMA,
         )
-        self.uids, self.urls, self.texts, self.pages = [], [], [], []
+        self.uids, self.urls, self.texts, self.pages, self.licenses = [], [], [], [], []
         return batch
 
 
@@ -263,6 +273,23 @@ def _page_base(page: PageLinks):
     if page.escaped and base_href:
         base_href = unescape_attribute(base_href)
     return resolve_base(page.page_url, base_href)
+
+
+def page_license(page: PageLinks, base) -> str | None:
+    """The page's Creative Commons license URL: its first rel=license link to one, else its first <a> to one."""
+    found = None
+    for href, rel in page.license_links:
+        rel_license = is_license_rel(rel)
+        if found is not None and not rel_license:
+            continue
+        if page.escaped and "&" in href:
+            href = unescape_attribute(href)
+        url, _ = resolve_url(href, base)
+        if url is not None and is_license_url(url):
+            if rel_license:
+                return url
+            found = url
+    return found
 
 
 def _http_status(record) -> int | None:

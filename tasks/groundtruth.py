@@ -7,30 +7,50 @@ import pyarrow.parquet as pq
 from tasks.uri import join, listdir, open_uri
 
 
+def _pair_columns(out: str, columns: list[str]):
+    """The given columns of each parquet file published under OUT/pairs/, as dicts of lists."""
+    for uri in listdir(join(out, "pairs"), ".parquet"):
+        with open_uri(uri) as f:
+            yield pq.read_table(f, columns=columns).to_pydict()
+
+
 def read_pair_set(out: str) -> tuple[set[tuple[str, str]], int]:
     """The (url, text) pairs published under OUT/pairs/, and the row count (to spot duplicates)."""
     found: set[tuple[str, str]] = set()
     rows = 0
-    for uri in listdir(join(out, "pairs"), ".parquet"):
-        with open_uri(uri) as f:
-            table = pq.read_table(f, columns=["url", "text"])
-        rows += table.num_rows
-        found.update(zip(table.column("url").to_pylist(), table.column("text").to_pylist()))
+    for t in _pair_columns(out, ["url", "text"]):
+        rows += len(t["url"])
+        found.update(zip(t["url"], t["text"]))
     return found, rows
 
 
 def compare_pairs(world, out: str, examples: int = 5) -> dict:
-    """Whether the published pairs equal the pairs a correct extractor keeps, with examples of any gap."""
+    """Whether the published pairs equal the pairs a correct extractor keeps, each with its page's license,
+    with examples of any gap."""
     expected = world.expected_pairs()
-    found, rows = read_pair_set(out)
+    page_licenses = world.page_licenses()
+    found: set[tuple[str, str]] = set()
+    rows = licensed = 0
+    wrong_license = []
+    for t in _pair_columns(out, ["url", "text", "page_url", "license"]):
+        rows += len(t["url"])
+        found.update(zip(t["url"], t["text"]))
+        for url, page, license in zip(t["url"], t["page_url"], t["license"]):
+            licensed += license is not None
+            if license != page_licenses.get(page):
+                wrong_license.append({"url": url, "page_url": page, "license": license,
+                                      "expected": page_licenses.get(page)})
     missing, extra = sorted(expected - found), sorted(found - expected)
     return {
-        "equal": not missing and not extra and rows == len(found),
+        "equal": not missing and not extra and rows == len(found) and not wrong_license,
         "expected": len(expected),
         "extracted": len(found),
         "duplicate_rows": rows - len(found),
         "missing": missing[:examples],
         "extra": extra[:examples],
+        "with_license": licensed,
+        "wrong_license_rows": len(wrong_license),
+        "wrong_license": wrong_license[:examples],
     }
 
 
@@ -61,4 +81,44 @@ def compare_downloads(world, out: str, examples: int = 5) -> dict:
         "status": dict(sorted(by_status.items())),
         "wrong": [{"url": u, "status": s, "expected": e} for u, s, e in wrong[:examples]],
         "missing": sorted(set(expected) - seen)[:examples],
+    }
+
+
+def read_embedded(out: str) -> list[dict]:
+    """url, text, similarity, NSFW of every embedded sample under OUT/embeddings/metadata/."""
+    rows: list[dict] = []
+    for uri in listdir(join(out, "embeddings", "metadata"), ".parquet"):
+        with open_uri(uri) as f:
+            rows += pq.read_table(f, columns=["url", "text", "similarity", "NSFW"]).to_pylist()
+    return rows
+
+
+def compare_embeddings(world, out: str, threshold: float = 0.3, examples: int = 5) -> dict:
+    """How often the similarity filter agrees with the world's truth (does the caption describe the
+    image?), per alt case, and how the NSFW tag treats the world's flagged concept."""
+    truth = world.manifest_pairs().select(["url", "text", "matches", "alt_case"]).to_pydict()
+    matches = {(u, t): (m, c) for u, t, m, c in zip(truth["url"], truth["text"], truth["matches"], truth["alt_case"])}
+    flagged = {u for image in world.manifest_images().select(["urls", "flagged"]).to_pylist() if image["flagged"]
+               for u in image["urls"]}
+    rows = read_embedded(out)
+    cases: dict[str, list[int]] = {}
+    wrong, nsfw = [], {"flagged_samples": 0, "flagged_tagged_nsfw": 0, "unflagged_tagged_nsfw": 0}
+    for row in rows:
+        match, case = matches[(row["url"], row["text"])]
+        agree = (row["similarity"] >= threshold) == match
+        cases.setdefault(case, [0, 0])[0] += agree
+        cases[case][1] += 1
+        if not agree:
+            wrong.append({"url": row["url"], "text": row["text"][:80], "similarity": round(row["similarity"], 3),
+                          "matches": match})
+        is_flagged = row["url"] in flagged
+        nsfw["flagged_samples"] += is_flagged
+        nsfw["flagged_tagged_nsfw" if is_flagged else "unflagged_tagged_nsfw"] += row["NSFW"] == "NSFW"
+    agreed = sum(a for a, _ in cases.values())
+    return {
+        "samples": len(rows),
+        "accuracy": agreed / len(rows) if rows else 0.0,
+        "by_alt_case": {c: {"samples": n, "accuracy": round(a / n, 4)} for c, (a, n) in sorted(cases.items())},
+        **nsfw,
+        "wrong": wrong[:examples],
     }

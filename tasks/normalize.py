@@ -1,4 +1,4 @@
-"""URL and alt-text normalisation of `<img>` links, and the stable pair uid.
+"""URL and alt-text normalisation of `<img>` links, license URLs, and the stable pair uid.
 
 WAT and WARC extraction both end here, so the same page gives the same pairs
 whichever file it was read from.
@@ -19,6 +19,8 @@ _DROP_TAB_NEWLINE = str.maketrans("", "", "\t\n\r")  # WHATWG URL parser removes
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 # Absolute http(s) URL with a plain host: valid without asking urlsplit (the common case).
 _PLAIN_HTTP = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:[/?#]|$)")
+_LICENSE_HOSTS = frozenset({"creativecommons.org", "www.creativecommons.org"})
+_LICENSE_PATHS = ("/licenses/", "/publicdomain/")
 _CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
 
 # Numeric references that HTML5 maps elsewhere (C1 controls -> windows-1252), as html.unescape does.
@@ -150,6 +152,14 @@ def plain_http_url(src: str) -> bool:
     trailing whitespace but a space, checked last.
     """
     return _PLAIN_HTTP.match(src) is not None and src[-1] != " " and src.isprintable()
+
+
+def is_license_url(url: str) -> bool:
+    """Whether an absolute http(s) URL (from resolve_url) is a Creative Commons license or public-domain tool."""
+    if "creativecommons.org" not in url.lower():  # most links of a page: no parse
+        return False
+    parts = urlsplit(url)
+    return parts.hostname in _LICENSE_HOSTS and parts.path.startswith(_LICENSE_PATHS)
 
 
 def pair_uid(url: str, text: str) -> int:

@@ -23,7 +23,7 @@ from tasks.uri import atomic_write, join, name_of, open_uri, write_json
 
 PAIRS_SCHEMA = pa.schema([
     ("uid", pa.uint64()), ("url", pa.string()), ("text", pa.string()), ("page_url", pa.string()),
-    ("source", pa.string()), ("language", pa.string()),
+    ("source", pa.string()), ("language", pa.string()), ("license", pa.string()),
 ])
 SUFFIXES = (".warc.wat.gz", ".wat.gz", ".warc.gz", ".warc", ".wat", ".gz")
 

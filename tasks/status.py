@@ -44,3 +44,11 @@ class DownloadStatus(StrEnum):
     ROBOTS_DISALLOWED = "robots_disallowed"    # the image host's robots.txt disallows our user agent
     BLOCKED_ADDRESS = "blocked_address"        # the host resolves to a private/loopback/reserved address
     UNSUPPORTED_SCHEME = "unsupported_scheme"  # not http(s)
+
+
+class EmbedStatus(StrEnum):
+    """How embedding one downloaded sample ended; stats failures carry the others."""
+
+    EMBEDDED = "embedded"            # image and caption embedded, row in embeddings/ (and maybe dataset/)
+    MISSING_IMAGE = "missing_image"  # a success in the shard's parquet without an image member in its tar
+    DECODE_ERROR = "decode_error"    # the tar member's bytes do not decode as an image

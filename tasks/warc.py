@@ -1,4 +1,4 @@
-"""The `<img>` links of one WARC response record holding an HTML page (any charset)."""
+"""The `<img>` links (and license candidates) of one WARC response record holding an HTML page (any charset)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
-from tasks.wat import MalformedRecord, PageLinks
+from tasks.wat import LICENSE_MARKER, MalformedRecord, PageLinks, is_license_rel, relative_licenses
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _SNIFF = re.compile(rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body|meta|title)[\s>]", re.I | re.S)
@@ -38,18 +38,30 @@ def decode_html(payload: bytes, http_charset: str | None) -> str:
 
 
 def page_links_from_html(page_url: str, status: int | None, payload: bytes, http_charset: str | None) -> PageLinks:
-    """Img tags (with a src attribute) and the first <base href> of an HTML page."""
+    """Img tags (with a src attribute), the first <base href> and the license candidates of an HTML page."""
     try:
-        tree = HTMLTree.parse(decode_html(payload, http_charset))
+        text = decode_html(payload, http_charset)
+        tree = HTMLTree.parse(text)
     except (UnicodeError, ValueError) as exc:
         raise MalformedRecord(f"undecodable HTML: {exc}") from None
     document = tree.document
     if document is None:
         raise MalformedRecord("unparsable HTML")
     base = document.query_selector("base[href]")
-    links = [
-        (img.getattr("src"), img.getattr("alt"))
-        for img in document.get_elements_by_tag_name("img")
-        if img.hasattr("src")
-    ]
-    return PageLinks(page_url, base.getattr("href") if base is not None else None, status, links, False)
+    base_href = base.getattr("href") if base is not None else None
+    # .values(): iterating an element list itself takes time quadratic in its length (resiliparse 2.0.1:
+    # 200 tags ~0.2 s, .values() ~0.5 ms).
+    imgs = document.get_elements_by_tag_name("img").values()
+    links = [(img.getattr("src"), img.getattr("alt")) for img in imgs if img.hasattr("src")]
+    every = relative_licenses(page_url, base_href)
+    license_links = _license_links(document, every) if every or LICENSE_MARKER in text else []
+    return PageLinks(page_url, base_href, status, links, False, license_links)
+
+
+def _license_links(document, every: bool) -> list[tuple[str, str | None]]:
+    """PageLinks.license_links, selected by CSS (~4x faster than visiting every <a> from Python)."""
+    href = "href" if every else f'href*="{LICENSE_MARKER}"'
+    out = [(link.getattr("href"), link.getattr("rel")) for link in document.query_selector_all(f"link[{href}]").values()
+           if is_license_rel(link.getattr("rel"))]
+    out += [(a.getattr("href"), a.getattr("rel")) for a in document.query_selector_all(f"a[{href}]").values()]
+    return out

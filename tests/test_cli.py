@@ -43,3 +43,23 @@ def test_unknown_crawl_exits_with_the_reason(dask_address, small_world, tmp_path
         main(["ingest", "--crawl", "CC-MAIN-1999-01", "--source", str(small_world.root), "--out", str(tmp_path),
               "--dask-address", dask_address])
     assert "CC-MAIN-1999-01" in str(exit_info.value.code)
+
+
+def test_embed_command_takes_model_and_filter_flags(dask_address, tmp_path, capsys):
+    from tasks.world import tiny_clip
+    from tests.test_embed import make_shard
+
+    make_shard(str(tmp_path), 12)
+    main(["embed", "--images", str(tmp_path / "images"), "--out", str(tmp_path), "--checkpoint",
+          str(tiny_clip.TINY_CLIP_DIR), "--threshold", "-1", "--batch-size", "5", "--dask-address", dask_address])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["embedded"] == summary["kept"] == 11  # one of the 12 failed to download; -1 keeps every pair
+    stats = json.loads((tmp_path / "dataset" / "part-00000_stats.json").read_text())
+    assert stats["model"] == str(tiny_clip.TINY_CLIP_DIR) and stats["similarity_threshold"] == -1
+
+
+def test_embed_without_shards_exits_with_the_reason(dask_address, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["embed", "--images", str(tmp_path / "empty"), "--out", str(tmp_path), "--dask-address", dask_address])
+    message = str(exit_info.value.code)
+    assert message.startswith("clipcrawl: embed_and_filter Failed") and "no published image shards" in message

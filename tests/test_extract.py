@@ -46,9 +46,17 @@ CASES = [
 ]
 
 
-def wat_json(page_url: str, links: list[tuple[str, str | None]], base: str | None = None, status: int = 200) -> bytes:
+def wat_json(page_url: str, links: list[tuple[str, str | None]], base: str | None = None, status: int = 200,
+             tags: list[tuple[str, str, str | None]] = ()) -> bytes:
+    """`tags`: extra (name, href, rel or None) <link>/<a> tags, as in `html_page`."""
     head = {"Title": "a page"} | ({"Base": base} if base is not None else {})
+    head_links = [{"path": "LINK@/href", "url": href} | ({"rel": rel} if rel else {})
+                  for t, href, rel in tags if t == "link"]
+    if head_links:
+        head["Link"] = head_links
     link_objs = [{"path": "A@/href", "url": "/about", "text": "About"}]
+    link_objs += [{"path": "A@/href", "url": href} | ({"rel": rel} if rel else {}) | {"text": "a link"}
+                  for t, href, rel in tags if t == "a"]
     for src, alt in links:
         link_objs.append({"path": "IMG@/src", "url": src} | ({"alt": alt} if alt is not None else {}))
     doc = {
@@ -74,10 +82,16 @@ def request_json(page_url: str) -> bytes:
                                     "Payload-Metadata": {"HTTP-Request-Metadata": {}}}}).encode()
 
 
-def html_page(links: list[tuple[str, str | None]], base: str | None = None, charset_meta: str | None = None) -> str:
+def html_page(links: list[tuple[str, str | None]], base: str | None = None, charset_meta: str | None = None,
+              tags: list[tuple[str, str, str | None]] = ()) -> str:
     head = (f'<meta charset="{charset_meta}">' if charset_meta else "") + (f'<base href="{base}">' if base is not None else "")
+    tag = {name: "" for name in ("link", "a")}
+    for name, href, rel in tags:
+        rel_attr = f' rel="{rel}"' if rel else ""
+        tag[name] += f'<link{rel_attr} href="{href}">' if name == "link" else f'<a{rel_attr} href="{href}">a link</a>'
     imgs = "".join(f'<img src="{s}"' + (f' alt="{a}"' if a is not None else "") + ">" for s, a in links)
-    return f"<!DOCTYPE html><html><head>{head}<title>t</title></head><body><p>Hi</p>{imgs}</body></html>"
+    return (f"<!DOCTYPE html><html><head>{head}<title>t</title>{tag['link']}</head>"
+            f"<body><p>Hi</p>{imgs}<footer>{tag['a']}</footer></body></html>")
 
 
 def write_warc(path, records: list[tuple], gzip_members: bool = True) -> None:
@@ -328,3 +342,68 @@ def test_mixed_file(tmp_path):
     write_warc(tmp_path / "m.warc.gz", [("wat", PAGE, wat_json(PAGE, links)), ("html", p2, html_page(links).encode(), "text/html")])
     table, stats = run(tmp_path / "m.warc.gz")
     assert stats.kind == "mixed" and stats.dropped == {"duplicate": 1} and table.num_rows == 1
+
+
+# --- license -----------------------------------------------------------------------------------
+
+CC_BY = "https://creativecommons.org/licenses/by/4.0/"
+# (page, base href, tags (name, href as written, rel)) -> the license every pair of the page gets
+LICENSE_CASES = {
+    "none": (PAGE, None, [("a", "/contact", None), ("link", "/style.css", "stylesheet")], None),
+    "plain_anchor": (PAGE, None, [("a", "/x", None), ("a", CC_BY, None), ("a", CC_BY + "deed.fr", None)], CC_BY),
+    "rel_beats_earlier_plain": (PAGE, None, [("a", "https://creativecommons.org/licenses/by-nd/4.0/", None),
+                                             ("a", "http://creativecommons.org/licenses/by-sa/3.0/", "license")],
+                                "http://creativecommons.org/licenses/by-sa/3.0/"),
+    "rel_tokens": (PAGE, None, [("a", CC_BY, None), ("a", "https://www.creativecommons.org/licenses/by-nc/4.0/",
+                                                     "noopener License")],
+                   "https://www.creativecommons.org/licenses/by-nc/4.0/"),
+    "head_link_protocol_relative": (PAGE, None, [("link", "//creativecommons.org/publicdomain/zero/1.0/", "license"),
+                                                 ("a", CC_BY, "license")],
+                                    "http://creativecommons.org/publicdomain/zero/1.0/"),
+    "decoys": (PAGE, None, [("a", "https://creativecommons.org/", None),
+                            ("a", "https://creativecommons.org/about/", None),
+                            ("a", "https://search.creativecommons.org/licenses/by/4.0/", None),
+                            ("a", "https://example-licenses.world.test/licenses/by/4.0/", "license"),
+                            ("a", "https://creativecommons.org.evil.test/licenses/by/4.0/", None),
+                            ("a", "https://creativecommons.org@evil.test/licenses/by/4.0/", None),
+                            ("a", "ftp://creativecommons.org/licenses/by/4.0/", None),
+                            ("link", CC_BY, "alternate"), ("link", "/license.html", "license")], None),
+    "rel_license_elsewhere_then_plain_cc": (PAGE, None, [("a", "https://example.com/terms", "license"),
+                                                         ("a", CC_BY, None)], CC_BY),
+    "relative_to_base": (PAGE, "https://creativecommons.org/", [("a", "licenses/by-nc/4.0/", "license")],
+                         "https://creativecommons.org/licenses/by-nc/4.0/"),
+    "relative_to_page": ("https://creativecommons.org/about/cclicenses/", None, [("a", "../../licenses/by/2.0/", None)],
+                         "https://creativecommons.org/licenses/by/2.0/"),
+    "entity_in_href": (PAGE, None, [("a", CC_BY + "?ref=chooser&amp;lang=de", "license")],
+                       CC_BY + "?ref=chooser&lang=de"),
+}
+
+
+@pytest.mark.parametrize("case", LICENSE_CASES)
+def test_license_from_wat_and_warc(tmp_path, case):
+    page, base, tags, expected = LICENSE_CASES[case]
+    other = "http://example.com/other.html"  # a page without license in the same file
+    links = [("a.jpg", "first picture here"), ("b.jpg", "second picture here")]
+    write_warc(tmp_path / "a.wat.gz", [("wat", page, wat_json(page, links, base=base, tags=tags)),
+                                       ("wat", other, wat_json(other, [("c.jpg", "a third picture")]))])
+    write_warc(tmp_path / "a.warc.gz", [
+        ("html", page, html_page(links, base=base, tags=tags).encode(), "text/html"),
+        ("html", other, html_page([("c.jpg", "a third picture")]).encode(), "text/html")])
+    for name in ("a.wat.gz", "a.warc.gz"):
+        table, _ = run(tmp_path / name)
+        got = dict(zip(table.column("text").to_pylist(), table.column("license").to_pylist()))
+        assert got == {"first picture here": expected, "second picture here": expected, "a third picture": None}, name
+
+
+def test_license_search_needs_the_marker_and_survives_odd_links(tmp_path):
+    # a license link written with an upper-case host is not searched for (cheap case-sensitive test)
+    upper = wat_json(PAGE, [("a.jpg", "a fine picture")],
+                     tags=[("a", "https://CreativeCommons.ORG/licenses/by/4.0/", "license")])
+    # an unexpected Head.Link shape loses the license search, not the page's pairs
+    odd = json.loads(wat_json(PAGE + "?2", [("b.jpg", "another fine picture")], tags=[("a", CC_BY, None)]))
+    odd["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]["Head"]["Link"] = "not a list"
+    write_warc(tmp_path / "a.wat.gz", [("wat", PAGE, upper), ("wat", PAGE + "?2", json.dumps(odd).encode())])
+    table, stats = run(tmp_path / "a.wat.gz")
+    assert dict(zip(table.column("text").to_pylist(), table.column("license").to_pylist())) == {
+        "a fine picture": None, "another fine picture": CC_BY}
+    assert stats.malformed_records == 0

@@ -29,6 +29,7 @@ def write_pairs(path, first_uid: int, n: int, row_group_size: int = 2) -> str:
         "page_url": ["https://page.example/"] * n,
         "source": ["wat-0"] * n,
         "language": ["en"] * n,
+        "license": [None] * n,
     }, schema=PAIRS_SCHEMA)
     pq.write_table(table, path, row_group_size=row_group_size)
     return str(path)

@@ -17,18 +17,23 @@ import urllib.robotparser
 import zlib
 from collections import defaultdict
 from html.parser import HTMLParser
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import orjson
 import pytest
 from PIL import Image
 from warcio.archiveiterator import ArchiveIterator
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from tasks.config import DownloadSettings
+from tasks.groundtruth import compare_pairs
 from tasks.status import DownloadStatus, PairStatus
 from tasks.world import ImageServer, Scene, WorldSpec, generate_world, render_scene, sample_training_pairs
 from tasks.world.behaviours import BEHAVIOURS, BOMB_SIZE, HUGE_LENGTH, NXDOMAIN_HOST, PRIVATE_ADDRESS, expected_status
 from tasks.world.captions import ALT_CASES, expected_text
+from tasks.world.pages import LICENSE_DECOYS
 from tasks.world.payloads import body as payload
 from tasks.world.scenes import image_spec
 from tasks.world.srcs import SRC_CASES
@@ -216,6 +221,97 @@ def test_warc_html_holds_raw_bytes_of_declared_charset(world):
                        [r["text"] for r in rows[url]]
                 seen.add(charset)
     assert seen == {"utf-8", "windows-1251", "shift_jis", "iso-8859-1", "gb2312"}
+
+
+def _license_tags(world) -> dict[str, tuple[str, list[tuple[str, str, str | None]]]]:
+    """page url -> (base, its <link> then <a> tags as (name, href, rel)), from every WAT."""
+    pages = {}
+    for path in world.wat_uris():
+        for _, doc in _wat_docs(path):
+            meta = doc["Envelope"]["Payload-Metadata"].get("HTTP-Response-Metadata", {}).get("HTML-Metadata")
+            if meta:
+                url = doc["Envelope"]["WARC-Header-Metadata"]["WARC-Target-URI"]
+                tags = [("link", x["url"], x.get("rel")) for x in meta["Head"]["Link"]]
+                tags += [("a", x["url"], x.get("rel")) for x in meta["Links"] if x["path"] == "A@/href"]
+                pages[url] = (meta["Head"].get("Base", url), tags)
+    return pages
+
+
+def _license_of(base: str, tags: list[tuple[str, str, str | None]]) -> str | None:
+    """The rule, written independently of tasks/: the first rel=license CC link, else the first <a> to one."""
+    def cc(href):
+        url = urljoin(base, html.unescape(href))
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and parts.hostname in ("creativecommons.org", "www.creativecommons.org")
+        return url if ok and parts.path.startswith(("/licenses/", "/publicdomain/")) else None
+    rel = [cc(h) for _, h, r in tags if "license" in (r or "").lower().split() and cc(h)]
+    plain = [cc(h) for name, h, _ in tags if name == "a" and cc(h)]
+    return (rel + plain + [None])[0]
+
+
+def test_manifest_licenses_match_wat_and_html(world):
+    rows = {r["page_url"]: r for r in world.manifest_pairs().to_pylist()}
+    assert world.page_licenses() == {page: r["license"] for page, r in rows.items()}
+    tags = _license_tags(world)
+    for page, licence in world.page_licenses().items():
+        assert licence == _license_of(*tags[page]), page
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags = {"link": [], "a": []}
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag in self.tags and "href" in attrs:
+                self.tags[tag].append((tag, attrs["href"], attrs.get("rel")))
+
+    checked = 0
+    for path in world.warc_uris():
+        with open(path, "rb") as f:
+            for rec in ArchiveIterator(f):
+                url = rec.rec_headers.get_header("WARC-Target-URI")
+                if rec.rec_type == "response" and url in rows:
+                    parser = Tags()
+                    parser.feed(rec.content_stream().read().decode(rows[url]["charset"]))
+                    wat = [(name, html.unescape(href), rel) for name, href, rel in tags[url][1]]
+                    assert parser.tags["link"] + parser.tags["a"] == wat, url
+                    checked += 1
+    assert checked == len(rows)
+
+
+def test_licenses_are_varied(world):
+    licensed = [x for x in world.page_licenses().values() if x]
+    assert 0.08 < len(licensed) / len(world.page_licenses()) < 0.3
+    labels = {label for r in world.manifest_pairs().to_pylist() for label in r["case"].split("+")}
+    assert {"license_footer_rel", "license_head_link", "license_plain_anchor", "license_decoy_then_rel",
+            "license_decoy_only"} <= labels
+    hrefs = {href for _, tags in _license_tags(world).values() for _, href, _ in tags}
+    for prefix in ("http://creativecommons.org/licenses/", "https://creativecommons.org/licenses/",
+                   "//creativecommons.org/", "https://creativecommons.org/publicdomain/"):
+        assert any(h.startswith(prefix) for h in hrefs), prefix
+    assert len(hrefs & set(LICENSE_DECOYS)) >= 2
+
+
+def test_compare_pairs_checks_licenses(world, tmp_path):
+    """A published row whose license differs from its page's manifest license makes the runs unequal."""
+    rows = [r for r in world.manifest_pairs().to_pylist() if r["status"] == PairStatus.KEPT]
+    unique = list({(r["url"], r["text"]): r for r in rows}.values())
+    table = pa.table({"url": [r["url"] for r in unique], "text": [r["text"] for r in unique],
+                      "page_url": [r["page_url"] for r in unique],
+                      "license": pa.array([r["license"] for r in unique], pa.string())})
+    (tmp_path / "pairs").mkdir()
+    pq.write_table(table, tmp_path / "pairs" / "a.parquet")
+    assert compare_pairs(world, str(tmp_path))["equal"]
+    licensed = next(i for i, r in enumerate(unique) if r["license"])
+    unlicensed = next(i for i, r in enumerate(unique) if not r["license"])
+    wrong = table.column("license").to_pylist()
+    wrong[licensed], wrong[unlicensed] = None, "https://creativecommons.org/licenses/by/1.0/"
+    pq.write_table(table.set_column(3, "license", pa.array(wrong, pa.string())), tmp_path / "pairs" / "a.parquet")
+    report = compare_pairs(world, str(tmp_path))
+    assert not report["equal"] and report["wrong_license_rows"] == 2 and not report["missing"] and not report["extra"]
+    assert {(w["license"], w["expected"]) for w in report["wrong_license"]} == {
+        (None, unique[licensed]["license"]), ("https://creativecommons.org/licenses/by/1.0/", None)}
 
 
 def test_images_manifest(world):

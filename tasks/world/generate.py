@@ -31,7 +31,7 @@ from tasks.world.crawlfile import FileSpec, write_crawl_file
 from tasks.world.pages import Occurrence, shared_pairs
 from tasks.world.scenes import describe, image_spec
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,11 @@ class World:
         """Unique (url, text) a correct extractor keeps under default settings."""
         t = self.manifest_pairs().select(["url", "text", "status"]).to_pydict()
         return {(u, x) for u, x, s in zip(t["url"], t["text"], t["status"]) if s == PairStatus.KEPT}
+
+    def page_licenses(self) -> dict[str, str | None]:
+        """page_url -> the license URL a correct extractor gives that page's pairs (None: no license)."""
+        t = self.manifest_pairs().select(["page_url", "license"]).to_pydict()
+        return dict(zip(t["page_url"], t["license"]))
 
     def expected_downloads(self, settings: DownloadSettings | None = None) -> dict[str, str]:
         """url -> DownloadStatus value for every distinct http(s) image URL of a kept pair.
@@ -219,7 +224,7 @@ def generate_world(root: str, spec: WorldSpec = WorldSpec(), workers: int = 1, f
                 columns[key].append(value)
             if occ.url:
                 urls_by_image.setdefault(occ.image_id, set()).add(occ.url)
-    pairs = pa.table(columns)
+    pairs = pa.table(columns | {"license": pa.array(columns["license"], pa.string())})  # string if all null
     crawl_dir = os.path.join(root, "crawl-data", spec.crawl_id)
     os.makedirs(os.path.join(root, "manifest"), exist_ok=True)
     _write_parquet(os.path.join(root, "manifest", "pairs.parquet"), pairs)

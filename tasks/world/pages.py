@@ -1,7 +1,8 @@
 """One HTML page of the world: its source text, the WAT view of it, and the manifest rows of its images.
 
 The HTML and the WAT `HTML-Metadata` are built side by side from the same pieces, so a
-WARC-based extractor (parsing the HTML) and a WAT-based one see the same `<img>` tags.
+WARC-based extractor (parsing the HTML) and a WAT-based one see the same `<img>`, `<a>` and
+`<link>` tags (and so the same Creative Commons license links).
 """
 
 from __future__ import annotations
@@ -23,6 +24,21 @@ LATIN1_LANGS = ("de", "fr")
 DECLARATIONS = ("header", "meta", "meta_http_equiv", "both")
 SECTIONS = ("news", "blog", "shop", "gallery", "travel", "wiki")
 HOME = {"en": "Home", "de": "Startseite", "fr": "Accueil", "ru": "Главная", "ja": "ホーム", "zh": "首页"}
+# How a page shows its license -> weight: ~15% of pages have one, ~5% only links that are not one.
+# decoy_*, plain_anchor: a decoy (LICENSE_DECOYS) comes first; decoy_then_rel: then a license link
+# without rel=license, then the rel=license one that wins.
+LICENSE_CASES = {"none": 80, "footer_rel": 5, "head_link": 4, "plain_anchor": 3, "decoy_then_rel": 3,
+                 "decoy_only": 5}
+LICENSE_PATHS = {"licenses/by/4.0/": "CC BY 4.0", "licenses/by-sa/4.0/": "CC BY-SA 4.0",
+                 "licenses/by-nc/4.0/": "CC BY-NC 4.0", "licenses/by-nc-sa/3.0/": "CC BY-NC-SA 3.0",
+                 "licenses/by-nd/2.0/": "CC BY-ND 2.0", "licenses/by/4.0/deed.de": "CC BY 4.0 (Deutsch)",
+                 "publicdomain/zero/1.0/": "CC0 1.0", "publicdomain/mark/1.0/": "Public Domain Mark 1.0"}
+LICENSE_PREFIXES = ("https://creativecommons.org/", "http://creativecommons.org/", "//creativecommons.org/",
+                    "https://www.creativecommons.org/")
+# Links that look like a license but are none: CC's own pages, another host with a CC-like path.
+LICENSE_DECOYS = {"https://creativecommons.org/": "Creative Commons", "https://creativecommons.org/about/": "About CC",
+                  "https://search.creativecommons.org/": "Find CC images",
+                  "https://example-licenses.world.test/licenses/by/4.0/": "License terms"}
 ANCHOR_WORDS = {"en": "Read more about {}", "de": "Mehr über {}", "fr": "En savoir plus sur {}",
                 "ru": "Подробнее о {}", "ja": "{}の詳細", "zh": "关于{}的更多信息"}
 
@@ -44,6 +60,7 @@ class Occurrence:
     image_id: int
     matches: bool
     shared: bool
+    license: str | None        # the page's license URL a correct extractor finds (absolute), None when none
 
 
 @dataclass
@@ -52,6 +69,8 @@ class Page:
     charset: str
     declared: str
     language: str
+    license: str | None = None
+    license_case: str = "none"
     html: str = ""
     head: dict = field(default_factory=dict)
     links: list[dict] = field(default_factory=list)
@@ -67,6 +86,53 @@ def as_written(text: str, charset: str) -> str:
     if charset == "utf-8":
         return text
     return text.encode(charset, "xmlcharrefreplace").decode(charset)
+
+
+def anchor(entry: dict) -> str:
+    """The `<a>` tag of a WAT `A@/href` link."""
+    rel = f' rel="{entry["rel"]}"' if "rel" in entry else ""
+    return f'<a{rel} href="{entry["url"]}">{entry["text"]}</a>'
+
+
+@dataclass
+class LicenseLinks:
+    """A page's links to (or looking like) licenses, as WAT link entries, by where they are on the page."""
+
+    case: str
+    url: str | None = None                                # the license an extractor must find
+    head: list[dict] = field(default_factory=list)        # <link> tags
+    nav: list[dict] = field(default_factory=list)         # <a> tags in <nav>, before the content
+    footer: list[dict] = field(default_factory=list)      # <a> tags in <footer>, after it
+
+
+def license_links(rng: random.Random, scheme: str) -> LicenseLinks:
+    """Draw how a page shows its license; protocol-relative hrefs take `scheme` (of the page or its base)."""
+    case = rng.choices(list(LICENSE_CASES), list(LICENSE_CASES.values()))[0]
+    links = LicenseLinks(case)
+    if case == "none":
+        return links
+
+    def cc(rel: bool) -> tuple[str, dict]:
+        """A license link: the absolute URL it resolves to, and its WAT entry (url as written)."""
+        path = rng.choice(list(LICENSE_PATHS))
+        written = rng.choice(LICENSE_PREFIXES) + path
+        # key order of Common Crawl's WAT: path, url, the tag's other attributes (rel), then text
+        rel_value = {"rel": rng.choice(("license", "license", "license noopener"))} if rel else {}
+        entry = {"path": "A@/href", "url": written, **rel_value, "text": LICENSE_PATHS[path]}
+        return (f"{scheme}:{written}" if written.startswith("//") else written), entry
+
+    if case in ("decoy_then_rel", "decoy_only", "plain_anchor"):
+        decoy = rng.choice(list(LICENSE_DECOYS))
+        links.nav.append({"path": "A@/href", "url": decoy, "text": LICENSE_DECOYS[decoy]})
+    if case == "decoy_then_rel":
+        links.nav.append(cc(rel=False)[1])
+    if case == "head_link":
+        links.url, entry = cc(rel=True)
+        links.head.append({"path": "LINK@/href", "url": entry["url"], "rel": entry["rel"]})
+    elif case != "decoy_only":
+        links.url, entry = cc(rel=case != "plain_anchor")
+        links.footer.append(entry)
+    return links
 
 
 def status_of(src_case: str, alt: Alt) -> PairStatus:
@@ -146,6 +212,8 @@ class PageBuilder:
 
     def _fill(self, page: Page, site: int, res: Resolver, base: str | None, showcase: bool) -> None:
         rng, cs, lang = self.rng, page.charset, page.language
+        licenses = license_links(rng, res.scheme)
+        page.license, page.license_case = licenses.url, licenses.case
         title = as_written(f"{HOME[lang]} · site {site} · {page.url.rsplit('/', 1)[1]}", cs)
         metas: list[dict] = []
         head = [f'<!DOCTYPE html>\n<html lang="{lang}">\n<head>\n']
@@ -162,7 +230,7 @@ class PageBuilder:
         metas.append({"name": "viewport", "content": "width=device-width, initial-scale=1"})
         link = [{"path": "LINK@/href", "url": "/static/site.css", "rel": "stylesheet"},
                 {"path": "LINK@/href", "url": "/favicon.ico", "rel": "icon"},
-                {"path": "LINK@/href", "url": page.url, "rel": "canonical"}]
+                {"path": "LINK@/href", "url": page.url, "rel": "canonical"}] + licenses.head
         head += [f'<link rel="{x["rel"]}" href="{x["url"]}">\n' for x in link]
         head.append('<script src="/static/app.js"></script>\n<style>body { background: url(/static/bg.png) }</style>\n')
         page.head = {"Title": title, **({"Base": base} if base else {}), "Metas": metas, "Link": link,
@@ -173,6 +241,9 @@ class PageBuilder:
             href = ("/", "/about.html", "/contact.html", "/archive/")[i]
             body.append(f'<a href="{href}">{as_written(name, cs)}</a> ')
             links.append({"path": "A@/href", "url": href, "text": as_written(name, cs)})
+        for entry in licenses.nav:
+            body.append(anchor(entry) + " ")
+            links.append(entry)
         body.append("</nav>\n<article>\n")
         cases = self._img_cases(showcase)
         n_anchors = rng.randint(*self.links_per_page)
@@ -195,8 +266,9 @@ class PageBuilder:
             for image_id, behaviour in reserved_images(self.seed):
                 for scheme in BEHAVIOURS[behaviour].schemes:
                     self._behaviour_img(page, image_id, behaviour, scheme, body, links)
-        body.append("</article>\n<footer><a href=\"/impressum.html\">Impressum</a></footer>\n</body>\n</html>\n")
-        links.append({"path": "A@/href", "url": "/impressum.html", "text": "Impressum"})
+        footer = [{"path": "A@/href", "url": "/impressum.html", "text": "Impressum"}] + licenses.footer
+        body.append(f"</article>\n<footer>{' | '.join(anchor(e) for e in footer)}</footer>\n</body>\n</html>\n")
+        links += footer
         page.html = "".join(head + body)
         page.links = links
 
@@ -212,7 +284,7 @@ class PageBuilder:
         case = "abs_https" if scheme == "https" else "abs_http"
         page.images.append(Occurrence(page.url, url, alt.written, url, alt.text, str(status_of(case, alt)),
                                       f"{case}+caption+behaviour_{behaviour}", case, "caption", page.charset,
-                                      image_id, alt.matches, False))
+                                      image_id, alt.matches, False, page.license))
 
     def _img(self, page: Page, site: int, res: Resolver, src_case: str, alt_case: str,
              body: list[str], links: list[dict]) -> None:
@@ -242,16 +314,18 @@ class PageBuilder:
         if longdesc:
             links.append({"path": "IMG@/longdesc", "url": "/desc/long.html"})
         labels = [src_case, alt_case] + ([f"charset_{page.charset}"] if page.charset != "utf-8" else [])
+        if page.license_case != "none":
+            labels.append(f"license_{page.license_case}")
         if page.head.get("Base") and src_case in ("relative_parent", "relative_same", "root_relative",
                                                   "protocol_relative"):
             labels.append("base_href")
         page.images.append(Occurrence(
             page.url, src.written, written_alt, src.url, alt.text, str(status), "+".join(labels), src_case,
-            alt_case, page.charset, image_id, alt.matches, False))
+            alt_case, page.charset, image_id, alt.matches, False, page.license))
 
     def _shared(self, page: Page, pair: SharedPair, body: list[str], links: list[dict]) -> None:
         body.append(f'<img src="{pair.src}" alt="{pair.alt}">\n')
         links.append({"path": "IMG@/src", "url": pair.src, "alt": pair.alt})
         page.images.append(Occurrence(page.url, pair.src, pair.alt, pair.src, pair.alt, str(PairStatus.KEPT),
                                       "abs_http+caption+shared", "abs_http", "caption", page.charset,
-                                      pair.image_id, pair.matches, True))
+                                      pair.image_id, pair.matches, True, page.license))

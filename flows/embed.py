@@ -1,0 +1,43 @@
+"""Flow `embed_and_filter`: OUT/images/ shards -> OUT/embeddings/ and OUT/dataset/ (one GPU task per shard)."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.tasks import exponential_backoff
+
+from flows.runner import gather, gpu_work, result_storage, task_runner
+from tasks.cache import retry_transient
+from tasks.config import EmbedSettings
+from tasks.embed import embed_shard_task, published_shards, summarize
+from tasks.uri import join, name_of, write_json
+
+
+class EmbedFailed(RuntimeError):
+    """Some shards could not be embedded; the others were published."""
+
+
+@flow(name="embed_and_filter", task_runner=task_runner(), log_prints=True)
+def embed_and_filter(images: str, out: str, settings: EmbedSettings = EmbedSettings(),
+                     results: str | None = None) -> dict:
+    """Embed the image shards of IMAGES with CLIP, tag NSFW, and keep the pairs over the similarity threshold."""
+    logger = get_run_logger()
+    tars = published_shards(images)
+    if not tars:
+        raise EmbedFailed(f"no published image shards under {images} (a shard is N.tar with N_stats.json beside it, "
+                          "as `clipcrawl download` writes them)")
+    logger.info("embedding %d shards from %s with %s", len(tars), images,
+                settings.checkpoint or f"{settings.model}/{settings.pretrained}")
+    embed = embed_shard_task.with_options(
+        retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
+        retry_condition_fn=retry_transient, result_storage=result_storage(out, results))
+    with gpu_work():
+        futures = {name_of(tar): embed.submit(tar, out, settings) for tar in tars}
+    done, failed = gather(futures, "embed")
+    summary = summarize(list(done.values()), failed)
+    write_json(join(out, "dataset", "_summary.json"), summary)
+    logger.info("dataset: %d of %d embedded samples kept (similarity >= %s), NSFW %s",
+                summary["kept"], summary["embedded"], settings.similarity_threshold, summary["nsfw"])
+    if failed:
+        raise EmbedFailed(f"{len(failed)} of {len(tars)} shards failed: "
+                          + "; ".join(f"{name}: {why}" for name, why in sorted(failed.items())))
+    return summary
