@@ -380,12 +380,18 @@ class Fetcher:
         # 4xx (401/403 included, Google's convention) means no robots.txt: allow all. So do 5xx and
         # unreachable hosts, deliberately unlike RFC 9309's "assume disallow": we fetch a few images,
         # not a crawl, a broken robots.txt is no opt-out, and a down host fails the image fetch anyway.
-        try:
-            async with self._host_slot(robots_url), self._session.get(robots_url, max_redirects=5) as resp:
-                if not 200 <= resp.status < 300:
+        # A slow or flaky host gets the retries an image gets, since its image may well come through.
+        s = self.settings
+        for retry in range(s.retries + 1):
+            try:
+                async with self._host_slot(robots_url), self._session.get(robots_url, max_redirects=5) as resp:
+                    if not 200 <= resp.status < 300:
+                        return ALLOW_ALL
+                    text = (await _read_capped(resp, ROBOTS_MAX_BYTES, truncate=True)).decode("utf-8", "replace")
+                    resp.close()
+                    break
+            except Exception as exc:  # noqa: BLE001 - unreachable or broken: allow, as said above
+                if retry == s.retries or not outcome_for_exception(exc, robots_url, s).transient:
                     return ALLOW_ALL
-                text = (await _read_capped(resp, ROBOTS_MAX_BYTES, truncate=True)).decode("utf-8", "replace")
-                resp.close()
-        except Exception:  # noqa: BLE001 - unreachable or broken: allow, as said above
-            return ALLOW_ALL
+                await asyncio.sleep(random.uniform(0, s.retry_backoff * 2**retry))
         return parse_robots(text, self.settings.user_agent_token)

@@ -25,6 +25,7 @@ ROBOTS = {
     "picky.test": (200, "User-agent: otherbot\nDisallow:\n\nUser-agent: clipcrawl\nDisallow: /\n"),
     "forbidden.test": (403, "User-agent: *\nDisallow: /\n"),
     "broken.test": (500, "User-agent: *\nDisallow: /\n"),
+    "slowrobots.test": (200, "User-agent: *\nDisallow: /\n"),  # its first robots.txt answer comes too late
 }
 HOSTS = ["site.test", "busy.test", "busy2.test", *ROBOTS]
 
@@ -84,6 +85,8 @@ class Server:
         host = request.host.split(":")[0]
         self.robots_hits[host] += 1
         await asyncio.sleep(0.05)  # concurrent fetches of the host arrive while this is in flight
+        if host == "slowrobots.test" and self.robots_hits[host] == 1:
+            await asyncio.sleep(2)  # past the total timeout
         status, text = ROBOTS.get(host, (404, "not found"))
         return web.Response(status=status, text=text)
 
@@ -375,6 +378,12 @@ def test_robots_txt_group_for_our_agent(server):
 @pytest.mark.parametrize("host", ["forbidden.test", "broken.test", "site.test"])  # 403, 500, 404: allow all
 def test_robots_txt_errors_allow(server, host):
     assert fetch(server, f"http://{host}/public/1").status == S.SUCCESS
+
+
+def test_robots_txt_timeout_is_retried_not_taken_for_allow(server):
+    r = fetch(server, "http://slowrobots.test/public/1")
+    assert r.status == S.ROBOTS_DISALLOWED, r
+    assert server.robots_hits["slowrobots.test"] == 2
 
 
 # -- SSRF guard, DNS, schemes
