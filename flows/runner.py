@@ -33,13 +33,16 @@ def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_l
     dask.config.set({"distributed.worker.daemon": False})
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
-    def worker(resources: dict) -> dict:
+    def worker(resources: dict, threads: int = 1) -> dict:
+        # Dask starts workers with OMP_NUM_THREADS=1; the GPU worker's model falls back to the CPU
+        # when there is no GPU, and should then use the cores as a GPU would
         return {"cls": Nanny, "options": {"nthreads": 1, "resources": resources, "host": "127.0.0.1",
-                                          "memory_limit": memory_limit, "env": env,
+                                          "memory_limit": memory_limit,
+                                          "env": env | {"OMP_NUM_THREADS": str(threads)},
                                           "silence_logs": logging.WARNING}}
 
     workers = {f"cpu-{i}": worker({"CPU": 1}) for i in range(cpu_workers)}
-    workers |= {f"gpu-{i}": worker({"GPU": 1}) for i in range(gpu_workers)}
+    workers |= {f"gpu-{i}": worker({"GPU": 1}, os.cpu_count() or 1) for i in range(gpu_workers)}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
     return SpecCluster(workers=workers, scheduler=scheduler, name="clipcrawl-local")
 

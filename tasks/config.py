@@ -129,3 +129,27 @@ class EmbedSettings(BaseModel):
     flagged_prompts: tuple[str, ...] = Field(FLAGGED_PROMPTS, min_length=1,
                                              description="Categories of the NSFW tag that are flagged.")
     drop_nsfw: bool = Field(False, description="Leave rows tagged NSFW out of dataset/ (LAION-400M kept and tagged them).")
+
+
+class IndexSettings(BaseModel):
+    """How the kNN indices are chosen, built and tuned, and how near-duplicate images are handled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index_key: str | None = Field(None, description="faiss index_factory string (e.g. 'IVF4096,SQfp16'); empty: "
+                                  "chosen from the vector count and the memory budget.")
+    max_index_memory_gb: float = Field(16.0, gt=0, description="Largest index (in memory, and on disk) to build.")
+    target_recall: float = Field(0.95, gt=0, le=1, description="recall@k the search parameters are tuned to reach.")
+    max_query_latency_ms: float = Field(10.0, gt=0, description="p99 latency of one query the tuning may spend.")
+    k: int = Field(10, ge=1, description="k of recall@k.")
+    queries: int = Field(1000, ge=10, description="Held-out queries for measuring recall and latency.")
+    train_vectors: int | None = Field(None, ge=1, description="Vectors sampled to train the index (default: "
+                                      "what the index needs, e.g. 64 per IVF list, at most 1M).")
+    add_batch_rows: int = Field(100_000, ge=1, description="Vectors read (memory-mapped) and added per batch.")
+    threads: int | None = Field(None, ge=1, description="faiss threads (default: all cores).")
+    seed: int = Field(0, description="Seed of the training sample and of the held-out queries.")
+    near_duplicate_threshold: float = Field(0.96, gt=0, le=1, description="Image embeddings at least this "
+                                            "cosine-similar are near-duplicates.")
+    near_duplicate_neighbours: int = Field(16, ge=2, description="Neighbours per image searched for near-duplicates.")
+    drop_near_duplicates: bool = Field(False, description="Keep only the first sample of each near-duplicate "
+                                       "group in dataset/ (otherwise mark them).")

@@ -256,6 +256,7 @@ def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
         status[failed.value] += 1
     stats = {
         "shard": stem, "tar": tar_uri, "model": model.name,
+        "clip": settings.model_dump(include={"model", "pretrained", "checkpoint"}),  # what encodes queries later
         "samples": len(samples), "embedded": len(keys), "kept": int(keep.sum()),
         "dropped_similarity": int((~similar).sum()),
         "dropped_nsfw": int((similar & flagged).sum()),  # counted only among rows the similarity kept

@@ -122,3 +122,55 @@ def compare_embeddings(world, out: str, threshold: float = 0.3, examples: int = 
         **nsfw,
         "wrong": wrong[:examples],
     }
+
+
+def _scenes_by_url(world) -> dict[str, dict]:
+    """url -> the manifest row of the image it serves (shape, colour, image_id, ...)."""
+    return {u: image for image in world.manifest_images().to_pylist() for u in image["urls"]}
+
+
+def compare_search(world, searcher, k: int = 10) -> dict:
+    """Query the index for the concept (colour and shape) it holds most images of, in the world's words,
+    and count how many of the first results show that concept."""
+    from tasks.world.scenes import PLURALS
+
+    scenes = _scenes_by_url(world)
+    urls = searcher.ids.column("url")
+    concepts: dict[tuple[str, str], int] = {}
+    for url in urls:
+        scene = scenes[url]
+        concepts[(scene["colour"], scene["shape"])] = concepts.get((scene["colour"], scene["shape"]), 0) + 1
+    (colour, shape), held = max(sorted(concepts.items()), key=lambda item: item[1])
+    query = f"a photo of {colour} {PLURALS.get(shape, shape + 's')}"
+    top = min(k, held)
+    results = searcher.search(text=query, k=top)
+    hits = [(scenes[r["url"]]["colour"], scenes[r["url"]]["shape"]) == (colour, shape) for r in results]
+    return {"query": query, "concept_samples": held, "k": top, "of_concept": sum(hits),
+            "precision": sum(hits) / top if top else 0.0, "first": [r["caption"][:60] for r in results[:3]]}
+
+
+def compare_near_duplicates(world, out: str) -> dict:
+    """Near-duplicate groups of OUT/index against the world's truth: samples of one image (the world serves
+    an image under several URLs) belong in one group; samples of different images do not."""
+    from tasks.ids import IdTable
+
+    ids = IdTable(join(out, "index", "ids.parquet"))
+    scenes = _scenes_by_url(world)
+    image = [scenes[u]["image_id"] for u in ids.column("url")]
+    group = ids.column("duplicate_group").tolist()
+    same_image, same_group, both = set(), set(), set()
+    first_of_image: dict[int, int] = {}
+    first_of_group: dict[int, int] = {}
+    for i, (img, grp) in enumerate(zip(image, group)):
+        if img in first_of_image:
+            same_image.add(i)
+        if grp in first_of_group:
+            same_group.add(i)
+            if image[first_of_group[grp]] == img:
+                both.add(i)
+        first_of_image.setdefault(img, i)
+        first_of_group.setdefault(grp, i)
+    return {"samples": len(image), "repeated_images": len(same_image), "marked": len(same_group),
+            "marked_correctly": len(both),
+            "recall": len(both) / len(same_image) if same_image else 1.0,
+            "precision": len(both) / len(same_group) if same_group else 1.0}

@@ -48,3 +48,34 @@ def small_world(tmp_path_factory):
     from tasks.world import WorldSpec, generate_world
 
     return generate_world(tmp_path_factory.mktemp("world"), WorldSpec(seed=7, segments=2, files_per_segment=2))
+
+
+@pytest.fixture(scope="session")
+def pipeline(dask_address, small_world, tmp_path_factory):
+    """ingest -> download -> embed of the small world on the session cluster, with the scheduler's record
+    of every task: (OUT, the embed flow's state, task stream records, {worker: resources})."""
+    import time
+
+    from distributed import Client
+
+    from flows.download import download_images
+    from flows.runner import task_runner
+    from tasks.world import ImageServer
+    from tests.helpers import embed, run
+
+    out = tmp_path_factory.mktemp("pipeline")
+    with Client(dask_address) as client:
+        start = time.time()
+        client.get_task_stream()  # installs the scheduler's task-stream plugin before the runs
+        state = run(dask_address, out, crawl=small_world.crawl_id, source=str(small_world.root))
+        assert state.is_completed(), state.message
+        with ImageServer(small_world.root) as server:
+            flow = download_images.with_options(task_runner=task_runner(dask_address))
+            state = flow(pairs=str(out / "pairs"), out=str(out), settings=server.download_settings(shard_size=150),
+                         return_state=True)
+            assert state.is_completed(), state.message
+        state = embed(dask_address, out, batch_size=64)
+        assert state.is_completed(), state.message
+        records = client.get_task_stream(start=start)
+        workers = client.scheduler_info()["workers"]
+    return out, state, records, {addr: w["resources"] for addr, w in workers.items()}

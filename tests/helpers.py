@@ -4,15 +4,24 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 
+from flows.embed import embed_and_filter
 from flows.ingest import ingest_crawl
 from flows.runner import task_runner
 from tasks.config import IngestSettings
+from tasks.world import tiny_clip
 
 
 def run(dask_address, out, **settings):
     """ingest_crawl on the session's cluster; returns the flow run's final state."""
     flow = ingest_crawl.with_options(task_runner=task_runner(dask_address))
     return flow(out=str(out), settings=IngestSettings(**settings), return_state=True)
+
+
+def embed(dask_address, out, **overrides):
+    """embed_and_filter with the world's tiny CLIP model on the session's cluster; the final state."""
+    flow = embed_and_filter.with_options(task_runner=task_runner(dask_address))
+    return flow(images=str(out / "images"), out=str(out), settings=tiny_clip.embed_settings(**overrides),
+                return_state=True)
 
 
 def task_states(state) -> dict[str, str]:

@@ -63,3 +63,29 @@ def test_embed_without_shards_exits_with_the_reason(dask_address, tmp_path):
         main(["embed", "--images", str(tmp_path / "empty"), "--out", str(tmp_path), "--dask-address", dask_address])
     message = str(exit_info.value.code)
     assert message.startswith("clipcrawl: embed_and_filter Failed") and "no published image shards" in message
+
+
+def test_index_then_search_commands(dask_address, pipeline, tmp_path, capsys):
+    from tests.test_index_flow import copy_run
+
+    out = copy_run(pipeline, tmp_path)
+    main(["index", "--embeddings", str(out / "embeddings"), "--out", str(out), "--near-duplicate-threshold", "0.99",
+          "--dask-address", dask_address])
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["image"]["index_key"] == "Flat" and summary["near_duplicates"]["threshold"] == 0.99
+    main(["search", "--index", str(out / "index"), "a photo of red circles", "-k", "3", "--json"])
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 3 and {"key", "url", "caption", "similarity"} <= set(results[0])
+    assert results[0]["similarity"] >= results[1]["similarity"] >= results[2]["similarity"]
+    main(["search", "--index", str(out / "index"), "a photo of red circles", "-k", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and results[0]["url"] in lines[0]
+
+
+def test_search_needs_one_query(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--index", str(tmp_path)])
+    assert "give a text query or --image PATH" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", "--index", str(tmp_path / "missing"), "red circles"])
+    assert str(exit_info.value.code).startswith("clipcrawl search:") and "missing" in str(exit_info.value.code)

@@ -5,49 +5,16 @@ Dask resources say (embedding on the GPU-tagged worker only, extraction and down
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from distributed import Client
 
-from flows.download import download_images
-from flows.embed import embed_and_filter
-from flows.runner import task_runner
 from tasks.groundtruth import compare_embeddings
-from tasks.world import ImageServer, tiny_clip
-from tests.helpers import run, task_states
+from tests.helpers import embed, task_states
 
 TASK_KINDS = {"extract_file": "extract", "find_duplicates": "dedup", "publish_file": "publish",
               "download_shard": "download", "embed_shard": "embed"}
-
-
-def embed(dask_address, out, **overrides):
-    flow = embed_and_filter.with_options(task_runner=task_runner(dask_address))
-    return flow(images=str(out / "images"), out=str(out), settings=tiny_clip.embed_settings(**overrides),
-                return_state=True)
-
-
-@pytest.fixture(scope="module")
-def pipeline(dask_address, small_world, tmp_path_factory):
-    """ingest -> download -> embed on the session cluster, with the scheduler's record of every task."""
-    out = tmp_path_factory.mktemp("pipeline")
-    with Client(dask_address) as client:
-        start = time.time()
-        client.get_task_stream()  # installs the scheduler's task-stream plugin before the runs
-        state = run(dask_address, out, crawl=small_world.crawl_id, source=str(small_world.root))
-        assert state.is_completed(), state.message
-        with ImageServer(small_world.root) as server:
-            flow = download_images.with_options(task_runner=task_runner(dask_address))
-            state = flow(pairs=str(out / "pairs"), out=str(out), settings=server.download_settings(shard_size=150),
-                         return_state=True)
-            assert state.is_completed(), state.message
-        state = embed(dask_address, out, batch_size=64)
-        assert state.is_completed(), state.message
-        records = client.get_task_stream(start=start)
-        workers = client.scheduler_info()["workers"]
-    return out, state, records, {addr: w["resources"] for addr, w in workers.items()}
 
 
 def test_every_task_ran_on_a_worker_offering_its_resource(pipeline):

@@ -27,6 +27,10 @@ from tasks.world.scenes import FLAGGED_SHAPES, IMAGE_SIZES, PLURALS, SHAPES, Sce
 
 TINY_CLIP_DIR = Path(__file__).parent / "clip"
 THRESHOLD = EmbedSettings().similarity_threshold  # LAION-400M: 0.3
+# Near-duplicates for this model: the same image served twice embeds at cosine >= 0.9997, while two
+# different scenes of one colour on one background reach 0.986 (the tiny model sees colour far better
+# than shape), so the 0.96 meant for ViT-B-32 would join different images.
+NEAR_DUPLICATE_THRESHOLD = 0.995
 # Skulls are 2% of the world; held-out and training samples take more so their rates are measurable.
 FLAGGED_RATE = 0.1
 SERVED_FORMATS = {"jpg": 60, "png": 20, "webp": 12, "gif": 8}  # as scenes.image_spec serves them

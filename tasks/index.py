@@ -1,0 +1,371 @@
+"""kNN indices over the embeddings: choose a faiss index for the vector count and memory budget (like autofaiss),
+train it on a sample, add the vectors shard by shard (memory-mapped, never all in RAM), and tune its search
+parameters against exact search. Metric: inner product (cosine on the L2-normalised embeddings)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cached_property
+
+import faiss
+import numpy as np
+from faiss.contrib.exhaustive_search import knn_ground_truth
+
+from tasks import uri as uris
+from tasks.config import IndexSettings
+
+log = logging.getLogger(__name__)
+
+METRIC = faiss.METRIC_INNER_PRODUCT
+# Exact search of one query costs n*d multiply-adds: 10M is ~1.5 ms on one loaded core (20k vectors of dim 512).
+FLAT_MAX_SCANNED = 10_000_000
+# Beyond 1M vectors an HNSW graph takes long to build and holds float32 vectors (2x the fp16 of IVF-SQfp16);
+# faiss' guidelines and autofaiss switch to IVF there.
+HNSW_MAX_VECTORS = 1_000_000
+HNSW_M = 32
+MAX_TRAIN_VECTORS = 1_000_000
+TRAIN_PER_LIST = 64
+MIN_TRAIN_PER_LIST = 39  # faiss k-means warns below this many points per centroid
+PQ_TRAIN_VECTORS = 256 * 256  # faiss k-means samples at most 256 points for each of a sub-quantizer's 256 centroids
+OPQ_MAX_DIMS_PER_SUBQUANTIZER = 7
+PQ_M = (256, 128, 64, 32, 16, 8)
+EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
+LATENCY_QUERIES = 200
+RECALL_SATURATED = 0.999
+
+
+@dataclass(frozen=True, eq=False)
+class Part:
+    """One embedding shard: the .npy of its vectors and, optionally, the ascending rows of it to index."""
+
+    stem: str
+    vectors: str
+    rows: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.rows is not None:
+            rows = np.asarray(self.rows, dtype=np.int64)
+            if rows.ndim != 1 or (len(rows) > 1 and np.any(np.diff(rows) <= 0)):
+                raise ValueError(f"{self.vectors}: rows must be a 1-d strictly ascending array")
+            object.__setattr__(self, "rows", rows)
+
+    @cached_property
+    def count(self) -> int:
+        """Vectors indexed from this part (reads only the .npy header when all rows are)."""
+        return npy_shape(self.vectors)[0] if self.rows is None else len(self.rows)
+
+
+def _local_path(uri: str) -> str:
+    return uri.removeprefix("file://")
+
+
+def npy_shape(uri: str) -> tuple[int, ...]:
+    """The shape of a .npy file, from its header only."""
+    with uris.open_uri(uri) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(f)
+    return shape
+
+
+def read_vectors(uri: str) -> np.ndarray:
+    """The (n, d) array of a .npy: memory-mapped when local, read whole otherwise."""
+    if uris.is_local(uri):
+        vectors = np.load(_local_path(uri), mmap_mode="r")
+    else:
+        with uris.open_uri(uri) as f:
+            vectors = np.load(f)
+    if vectors.ndim != 2:
+        raise ValueError(f"{uri}: expected an (n, d) array of vectors, got shape {vectors.shape}")
+    return vectors
+
+
+def dimension(parts: Iterable[Part]) -> int:
+    """The vector dimension of the parts (all must agree)."""
+    dims = {npy_shape(part.vectors)[1] for part in parts}
+    if len(dims) != 1:
+        raise ValueError(f"parts have vector dimensions {sorted(dims)}: expected exactly one")
+    return dims.pop()
+
+
+def vector_batches(parts: Iterable[Part], batch_rows: int) -> Iterator[np.ndarray]:
+    """The selected rows of the parts in part order as float32 C-contiguous batches of at most batch_rows rows
+    (batches span parts, so small shards still give full batches)."""
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    pending: list[np.ndarray] = []
+    held = 0
+    d = None
+    for part in parts:
+        vectors = read_vectors(part.vectors)
+        if d is not None and vectors.shape[1] != d:
+            raise ValueError(f"{part.vectors}: vectors of dimension {vectors.shape[1]}, earlier parts have {d}")
+        d = vectors.shape[1]
+        count = len(vectors) if part.rows is None else len(part.rows)
+        start = 0
+        while start < count:
+            take = min(batch_rows - held, count - start)
+            chunk = vectors[start:start + take] if part.rows is None else vectors[part.rows[start:start + take]]
+            pending.append(np.asarray(chunk, dtype=np.float32))
+            held += take
+            start += take
+            if held == batch_rows:
+                yield _concat(pending)
+                pending, held = [], 0
+    if held:
+        yield _concat(pending)
+
+
+def _concat(chunks: list[np.ndarray]) -> np.ndarray:
+    return np.ascontiguousarray(chunks[0] if len(chunks) == 1 else np.concatenate(chunks))
+
+
+def sample_vectors(parts: list[Part], n: int, seed: int) -> np.ndarray:
+    """A uniform sample without replacement of min(n, total) selected vectors (float32), reading only those rows."""
+    counts = [part.count for part in parts]
+    total = sum(counts)
+    n = min(n, total)
+    picks = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
+    out = np.empty((n, dimension(parts)), dtype=np.float32)
+    offsets = np.cumsum([0, *counts])
+    for part, lo_id, hi_id in zip(parts, offsets[:-1], offsets[1:]):
+        lo, hi = np.searchsorted(picks, [lo_id, hi_id])
+        if lo == hi:
+            continue
+        local = picks[lo:hi] - lo_id
+        out[lo:hi] = read_vectors(part.vectors)[local if part.rows is None else part.rows[local]]
+    return out
+
+
+def index_memory(index_key: str, n: int, d: int) -> int:
+    """Estimated bytes of the built index: codes, ids (8 B per vector in inverted lists), centroids,
+    HNSW links (~M*2 int32 per vector), PQ codebooks and the OPQ matrix."""
+    fixed = 0
+    per_vector = 0.0
+    code: float | None = None
+    for component in index_key.split(","):
+        if m := re.fullmatch(r"OPQ(\d+)(?:_(\d+))?", component):
+            out_d = int(m[2] or d)
+            fixed += d * out_d * 4
+            d = out_d
+        elif m := re.fullmatch(r"IVF(\d+)(?:_HNSW(\d+))?", component):
+            nlist = int(m[1])
+            fixed += nlist * d * 4 + (nlist * _hnsw_links(int(m[2])) if m[2] else 0)
+            per_vector += 8
+        elif m := re.fullmatch(r"HNSW(\d+)", component):
+            per_vector += _hnsw_links(int(m[1]))
+        elif component == "Flat":
+            code = d * 4
+        elif m := re.fullmatch(r"SQ(fp16|bf16|8|6|4)", component):
+            code = d * {"fp16": 16, "bf16": 16, "8": 8, "6": 6, "4": 4}[m[1]] / 8
+        elif m := re.fullmatch(r"PQ(\d+)(?:x(\d+))?(?:np)?", component):
+            nbits = int(m[2] or 8)
+            code = math.ceil(int(m[1]) * nbits / 8)
+            fixed += (1 << nbits) * d * 4
+        else:
+            raise ValueError(f"index_memory: unsupported component {component!r} in index_key {index_key!r}")
+    code = d * 4 if code is None else code
+    return int(fixed + n * (per_vector + code))
+
+
+def _hnsw_links(m: int) -> int:
+    """Bytes per vector of an HNSW graph: 2*M int32 neighbours on level 0, ~4 B on upper levels, offset and level."""
+    return m * 2 * 4 + 16
+
+
+def ivf_nlist(n: int) -> int:
+    """Inverted lists for n vectors: the power of two nearest 4*sqrt(n), with at least 39 training vectors per list
+    (the training sample holds at most MAX_TRAIN_VECTORS)."""
+    nlist = 2 ** round(math.log2(4 * math.sqrt(max(n, 1))))
+    while nlist > 1 and nlist * MIN_TRAIN_PER_LIST > min(n, MAX_TRAIN_VECTORS):
+        nlist //= 2
+    return nlist
+
+
+def choose_index_key(n: int, d: int, max_memory_bytes: float) -> str:
+    """The faiss index_factory key for n vectors of dimension d within max_memory_bytes: Flat when exact search is
+    fast, HNSW32 for mid-size sets, IVF-SQfp16 while the fp16 vectors fit, else OPQ-IVF-PQ with the largest codes
+    that fit."""
+    if n < 1:
+        raise ValueError(f"cannot choose an index for {n} vectors")
+    if n * d <= FLAT_MAX_SCANNED and index_memory("Flat", n, d) <= max_memory_bytes:
+        return "Flat"
+    hnsw = f"HNSW{HNSW_M}"
+    if n < HNSW_MAX_VECTORS and index_memory(hnsw, n, d) <= max_memory_bytes:
+        return hnsw
+    nlist = ivf_nlist(n)
+    key = f"IVF{nlist},SQfp16"
+    if index_memory(key, n, d) <= max_memory_bytes:
+        return key
+    for m in PQ_M:
+        if m > d:
+            continue
+        key = f"OPQ{m}_{opq_dim(m, d)},IVF{nlist}_HNSW{HNSW_M},PQ{m}x8"
+        if index_memory(key, n, d) <= max_memory_bytes:
+            return key
+    raise ValueError(f"no index of {n} vectors of dimension {d} fits the memory budget of {int(max_memory_bytes)} "
+                     f"bytes (max_index_memory_gb): the smallest, {key}, needs {index_memory(key, n, d)} bytes")
+
+
+def opq_dim(m: int, d: int) -> int:
+    """OPQ output dimension for PQ with m sub-quantizers: a multiple of m, at most d and at most 7 dimensions per
+    sub-quantizer (as autofaiss: short codes quantize a rotated, reduced space better than all of d)."""
+    return min(d // m, OPQ_MAX_DIMS_PER_SUBQUANTIZER) * m
+
+
+def _nlist_of(index_key: str) -> int:
+    m = re.search(r"IVF(\d+)", index_key)
+    return int(m[1]) if m else 0
+
+
+def train_size(index_key: str, n: int) -> int:
+    """Default training sample: 64 vectors per inverted list, at least 256*256 for PQ/OPQ codebooks, at most 1M."""
+    need = TRAIN_PER_LIST * _nlist_of(index_key)
+    if "PQ" in index_key or need == 0:
+        need = max(need, PQ_TRAIN_VECTORS)
+    return min(n, MAX_TRAIN_VECTORS, need)
+
+
+def build(parts: list[Part], settings: IndexSettings) -> tuple[faiss.Index, str]:
+    """Choose the index (or take settings.index_key), train it on a sample and add every selected vector."""
+    total = sum(part.count for part in parts)
+    if total == 0:
+        raise ValueError("no vectors to index")
+    d = dimension(parts)
+    key = settings.index_key or choose_index_key(total, d, settings.max_index_memory_gb * 2**30)
+    log.info("index %s for %d vectors of dimension %d (~%d bytes)", key, total, d, index_memory(key, total, d))
+    index = faiss.index_factory(d, key, METRIC)
+    if not index.is_trained:
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf = faiss.downcast_index(ivf)
+            # Polysemous training only serves Hamming-threshold filtering (the ht parameter), which is not used;
+            # it costs more than the PQ training itself.
+            if isinstance(ivf, faiss.IndexIVFPQ):
+                ivf.do_polysemous_training = False
+        size = settings.train_vectors or train_size(key, total)
+        nlist = _nlist_of(key)
+        if min(size, total) < nlist:
+            raise ValueError(f"{key}: {min(size, total)} training vectors cannot train {nlist} inverted lists")
+        start = time.perf_counter()
+        index.train(sample_vectors(parts, size, settings.seed))
+        log.info("trained %s on %d vectors in %.1f s", key, min(size, total), time.perf_counter() - start)
+    add(index, parts, settings.add_batch_rows)
+    return index, key
+
+
+def add(index: faiss.Index, parts: list[Part], batch_rows: int) -> int:
+    """Add the parts' vectors to the index (ids continue after index.ntotal); returns the number added."""
+    total = sum(part.count for part in parts)
+    added = 0
+    start = time.perf_counter()
+    for batch in vector_batches(parts, batch_rows):
+        index.add(batch)
+        added += len(batch)
+        log.info("added %d/%d vectors (%.1f s)", added, total, time.perf_counter() - start)
+    return added
+
+
+def exact_knn(queries: np.ndarray, parts: list[Part], k: int, batch_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product k nearest neighbours of the queries, streaming over the parts: (D, I), where ids are
+    positions in the concatenation of the parts' selected rows."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    return knn_ground_truth(queries, vector_batches(parts, batch_rows), k, metric_type=METRIC)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:
+    """Mean over queries of |found[:, :k] ∩ truth[:, :k]| / k (missing results, id -1, never count)."""
+    found, truth = np.asarray(found)[:, :k], np.asarray(truth)[:, :k]
+    if len(found) == 0 or len(found) != len(truth):
+        raise ValueError(f"recall_at_k needs as many result rows as truth rows, got {len(found)} and {len(truth)}")
+    hits = ((found[:, :, None] == truth[:, None, :]) & (found[:, :, None] >= 0)).any(axis=2).sum()
+    return float(hits / (k * len(found)))
+
+
+def apply_params(index: faiss.Index, params: str) -> None:
+    """Set search parameters such as 'nprobe=16,quantizer_efSearch=32' ('' sets nothing)."""
+    if params:
+        faiss.ParameterSpace().set_index_parameters(index, params)
+
+
+def search_params(index: faiss.Index) -> list[str]:
+    """Search parameter settings worth trying, cheapest first."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        hnsw_quantizer = isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW)
+        nprobes = [1 << i for i in range(ivf.nlist.bit_length()) if 1 << i < ivf.nlist] + [ivf.nlist]
+        return [f"nprobe={p}" + (f",quantizer_efSearch={max(16, 2 * p)}" if hnsw_quantizer else "") for p in nprobes]
+    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+    if isinstance(base, faiss.IndexHNSW):
+        return [f"efSearch={ef}" for ef in EF_SEARCH]
+    return [""]
+
+
+def _measure(index: faiss.Index, params: str, queries: np.ndarray, truth: np.ndarray, k: int) -> dict:
+    apply_params(index, params)
+    _, found = index.search(queries, k)
+    recall = recall_at_k(found, truth, k)
+    singles = queries[:LATENCY_QUERIES]
+    index.search(singles[:1], k)  # warm caches before timing
+    times = []
+    for i in range(len(singles)):
+        start = time.perf_counter()
+        index.search(singles[i:i + 1], k)
+        times.append(time.perf_counter() - start)
+    p50, p99 = np.percentile(np.array(times) * 1000, [50, 99])
+    return {"params": params, "recall_at_k": round(recall, 4), "p50_ms": round(float(p50), 4),
+            "p99_ms": round(float(p99), 4)}
+
+
+def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, settings: IndexSettings) -> dict:
+    """Sweep the search parameters cheapest first, measuring recall@k against `truth` (exact search) and the latency
+    of single queries; take the cheapest setting reaching target_recall within max_query_latency_ms at p99, else the
+    best recall within the latency budget, else the fastest. Leaves the index set to the chosen parameters."""
+    k = settings.k
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    tuning = []
+    for params in search_params(index):
+        result = _measure(index, params, queries, truth, k)
+        tuning.append(result)
+        log.info("tuning %s: recall@%d %.4f, p50 %.3f ms, p99 %.3f ms", params or "(none)", k,
+                 result["recall_at_k"], result["p50_ms"], result["p99_ms"])
+        if result["recall_at_k"] >= RECALL_SATURATED or result["p99_ms"] > settings.max_query_latency_ms:
+            break
+    in_budget = [r for r in tuning if r["p99_ms"] <= settings.max_query_latency_ms]
+    reaching = [r for r in in_budget if r["recall_at_k"] >= settings.target_recall]
+    if reaching:
+        chosen = reaching[0]
+    elif in_budget:
+        chosen = max(in_budget, key=lambda r: r["recall_at_k"])  # the first (cheapest) of equal recalls
+    else:
+        chosen = min(tuning, key=lambda r: r["p99_ms"])
+    apply_params(index, chosen["params"])
+    log.info("chose %s: recall@%d %.4f, p99 %.3f ms", chosen["params"] or "(none)", k, chosen["recall_at_k"],
+             chosen["p99_ms"])
+    return {**chosen, "k": k, "tuning": tuning}
+
+
+def write_index(index: faiss.Index, uri: str) -> None:
+    """Publish the index atomically at any fsspec URI (streamed by faiss into the file, no temporary copy)."""
+    with uris.atomic_write(uri, "wb") as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+
+
+def read_index(uri: str) -> faiss.Index:
+    """Read an index from any fsspec URI (streamed from remote storage, no temporary copy)."""
+    if uris.is_local(uri):
+        return faiss.read_index(_local_path(uri))
+    with uris.open_uri(uri) as f:
+        return faiss.read_index(faiss.PyCallbackIOReader(f.read))
+
+
+def set_threads(settings: IndexSettings, side_by_side: int = 1) -> None:
+    """faiss (OpenMP) threads: settings.threads, else the cores shared among the tasks running side by side
+    (Dask starts its workers with OMP_NUM_THREADS=1; oversubscribed OpenMP threads slow faiss many times)."""
+    faiss.omp_set_num_threads(settings.threads or max(1, (os.cpu_count() or 1) // side_by_side))

@@ -1,0 +1,341 @@
+"""The index stage over embeddings folders: which rows, both indices, ids, near-duplicates, incremental adds.
+
+    plan = plan_index(embeddings, out, settings)          # what is indexed already, what is new
+    image = index_modality(plan, "image", settings)       # build (or extend) OUT/index/image.index, tune it
+    text = index_modality(plan, "text", settings)
+    infos = finish_index(plan, settings, image, text)     # near-duplicates, ids.parquet, dataset marks, infos
+
+The kept samples of a shard are the rows of its embeddings whose key is in dataset/part-S.parquet
+(the similarity filter's output); without a dataset folder every embedded row is indexed, as
+clip-retrieval does. An existing index grows by the shards it does not hold yet: a later crawl's
+embeddings folder, or new shards in a folder already indexed. It is rebuilt only when asked, when
+the settings name another index, or when the grown index would not fit the memory budget with its
+current index type. OUT/index/index_infos.json is written last: it is the commit of a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from prefect import task
+
+from tasks.cache import retry_transient
+from tasks.config import IndexSettings
+from tasks.ids import IdTable, write_ids
+from tasks.index import (
+    Part,
+    add,
+    apply_params,
+    build,
+    exact_knn,
+    index_memory,
+    read_index,
+    sample_vectors,
+    set_threads,
+    tune,
+    vector_batches,
+    write_index,
+)
+from tasks.neardup import near_duplicate_groups
+from tasks.uri import (
+    atomic_write,
+    exists,
+    filesystem,
+    join,
+    listdir,
+    name_of,
+    open_uri,
+    read_json,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+FOLDERS = {"image": "img_emb", "text": "text_emb"}
+OTHER = {"image": "text", "text": "image"}  # held-out queries of an index: the other modality's embeddings
+
+
+class IndexInconsistent(RuntimeError):
+    """The index files on disk do not match index_infos.json (an interrupted run): rebuild."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One embeddings shard of the index: ids first_id .. first_id + count - 1."""
+
+    name: str               # unique in the index: ids.parquet's `shard`
+    stem: str               # the file stem in its embeddings folder
+    embeddings: str         # the embeddings folder
+    dataset: str | None     # the dataset folder whose part-{stem}.parquet lists the kept rows
+    tar: str | None         # the webdataset shard holding the images
+    count: int
+    first_id: int
+
+    def vectors(self, modality: str) -> str:
+        folder = FOLDERS[modality]
+        return join(self.embeddings, folder, f"{folder}_{self.stem}.npy")
+
+    @property
+    def metadata(self) -> str:
+        return join(self.embeddings, "metadata", f"metadata_{self.stem}.parquet")
+
+    @property
+    def dataset_part(self) -> str | None:
+        return join(self.dataset, f"part-{self.stem}.parquet") if self.dataset else None
+
+
+@dataclass(frozen=True)
+class Plan:
+    out: str
+    shards: tuple[Shard, ...]    # all shards, in id order
+    new_from: int                # shards[new_from:] are not in the index yet
+    mode: str                    # "build" (from scratch), "add" (extend the index) or "none"
+    sources: tuple[str, ...]     # embeddings folders, in the order they were first indexed
+    existing: dict | None        # the index_infos.json being extended
+
+    @property
+    def count(self) -> int:
+        return sum(s.count for s in self.shards)
+
+    @property
+    def old_count(self) -> int:
+        return sum(s.count for s in self.shards[:self.new_from])
+
+    def uri(self, name: str) -> str:
+        return join(self.out, "index", name)
+
+
+def sibling(uri: str, name: str) -> str:
+    """NAME beside the folder `uri` (OUT/embeddings -> OUT/dataset)."""
+    return join(uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else ".", name)
+
+
+def _keys(uri: str) -> pa.Array:
+    return pq.read_table(open_uri(uri), columns=["key"])["key"].combine_chunks()
+
+
+def kept_rows(shard: Shard) -> np.ndarray | None:
+    """Rows of the shard's embeddings that the dataset kept, ascending (None: every row)."""
+    if not shard.dataset_part:
+        return None
+    keys = _keys(shard.metadata)
+    return np.flatnonzero(pc.is_in(keys, value_set=_keys(shard.dataset_part)).to_numpy(zero_copy_only=False))
+
+
+def find_shards(embeddings: str, dataset: str | None, source: int, first_id: int, known: set[str]) -> list[Shard]:
+    """The complete shards of an embeddings folder whose stems are not in `known`, numbered from first_id."""
+    shards = []
+    for meta in listdir(join(embeddings, "metadata"), ".parquet"):
+        stem = name_of(meta).removeprefix("metadata_").removesuffix(".parquet")
+        if stem in known:
+            continue
+        probe = Shard(stem, stem, embeddings, dataset, None, 0, 0)
+        if not all(exists(probe.vectors(m)) for m in FOLDERS):
+            log.warning("skipping shard %s of %s: its embeddings are incomplete", stem, embeddings)
+            continue
+        if dataset and not exists(probe.dataset_part):
+            log.warning("skipping shard %s of %s: no %s", stem, embeddings, probe.dataset_part)
+            continue
+        stats = join(dataset, f"part-{stem}_stats.json") if dataset else None
+        tar = read_json(stats).get("tar") if stats and exists(stats) else None
+        rows = kept_rows(probe)
+        count = len(rows) if rows is not None else pq.ParquetFile(open_uri(probe.metadata)).metadata.num_rows
+        name = stem if source == 0 else f"{source}-{stem}"
+        shards.append(Shard(name, stem, embeddings, dataset, tar, count, first_id))
+        first_id += count
+    return shards
+
+
+def plan_index(embeddings: str, out: str, settings: IndexSettings, dataset: str | None = None,
+               rebuild: bool = False) -> Plan:
+    """What to index: the shards already in OUT/index (kept), and the new shards of EMBEDDINGS."""
+    if dataset is None and exists(sibling(embeddings, "dataset")):
+        dataset = sibling(embeddings, "dataset")
+    infos_uri = join(out, "index", "index_infos.json")
+    existing = read_json(infos_uri) if exists(infos_uri) and not rebuild else None
+    if existing is None:
+        shards = find_shards(embeddings, dataset, 0, 0, set())
+        return Plan(out, tuple(shards), 0, "build" if shards else "none", (embeddings,), None)
+
+    old = [Shard(**s) for s in existing["shards"]]
+    sources = list(existing["sources"])
+    if embeddings not in sources:
+        sources.append(embeddings)
+    source = sources.index(embeddings)
+    known = {s.stem for s in old if s.embeddings == embeddings}
+    new = find_shards(embeddings, dataset, source, existing["count"], known)
+    plan = Plan(out, tuple(old + new), len(old), "add" if new else "none", tuple(sources), existing)
+    wanted = settings.index_key or existing["image"]["index_key"]
+    budget = settings.max_index_memory_gb * 2**30
+    if new and (wanted != existing["image"]["index_key"] or index_memory(wanted, plan.count, existing["dim"]) > budget):
+        log.info("rebuilding the index: %s at %d vectors does not fit the settings", existing["image"]["index_key"],
+                 plan.count)
+        return Plan(out, tuple(old + new), 0, "build", tuple(sources), None)
+    return plan
+
+
+def part(shard: Shard, modality: str, ids: IdTable | None = None) -> Part:
+    """The vectors of a shard to index; rows of a shard already indexed come from ids.parquet."""
+    if ids is not None:
+        rows = ids.column_range("row", shard.first_id, shard.first_id + shard.count).astype(np.int64)
+    else:
+        rows = kept_rows(shard)
+    return Part(shard.name, shard.vectors(modality), rows)
+
+
+def parts(plan: Plan, modality: str, ids: IdTable | None = None) -> list[Part]:
+    """Every shard's part in id order (old shards' rows read from ids.parquet when extending)."""
+    return [part(s, modality, ids if i < plan.new_from else None) for i, s in enumerate(plan.shards)]
+
+
+def _ids(plan: Plan) -> IdTable | None:
+    return IdTable(plan.uri("ids.parquet")) if plan.mode == "add" else None
+
+
+def index_modality(plan: Plan, modality: str, settings: IndexSettings) -> dict:
+    """Build or extend OUT/index/{modality}.index, measure recall@k and latency, tune it; its infos."""
+    set_threads(settings, side_by_side=len(FOLDERS))  # the image and the text index are built at once
+    ids = _ids(plan)
+    all_parts = parts(plan, modality, ids)
+    uri = plan.uri(f"{modality}.index")
+    started = time.perf_counter()
+    if plan.mode == "build":
+        index, key = build(all_parts, settings)
+    else:
+        index, key = read_index(uri), plan.existing[modality]["index_key"]
+        if index.ntotal != plan.old_count:
+            raise IndexInconsistent(f"{uri} holds {index.ntotal} vectors but index_infos.json says "
+                                    f"{plan.old_count} (an interrupted run?): index again with --rebuild")
+        add(index, all_parts[plan.new_from:], settings.add_batch_rows)
+    built_s = time.perf_counter() - started
+    log.info("%s index %s: %d vectors in %.1f s", modality, key, index.ntotal, built_s)
+
+    queries = sample_vectors(parts(plan, OTHER[modality], ids), settings.queries, settings.seed)
+    _, truth = exact_knn(queries, all_parts, settings.k, settings.add_batch_rows)
+    tuned = tune(index, queries, truth, settings)
+    write_index(index, uri)
+    return {"index_key": key, "vectors": int(index.ntotal), "memory_bytes": index_memory(key, index.ntotal, index.d),
+            ("build_s" if plan.mode == "build" else "add_s"): round(built_s, 3),
+            "queries": f"{len(queries)} held-out {OTHER[modality]} embeddings", **tuned}
+
+
+def _id_table(shard: Shard, groups: np.ndarray) -> pa.Table:
+    """ids.parquet rows of a new shard."""
+    meta = pq.read_table(open_uri(shard.metadata), columns=["key", "url", "text", "similarity"])
+    rows = kept_rows(shard)
+    if rows is not None:
+        meta = meta.take(pa.array(rows))
+    return meta.append_column("shard", pa.array([shard.name] * len(meta), pa.string())) \
+        .append_column("row", pa.array(rows if rows is not None else np.arange(len(meta)), pa.int64())) \
+        .append_column("duplicate_group", pa.array(groups[shard.first_id:shard.first_id + shard.count]))
+
+
+def _mark_dataset(shard: Shard, groups: np.ndarray, keys: pa.Array, drop: bool) -> int:
+    """Add duplicate_group / near_duplicate to the shard's dataset part (or drop the duplicates); rows dropped.
+
+    `keys` are the shard's keys in id order; a dataset row not in the index gets nulls."""
+    table = pq.read_table(open_uri(shard.dataset_part))
+    where = pc.index_in(table["key"], value_set=keys)
+    present = where.is_valid().to_numpy(zero_copy_only=False)
+    ids = shard.first_id + pc.fill_null(where, 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    group = pa.array(groups[ids], pa.int64(), mask=~present)
+    duplicate = pa.array((groups[ids] != ids) & present, pa.bool_())
+    for name, column in (("duplicate_group", group), ("near_duplicate", duplicate)):
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, column)
+    before = len(table)
+    if drop:
+        table = table.filter(pc.invert(table["near_duplicate"]))
+    with atomic_write(shard.dataset_part) as f:
+        pq.write_table(table, f, compression="zstd")
+    return before - len(table)
+
+
+def finish_index(plan: Plan, settings: IndexSettings, image: dict, text: dict) -> dict:
+    """Near-duplicate groups, ids.parquet, the dataset marks, then index_infos.json (the commit)."""
+    set_threads(settings)
+    old = _ids(plan)
+    groups = np.arange(plan.count, dtype=np.int64)
+    if old is not None:
+        groups[:plan.old_count] = old.column("duplicate_group")
+    index = read_index(plan.uri("image.index"))
+    apply_params(index, image["params"])
+    new_parts = parts(plan, "image")[plan.new_from:]
+
+    def batches():
+        first = plan.old_count
+        for vectors in vector_batches(new_parts, settings.add_batch_rows):
+            yield first, vectors
+            first += len(vectors)
+
+    started = time.perf_counter()
+    updated, links = near_duplicate_groups(index, batches(), groups, settings.near_duplicate_threshold,
+                                           settings.near_duplicate_neighbours)
+    changed = updated != groups
+    log.info("near-duplicates: %d links, %.1f s", links, time.perf_counter() - started)
+
+    def tables():
+        if old is not None:
+            first = 0
+            for table in old.tables():
+                yield table.set_column(table.schema.get_field_index("duplicate_group"), "duplicate_group",
+                                       pa.array(updated[first:first + len(table)]))
+                first += len(table)
+        for shard in plan.shards[plan.new_from:]:
+            yield _id_table(shard, updated)
+
+    write_ids(plan.uri("ids.parquet") + ".new", tables())
+    dropped = 0
+    written = IdTable(plan.uri("ids.parquet") + ".new")
+    for i, shard in enumerate(plan.shards):
+        span = slice(shard.first_id, shard.first_id + shard.count)
+        if shard.dataset_part and (i >= plan.new_from or changed[span].any()):
+            keys = written.column_range("key", span.start, span.stop)
+            dropped += _mark_dataset(shard, updated, pa.array(keys, pa.string()), settings.drop_near_duplicates)
+    _publish(plan.uri("ids.parquet") + ".new", plan.uri("ids.parquet"))
+
+    duplicates = int((updated != np.arange(plan.count)).sum())
+    infos = {
+        "dim": index.d, "count": plan.count, "clip": _clip(plan), "sources": list(plan.sources),
+        "shards": [asdict(s) for s in plan.shards], "image": image, "text": text,
+        "near_duplicates": {"threshold": settings.near_duplicate_threshold, "duplicates": duplicates,
+                            "groups": len(np.unique(updated[updated != np.arange(plan.count)])),
+                            "dropped": bool(settings.drop_near_duplicates), "dropped_rows": dropped},
+        "settings": settings.model_dump(mode="json"),
+    }
+    write_json(plan.uri("index_infos.json"), infos)
+    return infos
+
+
+def _publish(tmp: str, uri: str) -> None:
+    """Move a finished file into place (ids.parquet is read while its successor is written)."""
+    fs, path = filesystem(tmp)
+    fs.mv(path, filesystem(uri)[1])
+
+
+def _clip(plan: Plan) -> dict | None:
+    """The CLIP model that made the embeddings (from the embed stage's stats), to encode queries alike."""
+    if plan.existing and plan.existing.get("clip"):
+        return plan.existing["clip"]
+    for shard in plan.shards:
+        stats = join(shard.dataset, f"part-{shard.stem}_stats.json") if shard.dataset else None
+        if stats and exists(stats) and read_json(stats).get("clip"):
+            return read_json(stats)["clip"]
+    return None
+
+
+# Prefect task wrappers: one task plans, one per modality builds (the two run side by side), one finishes.
+# No result cache: what an index run does depends on the index on disk, which plan_index reads.
+plan_index_task = task(plan_index, name="plan_index", tags=["clipcrawl", "index"], retry_condition_fn=retry_transient)
+index_modality_task = task(index_modality, name="index_modality", tags=["clipcrawl", "index"],
+                           task_run_name=lambda parameters: f"index-{parameters['modality']}",
+                           retry_condition_fn=retry_transient)
+finish_index_task = task(finish_index, name="finish_index", tags=["clipcrawl", "index"],
+                         retry_condition_fn=retry_transient)

@@ -1,0 +1,224 @@
+"""Query a built index: text or image -> the nearest samples, and their thumbnails from the shards' tars.
+
+    searcher = Searcher("OUT/index")
+    searcher.search(text="a red circle", k=10)                 # CLIP text embedding vs the image index
+    searcher.search(image=open("q.jpg", "rb").read(), modality="text", deduplicate=True)
+    data, mime = searcher.thumbnail(results[0]["id"])
+
+Like clip-retrieval's back end: the query is embedded with the model that embedded the dataset
+(index_infos.json "clip"), searched with the tuned parameters of the index (index_infos.json
+"image"/"text" "params"), and the ids map to samples through index/ids.parquet. Safe to call
+from several threads at once.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import faiss
+import numpy as np
+
+from tasks.ids import IdTable
+from tasks.index import read_index
+from tasks.uri import exists, join, open_uri, read_json
+
+if TYPE_CHECKING:
+    from tasks.clip_model import ClipModel
+
+MODALITIES = ("image", "text")
+IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
+DEDUP_FETCH = 4        # deduplicate: search this many times k, more while groups repeat
+TAR_MAPS = 32          # member maps of this many tars are kept (a map is ~100 bytes a sample)
+
+
+class NotFound(LookupError):
+    """No such id, or no image for it in its shard's tar."""
+
+
+def decode_image(data: bytes):
+    """Query image bytes -> PIL image (fully decoded), or ValueError naming the reason."""
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # PIL raises several kinds (UnidentifiedImageError, OSError, DecompressionBomb...)
+        raise ValueError(f"cannot decode the query image: {exc}") from exc
+    return image
+
+
+class Searcher:
+    """kNN search over OUT/index/: image.index, text.index, ids.parquet, index_infos.json."""
+
+    def __init__(self, index_dir: str, model: ClipModel | None = None):
+        self.index_dir = index_dir
+        infos_uri = join(index_dir, "index_infos.json")
+        if not exists(infos_uri):
+            raise FileNotFoundError(f"{index_dir} is not an index directory: {infos_uri} does not exist "
+                                    "(build the index first)")
+        self.infos = read_json(infos_uri)
+        self.indices: dict[str, faiss.Index] = {}
+        for modality in MODALITIES:
+            uri = join(index_dir, f"{modality}.index")
+            if not exists(uri):
+                raise FileNotFoundError(f"{uri} does not exist (index directory {index_dir} is incomplete)")
+            index = read_index(uri)
+            params = (self.infos.get(modality) or {}).get("params") or ""
+            if params:
+                faiss.ParameterSpace().set_index_parameters(index, params)
+            self.indices[modality] = index
+        ids_uri = join(index_dir, "ids.parquet")
+        if not exists(ids_uri):
+            raise FileNotFoundError(f"{ids_uri} does not exist (index directory {index_dir} is incomplete)")
+        self.ids = IdTable(ids_uri)
+        for modality, index in self.indices.items():
+            if index.ntotal != self.ids.count:
+                raise ValueError(f"{index_dir}: {modality}.index holds {index.ntotal} vectors but ids.parquet "
+                                 f"{self.ids.count} rows")
+        self.tars = {s["stem"]: s["tar"] for s in self.infos.get("shards", [])}
+        self._model = model
+        self._lock = threading.Lock()        # the model load, IdTable's reader and cache, the tar maps
+        self._tar_maps: OrderedDict[str, dict[str, tuple[int, int, str]]] = OrderedDict()
+
+    @property
+    def model(self) -> ClipModel:
+        """The CLIP model of the index (index_infos.json "clip"), loaded on first use."""
+        with self._lock:
+            if self._model is None:
+                from tasks.clip_model import load_model
+                from tasks.config import EmbedSettings
+
+                self._model = load_model(EmbedSettings(**self.infos["clip"]))
+            return self._model
+
+    @property
+    def count(self) -> int:
+        return self.ids.count
+
+    def info(self) -> dict:
+        """Counts, index keys, search parameters and measured recall/latency (for /api/info)."""
+        out = {"count": self.count, "dim": self.infos.get("dim"), "clip": self.infos.get("clip"),
+               "shards": len(self.tars), "near_duplicates": self.infos.get("near_duplicates")}
+        for modality, index in self.indices.items():
+            built = self.infos.get(modality) or {}
+            out[modality] = {key: built.get(key) for key in ("index_key", "params", "k", "recall_at_k", "p50_ms",
+                                                            "p99_ms", "memory_bytes")}
+            out[modality]["ntotal"] = index.ntotal
+        return out
+
+    def embed_query(self, text: str | None = None, image: bytes | None = None) -> np.ndarray:
+        """(1, d) float32 normalised CLIP embedding of the text or the image."""
+        if (text is None) == (image is None):
+            raise ValueError("give exactly one of a text or an image query" + (
+                "" if text is None else " (got both)"))
+        if text is not None:
+            if not text.strip():
+                raise ValueError("the text query is empty")
+            return np.ascontiguousarray(self.model.encode_texts([text]), dtype=np.float32)
+        if not image:
+            raise ValueError("cannot decode the query image: it is empty (0 bytes)")
+        import torch
+
+        pixels = self.model.prepare(decode_image(image))
+        return np.ascontiguousarray(self.model.encode_images(torch.from_numpy(pixels[None].copy())), dtype=np.float32)
+
+    def search(self, text: str | None = None, image: bytes | None = None, k: int = 10, modality: str = "image",
+               deduplicate: bool = False) -> list[dict]:
+        """The k nearest samples to the query in the `modality` index, best first.
+
+        Each result: id, key, url, caption, similarity (inner product = cosine), shard, duplicate_group.
+        deduplicate keeps the best result of each near-duplicate group, searching deeper until k groups
+        are found or the index has no more vectors.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}: search the 'image' or the 'text' index")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        query = self.embed_query(text, image)
+        index = self.indices[modality]
+        if query.shape[1] != index.d:
+            raise ValueError(f"the query embedding has {query.shape[1]} dimensions, the {modality} index {index.d}: "
+                             f"the model {self.infos.get('clip')} is not the one the index was built with")
+        total = index.ntotal
+        fetch = min(k * DEDUP_FETCH if deduplicate else k, total)
+        while True:
+            found = self._search(index, query, fetch)
+            if not deduplicate:
+                return found[:k]
+            unique, groups = [], set()
+            for result in found:
+                if result["duplicate_group"] not in groups:
+                    groups.add(result["duplicate_group"])
+                    unique.append(result)
+            if len(unique) >= k or fetch >= total or len(found) < fetch:  # enough, or nothing more to find
+                return unique[:k]
+            fetch = min(fetch * DEDUP_FETCH, total)
+
+    def _search(self, index: faiss.Index, query: np.ndarray, k: int) -> list[dict]:
+        if k == 0:
+            return []
+        distances, ids = index.search(query, k)
+        hits = [(int(i), float(d)) for i, d in zip(ids[0], distances[0]) if i >= 0]  # -1: fewer than k found
+        with self._lock:
+            rows = self.ids.lookup(i for i, _ in hits)
+        return [{"id": row["id"], "key": row["key"], "url": row["url"], "caption": row["text"],
+                 "similarity": similarity, "shard": row["shard"], "duplicate_group": row["duplicate_group"]}
+                for row, (_, similarity) in zip(rows, hits)]
+
+    def thumbnail(self, id: int) -> tuple[bytes, str]:
+        """The image of sample `id` as stored in its shard's tar, and its MIME type."""
+        try:
+            with self._lock:
+                row = self.ids.lookup([id])[0]
+        except IndexError as exc:
+            raise NotFound(str(exc)) from exc
+        shard, key = row["shard"], row["key"]
+        if shard not in self.tars:
+            raise NotFound(f"id {id} (key {key}): shard {shard!r} is not in index_infos.json shards")
+        tar_uri = self.tars[shard]
+        member = self._members(tar_uri).get(key)
+        if member is None:
+            raise NotFound(f"id {id}: no image member {key}.jpg|jpeg|webp|png in {tar_uri}")
+        offset, size, ext = member
+        with open_uri(tar_uri) as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise OSError(f"{tar_uri}: member {key}.{ext} is cut short ({len(data)} of {size} bytes)")
+        return data, IMAGE_TYPES[ext]
+
+    def _members(self, tar_uri: str) -> dict[str, tuple[int, int, str]]:
+        """{key: (data offset, size, extension)} of the tar's image members; built once, kept for TAR_MAPS tars."""
+        with self._lock:
+            if tar_uri in self._tar_maps:
+                self._tar_maps.move_to_end(tar_uri)
+                return self._tar_maps[tar_uri]
+        members: dict[str, tuple[int, int, str]] = {}
+        rank = list(IMAGE_TYPES)
+        try:
+            # Random-access mode: reads the 512-byte headers and seeks over the data.
+            with open_uri(tar_uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                for info in tar:
+                    key, _, ext = info.name.rpartition(".")
+                    ext = ext.lower()
+                    if not info.isfile() or ext not in IMAGE_TYPES:
+                        continue
+                    if key not in members or rank.index(ext) < rank.index(members[key][2]):
+                        members[key] = (info.offset_data, info.size, ext)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise OSError(f"{tar_uri}: cannot read the shard's tar: {exc}") from exc
+        with self._lock:
+            self._tar_maps[tar_uri] = members
+            while len(self._tar_maps) > TAR_MAPS:
+                self._tar_maps.popitem(last=False)
+        return members
+
+
+def format_results(results: list[dict]) -> str:
+    """One line per result for a terminal: similarity, key, caption, url (tab-separated)."""
+    return "\n".join(f"{r['similarity']:.4f}\t{r['key']}\t{' '.join(str(r['caption']).split())}\t{r['url']}"
+                     for r in results)

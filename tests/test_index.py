@@ -1,0 +1,264 @@
+import os
+import uuid
+
+import faiss
+import fsspec
+import numpy as np
+import pytest
+
+from tasks import index
+from tasks.config import IndexSettings
+
+D = 32
+SIZES = (1500, 1000, 1500)
+CENTROIDS = np.random.default_rng(0).standard_normal((64, D))
+
+
+def _clustered(n, seed):
+    """Normalised float16 vectors around 64 centroids, like embeddings of a few hundred kinds of image."""
+    rng = np.random.default_rng(seed)
+    x = CENTROIDS[rng.integers(len(CENTROIDS), size=n)] + rng.standard_normal((n, D))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """OpenMP threads fighting over a shared 2-core machine make faiss k-means ~10x slower."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embeddings")
+    arrays, uris = [], []
+    for i, n in enumerate(SIZES):
+        arrays.append(_clustered(n, seed=i + 1))
+        uris.append(str(root / f"img_emb_{i:05d}.npy"))
+        np.save(uris[-1], arrays[-1])
+    return arrays, uris
+
+
+@pytest.fixture(scope="module")
+def parts(shards):
+    return [index.Part(f"{i:05d}", uri) for i, uri in enumerate(shards[1])]
+
+
+@pytest.fixture(scope="module")
+def all_vectors(shards):
+    return np.concatenate(shards[0]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def queries():
+    return _clustered(200, seed=99).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def truth(queries, parts):
+    return index.exact_knn(queries, parts, 10, 1000)[1]
+
+
+@pytest.fixture(scope="module")
+def ivf(parts):
+    return index.build(parts, IndexSettings(index_key="IVF64,SQfp16"))[0]
+
+
+@pytest.fixture(scope="module")
+def opq(parts):
+    # 2000 training vectors keep OPQ training (50 iterations of 8 x 256-centroid k-means) to a few seconds
+    return index.build(parts, IndexSettings(index_key="OPQ8_32,IVF16_HNSW32,PQ8x8", train_vectors=2000))[0]
+
+
+def test_choose_index_key_follows_size_and_budget():
+    gib = 2**30
+    assert index.choose_index_key(10_000, 512, gib) == "Flat"
+    assert index.choose_index_key(50_000, 512, gib) == "HNSW32"
+    assert index.choose_index_key(5_000_000, 512, 16 * gib) == "IVF8192,SQfp16"
+    # the HNSW graph and float32 vectors do not fit where the fp16 codes do
+    budget = index.index_memory("IVF1024,SQfp16", 100_000, 512) + 1
+    assert index.index_memory("HNSW32", 100_000, 512) > budget
+    assert index.choose_index_key(100_000, 512, budget) == "IVF1024,SQfp16"
+    # only compressed codes fit: the largest PQ that does
+    assert index.choose_index_key(100_000_000, 512, 16 * gib) == "OPQ128_512,IVF16384_HNSW32,PQ128x8"
+    assert index.choose_index_key(400_000_000, 512, 16 * gib) == "OPQ32_224,IVF16384_HNSW32,PQ32x8"
+    with pytest.raises(ValueError, match="memory budget of 1073741824 bytes"):
+        index.choose_index_key(400_000_000, 768, gib)
+    for key in ("OPQ128_512,IVF16384_HNSW32,PQ128x8", "OPQ32_224,IVF16384_HNSW32,PQ32x8", "IVF8192,SQfp16"):
+        assert faiss.index_factory(512, key, faiss.METRIC_INNER_PRODUCT).metric_type == faiss.METRIC_INNER_PRODUCT
+
+
+def test_ivf_nlist_is_a_power_of_two_near_4_sqrt_n_with_39_training_vectors_per_list():
+    for n in (40, 1_000, 30_000, 1_000_000, 10**9):
+        nlist = index.ivf_nlist(n)
+        assert nlist & (nlist - 1) == 0
+        assert nlist * 39 <= min(n, index.MAX_TRAIN_VECTORS)
+    assert index.ivf_nlist(1_000_000) == 4096
+    assert index.ivf_nlist(10**9) == 16384  # bounded by the 1M training sample
+    assert index.ivf_nlist(10) == 1
+
+
+def test_index_memory_grows_with_vectors_and_code_size():
+    keys = ["Flat", "HNSW32", "IVF1024,SQfp16"] + [f"OPQ{m}_512,IVF1024_HNSW32,PQ{m}x8" for m in (64, 128, 256)]
+    for key in keys:
+        sizes = [index.index_memory(key, n, 512) for n in (10_000, 100_000, 1_000_000)]
+        assert sizes == sorted(sizes) and sizes[0] < sizes[-1], key
+    pq = [index.index_memory(f"OPQ{m}_512,IVF1024_HNSW32,PQ{m}x8", 10**6, 512) for m in (8, 64, 128, 256)]
+    assert pq == sorted(pq)
+    assert pq[-1] < index.index_memory("IVF1024,SQfp16", 10**6, 512) < index.index_memory("HNSW32", 10**6, 512)
+    with pytest.raises(ValueError, match="unsupported"):
+        index.index_memory("LSH", 10, 8)
+
+
+def test_index_memory_matches_serialized_size(ivf, opq, parts):
+    hnsw = faiss.index_factory(D, "HNSW32", faiss.METRIC_INNER_PRODUCT)
+    hnsw.add(next(index.vector_batches(parts, 1000)))
+    for key, built in (("IVF64,SQfp16", ivf), ("OPQ8_32,IVF16_HNSW32,PQ8x8", opq), ("HNSW32", hnsw)):
+        real = faiss.serialize_index(built).nbytes
+        assert 0.8 < index.index_memory(key, built.ntotal, D) / real < 1.25, (key, real)
+
+
+def test_part_count_reads_the_header_or_the_rows(parts):
+    assert [p.count for p in parts] == list(SIZES)
+    assert index.Part("x", parts[0].vectors, rows=[3, 5, 8]).count == 3
+    with pytest.raises(ValueError, match="ascending"):
+        index.Part("x", parts[0].vectors, rows=[5, 3])
+
+
+def test_vector_batches_follow_part_order_rows_and_batch_size(shards, parts):
+    rows = np.arange(0, SIZES[1], 3)
+    selected = [parts[0], index.Part("00001", parts[1].vectors, rows=rows), parts[2]]
+    batches = list(index.vector_batches(selected, 700))
+    expected = np.concatenate([shards[0][0], shards[0][1][rows], shards[0][2]]).astype(np.float32)
+    assert [len(b) for b in batches[:-1]] == [700] * (len(batches) - 1) and 0 < len(batches[-1]) <= 700
+    assert all(b.dtype == np.float32 and b.flags.c_contiguous for b in batches)
+    np.testing.assert_array_equal(np.concatenate(batches), expected)
+    assert [len(b) for b in index.vector_batches(selected, 10**6)] == [len(expected)]
+
+
+def test_read_vectors_of_a_remote_uri(shards):
+    uri = f"memory://emb-{uuid.uuid4().hex}/img_emb_00000.npy"
+    with fsspec.open(uri, "wb") as f:
+        np.save(f, shards[0][0])
+    np.testing.assert_array_equal(index.read_vectors(uri), shards[0][0])
+    assert index.Part("00000", uri).count == SIZES[0]
+
+
+def test_sample_vectors_draw_selected_rows_without_replacement(shards, parts):
+    rows = np.arange(1, SIZES[1], 2)
+    selected = [parts[0], index.Part("00001", parts[1].vectors, rows=rows)]
+    pool = np.concatenate([shards[0][0], shards[0][1][rows]]).astype(np.float32)
+    position = {row.tobytes(): i for i, row in enumerate(pool)}
+    assert len(position) == len(pool)  # rows are distinct, so a sampled vector names its row
+    sample = index.sample_vectors(selected, 300, seed=1)
+    assert sample.shape == (300, D) and sample.dtype == np.float32
+    picked = [position[row.tobytes()] for row in sample]  # KeyError: a row outside the selection
+    assert len(set(picked)) == 300
+    assert min(picked) < SIZES[0] <= max(picked)  # drawn from both parts
+    np.testing.assert_array_equal(index.sample_vectors(selected, 300, seed=1), sample)
+    assert not np.array_equal(index.sample_vectors(selected, 300, seed=2), sample)
+    everything = index.sample_vectors(selected, 10**6, seed=0)
+    assert sorted(position[row.tobytes()] for row in everything) == list(range(len(pool)))
+
+
+def test_exact_knn_equals_brute_force(shards, parts, queries):
+    rows = np.arange(0, SIZES[1], 4)
+    selected = [parts[0], index.Part("00001", parts[1].vectors, rows=rows), parts[2]]
+    base = np.concatenate([shards[0][0], shards[0][1][rows], shards[0][2]]).astype(np.float32)
+    distances, ids = index.exact_knn(queries, selected, 10, 300)
+    similarities = queries @ base.T
+    expected = np.argsort(-similarities, axis=1, kind="stable")[:, :10]
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_allclose(distances, np.take_along_axis(similarities, expected, axis=1), rtol=1e-5)
+
+
+def test_recall_at_k_counts_common_ids():
+    found = np.array([[1, 2, 3], [4, 5, -1]])
+    truth = np.array([[3, 2, 9, 1], [-1, 7, 8, 4]])
+    assert index.recall_at_k(found, truth, 3) == pytest.approx(2 / 6)
+    assert index.recall_at_k(truth, truth, 4) == pytest.approx(7 / 8)  # the missing result never counts
+
+
+def _hand_recall(found, truth, k):
+    return np.mean([len(set(f[:k]) & set(t[:k])) / k for f, t in zip(found.tolist(), truth.tolist())])
+
+
+def test_tune_ivf_takes_the_cheapest_nprobe_reaching_the_target(ivf, queries, truth):
+    settings = IndexSettings(target_recall=0.95, max_query_latency_ms=1000)
+    result = index.tune(ivf, queries, truth, settings)
+    tuning = result["tuning"]
+    assert [r["params"] for r in tuning] == [f"nprobe={2**i}" for i in range(len(tuning))]
+    assert tuning[0]["recall_at_k"] < 0.95  # the sweep had something to find
+    assert result["recall_at_k"] >= 0.95 and result["k"] == 10
+    first = next(r for r in tuning if r["recall_at_k"] >= 0.95)
+    assert result["params"] == first["params"]
+    assert faiss.extract_index_ivf(ivf).nprobe == int(result["params"].split("=")[1])  # left set
+    _, found = ivf.search(queries, 10)
+    assert result["recall_at_k"] == pytest.approx(_hand_recall(found, truth, 10), abs=1e-4)
+    assert 0 < result["p50_ms"] <= result["p99_ms"]
+
+
+def test_tune_opq_pq_sets_nprobe_and_quantizer_ef_search(opq, queries, truth):
+    result = index.tune(opq, queries, truth, IndexSettings(target_recall=0.55, max_query_latency_ms=1000))
+    assert result["recall_at_k"] >= 0.55
+    nprobe, ef = (int(p.split("=")[1]) for p in result["params"].split(","))
+    ivf = faiss.extract_index_ivf(opq)
+    assert ivf.nprobe == nprobe and faiss.downcast_index(ivf.quantizer).hnsw.efSearch == ef
+    _, found = opq.search(queries, 10)
+    assert result["recall_at_k"] == pytest.approx(_hand_recall(found, truth, 10), abs=1e-4)
+
+
+def test_tune_hnsw_and_flat(parts, queries, truth):
+    hnsw, key = index.build(parts, IndexSettings(index_key="HNSW32"))
+    result = index.tune(hnsw, queries, truth, IndexSettings(target_recall=0.9, max_query_latency_ms=1000))
+    assert key == "HNSW32" and result["params"].startswith("efSearch=") and result["recall_at_k"] >= 0.9
+    assert hnsw.hnsw.efSearch == int(result["params"].split("=")[1])
+    flat, key = index.build(parts, IndexSettings())  # 4000 x 32: exact search is cheapest
+    assert key == "Flat" and flat.ntotal == sum(SIZES)
+    result = index.tune(flat, queries, truth, IndexSettings())
+    assert result["params"] == "" and result["recall_at_k"] == 1.0 and len(result["tuning"]) == 1
+
+
+def test_tune_over_the_latency_budget_stops_and_takes_the_fastest(ivf, queries, truth):
+    result = index.tune(ivf, queries, truth, IndexSettings(max_query_latency_ms=1e-6))
+    assert [r["params"] for r in result["tuning"]] == ["nprobe=1"] == [result["params"]]
+    assert faiss.extract_index_ivf(ivf).nprobe == 1
+
+
+def test_build_rejects_a_training_sample_smaller_than_the_lists(parts):
+    with pytest.raises(ValueError, match="64 inverted lists"):
+        index.build(parts, IndexSettings(index_key="IVF64,SQfp16", train_vectors=10))
+
+
+def test_add_continues_ids_after_ntotal(shards, parts):
+    built, _ = index.build(parts[:2], IndexSettings(index_key="IVF16,SQfp16"))
+    before = built.ntotal
+    assert before == SIZES[0] + SIZES[1]
+    assert index.add(built, parts[2:], 400) == SIZES[2]
+    assert built.ntotal == sum(SIZES)
+    index.apply_params(built, "nprobe=16")
+    new = shards[0][2][::50].astype(np.float32)
+    similarities, ids = built.search(new, 1)
+    np.testing.assert_array_equal(ids[:, 0], before + np.arange(0, SIZES[2], 50))
+    assert np.all(similarities[:, 0] > 0.99)
+
+
+@pytest.mark.parametrize("kind", ["path", "file", "memory"])
+def test_write_read_round_trip(ivf, queries, tmp_path, kind):
+    uri = {"path": str(tmp_path / "image.index"), "file": f"file://{tmp_path}/image.index",
+           "memory": f"memory://index-{uuid.uuid4().hex}/image.index"}[kind]
+    index.write_index(ivf, uri)
+    back = index.read_index(uri)
+    assert back.ntotal == ivf.ntotal and back.metric_type == faiss.METRIC_INNER_PRODUCT
+    index.apply_params(back, "nprobe=4")
+    index.apply_params(ivf, "nprobe=4")
+    np.testing.assert_array_equal(back.search(queries, 10)[1], ivf.search(queries, 10)[1])
+    if kind != "memory":
+        assert os.listdir(tmp_path) == ["image.index"]  # no temporary file left
+
+
+def test_set_threads():
+    index.set_threads(IndexSettings(threads=1))
+    assert faiss.omp_get_max_threads() == 1
