@@ -78,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="build from scratch instead of adding to OUT/index/")
     p.add_argument("--index-key", help="faiss index_factory string (default: chosen from the count and memory)")
     p.add_argument("--max-index-memory", type=float, dest="max_index_memory_gb", help="GiB (default 16)")
-    p.add_argument("--target-recall", type=float, help="recall@10 the search parameters are tuned to (default 0.95)")
+    p.add_argument("--target-recall", type=float, help="recall@10 the search parameters are tuned to (default 0.98)")
     p.add_argument("--near-duplicate-threshold", type=float, help="cosine similarity of near-duplicates (default 0.96)")
     p.add_argument("--drop-near-duplicates", action="store_true", help="keep one sample per near-duplicate group "
                    "in the dataset (default: mark them)")

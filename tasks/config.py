@@ -139,7 +139,7 @@ class IndexSettings(BaseModel):
     index_key: str | None = Field(None, description="faiss index_factory string (e.g. 'IVF4096,SQfp16'); empty: "
                                   "chosen from the vector count and the memory budget.")
     max_index_memory_gb: float = Field(16.0, gt=0, description="Largest index (in memory, and on disk) to build.")
-    target_recall: float = Field(0.95, gt=0, le=1, description="recall@k the search parameters are tuned to reach.")
+    target_recall: float = Field(0.98, gt=0, le=1, description="recall@k the search parameters are tuned to reach.")
     max_query_latency_ms: float = Field(10.0, gt=0, description="p99 latency of one query the tuning may spend.")
     k: int = Field(10, ge=1, description="k of recall@k.")
     queries: int = Field(1000, ge=10, description="Held-out queries for measuring recall and latency.")
