@@ -211,7 +211,7 @@ def run_index(args: argparse.Namespace, address: str, embeddings: str, settings:
 
 
 def search(args: argparse.Namespace) -> None:
-    """A query from the command line: no flow, no cluster (it answers in about a second)."""
+    """A query from the command line: no flow, no cluster (a flow would add ~15 s to a ~5 s query)."""
     from tasks.search import Searcher, format_results
 
     if (args.text is None) == (args.image is None):

@@ -326,8 +326,9 @@ def _clip(plan: Plan) -> dict | None:
         return plan.existing["clip"]
     for shard in plan.shards:
         stats = join(shard.dataset, f"part-{shard.stem}_stats.json") if shard.dataset else None
-        if stats and exists(stats) and read_json(stats).get("clip"):
-            return read_json(stats)["clip"]
+        clip = read_json(stats).get("clip") if stats and exists(stats) else None
+        if clip:
+            return clip
     return None
 
 
