@@ -16,6 +16,7 @@ from tasks.config import (
     ExtractSettings,
     IndexSettings,
     IngestSettings,
+    ReportSettings,
     load_config,
 )
 
@@ -24,7 +25,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask-address", help="use an existing Dask scheduler (tcp://host:8786) instead of a local cluster")
     p.add_argument("--results", help="Prefect result storage URI shared by all workers (default OUT/_results)")
     p.add_argument("--config", help="YAML or TOML file with per-stage settings sections (ingest:, extract:, download:, "
-                   "embed:, index:)")
+                   "embed:, index:, report:)")
 
 
 def _extract_options(p: argparse.ArgumentParser) -> None:
@@ -100,6 +101,15 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=1234)
 
+    p = sub.add_parser("report", help="OUT's outputs -> OUT/report/index.html and stats.json; quality gates")
+    p.add_argument("out", metavar="DIR", help="the output location of a run (OUT)")
+    p.add_argument("--ground-truth", help="manifest pairs.parquet (url, text, matches) to measure the CLIP filter "
+                   "against (the synthetic world's manifest/pairs.parquet)")
+    p.add_argument("--gate", action="append", default=[], metavar="NAME=THRESHOLD[:warn|:fail]",
+                   help="set a quality gate, e.g. min_download_success_rate=0.5 or max_clip_pass_rate=0.9:warn; "
+                   "NAME=off turns one off (repeatable)")
+    _common(p)
+
     p = sub.add_parser("extract", help="WAT or WARC files -> OUT/pairs/")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="WAT/WARC URIs: local path, file://, https://, s3://")
     p.add_argument("--out", required=True)
@@ -162,6 +172,23 @@ def index_settings(args: argparse.Namespace, **fields) -> IndexSettings:
     return IndexSettings(**config | {k: v for k, v in (flags | fields).items() if v is not None})
 
 
+def report_settings(args: argparse.Namespace) -> ReportSettings:
+    """Settings from the config file's report: section, with --gate NAME=THRESHOLD[:ACTION] over them."""
+    config = dict(load_config(args.config).get("report", {})) if args.config else {}
+    gates = dict(config.get("gates", {}))
+    for spec in getattr(args, "gate", []):
+        name, _, value = spec.partition("=")
+        threshold, _, action = value.partition(":")
+        if not name or not threshold:
+            raise SystemExit(f"clipcrawl report: --gate {spec!r}: want NAME=THRESHOLD[:warn|:fail] or NAME=off")
+        gate = dict(gates.get(name, {}))
+        gate["threshold"] = None if threshold == "off" else threshold
+        if action:
+            gate["action"] = action
+        gates[name] = gate
+    return ReportSettings(**config | {"gates": gates})
+
+
 @contextlib.contextmanager
 def cluster(args: argparse.Namespace):
     """The Dask scheduler address every flow of this command runs on: the given one, or a
@@ -208,6 +235,13 @@ def run_index(args: argparse.Namespace, address: str, embeddings: str, settings:
 
     return run_flow(build_index, address, embeddings=embeddings, out=args.out, settings=settings,
                     dataset=getattr(args, "dataset", None), rebuild=getattr(args, "rebuild", False))
+
+
+def run_report(args: argparse.Namespace, address: str, out: str, settings: ReportSettings,
+               ground_truth: str | None = None) -> dict:
+    from flows.report import build_report
+
+    return run_flow(build_report, address, out=out, settings=settings, ground_truth=ground_truth)
 
 
 def search(args: argparse.Namespace) -> None:
@@ -265,14 +299,20 @@ def demo(args: argparse.Namespace, address: str) -> None:
     if index_check["search"]["precision"] < 0.5:
         raise SystemExit(f"clipcrawl: demo: only {index_check['search']['of_concept']} of the first "
                          f"{index_check['search']['k']} results for {index_check['search']['query']!r} show it")
-    print(f"outputs in {os.path.abspath(args.out)}: pairs/, images/, embeddings/, dataset/, index/")
+    report = run_report(args, address, args.out, report_settings(args),
+                        ground_truth=os.path.join(world.root, "manifest", "pairs.parquet"))
+    print(json.dumps({"rates": report["rates"], "gates": report["gates"]}, indent=2))
+    print(f"outputs in {os.path.abspath(args.out)}: pairs/, images/, embeddings/, dataset/, index/, report/")
     print(f"search them: clipcrawl search --index {os.path.join(args.out, 'index')} "
           f"\"{index_check['search']['query']}\"  (or clipcrawl serve --index ... for the web page)")
+    print(f"report: {report['report']}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home from crawl machines
+    # the temporary API's first start on a machine creates its database: ~40 s on 2 cores, over Prefect's 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
         if args.command == "search":
             return search(args)
@@ -296,6 +336,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(run_embed(args, address, args.images, embed_settings(args)), indent=2))
             elif args.command == "index":
                 print(json.dumps(run_index(args, address, args.embeddings, index_settings(args)), indent=2))
+            elif args.command == "report":
+                report = run_report(args, address, args.out, report_settings(args), args.ground_truth)
+                print(json.dumps(report, indent=2))
+                print(f"report: {report['report']}")
     except KeyboardInterrupt:
         raise SystemExit("clipcrawl: interrupted") from None
     except SystemExit:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.runner import cpu_work, gather, result_storage, task_runner
+from flows.artifacts import publish_stage
+from flows.runner import cpu_work, gather, result_storage, stopwatch, task_runner
 from tasks.config import DownloadSettings
 from tasks.download import download_shard_task, summarize
 from tasks.shards import plan_shards
+from tasks.stats import run_label
 from tasks.uri import join, listdir, write_json
 
 
@@ -20,7 +22,7 @@ class DownloadFailed(RuntimeError):
 def download_images(pairs: str, out: str, settings: DownloadSettings = DownloadSettings(),
                     results: str | None = None) -> dict:
     """Download the images of OUT/pairs/ (or any parquet with url and text columns) into OUT/images/."""
-    logger = get_run_logger()
+    logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
     inputs = [pairs] if pairs.endswith(".parquet") else listdir(pairs, ".parquet")
     specs = plan_shards(inputs, settings.shard_size)
     logger.info("downloading %d shards of up to %d samples from %d pair files", len(specs), settings.shard_size,
@@ -30,9 +32,10 @@ def download_images(pairs: str, out: str, settings: DownloadSettings = DownloadS
         result_storage=result_storage(out, results))
     with cpu_work():
         futures = {spec.shard: download.submit(spec, out, settings) for spec in specs}
-    done, failed = gather(futures, "download")
-    summary = summarize(list(done.values()), failed)
+    done, failed = gather(futures, "download", label)
+    summary = summarize(list(done.values()), failed) | {"wall_seconds": elapsed()}
     write_json(join(out, "images", "_summary.json"), summary)
+    publish_stage("download", label, join(out, "images"), futures, done, failed, summary["wall_seconds"])
     logger.info("images: %d of %d samples downloaded (%s)", summary["successes"], summary["count"],
                 ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items())))
     if failed:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.runner import gather, gpu_work, result_storage, task_runner
+from flows.artifacts import publish_stage
+from flows.runner import gather, gpu_work, result_storage, stopwatch, task_runner
 from tasks.cache import retry_transient
 from tasks.config import EmbedSettings
 from tasks.embed import embed_shard_task, published_shards, summarize
+from tasks.stats import run_label
 from tasks.uri import join, name_of, write_json
 
 
@@ -20,7 +22,7 @@ class EmbedFailed(RuntimeError):
 def embed_and_filter(images: str, out: str, settings: EmbedSettings = EmbedSettings(),
                      results: str | None = None) -> dict:
     """Embed the image shards of IMAGES with CLIP, tag NSFW, and keep the pairs over the similarity threshold."""
-    logger = get_run_logger()
+    logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
     tars = published_shards(images)
     if not tars:
         raise EmbedFailed(f"no published image shards under {images} (a shard is N.tar with N_stats.json beside it, "
@@ -32,9 +34,10 @@ def embed_and_filter(images: str, out: str, settings: EmbedSettings = EmbedSetti
         retry_condition_fn=retry_transient, result_storage=result_storage(out, results))
     with gpu_work():
         futures = {name_of(tar): embed.submit(tar, out, settings) for tar in tars}
-    done, failed = gather(futures, "embed")
-    summary = summarize(list(done.values()), failed)
+    done, failed = gather(futures, "embed", label)
+    summary = summarize(list(done.values()), failed) | {"wall_seconds": elapsed()}
     write_json(join(out, "dataset", "_summary.json"), summary)
+    publish_stage("embed", label, join(out, "dataset"), futures, done, failed, summary["wall_seconds"])
     logger.info("dataset: %d of %d embedded samples kept (similarity >= %s), NSFW %s",
                 summary["kept"], summary["embedded"], settings.similarity_threshold, summary["nsfw"])
     if failed:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.runner import cpu_work, gather, task_runner
+from flows.artifacts import publish_index
+from flows.runner import cpu_work, gather, stopwatch, task_runner
 from tasks.config import IndexSettings
 from tasks.indexer import finish_index_task, index_modality_task, plan_index_task
+from tasks.stats import run_label
+from tasks.uri import join
 
 
 class IndexFailed(RuntimeError):
@@ -27,7 +30,7 @@ def summary(infos: dict) -> dict:
 def build_index(embeddings: str, out: str, settings: IndexSettings = IndexSettings(), dataset: str | None = None,
                 rebuild: bool = False) -> dict:
     """Index the kept samples of EMBEDDINGS (clip-retrieval layout) into OUT/index/, adding to an existing index."""
-    logger = get_run_logger()
+    logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
     with cpu_work():
         plan = plan_index_task.submit(embeddings, out, settings, dataset, rebuild).result()
     if plan.mode == "none":
@@ -41,12 +44,13 @@ def build_index(embeddings: str, out: str, settings: IndexSettings = IndexSettin
                 "building" if plan.mode == "build" else "extending", len(new), plan.count, plan.old_count)
     with cpu_work():
         futures = {m: index_modality_task.submit(plan, m, settings) for m in ("image", "text")}
-    done, failed = gather(futures, "index")
+    done, failed = gather(futures, "index", label)
     if failed:
         raise IndexFailed("; ".join(f"{m} index: {why}" for m, why in sorted(failed.items())))
     with cpu_work():
         infos = finish_index_task.submit(plan, settings, done["image"], done["text"]).result()
     result = summary(infos)
+    publish_index(label, join(out, "index"), infos, elapsed())
     for m in ("image", "text"):
         logger.info("%s index %s (%s): recall@%d %.3f, p50 %.2f ms, p99 %.2f ms", m, result[m]["index_key"],
                     result[m]["params"] or "exact", result[m]["k"], result[m]["recall_at_k"], result[m]["p50_ms"],

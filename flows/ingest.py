@@ -5,10 +5,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.runner import cpu_work, gather, result_storage, task_runner
+from flows.artifacts import publish_stage
+from flows.runner import cpu_work, gather, result_storage, stopwatch, task_runner
 from tasks import dedup, pairs
 from tasks.config import IngestSettings
 from tasks.crawl import crawl_files
+from tasks.stats import run_label
 from tasks.uri import join, write_json
 
 
@@ -19,7 +21,8 @@ class IngestFailed(RuntimeError):
 @flow(name="ingest_crawl", task_runner=task_runner(), log_prints=True)
 def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results: str | None = None) -> dict:
     """Extract image-text pairs from a crawl's WAT/WARC files (or explicit URIs) into OUT/pairs/."""
-    logger = get_run_logger()
+    logger, elapsed = get_run_logger(), stopwatch()
+    label = settings.crawl or run_label(out)  # the summary that names the crawl is written at the end
     if settings.inputs:
         uris = list(settings.inputs)
     else:
@@ -33,7 +36,7 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
         retry_jitter_factor=0.5, result_storage=storage)
     with cpu_work():
         futures = {uri: extract.submit(uri, out, name, settings.extract) for uri, name in zip(uris, names)}
-    extracted, failed = gather(futures, "extract")
+    extracted, failed = gather(futures, "ingest", label)
 
     order = [(uri, name) for uri, name in zip(uris, names) if uri in extracted]
     done_names = [name for _, name in order]
@@ -53,8 +56,10 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     published, publish_failed = gather(publish_futures, "publish")
     failed |= publish_failed
 
-    summary = pairs.summarize(list(published.values()), failed, run_id)
+    summary = pairs.summarize(list(published.values()), failed, run_id) | {"crawl": settings.crawl,
+                                                                           "wall_seconds": elapsed()}
     write_json(join(out, "pairs", "_summary.json"), summary)
+    publish_stage("ingest", label, join(out, "pairs"), futures, published, failed, summary["wall_seconds"])
     logger.info("pairs: %d kept from %d files (%d partial, %d failed)", summary["kept"], summary["files"],
                 summary["partial"], len(summary["failed"]))
     if failed:

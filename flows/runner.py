@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+from collections.abc import Callable
 
 import dask
 from distributed import Nanny, Scheduler, SpecCluster
@@ -18,6 +20,7 @@ from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
+from flows.artifacts import Progress
 from tasks.uri import is_local, join
 
 
@@ -89,9 +92,11 @@ def result_storage(out: str, results: str | None = None):
     return block
 
 
-def gather(futures: dict, what: str) -> tuple[dict, dict]:
-    """Wait for every future; split results from failures ({key: error message})."""
+def gather(futures: dict, what: str, label: str | None = None) -> tuple[dict, dict]:
+    """Wait for every future; split results from failures ({key: error message}). With a run label,
+    a progress artifact of stage `what` follows the futures as they finish."""
     logger = get_run_logger()
+    progress = Progress(what, label, len(futures)) if label else None
     done, failed = {}, {}
     keys = {id(f): k for k, f in futures.items()}
     for i, future in enumerate(as_completed(list(futures.values())), 1):
@@ -104,4 +109,12 @@ def gather(futures: dict, what: str) -> tuple[dict, dict]:
             logger.error("%s %s failed: %s", what, key, failed[key])
         if i % max(1, len(futures) // 20) == 0 or i == len(futures):
             logger.info("%s: %d/%d done, %d failed", what, i, len(futures), len(failed))
+        if progress:
+            progress.step(i, len(failed))
     return done, failed
+
+
+def stopwatch() -> Callable[[], float]:
+    """Seconds since this call, as the stage summaries record a flow's wall time."""
+    started = time.monotonic()
+    return lambda: round(time.monotonic() - started, 3)

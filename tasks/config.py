@@ -153,3 +153,45 @@ class IndexSettings(BaseModel):
     near_duplicate_neighbours: int = Field(16, ge=2, description="Neighbours per image searched for near-duplicates.")
     drop_near_duplicates: bool = Field(False, description="Keep only the first sample of each near-duplicate "
                                        "group in dataset/ (otherwise mark them).")
+
+
+class Gate(BaseModel):
+    """One quality gate: a threshold on a measured rate, and what crossing it does."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float | None = Field(None, description="Empty: the gate is off.")
+    action: Literal["fail", "warn"] = Field("fail", description="fail: the run ends Failed; warn: a warning is logged.")
+
+
+class QualityGates(BaseModel):
+    """Checked on the report at the end of a run; rates are fractions (0.3 = 30%)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_download_success_rate: Gate = Field(Gate(threshold=0.3), description="Images decoded / pairs downloaded.")
+    min_clip_pass_rate: Gate = Field(Gate(threshold=0.05), description="CLIP-passed / embedded samples, lower bound.")
+    max_clip_pass_rate: Gate = Field(Gate(threshold=0.95, action="warn"),
+                                     description="CLIP-passed / embedded samples, upper bound (a filter that "
+                                     "passes everything is suspect).")
+    max_duplicate_rate: Gate = Field(Gate(threshold=0.5), description="Duplicate pairs / text-filtered pairs.")
+    max_near_duplicate_rate: Gate = Field(Gate(threshold=0.5, action="warn"),
+                                          description="Near-duplicates / CLIP-passed samples.")
+    max_failed_file_share: Gate = Field(Gate(threshold=0.05), description="Failed files or shards / all of them, "
+                                        "the worst stage.")
+
+
+class ReportSettings(BaseModel):
+    """What the data-quality report shows, and the quality gates checked on it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quantiles: tuple[float, ...] = Field((0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+                                         description="Similarity quantiles of the thumbnail grid (kept and rejected).")
+    thumbnails_per_quantile: int = Field(2, ge=1)
+    sample_reservoir: int = Field(400, ge=10, description="Samples per shard kept for the thumbnail grid "
+                                  "(the flow holds every shard's at once: ~500 bytes each).")
+    top_domains: int = Field(20, ge=1, description="Domains listed by pairs and by failure rate.")
+    min_domain_pairs: int = Field(10, ge=1, description="Pairs a domain needs to rank by failure rate.")
+    slowest: int = Field(10, ge=1, description="Slowest files / shards listed per stage.")
+    gates: QualityGates = Field(default_factory=QualityGates)

@@ -14,7 +14,6 @@ from several threads at once.
 from __future__ import annotations
 
 import io
-import tarfile
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
@@ -24,13 +23,13 @@ import numpy as np
 
 from tasks.ids import IdTable
 from tasks.index import read_index
-from tasks.uri import exists, join, open_uri, read_json
+from tasks.shards import IMAGE_TYPES, read_member, tar_members
+from tasks.uri import exists, join, read_json
 
 if TYPE_CHECKING:
     from tasks.clip_model import ClipModel
 
 MODALITIES = ("image", "text")
-IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
 DEDUP_FETCH = 4        # deduplicate: search this many times k, more while groups repeat
 TAR_MAPS = 32          # member maps of this many tars are kept (a map is ~100 bytes a sample)
 
@@ -183,34 +182,15 @@ class Searcher:
         member = self._members(tar_uri).get(key)
         if member is None:
             raise NotFound(f"id {id}: no image member {key}.jpg|jpeg|webp|png in {tar_uri}")
-        offset, size, ext = member
-        with open_uri(tar_uri) as f:
-            f.seek(offset)
-            data = f.read(size)
-        if len(data) != size:
-            raise OSError(f"{tar_uri}: member {key}.{ext} is cut short ({len(data)} of {size} bytes)")
-        return data, IMAGE_TYPES[ext]
+        return read_member(tar_uri, key, member), IMAGE_TYPES[member[2]]
 
     def _members(self, tar_uri: str) -> dict[str, tuple[int, int, str]]:
-        """{key: (data offset, size, extension)} of the tar's image members; built once, kept for TAR_MAPS tars."""
+        """The tar's member map (shards.tar_members), built once, kept for TAR_MAPS tars."""
         with self._lock:
             if tar_uri in self._tar_maps:
                 self._tar_maps.move_to_end(tar_uri)
                 return self._tar_maps[tar_uri]
-        members: dict[str, tuple[int, int, str]] = {}
-        rank = list(IMAGE_TYPES)
-        try:
-            # Random-access mode: reads the 512-byte headers and seeks over the data.
-            with open_uri(tar_uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-                for info in tar:
-                    key, _, ext = info.name.rpartition(".")
-                    ext = ext.lower()
-                    if not info.isfile() or ext not in IMAGE_TYPES:
-                        continue
-                    if key not in members or rank.index(ext) < rank.index(members[key][2]):
-                        members[key] = (info.offset_data, info.size, ext)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise OSError(f"{tar_uri}: cannot read the shard's tar: {exc}") from exc
+        members = tar_members(tar_uri)
         with self._lock:
             self._tar_maps[tar_uri] = members
             while len(self._tar_maps) > TAR_MAPS:

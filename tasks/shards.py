@@ -37,6 +37,7 @@ PASSTHROUGH_TYPES = {f.name: f.type for f in PAIRS_SCHEMA if f.name not in IMAGE
 # Optional columns the download task may add: typed here so that a shard where they are all null
 # has the same schema as the others. Any other extra column's type is inferred (null -> string).
 OPTIONAL_TYPES = {"final_url": pa.string(), "attempts": pa.int32()}
+IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
 _IMAGE_FIELDS = ("status", "error_message", "width", "height", "original_width", "original_height", "sha256")
 
 
@@ -258,3 +259,33 @@ class ShardWriter:
         if exc_type is None:
             exc_type, exc = RuntimeError, RuntimeError(f"shard {self.shard} aborted")
         self._stack.__exit__(exc_type, exc, tb)
+
+
+def tar_members(tar_uri: str) -> dict[str, tuple[int, int, str]]:
+    """{key: (data offset, size, extension)} of a shard tar's image members, for reading one image
+    without reading the tar (random access: reads the 512-byte headers and seeks over the data)."""
+    members: dict[str, tuple[int, int, str]] = {}
+    rank = list(IMAGE_TYPES)
+    try:
+        with open_uri(tar_uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for info in tar:
+                key, _, ext = info.name.rpartition(".")
+                ext = ext.lower()
+                if not info.isfile() or ext not in IMAGE_TYPES:
+                    continue
+                if key not in members or rank.index(ext) < rank.index(members[key][2]):
+                    members[key] = (info.offset_data, info.size, ext)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise OSError(f"{tar_uri}: cannot read the shard's tar: {exc}") from exc
+    return members
+
+
+def read_member(tar_uri: str, key: str, member: tuple[int, int, str]) -> bytes:
+    """The bytes of one image member found by tar_members."""
+    offset, size, ext = member
+    with open_uri(tar_uri) as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise OSError(f"{tar_uri}: member {key}.{ext} is cut short ({len(data)} of {size} bytes)")
+    return data

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
+
+CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="session")
@@ -79,3 +84,14 @@ def pipeline(dask_address, small_world, tmp_path_factory):
         records = client.get_task_stream(start=start)
         workers = client.scheduler_info()["workers"]
     return out, state, records, {addr: w["resources"] for addr, w in workers.items()}
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless browser for the page tests; CI must have one (the pages are tested as people see them)."""
+    path = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (apt-get install chromium); CI must run the browser tests")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return path

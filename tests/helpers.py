@@ -1,4 +1,9 @@
-"""Running flows in tests and reading back what the Prefect API recorded."""
+"""Running flows in tests and reading back what the Prefect API recorded; running the headless browser."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -31,3 +36,22 @@ def task_states(state) -> dict[str, str]:
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
             sort=TaskRunSort.ID_DESC, limit=200)
     return {r.name: r.state.name for r in runs}
+
+
+def run_chromium(chromium: str, tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on URL with a throwaway profile and no network of its own beyond the page's."""
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+           *args, url]
+    done = subprocess.run(cmd, check=False, capture_output=True, timeout=120, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
+
+
+def keep_screenshot(shot: Path, name: str) -> None:
+    """Copy a test's screenshot to $CLIPCRAWL_SCREENSHOTS/NAME, when set, to look at the page by hand."""
+    folder = os.environ.get("CLIPCRAWL_SCREENSHOTS")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(shot, os.path.join(folder, name))

@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import html
-import os
 import re
-import shutil
 import struct
-import subprocess
 import threading
 from html.parser import HTMLParser
-from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
@@ -24,10 +20,8 @@ from tasks.clip_model import load_model
 from tasks.search import Searcher
 from tasks.serve import make_app
 from tasks.world.tiny_clip import embed_settings
+from tests.helpers import keep_screenshot, run_chromium
 from tests.test_search import build_index
-
-CHROMIUM = "/usr/bin/chromium"
-SCREENSHOT_COPY = Path("/work/scratch/serve_page.png")   # for looking at the page by hand, when that exists
 
 
 @pytest.fixture(scope="module")
@@ -184,26 +178,6 @@ def test_page_is_served(base_url):
 # --- the page in a real browser -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    path = shutil.which("chromium") or (CHROMIUM if os.path.exists(CHROMIUM) else None)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (apt-get install chromium); CI must run the browser tests")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    return path
-
-
-def run_chromium(chromium: str, tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-           *args, url]
-    done = subprocess.run(cmd, check=False, capture_output=True, timeout=120, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done
-
-
 def element_text(dom: str, id: str) -> str:
     """The text of the page's <div id=...> (which holds only text)."""
     found = re.search(rf'<div id="{id}"[^>]*>([^<]*)</div>', dom)
@@ -277,5 +251,4 @@ def test_page_screenshot(base_url, chromium, tmp_path):
     assert len(colours) > 500                                       # text and thumbnails, not a blank page
     reds = sum(n for n, (r, g, b) in colours if r > 180 and g < 80 and b < 80)
     assert reds > 0.01 * 1280 * 900                                 # the red circles' thumbnails are on it
-    if SCREENSHOT_COPY.parent.is_dir():
-        shutil.copyfile(shot, SCREENSHOT_COPY)
+    keep_screenshot(shot, "serve_page.png")
