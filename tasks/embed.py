@@ -34,10 +34,9 @@ from tasks.cache import cache_key
 from tasks.clip_model import ClipModel, worker_model
 from tasks.config import EmbedSettings
 from tasks.images import WEB_FORMATS
-from tasks.status import DownloadStatus, EmbedStatus
+from tasks.status import NSFW, UNLIKELY, UNSURE, DownloadStatus, EmbedStatus
 from tasks.uri import atomic_write, join, listdir, name_of, open_uri, write_json
 
-NSFW, UNSURE, UNLIKELY = "NSFW", "UNSURE", "UNLIKELY"
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "webp", "png"}  # what download writes (encode_format) and webdataset readers take
 BATCHES_AHEAD = 2  # decoded batches waiting for the model: enough to hide decode jitter, bounded memory
 PASSTHROUGH = {"page_url": pa.string(), "language": pa.string(), "sha256": pa.string(),

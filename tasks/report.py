@@ -26,13 +26,12 @@ from tasks import stats as stage_stats
 from tasks.cache import retry_transient
 from tasks.config import ReportSettings
 from tasks.gates import check_gates
-from tasks.status import DownloadStatus, PairStatus
+from tasks.status import NSFW_TAGS, DownloadStatus, PairStatus
 from tasks.uri import exists, join, listdir, name_of, open_uri, read_json, write_json
 
 VERSION = 1
 BATCH_ROWS = 65_536
 STAGES = ("ingest", "download", "embed", "index")
-NSFW_TAGS = ("NSFW", "UNSURE", "UNLIKELY")  # tasks/embed.py's tags (not imported from there: it loads torch)
 SAMPLE_TEXT_CHARS = 300  # thumbnails' captions are cut: 2,000 full alt texts per shard would be megabytes
 # Fixed bins, so that shard histograms add up; a value outside the edges counts in the first or last bin.
 EDGES = {

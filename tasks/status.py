@@ -52,3 +52,7 @@ class EmbedStatus(StrEnum):
     EMBEDDED = "embedded"            # image and caption embedded, row in embeddings/ (and maybe dataset/)
     MISSING_IMAGE = "missing_image"  # a success in the shard's parquet without an image member in its tar
     DECODE_ERROR = "decode_error"    # the tar member's bytes do not decode as an image
+
+
+# LAION-400M's NSFW tag, the values of the NSFW column (tasks/embed.py tags, the report counts), most flagged first
+NSFW, UNSURE, UNLIKELY = NSFW_TAGS = ("NSFW", "UNSURE", "UNLIKELY")
