@@ -4,7 +4,6 @@ PREFECT_API_URL points at a server), exits non-zero with a one-line reason on fa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from tasks.config import (
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dask-address", help="use an existing Dask scheduler (tcp://host:8786) instead of a local cluster")
+    p.add_argument("--dask-address", help="use an existing Dask scheduler (tcp://host:8786; default: $CLIPCRAWL_DASK_ADDRESS) instead of a local cluster")
     p.add_argument("--results", help="Prefect result storage URI shared by all workers (default OUT/_results)")
     p.add_argument("--config", help="YAML or TOML file with per-stage settings sections (ingest:, extract:, download:, "
                    "embed:, index:, report:)")
@@ -41,6 +40,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="clipcrawl-demo", help="output directory (default ./clipcrawl-demo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
     p.add_argument("--segments", type=int, default=2, help="segments in the synthetic crawl")
+    _common(p)
+
+    p = sub.add_parser("run", help="the whole pipeline (flow `pipeline`): crawl -> pairs, images, embeddings, "
+                       "dataset, index, report")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--crawl", help="crawl id, e.g. CC-MAIN-2024-10 (its WAT files, from --source)")
+    what.add_argument("--inputs", nargs="+", metavar="URI", help="explicit WAT/WARC URIs instead of a crawl")
+    p.add_argument("--source", help="https://data.commoncrawl.org (default), s3://commoncrawl or a mirror")
+    p.add_argument("--segments", type=int, help="take the first N segments of the crawl")
+    p.add_argument("--out", required=True)
+    p.add_argument("--ground-truth", help="manifest pairs.parquet the report measures the CLIP filter against")
     _common(p)
 
     p = sub.add_parser("download", help="OUT/pairs/ -> OUT/images/ webdataset shards")
@@ -189,19 +199,6 @@ def report_settings(args: argparse.Namespace) -> ReportSettings:
     return ReportSettings(**config | {"gates": gates})
 
 
-@contextlib.contextmanager
-def cluster(args: argparse.Namespace):
-    """The Dask scheduler address every flow of this command runs on: the given one, or a
-    local cluster started once for the whole command."""
-    if args.dask_address:
-        yield args.dask_address
-        return
-    from flows.runner import local_cluster
-
-    with local_cluster() as local:
-        yield local.scheduler_address
-
-
 def run_flow(flow, address: str, **parameters):
     """Run a flow on the cluster; a failed run exits with its one-line reason."""
     from flows.runner import task_runner
@@ -210,6 +207,15 @@ def run_flow(flow, address: str, **parameters):
     if not state.is_completed():
         raise SystemExit(f"clipcrawl: {flow.name} {state.name}: {state.message}")
     return state.result()
+
+
+def run_pipeline(args: argparse.Namespace, address: str, ingest: IngestSettings, download: DownloadSettings,
+                 embed: EmbedSettings, index: IndexSettings, ground_truth: str | None = None) -> dict:
+    from flows.pipeline import pipeline
+
+    return run_flow(pipeline, address, out=args.out, ingest=ingest, download=download, embed=embed, index=index,
+                    report=report_settings(args), ground_truth=ground_truth, results=args.results,
+                    dask_address=address)
 
 
 def run_ingest(args: argparse.Namespace, address: str, settings: IngestSettings) -> dict:
@@ -260,6 +266,7 @@ def search(args: argparse.Namespace) -> None:
 
 
 def demo(args: argparse.Namespace, address: str) -> None:
+    """The pipeline flow on a synthetic crawl, then every stage checked against the world's ground truth."""
     from tasks.groundtruth import (
         compare_downloads,
         compare_embeddings,
@@ -272,40 +279,34 @@ def demo(args: argparse.Namespace, address: str) -> None:
 
     world = generate_world(os.path.join(args.out, "world"), WorldSpec(seed=args.seed, segments=args.segments))
     print(f"synthetic crawl {world.crawl_id} at {world.root}")
-    pairs = run_ingest(args, address, ingest_settings(args, crawl=world.crawl_id, source=str(world.root)))
-    pairs_check = compare_pairs(world, args.out)
-    print(json.dumps({"pairs": pairs["kept"], "ground_truth": pairs_check}, indent=2))
-    if not pairs_check["equal"]:
-        raise SystemExit("clipcrawl: demo: extracted pairs differ from the synthetic world's ground truth")
     with ImageServer(world.root) as server:
-        images = run_download(args, address, os.path.join(args.out, "pairs"), server.download_settings())
-    images_check = compare_downloads(world, args.out)
-    print(json.dumps({"images": images, "ground_truth": images_check}, indent=2))
-    if not images_check["equal"]:
-        raise SystemExit("clipcrawl: demo: download statuses differ from the synthetic world's ground truth")
-    dataset = run_embed(args, address, os.path.join(args.out, "images"), tiny_clip.embed_settings())
-    dataset_check = compare_embeddings(world, args.out)
-    print(json.dumps({"dataset": dataset, "ground_truth": dataset_check}, indent=2))
-    if dataset_check["accuracy"] < 0.95:
-        raise SystemExit(f"clipcrawl: demo: the similarity filter agrees with the world's ground truth on only "
-                         f"{dataset_check['accuracy']:.1%} of samples (want >= 95%)")
-    index = run_index(args, address, os.path.join(args.out, "embeddings"),
-                      IndexSettings(near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD))
+        result = run_pipeline(args, address, ingest_settings(args, crawl=world.crawl_id, source=str(world.root)),
+                              server.download_settings(), tiny_clip.embed_settings(),
+                              IndexSettings(near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD),
+                              ground_truth=os.path.join(world.root, "manifest", "pairs.parquet"))
+    checks = {"pairs": compare_pairs(world, args.out), "images": compare_downloads(world, args.out),
+              "dataset": compare_embeddings(world, args.out)}
     searcher = Searcher(os.path.join(args.out, "index"))
-    index_check = {"search": compare_search(world, searcher), "near_duplicates": compare_near_duplicates(world, args.out)}
-    print(json.dumps({"index": index, "ground_truth": index_check}, indent=2))
+    checks["index"] = {"search": compare_search(world, searcher),
+                       "near_duplicates": compare_near_duplicates(world, args.out)}
+    print(json.dumps({"pipeline": result, "ground_truth": checks}, indent=2))
+    if not checks["pairs"]["equal"]:
+        raise SystemExit("clipcrawl: demo: extracted pairs differ from the synthetic world's ground truth")
+    if not checks["images"]["equal"]:
+        raise SystemExit("clipcrawl: demo: download statuses differ from the synthetic world's ground truth")
+    if checks["dataset"]["accuracy"] < 0.95:
+        raise SystemExit(f"clipcrawl: demo: the similarity filter agrees with the world's ground truth on only "
+                         f"{checks['dataset']['accuracy']:.1%} of samples (want >= 95%)")
+    search = checks["index"]["search"]
     # The tiny model ranks partial descriptions weakly (it learnt full captions, colour far better than
     # shape): 6 of the first 10 for the demo world's concept. The gate catches a broken search (chance: ~5%).
-    if index_check["search"]["precision"] < 0.5:
-        raise SystemExit(f"clipcrawl: demo: only {index_check['search']['of_concept']} of the first "
-                         f"{index_check['search']['k']} results for {index_check['search']['query']!r} show it")
-    report = run_report(args, address, args.out, report_settings(args),
-                        ground_truth=os.path.join(world.root, "manifest", "pairs.parquet"))
-    print(json.dumps({"rates": report["rates"], "gates": report["gates"]}, indent=2))
+    if search["precision"] < 0.5:
+        raise SystemExit(f"clipcrawl: demo: only {search['of_concept']} of the first {search['k']} results for "
+                         f"{search['query']!r} show it")
     print(f"outputs in {os.path.abspath(args.out)}: pairs/, images/, embeddings/, dataset/, index/, report/")
     print(f"search them: clipcrawl search --index {os.path.join(args.out, 'index')} "
-          f"\"{index_check['search']['query']}\"  (or clipcrawl serve --index ... for the web page)")
-    print(f"report: {report['report']}")
+          f"\"{search['query']}\"  (or clipcrawl serve --index ... for the web page)")
+    print(f"report: {result['report']}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -320,9 +321,16 @@ def main(argv: list[str] | None = None) -> None:
             from tasks.serve import serve
 
             return serve(args.index, args.host, args.port)
-        with cluster(args) as address:
+        from flows.runner import cluster
+
+        with cluster(args.dask_address) as address:
             if args.command == "demo":
                 demo(args, address)
+            elif args.command == "run":
+                ingest = ingest_settings(args, crawl=args.crawl, source=args.source, segments=args.segments,
+                                         inputs=args.inputs)
+                print(json.dumps(run_pipeline(args, address, ingest, download_settings(args), embed_settings(args),
+                                              index_settings(args), args.ground_truth), indent=2))
             elif args.command == "extract":
                 print(json.dumps(run_ingest(args, address, ingest_settings(args, inputs=args.inputs)), indent=2))
             elif args.command == "ingest":

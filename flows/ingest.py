@@ -1,4 +1,5 @@
-"""Flow `ingest_crawl`: WAT/WARC files -> OUT/pairs/ (one task per file), then the cross-file dedup."""
+"""Flow `ingest_crawl`: WAT/WARC files -> OUT/pairs/ (one task per file), then the cross-file dedup.
+Flow `ingest_new_crawls`: the scheduled ingestion of the crawls not yet ingested, a few segments per run."""
 
 from __future__ import annotations
 
@@ -6,12 +7,27 @@ from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
 from flows.artifacts import publish_stage
-from flows.runner import cpu_work, gather, result_storage, stopwatch, task_runner
+from flows.runner import (
+    cluster,
+    cpu_work,
+    gather,
+    result_storage,
+    stopwatch,
+    task_runner,
+)
 from tasks import dedup, pairs
 from tasks.config import IngestSettings
-from tasks.crawl import crawl_files
+from tasks.crawl import (
+    COLLINFO_URI,
+    crawl_files,
+    is_common_crawl,
+    list_crawls,
+    list_segments,
+    plan_new_segments,
+    segment_of,
+)
 from tasks.stats import run_label
-from tasks.uri import join, write_json
+from tasks.uri import exists, join, read_json, write_json
 
 
 class IngestFailed(RuntimeError):
@@ -31,8 +47,10 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     names = pairs.output_names(uris)
     logger.info("ingesting %d files into %s", len(uris), out)
     storage = result_storage(out, results)
+    # a tag-based concurrency limit named commoncrawl (deployments/deploy.sh) caps the requests to Common Crawl
+    tags = {"clipcrawl", "extract"} | ({"commoncrawl"} if not settings.inputs and is_common_crawl(settings.source) else set())
     extract = pairs.extract_file_task.with_options(
-        retries=settings.retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_delay),
+        tags=tags, retries=settings.retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_delay),
         retry_jitter_factor=0.5, result_storage=storage)
     with cpu_work():
         futures = {uri: extract.submit(uri, out, name, settings.extract) for uri, name in zip(uris, names)}
@@ -56,8 +74,9 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     published, publish_failed = gather(publish_futures, "publish")
     failed |= publish_failed
 
-    summary = pairs.summarize(list(published.values()), failed, run_id) | {"crawl": settings.crawl,
-                                                                           "wall_seconds": elapsed()}
+    segments = sorted({segment_of(uri) for uri in uris}) if settings.crawl and not settings.inputs else None
+    summary = pairs.summarize(list(published.values()), failed, run_id) | {
+        "crawl": settings.crawl, "segments": segments, "wall_seconds": elapsed()}
     write_json(join(out, "pairs", "_summary.json"), summary)
     publish_stage("ingest", label, join(out, "pairs"), futures, published, failed, summary["wall_seconds"])
     logger.info("pairs: %d kept from %d files (%d partial, %d failed)", summary["kept"], summary["files"],
@@ -66,3 +85,47 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
         listing = "; ".join(f"{uri}: {why}" for uri, why in failed.items())
         raise IngestFailed(f"{len(failed)} of {len(uris)} files failed: {listing}")
     return summary
+
+
+def ingested_segments(out: str) -> list[str]:
+    """Segments of the crawl at OUT whose every file was ingested (from the last ingest summary)."""
+    uri = join(out, "pairs", "_summary.json")
+    if not exists(uri):
+        return []
+    summary = read_json(uri)
+    failed = {segment_of(f["uri"]) for f in summary.get("failed", []) if "/segments/" in f["uri"]}
+    return [s for s in summary.get("segments") or [] if s not in failed]
+
+
+@flow(name="ingest_new_crawls", log_prints=True)
+def ingest_new_crawls(out: str, settings: IngestSettings = IngestSettings(), collinfo: str = COLLINFO_URI,
+                      max_segments: int = 10, oldest: str | None = None, results: str | None = None,
+                      dask_address: str | None = None) -> dict:
+    """Scheduled ingestion: the crawls of Common Crawl's collinfo.json (newest first, none older than `oldest`)
+    not yet fully ingested under OUT/<crawl>/, at most `max_segments` new segments per run.
+
+    Each crawl's run ingests its finished segments again (cache hits) with the new ones, so the cross-file
+    dedup spans the whole crawl. settings.source says where the crawl files are read from."""
+    logger = get_run_logger()
+    crawls = [c for c in list_crawls(collinfo) if oldest is None or c >= oldest]
+    done = {c: ingested_segments(join(out, c)) for c in crawls}
+    plan = plan_new_segments(crawls, lambda c: list_segments(settings.source, c, settings.kind), done, max_segments)
+    if not plan:
+        logger.info("every crawl listed in %s (since %s) is ingested under %s", collinfo, oldest or "the first", out)
+        return {}
+    logger.info("ingesting %s", "; ".join(f"{c}: {len(s)} new segments" for c, s in plan.items()))
+    ingested, failed = {}, {}
+    with cluster(dask_address) as address:
+        for crawl, new in plan.items():
+            update = {"crawl": crawl, "segments": None, "sample_seed": None, "segment_list": done[crawl] + new,
+                      "inputs": []}
+            state = ingest_crawl.with_options(task_runner=task_runner(address))(
+                out=join(out, crawl), settings=settings.model_copy(update=update), results=results, return_state=True)
+            if state.is_completed():
+                summary = state.result()
+                ingested[crawl] = {"new_segments": new, "segments": summary["segments"], "kept": summary["kept"]}
+            else:
+                failed[crawl] = state.message
+    if failed:
+        raise IngestFailed("; ".join(f"{crawl}: {why}" for crawl, why in failed.items()))
+    return ingested

@@ -7,6 +7,7 @@ so CPU work never occupies the GPU worker and GPU work never lands on a CPU work
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -59,10 +60,26 @@ def prefect_api_url() -> str:
         return str(client.api_url)
 
 
+DASK_ADDRESS_ENV = "CLIPCRAWL_DASK_ADDRESS"
+
+
+@contextlib.contextmanager
+def cluster(dask_address: str | None = None):
+    """The scheduler address flows run on: the given one, else $CLIPCRAWL_DASK_ADDRESS (set where a
+    cluster serves the machine: infra/ sets it for Prefect workers), else a local cluster for the block."""
+    address = dask_address or os.environ.get(DASK_ADDRESS_ENV)
+    if address:
+        yield address
+        return
+    with local_cluster() as local:
+        yield local.scheduler_address
+
+
 def task_runner(dask_address: str | None = None) -> DaskTaskRunner:
-    """An existing cluster when an address is given, else a fresh local cluster."""
-    if dask_address:
-        return DaskTaskRunner(address=dask_address)
+    """An existing cluster when an address is given (or in $CLIPCRAWL_DASK_ADDRESS), else a fresh local cluster."""
+    address = dask_address or os.environ.get(DASK_ADDRESS_ENV)
+    if address:
+        return DaskTaskRunner(address=address)
     return DaskTaskRunner(cluster_class=local_cluster)
 
 

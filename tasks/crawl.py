@@ -6,7 +6,9 @@ import gzip
 import io
 import random
 from collections import defaultdict
+from collections.abc import Callable
 
+from tasks.config import COMMON_CRAWL_HTTPS, COMMON_CRAWL_S3
 from tasks.uri import join, open_uri
 
 COLLINFO_URI = "https://index.commoncrawl.org/collinfo.json"
@@ -75,3 +77,30 @@ def list_crawls(collinfo_uri: str = COLLINFO_URI) -> list[str]:
 
     with open_uri(collinfo_uri, "r") as f:
         return [entry["id"] for entry in json.load(f)]
+
+
+def is_common_crawl(source: str) -> bool:
+    """Whether a source is Common Crawl itself (its request rate is shared by everyone: rate-limited)."""
+    return source.rstrip("/") in (COMMON_CRAWL_HTTPS, COMMON_CRAWL_S3)
+
+
+def list_segments(source: str, crawl: str, kind: str = "wat") -> list[str]:
+    """The crawl's segment names, in listing order."""
+    return list(dict.fromkeys(segment_of(p) for p in read_paths(source, crawl, kind)))
+
+
+def plan_new_segments(crawls: list[str], segments_of: Callable[[str], list[str]], done: dict[str, list[str]],
+                      budget: int) -> dict[str, list[str]]:
+    """Which segments the next scheduled run ingests: crawls in the given order (newest first), each
+    crawl's segments not yet done in listing order, at most `budget` segments in all. Lists a crawl's
+    segments only while budget is left. Returns {crawl: new segments}, without crawls with none left."""
+    plan: dict[str, list[str]] = {}
+    for crawl in crawls:
+        if budget <= 0:
+            break
+        finished = set(done.get(crawl, []))
+        take = [s for s in segments_of(crawl) if s not in finished][:budget]
+        if take:
+            plan[crawl] = take
+            budget -= len(take)
+    return plan

@@ -297,7 +297,7 @@ embed_shard_task = task(
     embed_shard,
     name="embed_shard",
     task_run_name=lambda parameters: f"embed-{shard_stem(parameters['tar_uri'])}",
-    tags=["clipcrawl", "embed"],
+    tags=["clipcrawl", "embed", "gpu"],
     cache_key_fn=lambda ctx, p: cache_key("embed", p["tar_uri"], p["out"], p["settings"]),
     persist_result=True,
 )

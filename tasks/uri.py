@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import posixpath
 import uuid
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 import fsspec
 from fsspec.core import url_to_fs
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and the path inside it for `uri`."""
-    return url_to_fs(uri)
+    """The filesystem and the path inside it for `uri`.
+
+    Remote filesystems do not cache directory listings: other processes (Dask workers, other runs) add
+    and replace objects, and a listing cached in a long-lived worker would hide them from listdir, make
+    exists() answer False, and give a replaced object its old size when it is opened.
+    """
+    return url_to_fs(uri) if is_local(uri) else url_to_fs(uri, use_listings_cache=False)
 
 
 def join(uri: str, *parts: str) -> str:
@@ -36,7 +43,8 @@ def is_local(uri: str) -> bool:
 
 def open_uri(uri: str, mode: str = "rb", **kwargs) -> IO:
     """Open a URI for streaming (no compression handling: callers decide)."""
-    return fsspec.open(uri, mode, **kwargs).open()
+    fs, path = filesystem(uri)
+    return fs.open(path, mode, **kwargs)
 
 
 def exists(uri: str) -> bool:
@@ -64,14 +72,15 @@ def atomic_write(uri: str, mode: str = "wb") -> Iterator[IO]:
 
     Local files are written under a temporary name in the same directory and renamed;
     object stores (s3) commit an object only when its upload completes, so they are
-    written in place. A failure removes the temporary file and re-raises.
+    written in place. A failure removes the temporary file (object stores: discards the
+    upload, so no partial object is committed) and re-raises.
     """
     fs, path = filesystem(uri)
     parent = posixpath.dirname(path) if "://" in uri else os.path.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
     if not is_local(uri):
-        with fs.open(path, mode) as f:
+        with _remote_write(fs, path, mode) as f:
             yield f
         return
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
@@ -84,6 +93,28 @@ def atomic_write(uri: str, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _remote_write(fs: fsspec.AbstractFileSystem, path: str, mode: str) -> Iterator[IO]:
+    """An object written in place, committed when the block ends normally; an exception discards it.
+
+    Leaving fsspec's own `with fs.open(...)` block always closes the file, and closing commits the upload
+    (a multipart upload is completed with the parts sent so far): a failed write would publish a truncated
+    object. Here the upload is discarded instead (s3: the multipart upload is aborted)."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_write: mode must be 'wb' or 'w', got {mode!r}")
+    raw = fs.open(path, "wb")
+    f = raw if mode == "wb" else io.TextIOWrapper(raw, encoding="utf-8")
+    try:
+        yield f
+        f.close()  # commits
+    except BaseException:
+        with contextlib.suppress(Exception):
+            raw.discard()
+        with contextlib.suppress(Exception):
+            raw.closed = True  # never committed, also not when garbage-collected
         raise
 
 

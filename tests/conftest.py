@@ -9,6 +9,9 @@ import shutil
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
+# the tests start their own cluster and API: never those of a shell that ran `eval "$(infra/local/up.sh --env)"`
+for _name in ("CLIPCRAWL_DASK_ADDRESS", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

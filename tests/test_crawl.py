@@ -2,7 +2,15 @@ import gzip
 
 import pytest
 
-from tasks.crawl import ListingError, crawl_files, segment_of, select_segments
+from tasks.crawl import (
+    ListingError,
+    crawl_files,
+    is_common_crawl,
+    list_segments,
+    plan_new_segments,
+    segment_of,
+    select_segments,
+)
 
 
 @pytest.fixture
@@ -33,3 +41,28 @@ def test_unknown_crawl_or_segment_names_the_problem(source):
         crawl_files(source, "CC-MAIN-1999-01")
     with pytest.raises(ListingError, match="nope"):
         select_segments(["a", "b"], None, ["nope"], None)
+
+
+def test_list_segments_in_listing_order(source):
+    assert list_segments(source, "CC-MAIN-2099-01") == ["100.1", "100.2", "100.3"]
+
+
+def test_plan_takes_new_segments_newest_crawl_first_within_the_budget():
+    segments = {"B": ["b1", "b2", "b3"], "A": ["a1", "a2"]}
+    listed = []
+
+    def segments_of(crawl):
+        listed.append(crawl)
+        return segments[crawl]
+
+    assert plan_new_segments(["B", "A"], segments_of, {"B": ["b1"]}, 3) == {"B": ["b2", "b3"], "A": ["a1"]}
+    assert plan_new_segments(["B", "A"], segments_of, {"B": ["b1", "b2", "b3"]}, 5) == {"A": ["a1", "a2"]}
+    assert plan_new_segments(["B", "A"], segments_of, {"B": ["b1", "b2", "b3"], "A": ["a1", "a2"]}, 5) == {}
+    listed.clear()
+    assert plan_new_segments(["B", "A"], segments_of, {}, 2) == {"B": ["b1", "b2"]}
+    assert listed == ["B"], "a crawl's listing is read only while budget is left"
+
+
+def test_common_crawl_sources_are_recognised():
+    assert is_common_crawl("https://data.commoncrawl.org/") and is_common_crawl("s3://commoncrawl")
+    assert not is_common_crawl("s3://mirror/commoncrawl") and not is_common_crawl("/data/world")

@@ -146,6 +146,47 @@ def test_read_vectors_of_a_remote_uri(shards):
     assert index.Part("00000", uri).count == SIZES[0]
 
 
+def test_remote_vectors_read_the_rows_asked_for_in_range_requests(shards, parts, monkeypatch):
+    vectors = shards[0][1]
+    uri = f"memory://emb-{uuid.uuid4().hex}/img_emb_00001.npy"
+    with fsspec.open(uri, "wb") as f:
+        np.save(f, vectors)
+    row = vectors.itemsize * D
+    monkeypatch.setattr(index, "REMOTE_GAP_BYTES", 4 * row)      # rows up to 4 apart share a request
+    monkeypatch.setattr(index, "REMOTE_RANGE_BYTES", 100 * row)  # a request reads at most 100 rows
+    requests = []
+    remote = index.read_vectors(uri)
+    cat_ranges = remote._fs.cat_ranges
+    monkeypatch.setattr(remote._fs, "cat_ranges", lambda paths, starts, ends, **kw: (
+        requests.extend(e - s for s, e in zip(starts, ends)), cat_ranges(paths, starts, ends, **kw))[1])
+    assert remote.shape == vectors.shape and len(remote) == SIZES[1]
+
+    np.testing.assert_array_equal(remote[10:950], vectors[10:950])
+    assert requests and max(requests) <= 100 * row and sum(requests) == 940 * row
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 37, 600):
+        rows = np.sort(rng.choice(SIZES[1], size=size, replace=False))
+        requests.clear()
+        np.testing.assert_array_equal(remote[rows], vectors[rows])
+        assert max(requests, default=0) <= 100 * row
+    requests.clear()
+    sparse = np.arange(7, SIZES[1], 9)  # rows further apart than the gap: each read alone, not the file
+    np.testing.assert_array_equal(remote[sparse], vectors[sparse])
+    assert requests == [row] * len(sparse)
+    unordered = rng.integers(-SIZES[1], SIZES[1], size=50)  # any order, repeats, negative rows
+    np.testing.assert_array_equal(remote[unordered], vectors[unordered])
+    with pytest.raises(IndexError):
+        remote[[SIZES[1]]]
+
+    # the index stage reads a remote shard as it reads a memory-mapped one
+    rows = np.arange(0, SIZES[1], 3)
+    local, far = index.Part("1", parts[1].vectors, rows=rows), index.Part("1", uri, rows=rows)
+    for a, b in zip(index.vector_batches([local, parts[0]], 170), index.vector_batches([far, parts[0]], 170),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(index.sample_vectors([local], 200, seed=4), index.sample_vectors([far], 200, seed=4))
+
+
 def test_sample_vectors_draw_selected_rows_without_replacement(shards, parts):
     rows = np.arange(1, SIZES[1], 2)
     selected = [parts[0], index.Part("00001", parts[1].vectors, rows=rows)]

@@ -119,3 +119,43 @@ def test_transient_errors_are_retried_with_backoff(dask_address, small_world, tm
     assert state.is_completed(), state.message
     assert Flaky.failures_left == 0
     assert state.result()["kept"] > 0
+
+
+def test_scheduled_ingestion_takes_new_segments_of_new_crawls_per_run(dask_address, small_world, tmp_path):
+    from flows.ingest import ingest_new_crawls
+    from tasks.config import IngestSettings
+    from tasks.uri import read_json
+    from tasks.world import WorldSpec, generate_world
+
+    newer = generate_world(tmp_path / "newer", WorldSpec(seed=3, crawl_id="CC-MAIN-2099-20", segments=2,
+                                                         files_per_segment=1, pages_per_file=10, warc=False))
+    source = tmp_path / "source"
+    (source / "crawl-data").mkdir(parents=True)
+    for world in (newer, small_world):
+        (source / "crawl-data" / world.crawl_id).symlink_to(f"{world.root}/crawl-data/{world.crawl_id}")
+    collinfo = source / "collinfo.json"
+    collinfo.write_text(json.dumps([{"id": c} for c in ("CC-MAIN-2099-20", "CC-MAIN-2099-13", "CC-MAIN-2098-01")]))
+    out = tmp_path / "crawls"
+
+    def scheduled_run():
+        state = ingest_new_crawls(out=str(out), settings=IngestSettings(source=str(source)), collinfo=str(collinfo),
+                                  max_segments=3, oldest="CC-MAIN-2099-01", dask_address=dask_address,
+                                  return_state=True)
+        assert state.is_completed(), state.message
+        return state.result()
+
+    def segments(crawl):
+        return read_json(str(out / crawl / "pairs" / "_summary.json"))["segments"]
+
+    first = scheduled_run()  # the newer crawl whole (2 segments), then 1 of the older crawl's 2
+    older = small_world.crawl_id
+    assert {c: r["new_segments"] for c, r in first.items()} == {"CC-MAIN-2099-20": segments("CC-MAIN-2099-20"),
+                                                               older: segments(older)}
+    assert len(segments("CC-MAIN-2099-20")) == 2 and len(segments(older)) == 1
+    assert compare_pairs(newer, str(out / "CC-MAIN-2099-20"))["equal"]
+
+    second = scheduled_run()  # the older crawl's last segment, ingested again with its first
+    assert list(second) == [older] and len(second[older]["segments"]) == 2
+    assert compare_pairs(small_world, str(out / older))["equal"]
+    assert not (out / "CC-MAIN-2098-01").exists(), "crawls older than `oldest` are left alone"
+    assert scheduled_run() == {}

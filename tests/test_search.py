@@ -237,7 +237,7 @@ def test_thumbnail_of_a_missing_member(fx, model, tmp_path):
 
 
 def test_remote_index(fx, model):
-    # Any fsspec URI: the indices are read through a temporary copy, ids and tars through open_uri.
+    # Any fsspec URI: the indices are streamed into memory (as local ones are read), ids and tars through open_uri.
     mem = fsspec.filesystem("memory")
     for name in ("image.index", "text.index", "ids.parquet"):
         mem.pipe(f"/search-test/index/{name}", (fx.dir / name).read_bytes())

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Start a clipcrawl cluster on this machine, each part its own process: a Prefect server (SQLite), a Dask
+# scheduler, CPU workers, one GPU-tagged worker (--resources GPU=1: CUDA when present, else the CPU) and a
+# Prefect worker polling the process pool. Stop it with infra/local/down.sh.
+#
+#   bash infra/local/up.sh && eval "$(bash infra/local/up.sh --env)"
+#
+# CLIPCRAWL_LOCAL   state folder: pids, logs, the Prefect database (default ./.clipcrawl-local)
+# CLIPCRAWL_HOST    address the Prefect server listens on (default 127.0.0.1). Any other address needs
+#                   PREFECT_AUTH_STRING (user:password): the server then refuses requests without it.
+#                   Dask listens on 127.0.0.1 only: a scheduler runs whatever its clients send, without
+#                   authentication (a cluster across machines: infra/docker-compose.yml, infra/kubernetes/).
+# PREFECT_PORT (4200), DASK_PORT (8786), DASK_DASHBOARD_PORT (8787), CPU_WORKERS (cores - 1, at least 1),
+# CLIPCRAWL_WORK_POOL (clipcrawl-process), PYTHON (python3 of the environment clipcrawl is installed in)
+set -euo pipefail
+state="$(realpath -m "${CLIPCRAWL_LOCAL:-.clipcrawl-local}")"
+host="${CLIPCRAWL_HOST:-127.0.0.1}"
+prefect_port="${PREFECT_PORT:-4200}"
+dask_port="${DASK_PORT:-8786}"
+cores="$(nproc)"
+cpu_workers="${CPU_WORKERS:-$(( cores > 1 ? cores - 1 : 1 ))}"
+pool="${CLIPCRAWL_WORK_POOL:-clipcrawl-process}"
+python="${PYTHON:-python3}"
+api="http://$host:$prefect_port/api"
+scheduler="tcp://127.0.0.1:$dask_port"
+home="$(cd "$(dirname "$0")/../.." && pwd)"  # flow runs start here (deployments/prefect.yaml)
+
+if [[ "${1:-}" == "--env" ]]; then  # what a shell needs to use the cluster
+  echo "export PREFECT_API_URL=$api CLIPCRAWL_DASK_ADDRESS=$scheduler${PREFECT_AUTH_STRING:+ PREFECT_API_AUTH_STRING=$PREFECT_AUTH_STRING}"
+  exit 0
+fi
+if [[ "$host" != "127.0.0.1" && "$host" != "localhost" && -z "${PREFECT_AUTH_STRING:-}" ]]; then
+  echo "up.sh: the Prefect server would listen on $host: set PREFECT_AUTH_STRING (user:password) so it requires it" >&2
+  exit 2
+fi
+mkdir -p "$state/pids" "$state/logs" "$state/prefect"
+export PREFECT_HOME="$state/prefect" PREFECT_API_URL="$api" PREFECT_SERVER_ANALYTICS_ENABLED=false
+if [[ -n "${PREFECT_AUTH_STRING:-}" ]]; then
+  export PREFECT_SERVER_API_AUTH_STRING="$PREFECT_AUTH_STRING" PREFECT_API_AUTH_STRING="$PREFECT_AUTH_STRING"
+fi
+
+start() {  # NAME COMMAND...: a process group of its own, logged, its pid recorded. With RESTART=1 it is
+  # started again whenever it exits, as compose's and Kubernetes' restart policies do: a worker the
+  # scheduler lost (e.g. after a long stall) shuts down, and its tasks go to the one that replaces it.
+  local name="$1"; shift
+  if [[ -f "$state/pids/$name.pid" ]] && kill -0 "$(cat "$state/pids/$name.pid")" 2>/dev/null; then
+    echo "up.sh: $name is already running (pid $(cat "$state/pids/$name.pid"))"
+    return
+  fi
+  : >"$state/logs/$name.log"
+  if [[ "${RESTART:-0}" == 1 ]]; then
+    setsid bash -c 'while true; do "$@"; echo "up.sh: exited with status $?, starting again in 2 s" >&2; sleep 2; done' \
+      "$name" "$@" >>"$state/logs/$name.log" 2>&1 < /dev/null &
+  else
+    setsid "$@" >>"$state/logs/$name.log" 2>&1 < /dev/null &
+  fi
+  echo $! >"$state/pids/$name.pid"
+}
+
+wait_for() {  # NAME SECONDS CHECK...: until CHECK succeeds, or fail with the log's tail
+  local name="$1" seconds="$2"; shift 2
+  for _ in $(seq "$seconds"); do
+    if "$@" >/dev/null 2>&1; then return; fi
+    if ! kill -0 "$(cat "$state/pids/$name.pid")" 2>/dev/null; then break; fi
+    sleep 1
+  done
+  echo "up.sh: $name did not come up; the end of $state/logs/$name.log:" >&2
+  tail -20 "$state/logs/$name.log" >&2
+  exit 1
+}
+
+# the first start creates the database: ~40 s on 2 cores
+start prefect-server "$python" -m prefect server start --host "$host" --port "$prefect_port"
+wait_for prefect-server 180 "$python" -c "import sys, urllib.request as u; r = u.Request('$api/health');
+import os, base64; a = os.environ.get('PREFECT_API_AUTH_STRING')
+a and r.add_header('Authorization', 'Basic ' + base64.b64encode(a.encode()).decode()); u.urlopen(r, timeout=5)"
+
+start dask-scheduler "$python" -m dask scheduler --host 127.0.0.1 --port "$dask_port" \
+  --dashboard-address "127.0.0.1:${DASK_DASHBOARD_PORT:-8787}"
+wait_for dask-scheduler 60 "$python" -c "import socket; socket.create_connection(('127.0.0.1', $dask_port), 5)"
+
+# download tasks start a process pool, which daemonic worker processes may not
+export DASK_DISTRIBUTED__WORKER__DAEMON=False
+RESTART=1 start dask-cpu-workers "$python" -m dask worker "$scheduler" --name cpu --nworkers "$cpu_workers" --nthreads 1 \
+  --resources CPU=1 --no-dashboard --host 127.0.0.1
+# the GPU worker's model falls back to the CPU without a GPU, and should then use the cores as a GPU would
+# (Dask sets OMP_NUM_THREADS=1 in worker processes unless its pre-spawn environment says otherwise)
+DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{\"OMP_NUM_THREADS\": $cores}" RESTART=1 start dask-gpu-worker "$python" -m dask worker "$scheduler" --name gpu-0 --nthreads 1 \
+  --resources GPU=1 --no-dashboard --host 127.0.0.1
+wait_for dask-gpu-worker 120 "$python" -c "
+from distributed import Client
+with Client('$scheduler', timeout=5) as c:
+    assert len(c.scheduler_info()['workers']) >= $cpu_workers + 1"
+
+"$python" -m prefect work-pool inspect "$pool" >/dev/null 2>&1 || "$python" -m prefect work-pool create "$pool" --type process >/dev/null
+CLIPCRAWL_DASK_ADDRESS="$scheduler" CLIPCRAWL_HOME="$home" RESTART=1 start prefect-worker "$python" -m prefect worker start --pool "$pool" \
+  --name "local-$(hostname)"
+wait_for prefect-worker 60 grep -q "started" "$state/logs/prefect-worker.log"
+
+echo "clipcrawl cluster up: Prefect UI http://$host:$prefect_port, Dask dashboard http://127.0.0.1:${DASK_DASHBOARD_PORT:-8787}"
+echo "  $cpu_workers CPU worker(s), 1 GPU-tagged worker, a Prefect worker on pool $pool; logs in $state/logs"
+echo "use it from a shell: export PREFECT_API_URL=$api CLIPCRAWL_DASK_ADDRESS=$scheduler"
