@@ -20,6 +20,7 @@ from tasks.config import IngestSettings
 from tasks.crawl import (
     COLLINFO_URI,
     crawl_files,
+    ingested_segments,
     is_common_crawl,
     list_crawls,
     list_segments,
@@ -27,7 +28,7 @@ from tasks.crawl import (
     segment_of,
 )
 from tasks.stats import run_label
-from tasks.uri import exists, join, read_json, write_json
+from tasks.uri import join, write_json
 
 
 class IngestFailed(RuntimeError):
@@ -85,16 +86,6 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
         listing = "; ".join(f"{uri}: {why}" for uri, why in failed.items())
         raise IngestFailed(f"{len(failed)} of {len(uris)} files failed: {listing}")
     return summary
-
-
-def ingested_segments(out: str) -> list[str]:
-    """Segments of the crawl at OUT whose every file was ingested (from the last ingest summary)."""
-    uri = join(out, "pairs", "_summary.json")
-    if not exists(uri):
-        return []
-    summary = read_json(uri)
-    failed = {segment_of(f["uri"]) for f in summary.get("failed", []) if "/segments/" in f["uri"]}
-    return [s for s in summary.get("segments") or [] if s not in failed]
 
 
 @flow(name="ingest_new_crawls", log_prints=True)

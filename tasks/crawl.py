@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from tasks.config import COMMON_CRAWL_HTTPS, COMMON_CRAWL_S3
-from tasks.uri import join, open_uri
+from tasks.uri import exists, join, open_uri, read_json
 
 COLLINFO_URI = "https://index.commoncrawl.org/collinfo.json"
 
@@ -104,3 +104,13 @@ def plan_new_segments(crawls: list[str], segments_of: Callable[[str], list[str]]
             plan[crawl] = take
             budget -= len(take)
     return plan
+
+
+def ingested_segments(out: str) -> list[str]:
+    """Segments of the crawl at OUT whose every file was ingested (from the last ingest summary)."""
+    uri = join(out, "pairs", "_summary.json")
+    if not exists(uri):
+        return []
+    summary = read_json(uri)
+    failed = {segment_of(f["uri"]) for f in summary.get("failed", []) if "/segments/" in f["uri"]}
+    return [s for s in summary.get("segments") or [] if s not in failed]

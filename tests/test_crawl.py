@@ -66,3 +66,14 @@ def test_plan_takes_new_segments_newest_crawl_first_within_the_budget():
 def test_common_crawl_sources_are_recognised():
     assert is_common_crawl("https://data.commoncrawl.org/") and is_common_crawl("s3://commoncrawl")
     assert not is_common_crawl("s3://mirror/commoncrawl") and not is_common_crawl("/data/world")
+
+
+def test_ingested_segments_leave_out_those_with_a_failed_file(tmp_path):
+    from tasks.crawl import ingested_segments
+    from tasks.uri import write_json
+
+    assert ingested_segments(str(tmp_path)) == []
+    failed = "s3://commoncrawl/crawl-data/CC-MAIN-2099-01/segments/100.2/wat/f1.warc.wat.gz"
+    write_json(str(tmp_path / "pairs" / "_summary.json"),
+               {"segments": ["100.1", "100.2", "100.3"], "failed": [{"uri": failed, "error": "gone"}]})
+    assert ingested_segments(str(tmp_path)) == ["100.1", "100.3"]
