@@ -29,7 +29,7 @@ def download_images(pairs: str, out: str, settings: DownloadSettings = DownloadS
                 len(inputs))
     download = download_shard_task.with_options(
         retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
-        result_storage=result_storage(out, results))
+        timeout_seconds=settings.shard_timeout, result_storage=result_storage(out, results))
     with cpu_work():
         futures = {spec.shard: download.submit(spec, out, settings) for spec in specs}
     done, failed = gather(futures, "download", label)

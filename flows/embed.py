@@ -31,7 +31,8 @@ def embed_and_filter(images: str, out: str, settings: EmbedSettings = EmbedSetti
                 settings.checkpoint or f"{settings.model}/{settings.pretrained}")
     embed = embed_shard_task.with_options(
         retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
-        retry_condition_fn=retry_transient, result_storage=result_storage(out, results))
+        retry_condition_fn=retry_transient, timeout_seconds=settings.shard_timeout,
+        result_storage=result_storage(out, results))
     with gpu_work():
         futures = {name_of(tar): embed.submit(tar, out, settings) for tar in tars}
     done, failed = gather(futures, "embed", label)

@@ -52,7 +52,7 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     tags = {"clipcrawl", "extract"} | ({"commoncrawl"} if not settings.inputs and is_common_crawl(settings.source) else set())
     extract = pairs.extract_file_task.with_options(
         tags=tags, retries=settings.retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_delay),
-        retry_jitter_factor=0.5, result_storage=storage)
+        retry_jitter_factor=0.5, timeout_seconds=settings.file_timeout, result_storage=storage)
     with cpu_work():
         futures = {uri: extract.submit(uri, out, name, settings.extract) for uri, name in zip(uris, names)}
     extracted, failed = gather(futures, "ingest", label)

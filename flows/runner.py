@@ -24,6 +24,8 @@ from prefect_dask import DaskTaskRunner
 from flows.artifacts import Progress
 from tasks.uri import is_local, join
 
+GPU_PRELOAD = ("tasks.clip_model",)  # what `dask worker --preload` imports on GPU workers (infra/ passes the same)
+
 
 def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_limit: str = "auto") -> SpecCluster:
     """A local cluster built like a real one: CPU workers plus one worker offering GPU=1.
@@ -35,18 +37,24 @@ def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_l
     env = {"PREFECT_API_URL": prefect_api_url()}
     # worker processes must be able to start the image process pool of the download stage
     dask.config.set({"distributed.worker.daemon": False})
+    # a killed worker is restarted by its nanny; the cluster gives up on (and closes) a worker that is not
+    # back within lost-worker-timeout (15 s by default), and a GPU worker importing torch on a loaded
+    # machine takes longer: embedding would then wait forever for a GPU worker
+    dask.config.set({"distributed.deploy.lost-worker-timeout": "300s"})
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
-    def worker(resources: dict, threads: int = 1) -> dict:
+    def worker(resources: dict, threads: int = 1, preload: tuple[str, ...] = ()) -> dict:
         # Dask starts workers with OMP_NUM_THREADS=1; the GPU worker's model falls back to the CPU
         # when there is no GPU, and should then use the cores as a GPU would
         return {"cls": Nanny, "options": {"nthreads": 1, "resources": resources, "host": "127.0.0.1",
-                                          "memory_limit": memory_limit,
+                                          "memory_limit": memory_limit, "preload": list(preload),
                                           "env": env | {"OMP_NUM_THREADS": str(threads)},
                                           "silence_logs": logging.WARNING}}
 
     workers = {f"cpu-{i}": worker({"CPU": 1}) for i in range(cpu_workers)}
-    workers |= {f"gpu-{i}": worker({"GPU": 1}, os.cpu_count() or 1) for i in range(gpu_workers)}
+    # GPU workers import torch and open_clip before they join: imported by the first embed task instead, they
+    # hold the GIL long enough on a loaded machine that the scheduler drops the worker (it then shuts down)
+    workers |= {f"gpu-{i}": worker({"GPU": 1}, os.cpu_count() or 1, GPU_PRELOAD) for i in range(gpu_workers)}
     scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
     return SpecCluster(workers=workers, scheduler=scheduler, name="clipcrawl-local")
 

@@ -44,6 +44,8 @@ class IngestSettings(BaseModel):
     dedup_rows_per_bucket: int = Field(20_000_000, ge=1, description="Pairs per hash partition of the cross-file dedup pass (bounds its memory).")
     retries: int = Field(3, ge=0, description="Retries of a file's task on transient errors (connection, timeout, 5xx, S3 SlowDown).")
     retry_delay: float = Field(10.0, ge=0, description="Seconds before the first retry; doubles each time, with jitter.")
+    file_timeout: float | None = Field(3600.0, gt=0, description="Seconds one file's task may run before it is "
+                                       "stopped and recorded TimedOut (each retry gets as long; empty: no limit).")
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
 
 
@@ -91,6 +93,8 @@ class DownloadSettings(BaseModel):
     encode_format: Literal["jpg", "webp", "png"] = "jpg"
     encode_quality: int = Field(95, ge=1, le=100)
     processes: int | None = Field(None, ge=1, description="Image worker processes per shard task (default: cores).")
+    shard_timeout: float | None = Field(3600.0, gt=0, description="Seconds one shard's task may run before it is "
+                                        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).")
 
 
 # Category prompts of the NSFW tag, after LAION-400M: an image whose two most similar categories
@@ -129,6 +133,8 @@ class EmbedSettings(BaseModel):
     flagged_prompts: tuple[str, ...] = Field(FLAGGED_PROMPTS, min_length=1,
                                              description="Categories of the NSFW tag that are flagged.")
     drop_nsfw: bool = Field(False, description="Leave rows tagged NSFW out of dataset/ (LAION-400M kept and tagged them).")
+    shard_timeout: float | None = Field(3600.0, gt=0, description="Seconds one shard's task may run before it is "
+                                        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).")
 
 
 class IndexSettings(BaseModel):

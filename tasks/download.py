@@ -92,15 +92,22 @@ async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardW
         await asyncio.gather(*(one(row) for row in rows))
 
 
-def download_shard(spec: ShardSpec, out: str, settings: DownloadSettings) -> dict:
-    """Download, check, resize and write one shard; returns its stats (also in _stats.json)."""
+async def download_shard_async(spec: ShardSpec, out: str, settings: DownloadSettings) -> dict:
+    """Download, check, resize and write one shard; returns its stats (also in _stats.json).
+
+    Cancelled (the task's timeout), it stops its requests and publishes nothing."""
     table = read_shard_rows(spec)
     rows = [row | {"key": sample_key(spec.shard, i, settings.shard_size),
                    "uid": row.get("uid") or pair_uid(row["url"], row["text"])}  # any parquet with url, text
             for i, row in enumerate(table.to_pylist())]
     with ShardWriter(out, spec.shard, settings) as writer:
-        asyncio.run(_download(rows, settings, writer))
+        await _download(rows, settings, writer)
         return writer.close()
+
+
+def download_shard(spec: ShardSpec, out: str, settings: DownloadSettings) -> dict:
+    """download_shard_async, from synchronous code (benchmarks, tests)."""
+    return asyncio.run(download_shard_async(spec, out, settings))
 
 
 def summarize(shards: list[dict], failed: dict) -> dict:
@@ -114,8 +121,9 @@ def summarize(shards: list[dict], failed: dict) -> dict:
             "failed": [{"shard": k, "error": v} for k, v in sorted(failed.items())]}
 
 
+# an async task: its timeout cancels the shard's requests (a sync task's timeout can only interrupt Python code)
 download_shard_task = task(
-    download_shard,
+    download_shard_async,
     name="download_shard",
     task_run_name="download-{spec.shard:05d}",
     tags=["clipcrawl", "download"],

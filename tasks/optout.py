@@ -60,7 +60,7 @@ class RobotsRules:
             return True
         best_allow, best_len = True, -1
         for allow, pattern in self.rules:
-            if len(pattern) < best_len or not _compile(pattern).match(path):
+            if len(pattern) < best_len or not path_matches(pattern, path):
                 continue
             if len(pattern) > best_len or allow:  # longest match wins; on a tie the Allow
                 best_allow, best_len = allow, len(pattern)
@@ -70,19 +70,29 @@ class RobotsRules:
 ALLOW_ALL = RobotsRules()
 
 
-_cache: dict[str, re.Pattern] = {}
+def path_matches(pattern: str, path: str) -> bool:
+    """A robots.txt path pattern matched at the start of `path`: `*` any characters, a final `$` the end.
 
-
-def _compile(pattern: str) -> re.Pattern:
-    """A robots.txt path pattern as a regex: `*` any characters, a final `$` the end."""
-    regex = _cache.get(pattern)
-    if regex is None:
-        anchored = pattern.endswith("$")
-        body = ".*".join(re.escape(piece) for piece in pattern.rstrip("$").split("*"))
-        regex = re.compile(body + ("$" if anchored else ""), re.DOTALL)
-        if len(_cache) < 10_000:
-            _cache[pattern] = regex
-    return regex
+    No regex: the pieces between the `*`s are found left to right, each at its first place (which is
+    always right for `*`-only patterns), so a hostile pattern like /*a*a*a*a*a*a*a*X costs a few
+    scans of the path, where a backtracking regex would take hours.
+    """
+    anchored = pattern.endswith("$")
+    first, *rest = pattern.rstrip("$").split("*")
+    if not path.startswith(first):
+        return False
+    pos = len(first)
+    if not rest:
+        return not anchored or pos == len(path)
+    *middle, last = rest
+    for piece in middle:
+        found = path.find(piece, pos)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    if anchored:
+        return path.endswith(last) and len(path) - len(last) >= pos
+    return path.find(last, pos) >= 0
 
 
 def _lines(text: str) -> Iterable[tuple[str, str]]:

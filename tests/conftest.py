@@ -9,6 +9,9 @@ import shutil
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
+# S3 credentials every flow of the session runs with (moto accepts any): distinctive, so that tests/test_s3.py
+# can look for them in every log, artifact and output
+S3_KEY_ID, S3_SECRET = "AKIACLIPCRAWL7Q2W9X4Z", "clipcrawl-test-secret-5d8f0b2e9a7c41f6"
 # the tests start their own cluster and API: never those of a shell that ran `eval "$(infra/local/up.sh --env)"`
 for _name in ("CLIPCRAWL_DASK_ADDRESS", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
     os.environ.pop(_name, None)
@@ -34,7 +37,7 @@ def s3_endpoint():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET,
                       AWS_DEFAULT_REGION="us-east-1")
     yield endpoint
     server.stop()

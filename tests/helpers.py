@@ -55,3 +55,33 @@ def keep_screenshot(shot: Path, name: str) -> None:
     if folder:
         os.makedirs(folder, exist_ok=True)
         shutil.copyfile(shot, os.path.join(folder, name))
+
+
+def recorded_text(client) -> dict[str, list[str]]:
+    """Everything the Prefect API holds that a person reads: every log message, every artifact (data and
+    description), every flow run's parameters and state messages, every task run's state message."""
+    import json
+
+    def pages(read, **kwargs):
+        offset, found = 0, []
+        while batch := read(limit=200, offset=offset, **kwargs):
+            found += batch
+            offset += len(batch)
+        return found
+
+    logs = pages(client.read_logs)
+    artifacts = pages(client.read_artifacts)
+    flow_runs = pages(client.read_flow_runs)
+    task_runs = pages(client.read_task_runs)
+    return {
+        "logs": [log.message for log in logs],
+        "artifacts": [json.dumps(a.data, default=str) + (a.description or "") for a in artifacts],
+        "flow runs": [json.dumps(r.parameters, default=str) + (r.state.message or "") for r in flow_runs if r.state],
+        "task runs": [(r.state.message or "") for r in task_runs if r.state],
+    }
+
+
+def secrets_found(texts: dict[str, list[str]], secrets: list[str]) -> list[str]:
+    """'where: secret' for every secret some text contains (an empty list is the good answer)."""
+    return [f"{where}: {secret[:4]}..." for where, items in texts.items() for item in items
+            for secret in secrets if secret in item]

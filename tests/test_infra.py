@@ -32,6 +32,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from flows.runner import GPU_PRELOAD
+
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
 K8S = INFRA / "kubernetes"
@@ -137,6 +139,16 @@ def test_compose_clients_carry_the_auth_string(services):
         assert service["environment"]["PREFECT_API_AUTH_STRING"] == AUTH_SENTINEL, name
 
 
+def preloads(command: list[str]) -> list[str]:
+    return [command[i + 1] for i, word in enumerate(command) if word == "--preload"]
+
+
+def test_local_gpu_worker_preloads_the_model_code():
+    script = (ROOT / "infra" / "local" / "up.sh").read_text()
+    gpu_line = next(line for line in script.splitlines() if line.strip().startswith("--resources GPU=1"))
+    assert preloads(gpu_line.split()) == list(GPU_PRELOAD)
+
+
 def test_compose_dask_workers_offer_the_right_resources(services):
     scheduler = services["dask-scheduler"]
     assert scheduler["command"][:2] == ["dask", "scheduler"]
@@ -152,6 +164,8 @@ def test_compose_dask_workers_offer_the_right_resources(services):
     assert "--nworkers" in services["dask-cpu-worker"]["command"]
     assert args("dask-gpu-worker") == "GPU=1"
     assert args("dask-gpu-worker-cpu") == "GPU=1"
+    for name in ("dask-gpu-worker", "dask-gpu-worker-cpu"):
+        assert preloads(services[name]["command"]) == list(GPU_PRELOAD), name
     devices = services["dask-gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert "deploy" not in services["dask-gpu-worker-cpu"]
@@ -358,6 +372,7 @@ def test_dask_cluster_wiring(dask_docs):
         assert args[:3] == ["dask", "worker", "$(DASK_SCHEDULER_ADDRESS)"], role
         assert args[args.index("--resources") + 1] == resource, role
         assert args[args.index("--nthreads") + 1] == "1", role
+        assert preloads(args) == (list(GPU_PRELOAD) if role == "gpu" else []), role
         env = env_of(container)
         assert env["DASK_DISTRIBUTED__WORKER__DAEMON"]["value"] == "False", role
         assert env["PREFECT_API_URL"]["value"] == helm_values()["worker"]["selfHostedServerApiConfig"]["apiUrl"]

@@ -7,6 +7,7 @@ import http.server
 import json
 import shutil
 import threading
+import time
 
 import pyarrow.parquet as pq
 
@@ -159,3 +160,45 @@ def test_scheduled_ingestion_takes_new_segments_of_new_crawls_per_run(dask_addre
     assert compare_pairs(small_world, str(out / older))["equal"]
     assert not (out / "CC-MAIN-2098-01").exists(), "crawls older than `oldest` are left alone"
     assert scheduled_run() == {}
+
+
+class Drip(http.server.BaseHTTPRequestHandler):
+    """Serves the first bytes of a file, then one byte every 0.2 s, for longer than any test waits."""
+
+    path_on_disk = ""
+
+    def do_GET(self):
+        data = open(Drip.path_on_disk, "rb").read()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:4096])
+        for byte in data[4096:4096 + 600]:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(0.2)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_file_that_drips_forever_times_out_alone(dask_address, small_world, tmp_path):
+    good, slow = small_world.wat_uris()[:2]
+    Drip.path_on_disk = slow
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/{slow.rsplit('/', 1)[1]}"
+    out = tmp_path / "out"
+    started = time.monotonic()
+    try:
+        state = run(dask_address, out, inputs=[good, url], retries=0, file_timeout=5,
+                    extract=ExtractSettings(detect_language=False))
+    finally:
+        server.shutdown()
+    assert time.monotonic() - started < 100, "the dripping file held the run past its timeout"
+    assert state.is_failed() and "1 of 2 files failed" in state.message
+    summary = json.loads((out / "pairs" / "_summary.json").read_text())
+    assert [f["uri"] for f in summary["failed"]] == [url]
+    assert "exceeded timeout of 5.0 second" in summary["failed"][0]["error"]
+    assert summary["kept"] > 0 and summary["files"] == 2

@@ -10,6 +10,9 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,15 +24,21 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 from prefect.client.schemas.objects import State, StateType
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_AUTH_STRING,
+    PREFECT_API_URL,
+    temporary_settings,
+)
 
 from tasks.config import IndexSettings, IngestSettings
 from tasks.groundtruth import compare_downloads, compare_embeddings, compare_pairs
 from tasks.uri import read_json
 from tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
+from tests.helpers import recorded_text, secrets_found
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 900
+AUTH_STRING = "admin:clipcrawl-auth-3c9e71b0f2d84a65"  # the server requires it; no log or artifact may show it
 
 
 def free_port() -> int:
@@ -45,7 +54,7 @@ def servers(tmp_path_factory):
     env = os.environ | {
         "CLIPCRAWL_LOCAL": str(state), "PREFECT_PORT": str(free_port()), "DASK_PORT": str(free_port()),
         "DASK_DASHBOARD_PORT": str(free_port()), "CPU_WORKERS": "2", "PYTHON": sys.executable,
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "PREFECT_AUTH_STRING": AUTH_STRING,
     }
     env.pop("PREFECT_API_URL", None)
     up = subprocess.run(["bash", "infra/local/up.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -54,6 +63,7 @@ def servers(tmp_path_factory):
         exports = subprocess.run(["bash", "infra/local/up.sh", "--env"], cwd=ROOT, env=env, capture_output=True,
                                  text=True, check=True).stdout.split()[1:]
         env |= dict(e.split("=", 1) for e in exports)
+        assert env["PREFECT_API_AUTH_STRING"] == AUTH_STRING
         yield env
     finally:
         groups = [int(p.read_text()) for p in (state / "pids").glob("*.pid")]
@@ -65,7 +75,8 @@ def servers(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(servers):
-    with temporary_settings({PREFECT_API_URL: servers["PREFECT_API_URL"]}), get_client(sync_client=True) as c:
+    settings = {PREFECT_API_URL: servers["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: servers["PREFECT_API_AUTH_STRING"]}
+    with temporary_settings(settings), get_client(sync_client=True) as c:
         yield c
 
 
@@ -194,3 +205,31 @@ def test_failed_task_then_retry_from_the_api_serves_finished_tasks_from_cache(de
     assert sorted(extract.values()) == ["Cached", "Cached", "Cached", "Completed"], extract
     assert extract[f"extract-{wat.name.removesuffix('.warc.wat.gz')}"] == "Completed"
     assert compare_pairs(world, str(tmp_path / "run"))["equal"]
+
+
+def test_the_server_requires_the_auth_string(servers):
+    def read_flow_runs(credentials: str | None) -> int:
+        headers = {"Content-Type": "application/json"}
+        if credentials:
+            headers["Authorization"] = "Basic " + b64encode(credentials.encode()).decode()
+        request = urllib.request.Request(f"{servers['PREFECT_API_URL']}/flow_runs/filter", data=b"{}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+
+    assert read_flow_runs(None) == 401
+    assert read_flow_runs("admin:not-the-password") == 401
+    assert read_flow_runs(AUTH_STRING) == 200
+
+
+def test_the_auth_string_never_reaches_logs_or_artifacts(servers, client):
+    """Last in the module: everything the runs above recorded, and every log file of the servers and workers."""
+    texts = recorded_text(client)
+    assert len(texts["logs"]) > 50 and len(texts["artifacts"]) > 5, "the runs above left logs and artifacts"
+    logs = sorted(Path(servers["CLIPCRAWL_LOCAL"], "logs").glob("*.log"))
+    assert len(logs) >= 4
+    texts["process logs"] = [path.read_text(errors="replace") for path in logs]
+    password = AUTH_STRING.split(":", 1)[1]
+    assert secrets_found(texts, [password, b64encode(AUTH_STRING.encode()).decode()]) == []

@@ -1,6 +1,10 @@
+import random
+import re
+import time
+
 import pytest
 
-from tasks.optout import ALLOW_ALL, parse_robots, x_robots_opt_out
+from tasks.optout import ALLOW_ALL, parse_robots, path_matches, x_robots_opt_out
 
 TOKEN = "clipcrawl"
 
@@ -81,3 +85,20 @@ def test_robots_without_groups_or_rules_allows_all():
     assert parse_robots("Disallow: /\n", TOKEN).allows("/x")  # rule before any user-agent line
     assert parse_robots("<html>not robots</html>", TOKEN).allows("/x")
     assert parse_robots("User-agent: otherbot\nDisallow: /\n", TOKEN).allows("/x")
+
+
+def test_path_matches_agrees_with_a_regex_on_random_patterns():
+    rng = random.Random(0)
+    for _ in range(5000):
+        pattern = "".join(rng.choice("ab*") for _ in range(rng.randint(0, 6))) + rng.choice(["", "$"])
+        path = "".join(rng.choice("ab") for _ in range(rng.randint(0, 8)))
+        regex = ".*".join(re.escape(p) for p in pattern.rstrip("$").split("*")) + ("$" if pattern.endswith("$") else "")
+        assert path_matches(pattern, path) == bool(re.match(regex, path, re.DOTALL)), (pattern, path)
+
+
+def test_a_hostile_robots_pattern_costs_no_more_than_a_plain_one():
+    # as a regex, /*a*a*a*a*a*a*a*a*X backtracks for hours on a path of 200 a's
+    rules = parse_robots("User-agent: *\nDisallow: /" + "*a" * 40 + "*X\n", TOKEN)
+    started = time.perf_counter()
+    assert rules.allows("/" + "a" * 5000) and not rules.allows("/" + "a" * 5000 + "X")
+    assert time.perf_counter() - started < 0.5

@@ -207,3 +207,21 @@ def test_result_storage_is_on_s3_and_reruns_are_served_from_it(chain):
     assert again["index"].is_completed(), again["index"].message
     assert not [n for n in task_states(again["index"]) if n.startswith(("index-", "finish_index"))]
     assert again["index"].result()["count"] == chain["states"]["index"].result()["count"]
+
+
+def test_s3_keys_never_reach_logs_artifacts_or_outputs(chain, s3_endpoint):
+    from prefect.client.orchestration import get_client
+
+    from tests.conftest import S3_KEY_ID, S3_SECRET
+    from tests.helpers import recorded_text, secrets_found
+
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] == S3_SECRET  # the keys every stage above ran with
+    with get_client(sync_client=True) as client:
+        texts = recorded_text(client)
+    assert len(texts["logs"]) > 100 and len(texts["artifacts"]) > 10
+    assert any(OUT in message for message in texts["logs"]), "the scan reads what the chain logged"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
+    objects = [path for path in fs.find("chain") if fs.size(path) < 50_000_000]
+    assert len(objects) > 20
+    texts["outputs"] = [fs.cat_file(path).decode("latin-1") for path in objects]
+    assert secrets_found(texts, [S3_KEY_ID, S3_SECRET]) == []
