@@ -52,7 +52,7 @@ def findings(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), str(path))
     found = []
     for node in ast.walk(tree):
-        where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 0)}"
+        where = f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:{getattr(node, 'lineno', 0)}"
         if isinstance(node, ast.Import | ast.ImportFrom):
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
             found += [f"{where} imports {n}" for n in names if n.split(".")[0] in FORBIDDEN_MODULES]
@@ -68,14 +68,11 @@ def findings(path: Path) -> list[str]:
 
 
 def test_the_scan_finds_what_it_forbids(tmp_path):
-    sample = ROOT / "tasks" / "_scan_sample.py"
+    sample = tmp_path / "sample.py"
     sample.write_text("import pickle, re\n\ndef f(data, p):\n    eval(data)\n    re.match(p, data)\n"
                       "    re.match(r'a+', data)\n    return pickle.loads(data)\n")
-    try:
-        assert [f.split(" ", 1)[1] for f in findings(sample)] == [
-            "imports pickle", "calls eval", "builds a regex from data (re.match)", "calls pickle.loads"]
-    finally:
-        sample.unlink()
+    assert [f.split(" ", 1)[1] for f in findings(sample)] == [
+        "imports pickle", "calls eval", "builds a regex from data (re.match)", "calls pickle.loads"]
 
 
 def test_nothing_in_the_project_executes_crawl_content():
