@@ -17,7 +17,7 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.transformer import text_global_pool
-from torchvision.transforms import Compose, Normalize, ToTensor
+from torchvision.transforms import CenterCrop, Compose, Normalize, ToTensor
 
 from tasks.config import EmbedSettings
 
@@ -48,11 +48,23 @@ class ClipModel:
             raise ModelUnavailable(f"{self.name}: unexpected preprocessing {self.preprocess} "
                                    "(want PIL steps, ToTensor, Normalize)")
         self.resize = Compose(steps[:cut])
+        crop = next((t.size for t in steps[:cut] if isinstance(t, CenterCrop)), None)
+        self.input_size = tuple(crop) if crop else None  # (H, W) the model sees
         self._mean = torch.tensor(steps[-1].mean, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(steps[-1].std, device=self.device).view(1, -1, 1, 1)
 
     def prepare(self, image: Any) -> np.ndarray:
-        """PIL image -> (H, W, 3) uint8 at the model's input size: the per-image part of preprocessing."""
+        """PIL image -> (H, W, 3) uint8 at the model's input size: the per-image part of preprocessing.
+
+        A JPEG not yet loaded is decoded at the smallest of libjpeg's scales (1/2, 1/4, 1/8) that keeps
+        both sides at least the model's input size (Pillow's draft, as its thumbnail() does): the
+        resize that follows shrinks it anyway, and decoding a 256 px JPEG for a 64 px model at 1/2
+        scale costs a third of the full decode. Larger inputs (ViT-B-32's 224) keep the full decode
+        of the download stage's 256 px images.
+        """
+        if self.input_size and getattr(image, "format", None) == "JPEG":
+            image.draft("RGB", self.input_size[::-1])
+        image.load()  # truncated data fails here, not half-grey later
         return np.asarray(self.resize(image).convert("RGB"))
 
     def encode_images(self, pixels: torch.Tensor) -> np.ndarray:
@@ -67,11 +79,11 @@ class ClipModel:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Captions -> float32 (n, d), L2-normalised. Longer captions are cut at the context length."""
         with torch.inference_mode():
-            features = _encode_text(self.model, self.tokenizer(list(texts)).to(self.device, non_blocking=True))
+            features = encode_text_trimmed(self.model, self.tokenizer(list(texts)).to(self.device, non_blocking=True))
             return _normalised(features)
 
 
-def _encode_text(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_trimmed(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """model.encode_text, run only up to the batch's last end-of-text token.
 
     CLIP's text tower attends causally and pools at the end-of-text token, so the padding after it

@@ -153,6 +153,9 @@ class IndexSettings(BaseModel):
                                       "what the index needs, e.g. 64 per IVF list, at most 1M).")
     add_batch_rows: int = Field(100_000, ge=1, description="Vectors read (memory-mapped) and added per batch.")
     threads: int | None = Field(None, ge=1, description="faiss threads (default: all cores).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: train IVF k-means and measure recall "
+                                                  "on the GPUs when faiss has GPU support (faiss-gpu) and sees one; "
+                                                  "cuda: require it; cpu: never. The index is a CPU index either way.")
     seed: int = Field(0, description="Seed of the training sample and of the held-out queries.")
     near_duplicate_threshold: float = Field(0.96, gt=0, le=1, description="Image embeddings at least this "
                                             "cosine-similar are near-duplicates.")

@@ -132,7 +132,7 @@ def _scenes_by_url(world) -> dict[str, dict]:
 def compare_search(world, searcher, k: int = 10) -> dict:
     """Query the index for the concept (colour and shape) it holds most images of, in the world's words,
     and count how many of the first results show that concept."""
-    from tasks.world.scenes import PLURALS
+    from tasks.world.tiny_clip import search_query
 
     scenes = _scenes_by_url(world)
     urls = searcher.ids.column("url")
@@ -141,11 +141,11 @@ def compare_search(world, searcher, k: int = 10) -> dict:
         scene = scenes[url]
         concepts[(scene["colour"], scene["shape"])] = concepts.get((scene["colour"], scene["shape"]), 0) + 1
     (colour, shape), held = max(sorted(concepts.items()), key=lambda item: item[1])
-    query = f"a photo of {colour} {PLURALS.get(shape, shape + 's')}"
+    query = search_query(colour, shape)
     top = min(k, held)
     results = searcher.search(text=query, k=top)
     hits = [(scenes[r["url"]]["colour"], scenes[r["url"]]["shape"]) == (colour, shape) for r in results]
-    return {"query": query, "concept_samples": held, "k": top, "of_concept": sum(hits),
+    return {"query": query, "concept_samples": held, "k": top, "of_concept": sum(hits), "hits": hits,
             "precision": sum(hits) / top if top else 0.0, "first": [r["caption"][:60] for r in results[:3]]}
 
 

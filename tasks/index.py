@@ -1,6 +1,11 @@
 """kNN indices over the embeddings: choose a faiss index for the vector count and memory budget (like autofaiss),
 train it on a sample, add the vectors shard by shard (memory-mapped, never all in RAM), and tune its search
-parameters against exact search. Metric: inner product (cosine on the L2-normalised embeddings)."""
+parameters against exact search. Metric: inner product (cosine on the L2-normalised embeddings).
+
+With a faiss built for GPUs (faiss-gpu) and a visible GPU, the two costly parts of a build run on the
+GPUs: the k-means that trains an IVF index's coarse quantizer (faiss's clustering_index), and the exact
+search that measures recall (knn_ground_truth). The index itself stays a CPU index, so the files are
+the same whichever machine built them and search anywhere."""
 
 from __future__ import annotations
 
@@ -349,10 +354,40 @@ def build(parts: list[Part], settings: IndexSettings) -> tuple[faiss.Index, str]
         if min(size, total) < nlist:
             raise ValueError(f"{key}: {min(size, total)} training vectors cannot train {nlist} inverted lists")
         start = time.perf_counter()
-        index.train(sample_vectors(parts, size, settings.seed))
-        log.info("trained %s on %d vectors in %.1f s", key, min(size, total), time.perf_counter() - start)
+        gpus = index_gpus(settings)
+        _train(index, sample_vectors(parts, size, settings.seed), gpus)
+        log.info("trained %s on %d vectors in %.1f s%s", key, min(size, total), time.perf_counter() - start,
+                 f" (k-means on {gpus} GPUs)" if gpus else "")
     add(index, parts, settings.add_batch_rows)
     return index, key
+
+
+def index_gpus(settings: IndexSettings) -> int:
+    """GPUs the build uses: all that faiss sees for device auto/cuda (none with faiss-cpu), none for cpu."""
+    if settings.device == "cpu":
+        return 0
+    found = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+    if settings.device == "cuda" and found == 0:
+        raise ValueError("index device=cuda, but this faiss sees no GPU " + (
+            "(faiss.get_num_gpus() is 0)" if hasattr(faiss, "StandardGpuResources") else
+            f"(faiss {faiss.__version__} is built without GPU support: install faiss-gpu in place of faiss-cpu)"))
+    return found
+
+
+def _train(index: faiss.Index, vectors: np.ndarray, gpus: int) -> None:
+    """index.train, with an IVF index's coarse k-means run on `gpus` GPUs (none: on the CPU)."""
+    ivf = faiss.try_extract_index_ivf(index)
+    if not gpus or ivf is None:
+        index.train(vectors)
+        return
+    # faiss's way to train the coarse quantizer on GPUs: k-means assigns points with clustering_index,
+    # then the centroids go into the (CPU) quantizer. Kept referenced here while faiss uses it.
+    clustering = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(ivf.d, ivf.quantizer.metric_type), ngpu=gpus)
+    ivf.clustering_index = clustering
+    try:
+        index.train(vectors)
+    finally:
+        ivf.clustering_index = None
 
 
 def add(index: faiss.Index, parts: list[Part], batch_rows: int) -> int:
@@ -367,11 +402,12 @@ def add(index: faiss.Index, parts: list[Part], batch_rows: int) -> int:
     return added
 
 
-def exact_knn(queries: np.ndarray, parts: list[Part], k: int, batch_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product k nearest neighbours of the queries, streaming over the parts: (D, I), where ids are
-    positions in the concatenation of the parts' selected rows."""
+def exact_knn(queries: np.ndarray, parts: list[Part], k: int, batch_rows: int,
+              gpus: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product k nearest neighbours of the queries, streaming over the parts (on `gpus` GPUs, none:
+    the CPU): (D, I), where ids are positions in the concatenation of the parts' selected rows."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    return knn_ground_truth(queries, vector_batches(parts, batch_rows), k, metric_type=METRIC)
+    return knn_ground_truth(queries, vector_batches(parts, batch_rows), k, metric_type=METRIC, ngpu=gpus)
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, k: int) -> float:

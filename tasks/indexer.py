@@ -34,6 +34,7 @@ from tasks.index import (
     apply_params,
     build,
     exact_knn,
+    index_gpus,
     index_memory,
     read_index,
     sample_vectors,
@@ -201,6 +202,7 @@ def _ids(plan: Plan) -> IdTable | None:
 def index_modality(plan: Plan, modality: str, settings: IndexSettings) -> dict:
     """Build or extend OUT/index/{modality}.index, measure recall@k and latency, tune it; its infos."""
     set_threads(settings, side_by_side=len(FOLDERS))  # the image and the text index are built at once
+    gpus = index_gpus(settings)  # device=cuda without a GPU fails here, before any work
     ids = _ids(plan)
     all_parts = parts(plan, modality, ids)
     uri = plan.uri(f"{modality}.index")
@@ -217,10 +219,11 @@ def index_modality(plan: Plan, modality: str, settings: IndexSettings) -> dict:
     log.info("%s index %s: %d vectors in %.1f s", modality, key, index.ntotal, built_s)
 
     queries = sample_vectors(parts(plan, OTHER[modality], ids), settings.queries, settings.seed)
-    _, truth = exact_knn(queries, all_parts, settings.k, settings.add_batch_rows)
+    _, truth = exact_knn(queries, all_parts, settings.k, settings.add_batch_rows, gpus)
     tuned = tune(index, queries, truth, settings)
     write_index(index, uri)
     return {"index_key": key, "vectors": int(index.ntotal), "memory_bytes": index_memory(key, index.ntotal, index.d),
+            "gpus": gpus,
             ("build_s" if plan.mode == "build" else "add_s"): round(built_s, 3),
             "queries": f"{len(queries)} held-out {OTHER[modality]} embeddings", **tuned}
 

@@ -38,16 +38,18 @@ class NotFound(LookupError):
     """No such id, or no image for it in its shard's tar."""
 
 
-def decode_image(data: bytes):
-    """Query image bytes -> PIL image (fully decoded), or ValueError naming the reason."""
+def query_pixels(model: ClipModel, data: bytes) -> np.ndarray:
+    """Query image bytes -> the model's input pixels, decoded as the embed stage decodes its images (web formats
+    only; a large JPEG at reduced scale), so an indexed image finds itself; ValueError naming the reason."""
     from PIL import Image
 
+    from tasks.images import WEB_FORMATS
+
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
+        with Image.open(io.BytesIO(data), formats=WEB_FORMATS) as image:
+            return model.prepare(image)
     except Exception as exc:  # PIL raises several kinds (UnidentifiedImageError, OSError, DecompressionBomb...)
         raise ValueError(f"cannot decode the query image: {exc}") from exc
-    return image
 
 
 class Searcher:
@@ -122,7 +124,7 @@ class Searcher:
             raise ValueError("cannot decode the query image: it is empty (0 bytes)")
         import torch
 
-        pixels = self.model.prepare(decode_image(image))
+        pixels = query_pixels(self.model, image)
         return np.ascontiguousarray(self.model.encode_images(torch.from_numpy(pixels[None].copy())), dtype=np.float32)
 
     def search(self, text: str | None = None, image: bytes | None = None, k: int = 10, modality: str = "image",

@@ -63,6 +63,33 @@ def test_batched_preprocessing_and_cut_text_tower_match_open_clip(tiny_dir):
     np.testing.assert_allclose(model.encode_texts(texts), theirs_text.numpy(), atol=1e-5)
 
 
+def test_jpeg_decodes_at_the_smallest_scale_the_input_size_allows(tiny_dir):
+    """A JPEG at least twice the model's input (32 px here) is decoded by libjpeg at 1/2, 1/4 or 1/8
+    scale, keeping both sides >= 32; the pixels the model gets stay those of a full decode, nearly."""
+    import io
+
+    model = load_model(EmbedSettings(checkpoint=tiny_dir, pretrained=None, device="cpu"))
+    assert model.input_size == (32, 32)
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.integers(0, 256, (6, 8, 3)), np.ones((32, 32, 1))).astype(np.uint8)  # 192 x 256, 32 px blocks
+    for (w, h), decoded in (((256, 192), (64, 48)), ((100, 70), (50, 35)), ((60, 40), (60, 40))):
+        buf = io.BytesIO()
+        Image.fromarray(smooth).resize((w, h)).save(buf, "JPEG", quality=95)
+        drafted = Image.open(io.BytesIO(buf.getvalue()))
+        ours = model.prepare(drafted)
+        assert drafted.size == decoded  # what libjpeg decoded
+        full = Image.open(io.BytesIO(buf.getvalue()))
+        full.load()
+        theirs = np.asarray(model.resize(full).convert("RGB"))
+        assert ours.shape == theirs.shape == (32, 32, 3)
+        assert np.abs(ours.astype(int) - theirs.astype(int)).mean() < 6, (w, h)  # of 255, on hard block edges
+    png = io.BytesIO()
+    Image.fromarray(smooth).save(png, "PNG")
+    image = Image.open(io.BytesIO(png.getvalue()))
+    model.prepare(image)
+    assert image.size == (256, 192)  # only JPEG has reduced-scale decoding
+
+
 def test_weights_file_with_model_name_loads_the_same_weights(tiny_dir, monkeypatch):
     monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "clipcrawl-tiny", TINY_CFG)
     from_file = load_model(EmbedSettings(model="clipcrawl-tiny", checkpoint=f"{tiny_dir}/open_clip_model.safetensors",

@@ -303,3 +303,68 @@ def test_write_read_round_trip(ivf, queries, tmp_path, kind):
 def test_set_threads():
     index.set_threads(IndexSettings(threads=1))
     assert faiss.omp_get_max_threads() == 1
+
+
+def test_index_gpus_follows_the_device_setting(monkeypatch):
+    assert index.index_gpus(IndexSettings(device="cpu")) == 0
+    if not hasattr(faiss, "StandardGpuResources"):  # faiss-cpu: auto finds none, cuda names the missing build
+        assert index.index_gpus(IndexSettings()) == 0
+        with pytest.raises(ValueError, match="without GPU support: install faiss-gpu"):
+            index.index_gpus(IndexSettings(device="cuda"))
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2)
+    assert index.index_gpus(IndexSettings()) == 2 and index.index_gpus(IndexSettings(device="cuda")) == 2
+    assert index.index_gpus(IndexSettings(device="cpu")) == 0
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0)
+    with pytest.raises(ValueError, match=r"get_num_gpus\(\) is 0"):
+        index.index_gpus(IndexSettings(device="cuda"))
+
+
+class Cloned(list):
+    used = None  # the last index handed out as a GPU index
+
+
+@pytest.fixture
+def stand_in_gpu(monkeypatch):
+    """faiss as faiss-gpu on a machine with one GPU, its GPU flat index stood in by the CPU one (the same
+    exact search): records what the build hands to the GPU."""
+    cloned = Cloned()
+
+    def index_cpu_to_all_gpus(cpu_index, co=None, ngpu=-1):
+        cloned.append((type(cpu_index).__name__, cpu_index.d, cpu_index.metric_type, ngpu))
+        cloned.used = cpu_index
+        return cpu_index
+
+    monkeypatch.setattr(faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", type("Options", (), {}), raising=False)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", index_cpu_to_all_gpus, raising=False)
+    return cloned
+
+
+def test_ivf_k_means_and_exact_search_run_on_the_gpu(parts, queries, truth, stand_in_gpu):
+    settings = IndexSettings(index_key="IVF64,SQfp16")
+    on_gpu, _ = index.build(parts, settings)
+    assert stand_in_gpu == [("IndexFlat", D, faiss.METRIC_INNER_PRODUCT, 1)]  # the coarse k-means' assignments
+    assert stand_in_gpu.used.ntotal == 64  # k-means searched it and left its 64 centroids in it
+    ivf = faiss.extract_index_ivf(on_gpu)
+    assert ivf.clustering_index is None  # not kept on the index: it is written as a CPU index
+    on_cpu, _ = index.build(parts, IndexSettings(index_key="IVF64,SQfp16", device="cpu"))
+    assert len(stand_in_gpu) == 1
+    # the same k-means (same sample and seed, exact assignments either way): the same centroids and lists
+    np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, 64),
+                                  faiss.extract_index_ivf(on_cpu).quantizer.reconstruct_n(0, 64))
+    for built in (on_gpu, on_cpu):
+        index.apply_params(built, "nprobe=64")
+    np.testing.assert_array_equal(on_gpu.search(queries, 10)[1], on_cpu.search(queries, 10)[1])
+
+    _, found = index.exact_knn(queries, parts, 10, 1000, gpus=index.index_gpus(settings))
+    assert stand_in_gpu[-1] == ("IndexFlat", D, faiss.METRIC_INNER_PRODUCT, 1)
+    np.testing.assert_array_equal(found, truth)
+
+
+def test_hnsw_and_flat_train_without_the_gpu(parts, stand_in_gpu):
+    for key in ("HNSW32", "Flat"):
+        built, _ = index.build(parts, IndexSettings(index_key=key))
+        assert built.ntotal == sum(SIZES)
+    assert stand_in_gpu == []  # nothing to train with k-means

@@ -75,6 +75,7 @@ def test_every_kept_sample_is_indexed_once_with_measured_recall(indexed):
         part = infos[modality]
         assert part["index_key"] == "Flat" and part["recall_at_k"] == pytest.approx(1.0)  # exact at this size
         assert 0 < part["p50_ms"] <= part["p99_ms"] and part["k"] == 10
+        assert part["gpus"] == faiss.get_num_gpus()  # 0 with faiss-cpu: built and measured on the CPU
     img = np.load(out / "embeddings" / "img_emb" / f"img_emb_{ids['shard'][0]}.npy")
     stored = faiss.read_index(str(out / "index" / "image.index")).reconstruct(0)
     np.testing.assert_allclose(stored, img[ids["row"][0].as_py()].astype(np.float32), atol=1e-3)
@@ -83,8 +84,8 @@ def test_every_kept_sample_is_indexed_once_with_measured_recall(indexed):
 def test_text_query_returns_the_concept_first(small_world, indexed):
     out = indexed[0]
     found = compare_search(small_world, Searcher(str(out / "index")))
-    # chance is concept_samples / count (~5%); the tiny model's ranking of partial descriptions is weak
-    assert found["precision"] >= 0.6 and found["precision"] > 5 * found["concept_samples"] / indexed[1]["count"], found
+    # chance is concept_samples / count (~5%)
+    assert found["k"] == 10 and found["hits"][:3] == [True] * 3 and found["precision"] >= 0.9, found
 
 
 def test_near_duplicates_are_the_worlds_repeated_images(small_world, indexed):

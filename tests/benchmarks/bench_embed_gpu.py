@@ -21,9 +21,11 @@ shard, it measures:
   model image    encode_image on random fp16 batches already on the GPU (cuda.synchronize)
   model text     encode_text on the shard's tokenized captions already on the GPU
   model both     both towers, i.e. the GPU's ceiling for the stage
-  encode_images  ClipModel.encode_images as embed_shard calls it: float32 CPU pixels in, numpy out
-  text trimmed   the text tower run only up to the batch's longest caption (same result with a causal
-                 mask and end-token pooling; not what embed_shard does: what it could gain)
+  encode_images  ClipModel.encode_images as embed_shard calls it: uint8 CPU pixels in (pinned, to the GPU,
+                 normalised there), numpy out
+  text trimmed   the text tower run only up to the batch's longest caption, as embed_shard runs it
+                 (tasks.clip_model.encode_text_trimmed; the same result with a causal mask and
+                 end-token pooling)
   plain loop     the straightforward open_clip loop over one shard (single thread, no overlap)
 
 Parts are measured on --parts-samples samples of shard 0. N = --loader-threads (default: embed_shard's
@@ -108,42 +110,11 @@ def decode(data: bytes):
     return img
 
 
-def trimmed_text_encoder(model, tokens):
-    """encode_text cut at the batch's longest caption, or None where that would change the result.
-
-    Not what embed_shard does: a measure of what it could gain. With a causal mask and pooling at
-    the end-of-text token (argmax of the ids), positions after every caption's end never reach the
-    pooled output, so running the text tower on tokens[:, :longest] gives the same embeddings.
-    """
-    import torch
-
-    needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
-    if not all(getattr(model, a, None) is not None for a in needed) or getattr(model, "text_pool_type", "argmax") != "argmax":
-        return None
-
-    def encode(text):
-        length = int(text.argmax(dim=-1).max()) + 1
-        text = text[:, :length]
-        cast = model.transformer.get_cast_dtype() if hasattr(model.transformer, "get_cast_dtype") else model.token_embedding.weight.dtype
-        x = model.token_embedding(text).to(cast) + model.positional_embedding[:length].to(cast)
-        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
-        x = model.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
-        return x @ model.text_projection if isinstance(model.text_projection, torch.Tensor) else model.text_projection(x)
-
-    try:
-        with torch.inference_mode():
-            full, cut = model.encode_text(tokens[:8]).float(), encode(tokens[:8]).float()
-        if not torch.allclose(full, cut, rtol=1e-2, atol=1e-2 * float(full.abs().max())):
-            return None
-    except Exception:  # noqa: BLE001 - another text tower layout: no such figure
-        return None
-    return encode
-
-
 def parts(clip, tar: str, threads: int, batch_size: int, repeat: int, limit: int) -> dict:
     """images/s of each part of the stage, measured alone on (up to `limit` samples of) one shard."""
     import torch
+
+    from tasks.clip_model import encode_text_trimmed
 
     samples = shard_members(tar)[:limit]
     blobs, texts = [s[1] for s in samples], [s[2] for s in samples]
@@ -185,21 +156,24 @@ def parts(clip, tar: str, threads: int, batch_size: int, repeat: int, limit: int
     r["model_image"], _ = best_rate(lambda: run(True, False), steps * batch_size, repeat)
     r["model_text"], _ = best_rate(lambda: run(False, True), steps * batch_size, repeat)
     r["model_both"], _ = best_rate(lambda: run(True, True), steps * batch_size, repeat)
-    trimmed = trimmed_text_encoder(model, tokens)
-    if trimmed is not None:
-        run(False, True, trimmed)
-        r["model_text_trimmed"], _ = best_rate(lambda: run(False, True, trimmed), steps * batch_size, repeat)
-        r["text_tokens_used"] = int(tokens.argmax(dim=-1).max()) + 1
+    def trimmed(text):
+        return encode_text_trimmed(model, text)
 
-    # the model's API as embed_shard calls it: CPU pixels in, numpy out (transfers included)
-    cpu_pixels = pixels.float().cpu()
-    if hasattr(clip, "encode_images"):
-        def api():
-            for _ in range(steps):
-                clip.encode_images(cpu_pixels)
-            sync(device)
-        api()
-        r["encode_images_api"], _ = best_rate(api, steps * batch_size, repeat)
+    run(False, True, trimmed)
+    r["model_text_trimmed"], _ = best_rate(lambda: run(False, True, trimmed), steps * batch_size, repeat)
+    r["text_tokens_used"] = int(tokens.argmax(dim=-1).max()) + 1
+
+    # the model's API as embed_shard calls it: uint8 (n, H, W, 3) CPU pixels in, numpy out (transfers included)
+    cpu_pixels = torch.randint(0, 256, (batch_size, *one[0].shape[1:], one[0].shape[0]), generator=torch.Generator(
+        ).manual_seed(0), dtype=torch.uint8)
+
+    def api():
+        for _ in range(steps):
+            clip.encode_images(cpu_pixels)
+        sync(device)
+
+    api()
+    r["encode_images_api"], _ = best_rate(api, steps * batch_size, repeat)
     return r
 
 
@@ -211,6 +185,7 @@ def main() -> None:
     ap.add_argument("--loader-threads", type=int, default=None, help="EmbedSettings.loader_threads (default: its own)")
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--pretrained", default=None, help="open_clip pretrained tag, when its weights are cached")
+    ap.add_argument("--checkpoint", default=None, help="local weights instead (e.g. tasks/world/clip)")
     ap.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
     ap.add_argument("--repeat", type=int, default=1, help="end-to-end runs over all shards; the best is kept")
     ap.add_argument("--parts-repeat", type=int, default=3, help="runs of each part measurement; the best is kept")
@@ -246,15 +221,15 @@ def main() -> None:
     from tasks.embed import embed_shard
 
     precision = args.precision if device == "cuda" else "fp32"
-    settings = EmbedSettings(model=args.model, pretrained=args.pretrained, device=device, precision=precision,
-                             batch_size=args.batch_size, loader_threads=args.loader_threads)
+    settings = EmbedSettings(model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=device,
+                             precision=precision, batch_size=args.batch_size, loader_threads=args.loader_threads)
     t = time.perf_counter()
     clip = worker_model(settings)
     load_s = time.perf_counter() - t
     threads = args.loader_threads or min(16, os.cpu_count() or 1)  # embed_shard's default
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (--allow-cpu smoke run)"
     print(f"machine: {gpu}, {cores} usable cores (os.cpu_count {os.cpu_count()}), {cpu_model()}; torch {torch.__version__}"
-          f" (CUDA {torch.version.cuda}), model {args.model}/{args.pretrained or 'random weights'} {clip.dtype} "
+          f" (CUDA {torch.version.cuda}), model {clip.name} {clip.dtype} "
           f"loaded in {load_s:.1f} s; batch {args.batch_size}, loader threads {threads}", flush=True)
 
     runs = os.path.join(work, "runs")
@@ -322,7 +297,7 @@ def main() -> None:
           f"(the pipeline's ceiling is {'the CPU side' if p['decode_preprocess_n'] < p['model_both'] else 'the GPU'})")
     print(f"GPU busy (at the measured model-both rate) for {e2e / p['model_both']:.0%} of the end-to-end wall time")
     print(f"target >= 5,000 images/s on one H100: {'met' if e2e >= 5000 else 'NOT met'} ({e2e:.0f}, on {gpu})")
-    print(json.dumps({"bench": "embed_gpu", "gpu": gpu, "cpu": cpu_model(), "cores": cores, "model": args.model,
+    print(json.dumps({"bench": "embed_gpu", "gpu": gpu, "cpu": cpu_model(), "cores": cores, "model": clip.name,
                       "pretrained": args.pretrained, "dtype": str(clip.dtype), "batch_size": args.batch_size,
                       "loader_threads": threads, "shards": len(tars), "shard_size": args.shard_size,
                       "end_to_end_images_per_s": e2e, "stages_s": stages, "parts_images_per_s": p,
