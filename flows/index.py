@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.artifacts import publish_index
-from flows.runner import cpu_work, gather, stopwatch, task_runner
+from flows.runner import cpu_work, gather, gpu_work, stopwatch, task_runner
 from tasks.config import IndexSettings
 from tasks.indexer import finish_index_task, index_modality_task, plan_index_task
 from tasks.stats import run_label
@@ -42,7 +42,8 @@ def build_index(embeddings: str, out: str, settings: IndexSettings = IndexSettin
     new = plan.shards[plan.new_from:]
     logger.info("%s: %d new shards, %d vectors (%d indexed before)",
                 "building" if plan.mode == "build" else "extending", len(new), plan.count, plan.old_count)
-    with cpu_work():
+    # device=cuda: the two index tasks go to GPU-tagged workers (auto: CPU workers, which use a GPU they see)
+    with gpu_work() if settings.device == "cuda" else cpu_work():
         futures = {m: index_modality_task.submit(plan, m, settings) for m in ("image", "text")}
     done, failed = gather(futures, "index", label)
     if failed:

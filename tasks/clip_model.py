@@ -7,6 +7,7 @@ layout: open_clip_config.json + weights), or none (`pretrained=None`: random wei
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ import numpy as np
 import open_clip
 import torch
 from open_clip.transformer import text_global_pool
+from PIL.JpegImagePlugin import JpegImageFile
 from torchvision.transforms import CenterCrop, Compose, Normalize, ToTensor
 
 from tasks.config import EmbedSettings
@@ -62,7 +64,7 @@ class ClipModel:
         scale costs a third of the full decode. Larger inputs (ViT-B-32's 224) keep the full decode
         of the download stage's 256 px images.
         """
-        if self.input_size and getattr(image, "format", None) == "JPEG":
+        if self.input_size and isinstance(image, JpegImageFile):  # MPO (camera JPEGs) included
             image.draft("RGB", self.input_size[::-1])
         image.load()  # truncated data fails here, not half-grey later
         return np.asarray(self.resize(image).convert("RGB"))
@@ -191,6 +193,22 @@ def load_model(settings: EmbedSettings) -> ClipModel:
         raise ModelUnavailable(f"cannot load CLIP model {name}: {exc}") from exc
     model.eval().requires_grad_(False)
     return ClipModel(model, preprocess, tokenizer, device, _PRECISIONS[precision], name)
+
+
+def weights_fingerprint(settings: EmbedSettings) -> list | None:
+    """(name, size, mtime) of the local weights the settings name, for cache keys: retrained weights at the same
+    path are other weights. None for weights named by a pretrained tag (the tag names them)."""
+    paths = [settings.checkpoint, settings.pretrained if settings.pretrained and os.path.isfile(settings.pretrained)
+             else None]
+    found = []
+    for path in filter(None, paths):
+        path = os.path.expanduser(path)
+        files = sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else [path]
+        for f in files:
+            with contextlib.suppress(OSError):  # a missing checkpoint fails in load_model, with its reason
+                st = os.stat(f)
+                found.append([os.path.basename(f), st.st_size, st.st_mtime_ns])
+    return found or None
 
 
 _MODELS: dict[tuple, ClipModel] = {}

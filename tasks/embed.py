@@ -31,13 +31,16 @@ from PIL import Image
 from prefect import task
 
 from tasks.cache import cache_key
-from tasks.clip_model import ClipModel, worker_model
+from tasks.clip_model import ClipModel, weights_fingerprint, worker_model
 from tasks.config import EmbedSettings
 from tasks.images import WEB_FORMATS
 from tasks.status import NSFW, UNLIKELY, UNSURE, DownloadStatus, EmbedStatus
 from tasks.uri import atomic_write, join, listdir, name_of, open_uri, write_json
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "webp", "png"}  # what download writes (encode_format) and webdataset readers take
+# In the embed task's cache key: raise it when the same images and weights would embed otherwise
+# (2: JPEGs decoded at reduced scale).
+EMBEDDING_CODE = 2
 BATCHES_AHEAD = 2  # decoded batches waiting for the model: enough to hide decode jitter, bounded memory
 PASSTHROUGH = {"page_url": pa.string(), "language": pa.string(), "sha256": pa.string(),
                "original_width": pa.int32(), "original_height": pa.int32(), "license": pa.string()}
@@ -297,6 +300,7 @@ embed_shard_task = task(
     name="embed_shard",
     task_run_name=lambda parameters: f"embed-{shard_stem(parameters['tar_uri'])}",
     tags=["clipcrawl", "embed", "gpu"],
-    cache_key_fn=lambda ctx, p: cache_key("embed", p["tar_uri"], p["out"], p["settings"]),
+    cache_key_fn=lambda ctx, p: cache_key("embed", p["tar_uri"], p["out"], p["settings"], EMBEDDING_CODE,
+                                          weights_fingerprint(p["settings"])),
     persist_result=True,
 )

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 MODALITIES = ("image", "text")
 DEDUP_FETCH = 4        # deduplicate: search this many times k, more while groups repeat
 TAR_MAPS = 32          # member maps of this many tars are kept (a map is ~100 bytes a sample)
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 class NotFound(LookupError):
@@ -41,12 +42,14 @@ class NotFound(LookupError):
 def query_pixels(model: ClipModel, data: bytes) -> np.ndarray:
     """Query image bytes -> the model's input pixels, decoded as the embed stage decodes its images (web formats
     only; a large JPEG at reduced scale), so an indexed image finds itself; ValueError naming the reason."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     from tasks.images import WEB_FORMATS
 
     try:
         with Image.open(io.BytesIO(data), formats=WEB_FORMATS) as image:
+            if image.getexif().get(ORIENTATION, 1) != 1:  # a camera's photo: upright, as the download stage stores
+                image = ImageOps.exif_transpose(image)
             return model.prepare(image)
     except Exception as exc:  # PIL raises several kinds (UnidentifiedImageError, OSError, DecompressionBomb...)
         raise ValueError(f"cannot decode the query image: {exc}") from exc

@@ -90,6 +90,22 @@ def test_jpeg_decodes_at_the_smallest_scale_the_input_size_allows(tiny_dir):
     assert image.size == (256, 192)  # only JPEG has reduced-scale decoding
 
 
+def test_weights_fingerprint_changes_with_the_local_weights(tmp_path):
+    from tasks.clip_model import weights_fingerprint
+
+    directory = write_tiny_model(tmp_path / "model")
+    settings = EmbedSettings(checkpoint=directory, pretrained=None)
+    before = weights_fingerprint(settings)
+    assert sorted(name for name, _, _ in before) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    assert weights_fingerprint(settings) == before
+    time.sleep(0.01)
+    write_tiny_model(tmp_path / "model", seed=1)  # retrained in place
+    assert weights_fingerprint(settings) != before
+    single = EmbedSettings(model="ViT-B-32", checkpoint=f"{directory}/open_clip_model.safetensors", pretrained=None)
+    assert [name for name, _, _ in weights_fingerprint(single)] == ["open_clip_model.safetensors"]
+    assert weights_fingerprint(EmbedSettings()) is None  # ViT-B-32/openai: the tag names the weights
+
+
 def test_weights_file_with_model_name_loads_the_same_weights(tiny_dir, monkeypatch):
     monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "clipcrawl-tiny", TINY_CFG)
     from_file = load_model(EmbedSettings(model="clipcrawl-tiny", checkpoint=f"{tiny_dir}/open_clip_model.safetensors",

@@ -363,8 +363,12 @@ def test_ivf_k_means_and_exact_search_run_on_the_gpu(parts, queries, truth, stan
     np.testing.assert_array_equal(found, truth)
 
 
-def test_hnsw_and_flat_train_without_the_gpu(parts, stand_in_gpu):
-    for key in ("HNSW32", "Flat"):
-        built, _ = index.build(parts, IndexSettings(index_key=key))
-        assert built.ntotal == sum(SIZES)
-    assert stand_in_gpu == []  # nothing to train with k-means
+def test_opq_ivf_pq_trains_its_coarse_k_means_on_the_gpu(parts, stand_in_gpu):
+    built, _ = index.build(parts, IndexSettings(index_key="OPQ8_16,IVF16_HNSW32,PQ8x8", train_vectors=2000))
+    assert stand_in_gpu == [("IndexFlat", 16, faiss.METRIC_INNER_PRODUCT, 1)]  # after OPQ: 16 dimensions
+    assert stand_in_gpu.used.ntotal == 16 and built.ntotal == sum(SIZES)
+
+
+def test_an_index_without_inverted_lists_trains_on_the_cpu(parts, stand_in_gpu):
+    built, _ = index.build(parts, IndexSettings(index_key="HNSW32,SQ8"))  # needs training, has no k-means
+    assert not stand_in_gpu and built.is_trained and built.ntotal == sum(SIZES)

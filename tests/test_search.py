@@ -168,6 +168,23 @@ def test_image_query_finds_itself_first(fx, searcher):
         assert results[1]["similarity"] < 0.999
 
 
+def test_a_query_photo_with_an_exif_orientation_is_turned_upright(fx, searcher):
+    """A camera stores a portrait photo sideways with an EXIF orientation; the query is turned upright,
+    as the download stage turns the images it stores."""
+    i = 5
+    upright = Image.open(io.BytesIO(fx.images[i])).convert("RGB")
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # orientation 6: view it turned 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    sideways.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    assert searcher.search(image=buf.getvalue(), k=1)[0]["id"] == i
+    plain = io.BytesIO()
+    sideways.save(plain, "JPEG", quality=95)  # the same pixels without the tag: the sideways scene
+    assert searcher.search(image=plain.getvalue(), k=1)[0]["similarity"] < searcher.search(
+        image=buf.getvalue(), k=1)[0]["similarity"]
+
+
 def test_result_fields_come_from_the_id_table(fx, searcher):
     r = searcher.search(text="red circles", k=1)[0]
     i, first = r["id"], (r["id"] // 30) * 30

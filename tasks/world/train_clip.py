@@ -8,7 +8,8 @@ The committed weights are the defaults' (2000 steps, a pool of 10,000 images, se
 one core of a 2-core machine running another training beside it.
 
 Images go through the pipeline the embed stage sees (render, serve-format encode, the download
-stage's process_image, the model's val preprocess), precomputed once. Texts are drawn fresh per
+stage's process_image, the model's val preprocess), precomputed once; decoded whole, where the
+embed stage decodes these 256 px JPEGs at half scale (evaluate() measures through the stage's path). Texts are drawn fresh per
 step: a true caption in one of the kept alt cases, and a negative (the world's mismatched caption,
 a hard negative one attribute away, or junk). The loss is CLIP's InfoNCE (with the negatives as
 extra columns) plus a hinge on the absolute cosine similarity, because the filter keeps pairs by a
