@@ -28,8 +28,8 @@ from tasks.world.scenes import FLAGGED_SHAPES, IMAGE_SIZES, PLURALS, SHAPES, Sce
 
 TINY_CLIP_DIR = Path(__file__).parent / "clip"
 THRESHOLD = EmbedSettings().similarity_threshold  # LAION-400M: 0.3
-# Near-duplicates for this model: the same image served twice embeds alike (cosine >= 0.9997 after the
-# float16 storage), while two scenes that differ only in where their shapes sit reach 0.9955 on 1,200
+# Near-duplicates for this model: the same image served twice has the same embedding (the demo marks all
+# 314 of its repeats at 0.998, none wrongly), while two scenes that differ only in where their shapes sit reach 0.9955 on 1,200
 # held-out images (a 64 px model sees little else), so the 0.96 meant for ViT-B-32 would join images
 # the world counts as different.
 NEAR_DUPLICATE_THRESHOLD = 0.998
