@@ -1,7 +1,7 @@
 """Prefect artifacts of the flows: a progress bar per stage run, a table with one row per file or shard,
 and a markdown summary under a stable key (f"{stage}-{label}") so the Artifacts page shows its history.
 
-Numbers come from tasks/stats.py (unit_counts, top_reasons); this module only formats them. Publishing
+Numbers come from tasks/core/stats.py (unit_counts, top_reasons); this module only formats them. Publishing
 never fails a run: an API error is logged as a warning and the flow goes on.
 """
 
@@ -25,9 +25,9 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 
-from tasks.stats import add_counts, top_reasons, unit_counts
-from tasks.status import FileStatus
-from tasks.uri import is_local
+from clipcrawl.tasks.core.stats import add_counts, top_reasons, unit_counts
+from clipcrawl.tasks.core.status import FileStatus
+from clipcrawl.tasks.core.uri import is_local
 
 PROGRESS_UPDATES = 50  # at most this many progress updates per stage run (one API call each)
 API_PAGE = 200  # the most task runs the API returns per call (PREFECT_SERVER_API_DEFAULT_LIMIT)

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from tasks.config import (
+from clipcrawl.tasks.core.config import (
     COMMON_CRAWL_HTTPS,
     DownloadSettings,
     EmbedSettings,
@@ -204,7 +204,7 @@ def report_settings(args: argparse.Namespace) -> ReportSettings:
 
 def run_flow(flow, address: str, **parameters):
     """Run a flow on the cluster; a failed run exits with its one-line reason."""
-    from flows.runner import task_runner
+    from clipcrawl.flows.runner import task_runner
 
     state = flow.with_options(task_runner=task_runner(address))(**parameters, return_state=True)
     if not state.is_completed():
@@ -214,7 +214,7 @@ def run_flow(flow, address: str, **parameters):
 
 def run_pipeline(args: argparse.Namespace, address: str, ingest: IngestSettings, download: DownloadSettings,
                  embed: EmbedSettings, index: IndexSettings, ground_truth: str | None = None) -> dict:
-    from flows.pipeline import pipeline
+    from clipcrawl.flows.pipeline import pipeline
 
     return run_flow(pipeline, address, out=args.out, ingest=ingest, download=download, embed=embed, index=index,
                     report=report_settings(args), ground_truth=ground_truth, results=args.results,
@@ -222,25 +222,25 @@ def run_pipeline(args: argparse.Namespace, address: str, ingest: IngestSettings,
 
 
 def run_ingest(args: argparse.Namespace, address: str, settings: IngestSettings) -> dict:
-    from flows.ingest import ingest_crawl
+    from clipcrawl.flows.ingest import ingest_crawl
 
     return run_flow(ingest_crawl, address, out=args.out, settings=settings, results=args.results)
 
 
 def run_download(args: argparse.Namespace, address: str, pairs: str, settings: DownloadSettings) -> dict:
-    from flows.download import download_images
+    from clipcrawl.flows.download import download_images
 
     return run_flow(download_images, address, pairs=pairs, out=args.out, settings=settings, results=args.results)
 
 
 def run_embed(args: argparse.Namespace, address: str, images: str, settings: EmbedSettings) -> dict:
-    from flows.embed import embed_and_filter
+    from clipcrawl.flows.embed import embed_and_filter
 
     return run_flow(embed_and_filter, address, images=images, out=args.out, settings=settings, results=args.results)
 
 
 def run_index(args: argparse.Namespace, address: str, embeddings: str, settings: IndexSettings) -> dict:
-    from flows.index import build_index
+    from clipcrawl.flows.index import build_index
 
     return run_flow(build_index, address, embeddings=embeddings, out=args.out, settings=settings,
                     dataset=getattr(args, "dataset", None), rebuild=getattr(args, "rebuild", False))
@@ -248,14 +248,14 @@ def run_index(args: argparse.Namespace, address: str, embeddings: str, settings:
 
 def run_report(args: argparse.Namespace, address: str, out: str, settings: ReportSettings,
                ground_truth: str | None = None) -> dict:
-    from flows.report import build_report
+    from clipcrawl.flows.report import build_report
 
     return run_flow(build_report, address, out=out, settings=settings, ground_truth=ground_truth)
 
 
 def search(args: argparse.Namespace) -> None:
     """A query from the command line: no flow, no cluster (a flow would add ~15 s to a ~5 s query)."""
-    from tasks.search import Searcher, format_results
+    from clipcrawl.tasks.search.search import Searcher, format_results
 
     if (args.text is None) == (args.image is None):
         raise SystemExit("clipcrawl search: give a text query or --image PATH (one of them)")
@@ -270,15 +270,15 @@ def search(args: argparse.Namespace) -> None:
 
 def demo(args: argparse.Namespace, address: str) -> None:
     """The pipeline flow on a synthetic crawl, then every stage checked against the world's ground truth."""
-    from tasks.groundtruth import (
+    from clipcrawl.tasks.world.groundtruth import (
         compare_downloads,
         compare_embeddings,
         compare_near_duplicates,
         compare_pairs,
         compare_search,
     )
-    from tasks.search import Searcher
-    from tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
+    from clipcrawl.tasks.search.search import Searcher
+    from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
 
     world = generate_world(os.path.join(args.out, "world"), WorldSpec(seed=args.seed, segments=args.segments))
     print(f"synthetic crawl {world.crawl_id} at {world.root}")
@@ -320,10 +320,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "search":
             return search(args)
         if args.command == "serve":
-            from tasks.serve import serve
+            from clipcrawl.tasks.search.serve import serve
 
             return serve(args.index, args.host, args.port)
-        from flows.runner import cluster
+        from clipcrawl.flows.runner import cluster
 
         with cluster(args.dask_address) as address:
             if args.command == "demo":

@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.artifacts import publish_stage
-from flows.runner import cpu_work, gather, result_storage, stopwatch, task_runner
-from tasks.config import DownloadSettings
-from tasks.download import download_shard_task, summarize
-from tasks.shards import plan_shards
-from tasks.stats import run_label
-from tasks.uri import join, listdir, write_json
+from clipcrawl.flows.artifacts import publish_stage
+from clipcrawl.flows.runner import cpu_work, gather, result_storage, stopwatch, task_runner
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.stage import download_shard_task, summarize
+from clipcrawl.tasks.download.shards import plan_shards
+from clipcrawl.tasks.core.stats import run_label
+from clipcrawl.tasks.core.uri import join, listdir, write_json
 
 
 class DownloadFailed(RuntimeError):

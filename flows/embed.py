@@ -5,13 +5,13 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.artifacts import publish_stage
-from flows.runner import gather, gpu_work, result_storage, stopwatch, task_runner
-from tasks.cache import retry_transient
-from tasks.config import EmbedSettings
-from tasks.embed import embed_shard_task, published_shards, summarize
-from tasks.stats import run_label
-from tasks.uri import join, name_of, write_json
+from clipcrawl.flows.artifacts import publish_stage
+from clipcrawl.flows.runner import gather, gpu_work, result_storage, stopwatch, task_runner
+from clipcrawl.tasks.core.cache import retry_transient
+from clipcrawl.tasks.core.config import EmbedSettings
+from clipcrawl.tasks.embed.stage import embed_shard_task, published_shards, summarize
+from clipcrawl.tasks.core.stats import run_label
+from clipcrawl.tasks.core.uri import join, name_of, write_json
 
 
 class EmbedFailed(RuntimeError):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.artifacts import publish_index
-from flows.runner import cpu_work, gather, gpu_work, stopwatch, task_runner
-from tasks.config import IndexSettings
-from tasks.indexer import finish_index_task, index_modality_task, plan_index_task
-from tasks.stats import run_label
-from tasks.uri import join
+from clipcrawl.flows.artifacts import publish_index
+from clipcrawl.flows.runner import cpu_work, gather, gpu_work, stopwatch, task_runner
+from clipcrawl.tasks.core.config import IndexSettings
+from clipcrawl.tasks.index.stage import finish_index_task, index_modality_task, plan_index_task
+from clipcrawl.tasks.core.stats import run_label
+from clipcrawl.tasks.core.uri import join
 
 
 class IndexFailed(RuntimeError):

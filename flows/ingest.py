@@ -6,8 +6,8 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
-from flows.artifacts import publish_stage
-from flows.runner import (
+from clipcrawl.flows.artifacts import publish_stage
+from clipcrawl.flows.runner import (
     cluster,
     cpu_work,
     gather,
@@ -15,9 +15,10 @@ from flows.runner import (
     stopwatch,
     task_runner,
 )
-from tasks import dedup, pairs
-from tasks.config import IngestSettings
-from tasks.crawl import (
+from clipcrawl.tasks.ingest import dedup
+from clipcrawl.tasks.ingest import stage as pairs
+from clipcrawl.tasks.core.config import IngestSettings
+from clipcrawl.tasks.ingest.crawl import (
     COLLINFO_URI,
     crawl_files,
     ingested_segments,
@@ -27,8 +28,8 @@ from tasks.crawl import (
     plan_new_segments,
     segment_of,
 )
-from tasks.stats import run_label
-from tasks.uri import join, write_json
+from clipcrawl.tasks.core.stats import run_label
+from clipcrawl.tasks.core.uri import join, write_json
 
 
 class IngestFailed(RuntimeError):

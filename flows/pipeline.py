@@ -9,20 +9,20 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.download import download_images
-from flows.embed import embed_and_filter
-from flows.index import build_index
-from flows.ingest import ingest_crawl
-from flows.report import build_report
-from flows.runner import cluster, result_storage, task_runner
-from tasks.config import (
+from clipcrawl.flows.download import download_images
+from clipcrawl.flows.embed import embed_and_filter
+from clipcrawl.flows.index import build_index
+from clipcrawl.flows.ingest import ingest_crawl
+from clipcrawl.flows.report import build_report
+from clipcrawl.flows.runner import cluster, result_storage, task_runner
+from clipcrawl.tasks.core.config import (
     DownloadSettings,
     EmbedSettings,
     IndexSettings,
     IngestSettings,
     ReportSettings,
 )
-from tasks.uri import join
+from clipcrawl.tasks.core.uri import join
 
 
 @flow(name="pipeline", log_prints=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.artifacts import publish_report
-from flows.runner import cpu_work, gather, task_runner
-from tasks.config import ReportSettings
-from tasks.gates import failures
-from tasks.report import finish_report_task, report_shard_task, report_shards
-from tasks.stats import run_label
+from clipcrawl.flows.artifacts import publish_report
+from clipcrawl.flows.runner import cpu_work, gather, task_runner
+from clipcrawl.tasks.core.config import ReportSettings
+from clipcrawl.tasks.report.gates import failures
+from clipcrawl.tasks.report.stage import finish_report_task, report_shard_task, report_shards
+from clipcrawl.tasks.core.stats import run_label
 
 
 class ReportFailed(RuntimeError):

@@ -21,10 +21,10 @@ from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
-from flows.artifacts import Progress
-from tasks.uri import is_local, join
+from clipcrawl.flows.artifacts import Progress
+from clipcrawl.tasks.core.uri import is_local, join
 
-GPU_PRELOAD = ("tasks.clip_model",)  # what `dask worker --preload` imports on GPU workers (infra/ passes the same)
+GPU_PRELOAD = ("clipcrawl.tasks.embed.clip_model",)  # what `dask worker --preload` imports on GPU workers (infra/ passes the same)
 
 
 def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_limit: str = "auto") -> SpecCluster:

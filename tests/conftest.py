@@ -46,7 +46,7 @@ def s3_endpoint():
 @pytest.fixture(scope="session")
 def dask_address(prefect_api, s3_endpoint):
     """A real cluster: two CPU worker processes and one worker offering GPU=1."""
-    from flows.runner import local_cluster
+    from clipcrawl.flows.runner import local_cluster
 
     cluster = local_cluster(cpu_workers=2, gpu_workers=1, memory_limit="4GiB")
     yield cluster.scheduler_address
@@ -56,7 +56,7 @@ def dask_address(prefect_api, s3_endpoint):
 @pytest.fixture(scope="session")
 def small_world(tmp_path_factory):
     """A small synthetic crawl: 2 segments x 2 files, every URL/alt case."""
-    from tasks.world import WorldSpec, generate_world
+    from clipcrawl.tasks.world import WorldSpec, generate_world
 
     return generate_world(tmp_path_factory.mktemp("world"), WorldSpec(seed=7, segments=2, files_per_segment=2))
 
@@ -69,9 +69,9 @@ def pipeline(dask_address, small_world, tmp_path_factory):
 
     from distributed import Client
 
-    from flows.download import download_images
-    from flows.runner import task_runner
-    from tasks.world import ImageServer
+    from clipcrawl.flows.download import download_images
+    from clipcrawl.flows.runner import task_runner
+    from clipcrawl.tasks.world import ImageServer
     from tests.helpers import embed, run
 
     out = tmp_path_factory.mktemp("pipeline")

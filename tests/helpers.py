@@ -9,11 +9,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.client.schemas.sorting import TaskRunSort
 
-from flows.embed import embed_and_filter
-from flows.ingest import ingest_crawl
-from flows.runner import task_runner
-from tasks.config import IngestSettings
-from tasks.world import tiny_clip
+from clipcrawl.flows.embed import embed_and_filter
+from clipcrawl.flows.ingest import ingest_crawl
+from clipcrawl.flows.runner import task_runner
+from clipcrawl.tasks.core.config import IngestSettings
+from clipcrawl.tasks.world import tiny_clip
 
 
 def run(dask_address, out, **settings):

@@ -17,11 +17,11 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import Artifact
 from prefect.types.names import raise_on_name_alphanumeric_dashes_only
 
-from flows.artifacts import artifact_key, publish
-from flows.index import build_index
-from flows.runner import task_runner
-from tasks.stats import run_label
-from tasks.uri import name_of
+from clipcrawl.flows.artifacts import artifact_key, publish
+from clipcrawl.flows.index import build_index
+from clipcrawl.flows.runner import task_runner
+from clipcrawl.tasks.core.stats import run_label
+from clipcrawl.tasks.core.uri import name_of
 from tests.helpers import run
 from tests.test_index_flow import SETTINGS, copy_run
 

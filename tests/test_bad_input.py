@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows.download import download_images
-from flows.runner import task_runner
-from tasks.status import DownloadStatus, FileStatus, PairStatus
-from tasks.world import ImageServer, WorldSpec, generate_world
-from tasks.world.behaviours import DRIP_CAP_S, PRIVATE_ADDRESS, PRIVATE_HOST
+from clipcrawl.flows.download import download_images
+from clipcrawl.flows.runner import task_runner
+from clipcrawl.tasks.core.status import DownloadStatus, FileStatus, PairStatus
+from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world
+from clipcrawl.tasks.world.behaviours import DRIP_CAP_S, PRIVATE_ADDRESS, PRIVATE_HOST
 from tests.helpers import run
 from tests.test_extract import html_page, wat_json, write_warc
 

@@ -5,7 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from flows.cli import main
+from clipcrawl.flows.cli import main
 
 
 def test_extract_command_writes_pairs(dask_address, small_world, tmp_path, capsys):
@@ -46,7 +46,7 @@ def test_unknown_crawl_exits_with_the_reason(dask_address, small_world, tmp_path
 
 
 def test_embed_command_takes_model_and_filter_flags(dask_address, tmp_path, capsys):
-    from tasks.world import tiny_clip
+    from clipcrawl.tasks.world import tiny_clip
     from tests.test_embed import make_shard
 
     make_shard(str(tmp_path), 12)

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from tasks.clip_model import ModelUnavailable, load_model, resolve_device, worker_model
-from tasks.config import EmbedSettings
+from clipcrawl.tasks.embed.clip_model import ModelUnavailable, load_model, resolve_device, worker_model
+from clipcrawl.tasks.core.config import EmbedSettings
 
 # A CLIP small enough to build, save and run in a fraction of a second on one CPU core.
 TINY_CFG = {
@@ -91,7 +91,7 @@ def test_jpeg_decodes_at_the_smallest_scale_the_input_size_allows(tiny_dir):
 
 
 def test_weights_fingerprint_changes_with_the_local_weights(tmp_path):
-    from tasks.clip_model import weights_fingerprint
+    from clipcrawl.tasks.embed.clip_model import weights_fingerprint
 
     directory = write_tiny_model(tmp_path / "model")
     settings = EmbedSettings(checkpoint=directory, pretrained=None)
@@ -124,8 +124,8 @@ def test_random_weights_without_pretrained(monkeypatch):
 
 def test_worker_model_loads_once_per_process(tiny_dir, monkeypatch):
     calls = []
-    monkeypatch.setattr("tasks.clip_model.load_model", lambda s: calls.append(s) or object())
-    monkeypatch.setattr("tasks.clip_model._MODELS", {})
+    monkeypatch.setattr("clipcrawl.tasks.embed.clip_model.load_model", lambda s: calls.append(s) or object())
+    monkeypatch.setattr("clipcrawl.tasks.embed.clip_model._MODELS", {})
     settings = EmbedSettings(checkpoint=tiny_dir, pretrained=None)
     first = worker_model(settings)
     assert worker_model(EmbedSettings(checkpoint=tiny_dir, pretrained=None)) is first

@@ -2,7 +2,7 @@ import gzip
 
 import pytest
 
-from tasks.crawl import (
+from clipcrawl.tasks.ingest.crawl import (
     ListingError,
     crawl_files,
     is_common_crawl,
@@ -69,8 +69,8 @@ def test_common_crawl_sources_are_recognised():
 
 
 def test_ingested_segments_leave_out_those_with_a_failed_file(tmp_path):
-    from tasks.crawl import ingested_segments
-    from tasks.uri import write_json
+    from clipcrawl.tasks.ingest.crawl import ingested_segments
+    from clipcrawl.tasks.core.uri import write_json
 
     assert ingested_segments(str(tmp_path)) == []
     failed = "s3://commoncrawl/crawl-data/CC-MAIN-2099-01/segments/100.2/wat/f1.warc.wat.gz"

@@ -1,7 +1,7 @@
 import numpy as np
 import pyarrow as pa
 
-from tasks import dedup
+from clipcrawl.tasks.ingest import dedup
 
 
 def _write(tmp_path, name, uids):

@@ -8,10 +8,10 @@ import tarfile
 import pyarrow.parquet as pq
 import pytest
 
-from flows.download import download_images
-from flows.runner import task_runner
-from tasks.groundtruth import compare_downloads
-from tasks.world import ImageServer
+from clipcrawl.flows.download import download_images
+from clipcrawl.flows.runner import task_runner
+from clipcrawl.tasks.world.groundtruth import compare_downloads
+from clipcrawl.tasks.world import ImageServer
 from tests.helpers import run, task_states
 
 

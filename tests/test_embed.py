@@ -10,13 +10,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import clip_model, embed
-from tasks.clip_model import worker_model
-from tasks.config import DownloadSettings, EmbedSettings
-from tasks.embed import DATASET_SCHEMA, METADATA_SCHEMA, embed_shard, embed_shard_task, published_shards, summarize
-from tasks.images import process_image
-from tasks.shards import ShardWriter, sample_key
-from tasks.world import sample_training_pairs
+from clipcrawl.tasks.embed import clip_model
+from clipcrawl.tasks.embed import stage as embed
+from clipcrawl.tasks.embed.clip_model import worker_model
+from clipcrawl.tasks.core.config import DownloadSettings, EmbedSettings
+from clipcrawl.tasks.embed.stage import DATASET_SCHEMA, METADATA_SCHEMA, embed_shard, embed_shard_task, published_shards, summarize
+from clipcrawl.tasks.download.images import process_image
+from clipcrawl.tasks.download.shards import ShardWriter, sample_key
+from clipcrawl.tasks.world import sample_training_pairs
 from tests.test_clip_model import write_tiny_model
 
 DOWNLOAD = DownloadSettings(image_size=48, min_bytes=0, encode_format="jpg", shard_size=10_000)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
-from tasks.groundtruth import compare_embeddings
+from clipcrawl.tasks.world.groundtruth import compare_embeddings
 from tests.helpers import embed, task_states
 
 TASK_KINDS = {"extract_file": "extract", "find_duplicates": "dedup", "publish_file": "publish",

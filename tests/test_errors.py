@@ -1,6 +1,6 @@
 import errno
 
-from tasks.errors import is_transient
+from clipcrawl.tasks.core.errors import is_transient
 
 
 class HTTPError(Exception):

@@ -11,9 +11,9 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from tasks.config import ExtractSettings
-from tasks.extract import ExtractError, FileStats, iter_pairs
-from tasks.normalize import pair_uid
+from clipcrawl.tasks.core.config import ExtractSettings
+from clipcrawl.tasks.ingest.extract import ExtractError, FileStats, iter_pairs
+from clipcrawl.tasks.ingest.normalize import pair_uid
 
 PAGE = "http://example.com/dir/page.html"
 

@@ -33,10 +33,10 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStartTime,
 )
 
-from flows.download import download_images
-from flows.embed import embed_and_filter
-from flows.runner import local_cluster, prefect_api_url, task_runner
-from tasks.config import (
+from clipcrawl.flows.download import download_images
+from clipcrawl.flows.embed import embed_and_filter
+from clipcrawl.flows.runner import local_cluster, prefect_api_url, task_runner
+from clipcrawl.tasks.core.config import (
     DownloadSettings,
     EmbedSettings,
     ExtractSettings,
@@ -45,15 +45,15 @@ from tasks.config import (
     ReportSettings,
     load_config,
 )
-from tasks.download import download_shard, download_shard_task
-from tasks.embed import embed_shard, embed_shard_task, published_shards, shard_stem
-from tasks.groundtruth import compare_downloads
-from tasks.indexer import find_shards
-from tasks.pairs import extract_file, publish_file
-from tasks.report import report_shards
-from tasks.shards import plan_shards, tar_members
-from tasks.uri import listdir
-from tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
+from clipcrawl.tasks.download.stage import download_shard, download_shard_task
+from clipcrawl.tasks.embed.stage import embed_shard, embed_shard_task, published_shards, shard_stem
+from clipcrawl.tasks.world.groundtruth import compare_downloads
+from clipcrawl.tasks.index.stage import find_shards
+from clipcrawl.tasks.ingest.stage import extract_file, publish_file
+from clipcrawl.tasks.report.stage import report_shards
+from clipcrawl.tasks.download.shards import plan_shards, tar_members
+from clipcrawl.tasks.core.uri import listdir
+from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_SIZE = 30  # ~216 pairs: 8 shards, so that a kill finds some finished and some in flight
@@ -66,10 +66,10 @@ pytestmark = pytest.mark.timeout(900)
 WORKER = r"""
 import contextlib, importlib, json, sys, time
 
-import tasks.uri
+import clipcrawl.tasks.core.uri
 
 args = json.loads(sys.argv[1])
-real = tasks.uri.atomic_write
+real = clipcrawl.tasks.core.uri.atomic_write
 
 @contextlib.contextmanager
 def stalling(uri, mode="wb"):
@@ -80,20 +80,20 @@ def stalling(uri, mode="wb"):
             open(args["marker"], "w").close()
             time.sleep(3600)
 
-module = importlib.import_module({"download": "tasks.shards", "embed": "tasks.embed", "publish": "tasks.pairs"}[
+module = importlib.import_module({"download": "clipcrawl.tasks.download.shards", "embed": "clipcrawl.tasks.embed.stage", "publish": "clipcrawl.tasks.ingest.stage"}[
     args["stage"]])
-tasks.uri.atomic_write = module.atomic_write = stalling
+clipcrawl.tasks.core.uri.atomic_write = module.atomic_write = stalling
 if args["stage"] == "download":
-    from tasks.config import DownloadSettings
-    from tasks.download import download_shard, download_shard_task
-    from tasks.shards import ShardSpec
+    from clipcrawl.tasks.core.config import DownloadSettings
+    from clipcrawl.tasks.download.stage import download_shard, download_shard_task
+    from clipcrawl.tasks.download.shards import ShardSpec
     spec = ShardSpec(args["shard"], tuple(tuple(s) for s in args["slices"]))
     download_shard(spec, args["out"], DownloadSettings(**args["settings"]))
 elif args["stage"] == "embed":
-    from tasks.config import EmbedSettings
-    tasks.embed.embed_shard(args["tar"], args["out"], EmbedSettings(**args["settings"]))
+    from clipcrawl.tasks.core.config import EmbedSettings
+    clipcrawl.tasks.embed.stage.embed_shard(args["tar"], args["out"], EmbedSettings(**args["settings"]))
 else:
-    tasks.pairs.publish_file(args["out"], args["name"], 0, [])
+    clipcrawl.tasks.ingest.stage.publish_file(args["out"], args["name"], 0, [])
 """
 
 
@@ -144,7 +144,7 @@ def clean(cluster, world, config, tmp_path_factory) -> Path:
 def start_run(cluster, world, config: Path, out: Path) -> subprocess.Popen:
     """`clipcrawl run` on the world into OUT, in a process of its own, on the module's cluster and API."""
     env = os.environ | {"PREFECT_API_URL": prefect_api_url(), "CLIPCRAWL_DASK_ADDRESS": cluster.scheduler_address}
-    cmd = [sys.executable, "-c", "import sys; from flows.cli import main; main(sys.argv[1:])", "run",
+    cmd = [sys.executable, "-c", "import sys; from clipcrawl.flows.cli import main; main(sys.argv[1:])", "run",
            "--crawl", world.crawl_id, "--source", str(world.root), "--out", str(out), "--config", str(config),
            "--dask-address", cluster.scheduler_address]
     with open(f"{out}.log", "ab") as log:  # the child keeps its own copy

@@ -15,9 +15,9 @@ import pytest
 import trustme
 from aiohttp import web
 
-from tasks.config import DownloadSettings
-from tasks.fetch import Fetcher, blocked_reason, literal_ip, parse_retry_after
-from tasks.status import DownloadStatus as S
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.fetch import Fetcher, blocked_reason, literal_ip, parse_retry_after
+from clipcrawl.tasks.core.status import DownloadStatus as S
 
 BODY = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 24  # 6 KiB: over min_bytes
 ROBOTS = {

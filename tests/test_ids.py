@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from tasks.ids import IDS_ROW_GROUP, IdTable, write_ids
+from clipcrawl.tasks.index.ids import IDS_ROW_GROUP, IdTable, write_ids
 
 
 def rows(start: int, stop: int, shard: str = "00000") -> pa.Table:

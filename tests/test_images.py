@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import DownloadSettings
-from tasks.images import ImageResult, plan_resize, process_image
-from tasks.status import DownloadStatus
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.images import ImageResult, plan_resize, process_image
+from clipcrawl.tasks.core.status import DownloadStatus
 
 S = DownloadSettings(image_size=64, resize_mode="no", encode_format="png", encode_quality=1)
 

@@ -6,8 +6,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from tasks import index
-from tasks.config import IndexSettings
+from clipcrawl.tasks.index import engine as index
+from clipcrawl.tasks.core.config import IndexSettings
 
 D = 32
 SIZES = (1500, 1000, 1500)

@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from distributed import Client
 
-from flows.index import build_index
-from flows.runner import task_runner
-from tasks.config import IndexSettings
-from tasks.groundtruth import compare_near_duplicates, compare_search
-from tasks.search import Searcher
-from tasks.world import tiny_clip
+from clipcrawl.flows.index import build_index
+from clipcrawl.flows.runner import task_runner
+from clipcrawl.tasks.core.config import IndexSettings
+from clipcrawl.tasks.world.groundtruth import compare_near_duplicates, compare_search
+from clipcrawl.tasks.search.search import Searcher
+from clipcrawl.tasks.world import tiny_clip
 
 SETTINGS = IndexSettings(queries=200, near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD)
 

@@ -32,7 +32,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from flows.runner import GPU_PRELOAD
+from clipcrawl.flows.runner import GPU_PRELOAD
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

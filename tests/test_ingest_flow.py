@@ -11,9 +11,9 @@ import time
 
 import pyarrow.parquet as pq
 
-from tasks.config import ExtractSettings
-from tasks.groundtruth import compare_pairs
-from tasks.status import FileStatus, PairStatus
+from clipcrawl.tasks.core.config import ExtractSettings
+from clipcrawl.tasks.world.groundtruth import compare_pairs
+from clipcrawl.tasks.core.status import FileStatus, PairStatus
 from tests.helpers import run, task_states
 
 
@@ -60,7 +60,7 @@ def test_warc_files_give_the_same_pairs_as_wat(dask_address, small_world, tmp_pa
                 segments=1)
     assert state.is_completed(), state.message
     wat = run(dask_address, tmp_path / "wat", crawl=small_world.crawl_id, source=str(small_world.root), segments=1)
-    from tasks.groundtruth import read_pair_set
+    from clipcrawl.tasks.world.groundtruth import read_pair_set
 
     assert read_pair_set(str(tmp_path))[0] == read_pair_set(str(tmp_path / "wat"))[0]
     assert wat.result()["kept"] == state.result()["kept"] > 0
@@ -123,10 +123,10 @@ def test_transient_errors_are_retried_with_backoff(dask_address, small_world, tm
 
 
 def test_scheduled_ingestion_takes_new_segments_of_new_crawls_per_run(dask_address, small_world, tmp_path):
-    from flows.ingest import ingest_new_crawls
-    from tasks.config import IngestSettings
-    from tasks.uri import read_json
-    from tasks.world import WorldSpec, generate_world
+    from clipcrawl.flows.ingest import ingest_new_crawls
+    from clipcrawl.tasks.core.config import IngestSettings
+    from clipcrawl.tasks.core.uri import read_json
+    from clipcrawl.tasks.world import WorldSpec, generate_world
 
     newer = generate_world(tmp_path / "newer", WorldSpec(seed=3, crawl_id="CC-MAIN-2099-20", segments=2,
                                                          files_per_segment=1, pages_per_file=10, warc=False))

@@ -30,10 +30,10 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from tasks.config import IndexSettings, IngestSettings
-from tasks.groundtruth import compare_downloads, compare_embeddings, compare_pairs
-from tasks.uri import read_json
-from tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
+from clipcrawl.tasks.core.config import IndexSettings, IngestSettings
+from clipcrawl.tasks.world.groundtruth import compare_downloads, compare_embeddings, compare_pairs
+from clipcrawl.tasks.core.uri import read_json
+from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
 from tests.helpers import recorded_text, secrets_found
 
 ROOT = Path(__file__).resolve().parent.parent

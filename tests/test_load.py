@@ -20,9 +20,9 @@ from prefect.client.schemas.filters import (
     FlowRunFilterParentFlowRunId,
 )
 
-from flows.pipeline import pipeline
-from flows.runner import local_cluster
-from tasks.config import (
+from clipcrawl.flows.pipeline import pipeline
+from clipcrawl.flows.runner import local_cluster
+from clipcrawl.tasks.core.config import (
     ExtractSettings,
     Gate,
     IndexSettings,
@@ -30,9 +30,9 @@ from tasks.config import (
     QualityGates,
     ReportSettings,
 )
-from tasks.groundtruth import compare_downloads, compare_pairs
-from tasks.uri import read_json
-from tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
+from clipcrawl.tasks.world.groundtruth import compare_downloads, compare_pairs
+from clipcrawl.tasks.core.uri import read_json
+from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
 
 SEGMENTS = 100
 TASK_TIMEOUT_S = 300.0

@@ -6,7 +6,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from tasks.neardup import link, near_duplicate_groups, roots
+from clipcrawl.tasks.index.neardup import link, near_duplicate_groups, roots
 
 
 def unit(x: np.ndarray) -> np.ndarray:

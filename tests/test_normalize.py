@@ -5,9 +5,9 @@ from urllib.parse import urljoin
 
 import pytest
 
-from tasks.language import LanguageDetector
-from tasks.normalize import normalize_text, pair_uid, resolve_base, resolve_url, unescape_attribute
-from tasks.status import PairStatus
+from clipcrawl.tasks.ingest.language import LanguageDetector
+from clipcrawl.tasks.ingest.normalize import normalize_text, pair_uid, resolve_base, resolve_url, unescape_attribute
+from clipcrawl.tasks.core.status import PairStatus
 
 
 @pytest.mark.parametrize("raw,decoded", [

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from tasks.optout import ALLOW_ALL, parse_robots, path_matches, x_robots_opt_out
+from clipcrawl.tasks.download.optout import ALLOW_ALL, parse_robots, path_matches, x_robots_opt_out
 
 TOKEN = "clipcrawl"
 

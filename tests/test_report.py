@@ -1,4 +1,4 @@
-"""tasks/report.py on a tiny output tree written by hand: every expected number below is counted from the
+"""tasks/report/stage.py on a tiny output tree written by hand: every expected number below is counted from the
 rows and stats written here (the comments say how), not copied from a run of the code."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks import report, uri
-from tasks.config import ReportSettings
+from clipcrawl.tasks.core import uri
+from clipcrawl.tasks.report import stage as report
+from clipcrawl.tasks.core.config import ReportSettings
 
 THRESHOLD = 0.3
 SETTINGS = ReportSettings(quantiles=(0.0, 0.5, 1.0), thumbnails_per_quantile=1, top_domains=2, min_domain_pairs=3,

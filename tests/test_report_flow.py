@@ -12,13 +12,13 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from flows.artifacts import artifact_key
-from flows.cli import main
-from flows.report import build_report
-from flows.runner import task_runner
-from tasks.config import Gate, QualityGates, ReportSettings
-from tasks.groundtruth import compare_embeddings
-from tasks.status import DownloadStatus
+from clipcrawl.flows.artifacts import artifact_key
+from clipcrawl.flows.cli import main
+from clipcrawl.flows.report import build_report
+from clipcrawl.flows.runner import task_runner
+from clipcrawl.tasks.core.config import Gate, QualityGates, ReportSettings
+from clipcrawl.tasks.world.groundtruth import compare_embeddings
+from clipcrawl.tasks.core.status import DownloadStatus
 from tests.test_artifacts import of_run
 from tests.test_index_flow import index
 

@@ -1,4 +1,4 @@
-"""tasks/report_html.py: the report page of a stats dict (stats.json version 1), its escaping, its
+"""tasks/report/html.py: the report page of a stats dict (stats.json version 1), its escaping, its
 thumbnails from a real shard tar, and the page as headless Chromium draws it."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.report_html import render, tar_thumbnails, write_report
-from tasks.stats import FUNNEL
+from clipcrawl.tasks.report.html import render, tar_thumbnails, write_report
+from clipcrawl.tasks.core.stats import FUNNEL
 from tests.helpers import keep_screenshot, run_chromium
 
 SCRIPT_CAPTION = "<script>alert('x')</script> a red & blue \"circle\""

@@ -13,29 +13,29 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
-from flows.download import download_images
-from flows.embed import embed_and_filter
-from flows.index import build_index
-from flows.ingest import ingest_crawl
-from flows.report import build_report
-from flows.runner import task_runner
-from tasks.config import (
+from clipcrawl.flows.download import download_images
+from clipcrawl.flows.embed import embed_and_filter
+from clipcrawl.flows.index import build_index
+from clipcrawl.flows.ingest import ingest_crawl
+from clipcrawl.flows.report import build_report
+from clipcrawl.flows.runner import task_runner
+from clipcrawl.tasks.core.config import (
     Gate,
     IndexSettings,
     IngestSettings,
     QualityGates,
     ReportSettings,
 )
-from tasks.groundtruth import (
+from clipcrawl.tasks.world.groundtruth import (
     compare_downloads,
     compare_embeddings,
     compare_near_duplicates,
     compare_pairs,
     compare_search,
 )
-from tasks.search import Searcher
-from tasks.uri import atomic_write, exists, listdir, read_json, write_json
-from tasks.world import ImageServer, tiny_clip
+from clipcrawl.tasks.search.search import Searcher
+from clipcrawl.tasks.core.uri import atomic_write, exists, listdir, read_json, write_json
+from clipcrawl.tasks.world import ImageServer, tiny_clip
 from tests.helpers import task_states
 
 OUT = "s3://chain/run"

@@ -1,4 +1,4 @@
-"""tasks/search.py on a tiny index of the synthetic world: two webdataset shards of scenes with known
+"""tasks/search/search.py on a tiny index of the synthetic world: two webdataset shards of scenes with known
 concepts, embedded by the world's tiny CLIP model, indexed exactly with faiss."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tasks.clip_model import load_model
-from tasks.ids import write_ids
-from tasks.search import NotFound, Searcher, format_results
-from tasks.world.scenes import Scene, describe, encode_image, random_scene, render_scene
-from tasks.world.tiny_clip import embed_settings
+from clipcrawl.tasks.embed.clip_model import load_model
+from clipcrawl.tasks.index.ids import write_ids
+from clipcrawl.tasks.search.search import NotFound, Searcher, format_results
+from clipcrawl.tasks.world.scenes import Scene, describe, encode_image, random_scene, render_scene
+from clipcrawl.tasks.world.tiny_clip import embed_settings
 
 RED_CIRCLES, BLUE_STARS, OTHERS = 12, 12, 32
 DUPLICATES = 4          # the last rows: re-encodings of the first red circles, in their duplicate groups

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import DownloadSettings
-from tasks.download import download_shard
-from tasks.shards import ShardSpec
-from tasks.status import DownloadStatus as S
-from tasks.world import ImageServer, WorldSpec, generate_world
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.stage import download_shard
+from clipcrawl.tasks.download.shards import ShardSpec
+from clipcrawl.tasks.core.status import DownloadStatus as S
+from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = sorted((ROOT / "flows").rglob("*.py")) + sorted((ROOT / "tasks").rglob("*.py"))

@@ -1,4 +1,4 @@
-"""tasks/serve.py: the JSON API on a real socket, and the search page rendered by a real headless Chromium."""
+"""tasks/search/serve.py: the JSON API on a real socket, and the search page rendered by a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from tasks.clip_model import load_model
-from tasks.search import Searcher
-from tasks.serve import make_app
-from tasks.world.tiny_clip import embed_settings
+from clipcrawl.tasks.embed.clip_model import load_model
+from clipcrawl.tasks.search.search import Searcher
+from clipcrawl.tasks.search.serve import make_app
+from clipcrawl.tasks.world.tiny_clip import embed_settings
 from tests.helpers import keep_screenshot, run_chromium
 from tests.test_search import build_index
 

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks.config import DownloadSettings
-from tasks.images import process_image
-from tasks.pairs import PAIRS_SCHEMA
-from tasks.shards import (
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.images import process_image
+from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
+from clipcrawl.tasks.download.shards import (
     IMAGES_SCHEMA,
     ShardSpec,
     ShardWriter,

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tasks.world.tiny_clip import (
+from clipcrawl.tasks.world.tiny_clip import (
     FLAGGED_PROMPTS,
     KEPT_CASES,
     NEUTRAL_PROMPTS,

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tasks.uri import atomic_write, join, listdir, name_of, write_json, read_json
+from clipcrawl.tasks.core.uri import atomic_write, join, listdir, name_of, write_json, read_json
 
 
 def test_atomic_write_publishes_whole_files_only(tmp_path):

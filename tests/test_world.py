@@ -27,16 +27,16 @@ from warcio.archiveiterator import ArchiveIterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.config import DownloadSettings
-from tasks.groundtruth import compare_pairs
-from tasks.status import DownloadStatus, PairStatus
-from tasks.world import ImageServer, Scene, WorldSpec, generate_world, render_scene, sample_training_pairs
-from tasks.world.behaviours import BEHAVIOURS, BOMB_SIZE, HUGE_LENGTH, NXDOMAIN_HOST, PRIVATE_ADDRESS, expected_status
-from tasks.world.captions import ALT_CASES, expected_text
-from tasks.world.pages import LICENSE_DECOYS
-from tasks.world.payloads import body as payload
-from tasks.world.scenes import image_spec
-from tasks.world.srcs import SRC_CASES
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.world.groundtruth import compare_pairs
+from clipcrawl.tasks.core.status import DownloadStatus, PairStatus
+from clipcrawl.tasks.world import ImageServer, Scene, WorldSpec, generate_world, render_scene, sample_training_pairs
+from clipcrawl.tasks.world.behaviours import BEHAVIOURS, BOMB_SIZE, HUGE_LENGTH, NXDOMAIN_HOST, PRIVATE_ADDRESS, expected_status
+from clipcrawl.tasks.world.captions import ALT_CASES, expected_text
+from clipcrawl.tasks.world.pages import LICENSE_DECOYS
+from clipcrawl.tasks.world.payloads import body as payload
+from clipcrawl.tasks.world.scenes import image_spec
+from clipcrawl.tasks.world.srcs import SRC_CASES
 
 SPEC = WorldSpec(seed=7, segments=2, files_per_segment=2, pages_per_file=30)
 

@@ -86,7 +86,7 @@ RESTART=1 start dask-cpu-workers "$python" -m dask worker "$scheduler" --name cp
 # the GPU worker's model falls back to the CPU without a GPU, and should then use the cores as a GPU would
 # (Dask sets OMP_NUM_THREADS=1 in worker processes unless its pre-spawn environment says otherwise)
 DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{\"OMP_NUM_THREADS\": $cores}" RESTART=1 start dask-gpu-worker "$python" -m dask worker "$scheduler" --name gpu-0 --nthreads 1 \
-  --resources GPU=1 --preload tasks.clip_model --no-dashboard --host 127.0.0.1
+  --resources GPU=1 --preload clipcrawl.tasks.embed.clip_model --no-dashboard --host 127.0.0.1
 wait_for dask-gpu-worker 120 "$python" -c "
 from distributed import Client
 with Client('$scheduler', timeout=5) as c:

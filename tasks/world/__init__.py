@@ -8,10 +8,10 @@ Image behaviours (503 twice, redirect loop, decompression bomb, X-Robots-Tag...)
 expected download status: tasks/world/behaviours.py.
 """
 
-from tasks.world.generate import World, WorldSpec, generate_world
-from tasks.world.scenes import Scene, describe, render_image, render_scene, sample_training_pairs
-from tasks.world.server import ImageServer
-from tasks.world.tiny_clip import TINY_CLIP_DIR, embed_settings
+from clipcrawl.tasks.world.generate import World, WorldSpec, generate_world
+from clipcrawl.tasks.world.scenes import Scene, describe, render_image, render_scene, sample_training_pairs
+from clipcrawl.tasks.world.server import ImageServer
+from clipcrawl.tasks.world.tiny_clip import TINY_CLIP_DIR, embed_settings
 
 __all__ = ["World", "WorldSpec", "generate_world", "Scene", "describe", "render_scene", "render_image",
            "sample_training_pairs", "ImageServer", "TINY_CLIP_DIR", "embed_settings"]

@@ -1,15 +1,15 @@
-"""python -m tasks.world OUT [--pages-per-file N --wat-only ...]: write a world and print where it is."""
+"""python -m clipcrawl.tasks.world OUT [--pages-per-file N --wat-only ...]: write a world and print where it is."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from tasks.world.generate import WorldSpec, generate_world
+from clipcrawl.tasks.world.generate import WorldSpec, generate_world
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m tasks.world", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m clipcrawl.tasks.world", description=__doc__)
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crawl-id", default="CC-MAIN-2099-13")

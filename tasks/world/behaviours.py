@@ -21,7 +21,7 @@ import ipaddress
 import random
 from dataclasses import dataclass
 
-from tasks.status import DownloadStatus as S
+from clipcrawl.tasks.core.status import DownloadStatus as S
 
 SLOW_DELAY = 0.5          # seconds before a "slow" response: under the test read timeout
 HANG_DELAY = 12.0         # seconds before a "timeout" response: over every timeout of the test (and default) settings

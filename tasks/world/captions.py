@@ -11,7 +11,7 @@ import html
 import random
 from dataclasses import dataclass
 
-from tasks.world.scenes import Scene, describe, random_scene
+from clipcrawl.tasks.world.scenes import Scene, describe, random_scene
 
 # case -> weight; every case also appears once on each file's showcase page.
 ALT_CASES = {

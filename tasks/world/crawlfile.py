@@ -13,11 +13,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tasks.uri import atomic_write
-from tasks.world.pages import Occurrence, PageBuilder, SharedPair
-from tasks.world.records import (MemberWriter, Record, build_record, fields_payload, http_message,
+from clipcrawl.tasks.core.uri import atomic_write
+from clipcrawl.tasks.world.pages import Occurrence, PageBuilder, SharedPair
+from clipcrawl.tasks.world.records import (MemberWriter, Record, build_record, fields_payload, http_message,
                                  http_payload, sha1_digest, wat_record)
-from tasks.world.scenes import encode_image, image_spec, render_scene
+from clipcrawl.tasks.world.scenes import encode_image, image_spec, render_scene
 
 FETCH_KINDS = {"html": 85, "image": 4, "pdf": 3, "json": 3, "redirect": 2, "request_only": 3}
 FORCED_KINDS = {2: "image", 3: "pdf", 4: "json", 5: "request_only", 6: "redirect"}

@@ -23,13 +23,13 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.config import DownloadSettings
-from tasks.status import PairStatus
-from tasks.uri import atomic_write
-from tasks.world.behaviours import RESERVED, TEST_SETTINGS, expected_status, served_size
-from tasks.world.crawlfile import FileSpec, write_crawl_file
-from tasks.world.pages import Occurrence, shared_pairs
-from tasks.world.scenes import describe, image_spec
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.core.status import PairStatus
+from clipcrawl.tasks.core.uri import atomic_write
+from clipcrawl.tasks.world.behaviours import RESERVED, TEST_SETTINGS, expected_status, served_size
+from clipcrawl.tasks.world.crawlfile import FileSpec, write_crawl_file
+from clipcrawl.tasks.world.pages import Occurrence, shared_pairs
+from clipcrawl.tasks.world.scenes import describe, image_spec
 
 GENERATOR_VERSION = 4
 

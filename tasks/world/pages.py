@@ -10,11 +10,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from tasks.status import PairStatus
-from tasks.world.behaviours import BEHAVIOURS, reserved_images, unreserved
-from tasks.world.captions import ALT_CASES, Alt, make_alt, pick_alt_case
-from tasks.world.scenes import image_spec
-from tasks.world.srcs import BAD_SRC_STATUS, SRC_CASES, Resolver, make_src, pick_src_case
+from clipcrawl.tasks.core.status import PairStatus
+from clipcrawl.tasks.world.behaviours import BEHAVIOURS, reserved_images, unreserved
+from clipcrawl.tasks.world.captions import ALT_CASES, Alt, make_alt, pick_alt_case
+from clipcrawl.tasks.world.scenes import image_spec
+from clipcrawl.tasks.world.srcs import BAD_SRC_STATUS, SRC_CASES, Resolver, make_src, pick_src_case
 
 MIN_ALT_LENGTH, MAX_ALT_LENGTH = 5, 4096  # ExtractSettings defaults (LAION-400M)
 # charset -> (page language, weight); non-UTF-8 pages hold text of their own script.

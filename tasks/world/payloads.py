@@ -11,8 +11,8 @@ import zlib
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from tasks.world.behaviours import BOMB_SIZE, TINY_MAX_BYTES, TINY_SIZE
-from tasks.world.scenes import COLOURS, image_spec, render_image, render_scene
+from clipcrawl.tasks.world.behaviours import BOMB_SIZE, TINY_MAX_BYTES, TINY_SIZE
+from clipcrawl.tasks.world.scenes import COLOURS, image_spec, render_image, render_scene
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks.world.behaviours import BEHAVIOURS, FIXED_SIZES, behaviour_of
+from clipcrawl.tasks.world.behaviours import BEHAVIOURS, FIXED_SIZES, behaviour_of
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross", "ring", "hexagon")
 # The stand-in concept a later NSFW-tag stage detects; rare on purpose.

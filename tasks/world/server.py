@@ -27,9 +27,9 @@ import orjson
 import pyarrow.parquet as pq
 import trustme
 
-from tasks.config import DownloadSettings
-from tasks.world import behaviours as bh
-from tasks.world.payloads import BODIES, body, stream_chunk
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.world import behaviours as bh
+from clipcrawl.tasks.world.payloads import BODIES, body, stream_chunk
 
 IMAGE_PATH = re.compile(r"/(\d{6})\.(jpg|png|webp|gif)$")
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}

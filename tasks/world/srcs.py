@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from tasks.status import PairStatus
+from clipcrawl.tasks.core.status import PairStatus
 
 # case -> weight; every case also appears once on each file's showcase page.
 SRC_CASES = {

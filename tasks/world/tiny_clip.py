@@ -20,10 +20,10 @@ from typing import Iterator
 
 import numpy as np
 
-from tasks.config import DownloadSettings, EmbedSettings
-from tasks.world.captions import ALT_CASES, Alt, make_alt
-from tasks.world.pages import CHARSETS, LATIN1_LANGS
-from tasks.world.scenes import FLAGGED_SHAPES, IMAGE_SIZES, PLURALS, SHAPES, Scene, encode_image, \
+from clipcrawl.tasks.core.config import DownloadSettings, EmbedSettings
+from clipcrawl.tasks.world.captions import ALT_CASES, Alt, make_alt
+from clipcrawl.tasks.world.pages import CHARSETS, LATIN1_LANGS
+from clipcrawl.tasks.world.scenes import FLAGGED_SHAPES, IMAGE_SIZES, PLURALS, SHAPES, Scene, encode_image, \
     random_scene, render_scene
 
 TINY_CLIP_DIR = Path(__file__).parent / "clip"
@@ -64,7 +64,7 @@ def world_language(rng: random.Random) -> str:
 
 def downloaded_image(scene: Scene, rng: random.Random, settings: DownloadSettings = DownloadSettings()) -> bytes:
     """The bytes the download stage stores for `scene` served at a random size and format."""
-    from tasks.images import process_image
+    from clipcrawl.tasks.download.images import process_image
 
     fmt = rng.choices(list(SERVED_FORMATS), list(SERVED_FORMATS.values()))[0]
     body = encode_image(render_scene(scene, rng.choice(IMAGE_SIZES)), fmt)
@@ -92,11 +92,11 @@ def held_out_samples(n: int, seed: int = 1) -> Iterator[Sample]:
 
 def encode(model_dir: Path | str, images: list[bytes], texts: list[str], batch_size: int = 256):
     """L2-normalised image and text embeddings (float32 numpy) as the embed stage computes them
-    (tasks.clip_model on the CPU: the same decode, preprocessing and text tower)."""
+    (clipcrawl.tasks.embed.clip_model on the CPU: the same decode, preprocessing and text tower)."""
     import torch
     from PIL import Image
 
-    from tasks.clip_model import load_model
+    from clipcrawl.tasks.embed.clip_model import load_model
 
     model = load_model(embed_settings(device="cpu").model_copy(update={"checkpoint": str(model_dir)}))
     img = [model.encode_images(torch.from_numpy(np.stack([model.prepare(Image.open(io.BytesIO(b)))
@@ -115,7 +115,7 @@ def evaluate(model_dir: Path | str = TINY_CLIP_DIR, n: int = 1200, seed: int = 1
     """On held-out samples: accuracy of the similarity filter (`similarity >= 0.3` vs `matches`), NSFW tag
     rates, and text search: for each (colour, shape) concept present, the share of the first
     min(10, n) images that `search_query` ranks first which show it (n: images of the concept)."""
-    from tasks.embed import NSFW, nsfw_tags
+    from clipcrawl.tasks.embed.stage import NSFW, nsfw_tags
 
     samples = list(held_out_samples(n, seed))
     prompts = NEUTRAL_PROMPTS + FLAGGED_PROMPTS

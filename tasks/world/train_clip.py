@@ -1,6 +1,6 @@
 """Train the tiny CLIP model of the synthetic world.
 
-    python -m tasks.world.train_clip [--out DIR] [--steps N] [--seed S]
+    python -m clipcrawl.tasks.world.train_clip [--out DIR] [--steps N] [--seed S]
 
 Writes DIR/open_clip_config.json and DIR/open_clip_model.safetensors (fp16, open_clip's local-dir
 layout; default DIR: tasks/world/clip/) and prints the held-out evaluation. Deterministic by seed.
@@ -37,10 +37,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tasks.clip_model import encode_text_trimmed
-from tasks.world.captions import make_alt
-from tasks.world.scenes import COLOURS, FLAGGED_SHAPES, PLURALS, SHAPES, Scene, describe, random_scene
-from tasks.world.tiny_clip import FLAGGED_RATE, KEPT_CASES, THRESHOLD, TINY_CLIP_DIR, downloaded_image, evaluate, \
+from clipcrawl.tasks.embed.clip_model import encode_text_trimmed
+from clipcrawl.tasks.world.captions import make_alt
+from clipcrawl.tasks.world.scenes import COLOURS, FLAGGED_SHAPES, PLURALS, SHAPES, Scene, describe, random_scene
+from clipcrawl.tasks.world.tiny_clip import FLAGGED_RATE, KEPT_CASES, THRESHOLD, TINY_CLIP_DIR, downloaded_image, evaluate, \
     world_language
 
 CONFIG = {

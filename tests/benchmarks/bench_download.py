@@ -24,7 +24,7 @@ would otherwise hold it to 8 connections to the single host while img2dataset us
 threads).
 
 Lines of the table:
-  clipcrawl engine   tasks.download.download_shard for each shard in one process (what a Dask
+  clipcrawl engine   clipcrawl.tasks.download.stage.download_shard for each shard in one process (what a Dask
                      worker runs), processes=2 image workers, concurrency requests in flight
   clipcrawl CLI      `clipcrawl download` end to end: Prefect flow + a local Dask cluster
   img2dataset        --processes_count 2 --thread_count N, multiprocessing distributor
@@ -62,9 +62,9 @@ ENGINE_SCRIPT = """
 if __name__ == "__main__":
     import json, sys
     sys.path.insert(0, {root!r})
-    from tasks.config import DownloadSettings
-    from tasks.download import download_shard
-    from tasks.shards import plan_shards
+    from clipcrawl.tasks.core.config import DownloadSettings
+    from clipcrawl.tasks.download.stage import download_shard
+    from clipcrawl.tasks.download.shards import plan_shards
     pairs, out, settings = sys.argv[1], sys.argv[2], DownloadSettings(**json.loads(sys.argv[3]))
     stats = []
     for spec in plan_shards([pairs], settings.shard_size):

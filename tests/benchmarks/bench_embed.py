@@ -11,7 +11,7 @@ object for both) and both paths warmed up once on a small separate shard:
   plain loop   the code a user writes with open_clip: tarfile in order, PIL open + convert RGB,
                preprocess, batches of --batch-size, model.encode_image / encode_text(tokenizer(..))
                under no_grad, normalise, np.save. Single-threaded Python, no overlap.
-  clipcrawl    tasks.embed.embed_shard(tar, out, settings) for each shard: embeddings, similarity,
+  clipcrawl    clipcrawl.tasks.embed.stage.embed_shard(tar, out, settings) for each shard: embeddings, similarity,
                NSFW tag, metadata and dataset parquet, stats.
 
 Models: tiny = tasks/world/clip/ (the world's trained tiny CLIP) or, until it exists, a random-init
@@ -52,7 +52,7 @@ TINY_DIR = os.path.join(ROOT, "tasks", "world", "clip")
 
 def model_settings(name: str, args, work: str):
     """EmbedSettings for a --models entry, and a line saying what it is."""
-    from tasks.config import EmbedSettings
+    from clipcrawl.tasks.core.config import EmbedSettings
 
     common = {"batch_size": args.batch_size, "loader_threads": args.loader_threads, "device": args.device,
               "precision": args.precision, "pretrained": None}
@@ -79,7 +79,7 @@ def run_plain(clip, tars: list[str], batch_size: int, out: str) -> dict:
 
 
 def run_ours(tars: list[str], settings, out: str) -> dict:
-    from tasks.embed import embed_shard
+    from clipcrawl.tasks.embed.stage import embed_shard
 
     fresh_dir(out)
     stats = []
@@ -105,7 +105,7 @@ def stage_times(stats: list[dict]) -> dict:
 def bench_model(name: str, args, work: str, tars: list[str], warm_tar: str, n: int) -> dict:
     import torch
 
-    from tasks.clip_model import worker_model
+    from clipcrawl.tasks.embed.clip_model import worker_model
 
     settings, what = model_settings(name, args, work)
     t = time.perf_counter()

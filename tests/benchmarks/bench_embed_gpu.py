@@ -10,7 +10,7 @@ process_image, 256 border jpg + caption), with a process per core. The model has
 unless --pretrained names cached ones (same speed either way), fp16 on cuda:0. After a warm-up
 shard, it measures:
 
-  end to end     tasks.embed.embed_shard over every shard (read, decode, preprocess, tokenize, both
+  end to end     clipcrawl.tasks.embed.stage.embed_shard over every shard (read, decode, preprocess, tokenize, both
                  towers, similarity, NSFW tag, outputs written): images/s, best of --repeat
   decode         PIL open + convert RGB of one shard's jpgs already in memory: 1 thread, N threads
   preprocess     the model's preprocess of those decoded images: 1 thread, N threads
@@ -24,7 +24,7 @@ shard, it measures:
   encode_images  ClipModel.encode_images as embed_shard calls it: uint8 CPU pixels in (pinned, to the GPU,
                  normalised there), numpy out
   text trimmed   the text tower run only up to the batch's longest caption, as embed_shard runs it
-                 (tasks.clip_model.encode_text_trimmed; the same result with a causal mask and
+                 (clipcrawl.tasks.embed.clip_model.encode_text_trimmed; the same result with a causal mask and
                  end-token pooling)
   plain loop     the straightforward open_clip loop over one shard (single thread, no overlap)
 
@@ -114,7 +114,7 @@ def parts(clip, tar: str, threads: int, batch_size: int, repeat: int, limit: int
     """images/s of each part of the stage, measured alone on (up to `limit` samples of) one shard."""
     import torch
 
-    from tasks.clip_model import encode_text_trimmed
+    from clipcrawl.tasks.embed.clip_model import encode_text_trimmed
 
     samples = shard_members(tar)[:limit]
     blobs, texts = [s[1] for s in samples], [s[2] for s in samples]
@@ -216,9 +216,9 @@ def main() -> None:
     print(f"shards: {len(tars)} x {args.shard_size} samples ({n} in all, {size / 1e6:.0f} MB of tar) in "
           f"{os.path.dirname(tars[0])}, {f'made in {made:.0f} s' if made else 'reused'}", flush=True)
 
-    from tasks.clip_model import worker_model
-    from tasks.config import EmbedSettings
-    from tasks.embed import embed_shard
+    from clipcrawl.tasks.embed.clip_model import worker_model
+    from clipcrawl.tasks.core.config import EmbedSettings
+    from clipcrawl.tasks.embed.stage import embed_shard
 
     precision = args.precision if device == "cuda" else "fp32"
     settings = EmbedSettings(model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=device,

@@ -25,9 +25,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from isal import igzip  # noqa: E402
 
-from tasks.config import ExtractSettings  # noqa: E402
-from tasks.extract import FileStats, iter_pairs  # noqa: E402
-from tasks.normalize import normalize_text, resolve_url, unescape_attribute  # noqa: E402
+from clipcrawl.tasks.core.config import ExtractSettings  # noqa: E402
+from clipcrawl.tasks.ingest.extract import FileStats, iter_pairs  # noqa: E402
+from clipcrawl.tasks.ingest.normalize import normalize_text, resolve_url, unescape_attribute  # noqa: E402
 
 CC2_SCRIPT = """
 import json, sys, time
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
 
-    from tasks.world import WorldSpec, generate_world
+    from clipcrawl.tasks.world import WorldSpec, generate_world
 
     t = time.perf_counter()
     spec = WorldSpec(seed=7, segments=1, files_per_segment=1, pages_per_file=args.pages, warc=False,

@@ -2,7 +2,7 @@
 the plain open_clip loop clipcrawl is measured against, and reading back what embed_shard wrote.
 
 Shards: FOLDER/images/{shard:05d}.tar + .parquet + _stats.json (img2dataset layout, written by
-tasks.shards.ShardWriter). Each sample is a world scene rendered at one of the world's image sizes,
+clipcrawl.tasks.download.shards.ShardWriter). Each sample is a world scene rendered at one of the world's image sizes,
 encoded as the image server would (jpg q90), then passed through the download stage's own
 process_image (LAION defaults: 256 border, jpg q95), with a caption that describes it.
 Generation is CPU-bound (~5 ms a sample): chunks of samples go to a pool of forked processes and
@@ -25,11 +25,11 @@ import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from tasks.config import DownloadSettings
-from tasks.images import process_image
-from tasks.normalize import pair_uid
-from tasks.shards import ShardWriter, sample_key, shard_name
-from tasks.world.scenes import (
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.images import process_image
+from clipcrawl.tasks.ingest.normalize import pair_uid
+from clipcrawl.tasks.download.shards import ShardWriter, sample_key, shard_name
+from clipcrawl.tasks.world.scenes import (
     IMAGE_SIZES,
     describe,
     encode_image,

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.uri import atomic_write, open_uri
+from clipcrawl.tasks.core.uri import atomic_write, open_uri
 
 ROW_GROUP = 65536
 UID_SPACE = 1 << 64

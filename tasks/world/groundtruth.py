@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from tasks.uri import join, listdir, open_uri
+from clipcrawl.tasks.core.uri import join, listdir, open_uri
 
 
 def _pair_columns(out: str, columns: list[str]):
@@ -132,7 +132,7 @@ def _scenes_by_url(world) -> dict[str, dict]:
 def compare_search(world, searcher, k: int = 10) -> dict:
     """Query the index for the concept (colour and shape) it holds most images of, in the world's words,
     and count how many of the first results show that concept."""
-    from tasks.world.tiny_clip import search_query
+    from clipcrawl.tasks.world.tiny_clip import search_query
 
     scenes = _scenes_by_url(world)
     urls = searcher.ids.column("url")
@@ -152,7 +152,7 @@ def compare_search(world, searcher, k: int = 10) -> dict:
 def compare_near_duplicates(world, out: str) -> dict:
     """Near-duplicate groups of OUT/index against the world's truth: samples of one image (the world serves
     an image under several URLs) belong in one group; samples of different images do not."""
-    from tasks.ids import IdTable
+    from clipcrawl.tasks.index.ids import IdTable
 
     ids = IdTable(join(out, "index", "ids.parquet"))
     scenes = _scenes_by_url(world)

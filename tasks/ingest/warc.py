@@ -7,7 +7,7 @@ import re
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
-from tasks.wat import LICENSE_MARKER, MalformedRecord, PageLinks, is_license_rel, relative_licenses
+from clipcrawl.tasks.ingest.wat import LICENSE_MARKER, MalformedRecord, PageLinks, is_license_rel, relative_licenses
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _SNIFF = re.compile(rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body|meta|title)[\s>]", re.I | re.S)

@@ -5,7 +5,7 @@ robots.txt, X-Robots-Tag opt-outs, backoff) and safe (SSRF guard, size caps, tim
         results = await asyncio.gather(*(fetcher.fetch(url) for url in urls))
 
 fetch() never raises for a bad URL or server: every outcome is a FetchResult whose status is
-from the closed DownloadStatus set. Image decoding checks happen later (tasks.images).
+from the closed DownloadStatus set. Image decoding checks happen later (clipcrawl.tasks.download.images).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
-from tasks.config import DownloadSettings
-from tasks.optout import ALLOW_ALL, ROBOTS_MAX_BYTES, RobotsRules, parse_robots, x_robots_opt_out
-from tasks.status import DownloadStatus as S
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.optout import ALLOW_ALL, ROBOTS_MAX_BYTES, RobotsRules, parse_robots, x_robots_opt_out
+from clipcrawl.tasks.core.status import DownloadStatus as S
 
 USER_AGENT = "Mozilla/5.0 (compatible; {token}/0.1; +https://github.com/clipcrawl/clipcrawl)"
 SCHEMES = ("http", "https")

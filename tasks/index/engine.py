@@ -23,8 +23,8 @@ import faiss
 import numpy as np
 from faiss.contrib.exhaustive_search import knn_ground_truth
 
-from tasks import uri as uris
-from tasks.config import IndexSettings
+from clipcrawl.tasks.core import uri as uris
+from clipcrawl.tasks.core.config import IndexSettings
 
 log = logging.getLogger(__name__)
 

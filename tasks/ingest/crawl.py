@@ -8,8 +8,8 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 
-from tasks.config import COMMON_CRAWL_HTTPS, COMMON_CRAWL_S3
-from tasks.uri import exists, join, open_uri, read_json
+from clipcrawl.tasks.core.config import COMMON_CRAWL_HTTPS, COMMON_CRAWL_S3
+from clipcrawl.tasks.core.uri import exists, join, open_uri, read_json
 
 COLLINFO_URI = "https://index.commoncrawl.org/collinfo.json"
 

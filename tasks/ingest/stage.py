@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from tasks import dedup
-from tasks.cache import cache_key, retry_transient
-from tasks.config import ExtractSettings
-from tasks.extract import FileStats, iter_pairs
-from tasks.status import FileStatus, PairStatus
-from tasks.uri import atomic_write, join, name_of, open_uri, write_json
+from clipcrawl.tasks.ingest import dedup
+from clipcrawl.tasks.core.cache import cache_key, retry_transient
+from clipcrawl.tasks.core.config import ExtractSettings
+from clipcrawl.tasks.ingest.extract import FileStats, iter_pairs
+from clipcrawl.tasks.core.status import FileStatus, PairStatus
+from clipcrawl.tasks.core.uri import atomic_write, join, name_of, open_uri, write_json
 
 PAIRS_SCHEMA = pa.schema([
     ("uid", pa.uint64()), ("url", pa.string()), ("text", pa.string()), ("page_url", pa.string()),

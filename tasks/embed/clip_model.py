@@ -21,7 +21,7 @@ from open_clip.transformer import text_global_pool
 from PIL.JpegImagePlugin import JpegImageFile
 from torchvision.transforms import CenterCrop, Compose, Normalize, ToTensor
 
-from tasks.config import EmbedSettings
+from clipcrawl.tasks.core.config import EmbedSettings
 
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 

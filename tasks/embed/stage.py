@@ -30,12 +30,12 @@ import torch
 from PIL import Image
 from prefect import task
 
-from tasks.cache import cache_key
-from tasks.clip_model import ClipModel, weights_fingerprint, worker_model
-from tasks.config import EmbedSettings
-from tasks.images import WEB_FORMATS
-from tasks.status import NSFW, UNLIKELY, UNSURE, DownloadStatus, EmbedStatus
-from tasks.uri import atomic_write, join, listdir, name_of, open_uri, write_json
+from clipcrawl.tasks.core.cache import cache_key
+from clipcrawl.tasks.embed.clip_model import ClipModel, weights_fingerprint, worker_model
+from clipcrawl.tasks.core.config import EmbedSettings
+from clipcrawl.tasks.download.images import WEB_FORMATS
+from clipcrawl.tasks.core.status import NSFW, UNLIKELY, UNSURE, DownloadStatus, EmbedStatus
+from clipcrawl.tasks.core.uri import atomic_write, join, listdir, name_of, open_uri, write_json
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "webp", "png"}  # what download writes (encode_format) and webdataset readers take
 # In the embed task's cache key: raise it when the same images and weights would embed otherwise

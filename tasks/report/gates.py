@@ -6,7 +6,7 @@ was not measured (its stage did not run) or whose threshold is empty is skipped,
 
 from __future__ import annotations
 
-from tasks.config import QualityGates
+from clipcrawl.tasks.core.config import QualityGates
 
 RATE_OF_GATE = {
     "min_download_success_rate": "download_success_rate",

@@ -1,6 +1,6 @@
 """One shard of pairs -> OUT/images/{shard:05d}.tar/.parquet/_stats.json.
 
-Network I/O runs on an asyncio loop (tasks/fetch.py); decoding and resizing are
+Network I/O runs on an asyncio loop (tasks/download/fetch.py); decoding and resizing are
 CPU-bound and run in a process pool kept per worker process, overlapped with the
 downloads. Memory is bounded: at most `concurrency` bodies wait for the pool.
 """
@@ -18,13 +18,13 @@ import time
 
 from prefect import task
 
-from tasks.cache import cache_key
-from tasks.config import DownloadSettings
-from tasks.fetch import Fetcher
-from tasks.images import process_image
-from tasks.normalize import pair_uid
-from tasks.shards import ShardSpec, ShardWriter, read_shard_rows, sample_key
-from tasks.status import DownloadStatus
+from clipcrawl.tasks.core.cache import cache_key
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.fetch import Fetcher
+from clipcrawl.tasks.download.images import process_image
+from clipcrawl.tasks.ingest.normalize import pair_uid
+from clipcrawl.tasks.download.shards import ShardSpec, ShardWriter, read_shard_rows, sample_key
+from clipcrawl.tasks.core.status import DownloadStatus
 
 logger = logging.getLogger(__name__)
 _POOLS: dict[int, concurrent.futures.Executor] = {}

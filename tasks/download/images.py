@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tasks.config import DownloadSettings
-from tasks.status import DownloadStatus
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.core.status import DownloadStatus
 
 Image.init()
 # The formats a web image can have. Everything else (EPS, PDF, PSD, ...) is not_an_image.

@@ -1,4 +1,4 @@
-"""The data-quality report page: a stats dict (stats.json version 1, tasks/report.py) -> one HTML file.
+"""The data-quality report page: a stats dict (stats.json version 1, tasks/report/stage.py) -> one HTML file.
 
 The page holds everything it shows: inline CSS, plots as base64 PNG drawn by matplotlib's Agg canvas
 (plain Figure objects, not pyplot, so rendering is safe in worker threads and leaves no global figure
@@ -20,9 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from tasks.shards import read_member, tar_members
-from tasks.stats import top_reasons
-from tasks.uri import atomic_write, join
+from clipcrawl.tasks.download.shards import read_member, tar_members
+from clipcrawl.tasks.core.stats import top_reasons
+from clipcrawl.tasks.core.uri import atomic_write, join
 
 Thumbnail = Callable[[dict], "bytes | None"]
 KEPT, REJECTED, NEUTRAL = "#2a9d8f", "#e76f51", "#4c72b0"

@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from tasks import stats as stage_stats
-from tasks.cache import retry_transient
-from tasks.config import ReportSettings
-from tasks.gates import check_gates
-from tasks.status import NSFW_TAGS, DownloadStatus, PairStatus
-from tasks.uri import exists, join, listdir, name_of, open_uri, read_json, write_json
+from clipcrawl.tasks.core import stats as stage_stats
+from clipcrawl.tasks.core.cache import retry_transient
+from clipcrawl.tasks.core.config import ReportSettings
+from clipcrawl.tasks.report.gates import check_gates
+from clipcrawl.tasks.core.status import NSFW_TAGS, DownloadStatus, PairStatus
+from clipcrawl.tasks.core.uri import exists, join, listdir, name_of, open_uri, read_json, write_json
 
 VERSION = 1
 BATCH_ROWS = 65_536
@@ -280,7 +280,7 @@ def _pair_steps(ingest: dict) -> dict[str, int]:
 
 
 def _funnel_counts(details: dict, counts: dict, index: dict | None) -> dict[str, int | None]:
-    """Each funnel step's count (tasks.stats definitions); null for the steps of stages that did not run."""
+    """Each funnel step's count (clipcrawl.tasks.core.stats definitions); null for the steps of stages that did not run."""
     def total(step: str) -> int:
         return sum(s.get(step, 0) for s in counts["segments"].values())
     funnel = dict.fromkeys(step for step, _ in stage_stats.FUNNEL)
@@ -446,7 +446,7 @@ def finish_report(out: str, summaries: list[dict], settings: ReportSettings, gro
     """Add the shard summaries up, check the quality gates, publish stats.json and index.html (also when a gate
     is crossed: the report is what shows why)."""
     # matplotlib is imported only where the page is drawn
-    from tasks.report_html import write_report
+    from clipcrawl.tasks.report.html import write_report
 
     stats = build_stats(out, summaries, settings, ground_truth)
     stats["gates"] = check_gates(stats["rates"], settings.gates)

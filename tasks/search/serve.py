@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from tasks.search import MODALITIES, NotFound, Searcher
+from clipcrawl.tasks.search.search import MODALITIES, NotFound, Searcher
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 1000

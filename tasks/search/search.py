@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from tasks.ids import IdTable
-from tasks.index import read_index
-from tasks.shards import IMAGE_TYPES, read_member, tar_members
-from tasks.uri import exists, join, read_json
+from clipcrawl.tasks.index.ids import IdTable
+from clipcrawl.tasks.index.engine import read_index
+from clipcrawl.tasks.download.shards import IMAGE_TYPES, read_member, tar_members
+from clipcrawl.tasks.core.uri import exists, join, read_json
 
 if TYPE_CHECKING:
-    from tasks.clip_model import ClipModel
+    from clipcrawl.tasks.embed.clip_model import ClipModel
 
 MODALITIES = ("image", "text")
 DEDUP_FETCH = 4        # deduplicate: search this many times k, more while groups repeat
@@ -44,7 +44,7 @@ def query_pixels(model: ClipModel, data: bytes) -> np.ndarray:
     only; a large JPEG at reduced scale), so an indexed image finds itself; ValueError naming the reason."""
     from PIL import Image, ImageOps
 
-    from tasks.images import WEB_FORMATS
+    from clipcrawl.tasks.download.images import WEB_FORMATS
 
     try:
         with Image.open(io.BytesIO(data), formats=WEB_FORMATS) as image:
@@ -93,8 +93,8 @@ class Searcher:
         """The CLIP model of the index (index_infos.json "clip"), loaded on first use."""
         with self._lock:
             if self._model is None:
-                from tasks.clip_model import load_model
-                from tasks.config import EmbedSettings
+                from clipcrawl.tasks.embed.clip_model import load_model
+                from clipcrawl.tasks.core.config import EmbedSettings
 
                 self._model = load_model(EmbedSettings(**self.infos["clip"]))
             return self._model

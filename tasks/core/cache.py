@@ -6,8 +6,8 @@ import hashlib
 import json
 import logging
 
-from tasks import __version__
-from tasks.errors import is_transient
+from clipcrawl.tasks import __version__
+from clipcrawl.tasks.core.errors import is_transient
 
 # Settings that say how long to wait, not what to make: raising one after a timeout keeps the finished work cached.
 NOT_IN_KEY = {"shard_timeout", "file_timeout"}

@@ -54,5 +54,5 @@ class EmbedStatus(StrEnum):
     DECODE_ERROR = "decode_error"    # the tar member's bytes do not decode as an image
 
 
-# LAION-400M's NSFW tag, the values of the NSFW column (tasks/embed.py tags, the report counts), most flagged first
+# LAION-400M's NSFW tag, the values of the NSFW column (tasks/embed/stage.py tags, the report counts), most flagged first
 NSFW, UNSURE, UNLIKELY = NSFW_TAGS = ("NSFW", "UNSURE", "UNLIKELY")

@@ -1,6 +1,6 @@
 """Opt-outs a site declares for our user agent: X-Robots-Tag headers and robots.txt.
 
-Pure functions on header values and robots.txt text; tasks.fetch does the network part.
+Pure functions on header values and robots.txt text; clipcrawl.tasks.download.fetch does the network part.
 robots.txt follows RFC 9309 (Google's rules): the most specific user-agent group wins,
 the longest matching pattern decides, `*` and `$` wildcards, an Allow wins a tie.
 """

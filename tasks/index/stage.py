@@ -25,10 +25,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
-from tasks.cache import retry_transient
-from tasks.config import IndexSettings
-from tasks.ids import IdTable, write_ids
-from tasks.index import (
+from clipcrawl.tasks.core.cache import retry_transient
+from clipcrawl.tasks.core.config import IndexSettings
+from clipcrawl.tasks.index.ids import IdTable, write_ids
+from clipcrawl.tasks.index.engine import (
     Part,
     add,
     apply_params,
@@ -43,8 +43,8 @@ from tasks.index import (
     vector_batches,
     write_index,
 )
-from tasks.neardup import near_duplicate_groups
-from tasks.uri import (
+from clipcrawl.tasks.index.neardup import near_duplicate_groups
+from clipcrawl.tasks.core.uri import (
     atomic_write,
     exists,
     filesystem,

@@ -20,10 +20,10 @@ from typing import Any, Self
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.images import ImageResult
-from tasks.pairs import PAIRS_SCHEMA
-from tasks.status import DownloadStatus
-from tasks.uri import atomic_write, is_local, join, open_uri, write_json
+from clipcrawl.tasks.download.images import ImageResult
+from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
+from clipcrawl.tasks.core.status import DownloadStatus
+from clipcrawl.tasks.core.uri import atomic_write, is_local, join, open_uri, write_json
 
 # The columns of images/{shard}.parquet every shard has, whatever its rows; the pairs' other
 # columns (page_url, source, language, ...) follow as passthrough.

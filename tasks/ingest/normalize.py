@@ -12,7 +12,7 @@ from urllib.parse import urljoin, urlsplit
 
 import xxhash
 
-from tasks.status import PairStatus
+from clipcrawl.tasks.core.status import PairStatus
 
 _ASCII_WS = " \t\n\r\f"
 _DROP_TAB_NEWLINE = str.maketrans("", "", "\t\n\r")  # WHATWG URL parser removes them anywhere

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.uri import atomic_write, open_uri
+from clipcrawl.tasks.core.uri import atomic_write, open_uri
 
 IDS_ROW_GROUP = 65_536
 IDS_SCHEMA = pa.schema([

@@ -1,7 +1,7 @@
 """What the stages' stats files mean, in one place: the funnel's steps, the counts in and out of one
 file or shard, its main failure reasons, and the label a run's artifacts are kept under.
 
-The Prefect artifacts of every flow and the report (tasks/report.py) read the stats files through
+The Prefect artifacts of every flow and the report (tasks/report/stage.py) read the stats files through
 these definitions, so a number means the same on the Artifacts page and in report/index.html.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 
-from tasks.status import DownloadStatus, EmbedStatus, PairStatus
-from tasks.uri import exists, join, name_of, read_json
+from clipcrawl.tasks.core.status import DownloadStatus, EmbedStatus, PairStatus
+from clipcrawl.tasks.core.uri import exists, join, name_of, read_json
 
 # The funnel, in order; each step's count is a subset of the one before, except `indexed`
 # (near-duplicates are marked, not dropped, so the index holds every CLIP-passed sample).
