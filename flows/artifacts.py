@@ -55,8 +55,12 @@ class Progress:
     def __init__(self, stage: str, label: str, total: int):
         self.stage, self.total = stage, total
         self.every = max(1, math.ceil(total / PROGRESS_UPDATES))
-        self.id = publish(create_progress_artifact, progress=0.0 if total else 100.0,
-                          key=artifact_key(stage, label, "progress"), description=self.describe(0, 0))
+        self.id = publish(
+            create_progress_artifact,
+            progress=0.0 if total else 100.0,
+            key=artifact_key(stage, label, "progress"),
+            description=self.describe(0, 0),
+        )
 
     def describe(self, finished: int, failed: int) -> str:
         return f"{self.stage}: {finished}/{self.total} done, {failed} failed"
@@ -64,8 +68,12 @@ class Progress:
     def step(self, finished: int, failed: int) -> None:
         """`finished` units of `total` have ended, `failed` of them failed."""
         if self.id and (finished % self.every == 0 or finished == self.total):
-            publish(update_progress_artifact, artifact_id=self.id, progress=100.0 * finished / self.total,
-                    description=self.describe(finished, failed))
+            publish(
+                update_progress_artifact,
+                artifact_id=self.id,
+                progress=100.0 * finished / self.total,
+                description=self.describe(finished, failed),
+            )
 
 
 def task_runs(ids: list) -> dict:
@@ -75,7 +83,7 @@ def task_runs(ids: list) -> dict:
         with get_client(sync_client=True) as client:
             while True:
                 for start in range(0, len(ids), API_PAGE):
-                    page = TaskRunFilter(id=TaskRunFilterId(any_=ids[start:start + API_PAGE]))
+                    page = TaskRunFilter(id=TaskRunFilterId(any_=ids[start : start + API_PAGE]))
                     found = client.read_task_runs(task_run_filter=page, sort=TaskRunSort.ID_DESC, limit=API_PAGE)
                     runs |= {r.id: r for r in found}
                 recorded = len(runs) == len(ids) and all(r.state and r.state.is_final() for r in runs.values())
@@ -90,7 +98,7 @@ def task_runs(ids: list) -> dict:
 def one_line(text: str, limit: int = 300) -> str:
     """A message fit for a table cell."""
     text = " ".join(str(text).split()).replace("|", "/")
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def unit_rows(stage: str, futures: dict, counts: dict, done: dict, failed: dict) -> list[dict]:
@@ -104,34 +112,53 @@ def unit_rows(stage: str, futures: dict, counts: dict, done: dict, failed: dict)
         else:
             state, reasons = future.state.name, top_reasons(count["reasons"])
             status = done[unit]["status"] if stage == "ingest" else FileStatus.OK
-        rows.append({"unit": str(unit), "state": state, "status": str(status),
-                     "seconds": round(run.total_run_time.total_seconds() if run else count.get("seconds", 0.0), 2),
-                     "retries": max(0, run.run_count - 1) if run else None,
-                     "in": count.get("in"), "out": count.get("out"), "reasons": reasons})
+        rows.append(
+            {
+                "unit": str(unit),
+                "state": state,
+                "status": str(status),
+                "seconds": round(run.total_run_time.total_seconds() if run else count.get("seconds", 0.0), 2),
+                "retries": max(0, run.run_count - 1) if run else None,
+                "in": count.get("in"),
+                "out": count.get("out"),
+                "reasons": reasons,
+            }
+        )
     return rows
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
     """A markdown table, numbers right-aligned."""
     align = ["---:" if any(isinstance(r[i], (int, float)) for r in rows) else "---" for i in range(len(header))]
-    return ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |",
-            *("| " + " | ".join("-" if v is None else str(v) for v in row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(align) + " |",
+        *("| " + " | ".join("-" if v is None else str(v) for v in row) + " |" for row in rows),
+    ]
 
 
 def units_of(stage: str) -> str:
     return "files" if stage == "ingest" else "shards"
 
 
-def stage_markdown(stage: str, label: str, output: str, rows: list[dict], reasons: dict,
-                   wall_seconds: float | None) -> str:
+def stage_markdown(
+    stage: str, label: str, output: str, rows: list[dict], reasons: dict, wall_seconds: float | None
+) -> str:
     kind = units_of(stage)
     states = {s: sum(r["state"] == s for r in rows) for s in ("Completed", "Cached", "Failed")}
     items_in, items_out = (sum(r[k] or 0 for r in rows) for k in ("in", "out"))
     wall = "-" if wall_seconds is None else f"{wall_seconds:.1f} s"
-    lines = [f"# {stage}: {label}", "", f"Output: `{output}`", "",
-             *table([kind, "completed", "cached", "failed", "in", "out", "task seconds", "wall"],
-                    [[len(rows), *states.values(), items_in, items_out, round(sum(r["seconds"] for r in rows), 1),
-                      wall]]), ""]
+    lines = [
+        f"# {stage}: {label}",
+        "",
+        f"Output: `{output}`",
+        "",
+        *table(
+            [kind, "completed", "cached", "failed", "in", "out", "task seconds", "wall"],
+            [[len(rows), *states.values(), items_in, items_out, round(sum(r["seconds"] for r in rows), 1), wall]],
+        ),
+        "",
+    ]
     lines += [*table(["status", kind], sorted(Counter(r["status"] for r in rows).items())), ""]
     ranked = sorted(((k, v) for k, v in reasons.items() if v), key=lambda kv: (-kv[1], kv[0]))
     if ranked:
@@ -142,8 +169,9 @@ def stage_markdown(stage: str, label: str, output: str, rows: list[dict], reason
     return "\n".join(lines)
 
 
-def publish_stage(stage: str, label: str, output: str, futures: dict, done: dict, failed: dict,
-                  wall_seconds: float | None = None) -> None:
+def publish_stage(
+    stage: str, label: str, output: str, futures: dict, done: dict, failed: dict, wall_seconds: float | None = None
+) -> None:
     """The table (one row per unit, failed ones included) and the markdown summary of one stage run.
 
     futures: {unit: the future of its main task}; done: {unit: its stats}; failed: {unit: error message}."""
@@ -152,29 +180,62 @@ def publish_stage(stage: str, label: str, output: str, futures: dict, done: dict
     reasons = {}
     for count in counts.values():
         add_counts(reasons, count["reasons"])
-    publish(create_table_artifact, table=rows, key=artifact_key(stage, label, "units"),
-            description=f"{stage} of {label}: one row per {units_of(stage)[:-1]}")
-    publish(create_markdown_artifact, markdown=stage_markdown(stage, label, output, rows, reasons, wall_seconds),
-            key=artifact_key(stage, label), description=f"{stage} of {label} into {output}")
+    publish(
+        create_table_artifact,
+        table=rows,
+        key=artifact_key(stage, label, "units"),
+        description=f"{stage} of {label}: one row per {units_of(stage)[:-1]}",
+    )
+    publish(
+        create_markdown_artifact,
+        markdown=stage_markdown(stage, label, output, rows, reasons, wall_seconds),
+        key=artifact_key(stage, label),
+        description=f"{stage} of {label} into {output}",
+    )
 
 
 def publish_index(label: str, output: str, infos: dict, wall_seconds: float | None = None) -> None:
     """build_index's artifacts: a row per modality (index key, vectors, recall, latency, seconds) and a summary."""
-    rows = [{"modality": m, "index_key": infos[m]["index_key"], "params": infos[m]["params"] or "exact",
-             "vectors": infos[m]["vectors"], "recall_at_k": infos[m]["recall_at_k"], "k": infos[m]["k"],
-             "p50_ms": infos[m]["p50_ms"], "p99_ms": infos[m]["p99_ms"],
-             "seconds": infos[m].get("build_s", infos[m].get("add_s"))} for m in ("image", "text")]
+    rows = [
+        {
+            "modality": m,
+            "index_key": infos[m]["index_key"],
+            "params": infos[m]["params"] or "exact",
+            "vectors": infos[m]["vectors"],
+            "recall_at_k": infos[m]["recall_at_k"],
+            "k": infos[m]["k"],
+            "p50_ms": infos[m]["p50_ms"],
+            "p99_ms": infos[m]["p99_ms"],
+            "seconds": infos[m].get("build_s", infos[m].get("add_s")),
+        }
+        for m in ("image", "text")
+    ]
     near = infos["near_duplicates"]
     wall = "-" if wall_seconds is None else f"{wall_seconds:.1f} s"
-    lines = [f"# index: {label}", "", f"Output: `{output}`", "",
-             f"{infos['count']} vectors from {len(infos['shards'])} shards, wall {wall}.", "",
-             *table(list(rows[0]), [list(r.values()) for r in rows]), "",
-             f"Near-duplicates (similarity >= {near['threshold']}): {near['duplicates']} in {near['groups']} groups"
-             + (f", {near['dropped_rows']} rows dropped from dataset/" if near["dropped"] else ", marked in dataset/")]
-    publish(create_table_artifact, table=rows, key=artifact_key("index", label, "units"),
-            description=f"index of {label}: one row per modality")
-    publish(create_markdown_artifact, markdown="\n".join(lines), key=artifact_key("index", label),
-            description=f"index of {label} into {output}")
+    lines = [
+        f"# index: {label}",
+        "",
+        f"Output: `{output}`",
+        "",
+        f"{infos['count']} vectors from {len(infos['shards'])} shards, wall {wall}.",
+        "",
+        *table(list(rows[0]), [list(r.values()) for r in rows]),
+        "",
+        f"Near-duplicates (similarity >= {near['threshold']}): {near['duplicates']} in {near['groups']} groups"
+        + (f", {near['dropped_rows']} rows dropped from dataset/" if near["dropped"] else ", marked in dataset/"),
+    ]
+    publish(
+        create_table_artifact,
+        table=rows,
+        key=artifact_key("index", label, "units"),
+        description=f"index of {label}: one row per modality",
+    )
+    publish(
+        create_markdown_artifact,
+        markdown="\n".join(lines),
+        key=artifact_key("index", label),
+        description=f"index of {label} into {output}",
+    )
 
 
 def _share(value: float | None) -> str:
@@ -185,22 +246,60 @@ def publish_report(out: str, label: str, stats: dict, report_uri: str) -> None:
     """The report's artifacts: a markdown summary (funnel, rates, gates) under report-{label}, whose history
     the Artifacts page shows across runs; a link to the full report; the funnel per segment as a table."""
     link = "file://" + os.path.abspath(report_uri.removeprefix("file://")) if is_local(report_uri) else report_uri
-    lines = [f"# Data-quality report: {label}", "", f"Full report: [{report_uri}]({link})", "",
-             *table(["step", "count", "of previous", "of first"],
-                    [[s["step"], s["count"], _share(s["of_previous"]), _share(s["of_first"])] for s in stats["funnel"]])]
+    lines = [
+        f"# Data-quality report: {label}",
+        "",
+        f"Full report: [{report_uri}]({link})",
+        "",
+        *table(
+            ["step", "count", "of previous", "of first"],
+            [[s["step"], s["count"], _share(s["of_previous"]), _share(s["of_first"])] for s in stats["funnel"]],
+        ),
+    ]
     if stats["gates"]:
-        lines += ["", *table(["quality gate", "measured", "threshold", "action", "result"],
-                             [[g["gate"], f"{g['value']:.3f}", f"{g['threshold']:.3f}", g["action"],
-                               "passed" if g["passed"] else "CROSSED"] for g in stats["gates"]])]
+        lines += [
+            "",
+            *table(
+                ["quality gate", "measured", "threshold", "action", "result"],
+                [
+                    [
+                        g["gate"],
+                        f"{g['value']:.3f}",
+                        f"{g['threshold']:.3f}",
+                        g["action"],
+                        "passed" if g["passed"] else "CROSSED",
+                    ]
+                    for g in stats["gates"]
+                ],
+            ),
+        ]
     truth = stats.get("ground_truth")
     if truth:
-        lines += ["", (f"CLIP filter against the ground truth: precision {truth['precision']:.3f}, recall "
-                       f"{truth['recall']:.3f}, accuracy {truth['accuracy']:.3f} over {truth['samples']} samples")]
-    publish(create_markdown_artifact, markdown="\n".join(lines), key=artifact_key("report", label),
-            description=f"clipcrawl report of {out}")
-    publish(create_link_artifact, link=link, link_text="report/index.html", key=artifact_key("report", label, "link"),
-            description="the full data-quality report (self-contained HTML)")
+        lines += [
+            "",
+            (
+                f"CLIP filter against the ground truth: precision {truth['precision']:.3f}, recall "
+                f"{truth['recall']:.3f}, accuracy {truth['accuracy']:.3f} over {truth['samples']} samples"
+            ),
+        ]
+    publish(
+        create_markdown_artifact,
+        markdown="\n".join(lines),
+        key=artifact_key("report", label),
+        description=f"clipcrawl report of {out}",
+    )
+    publish(
+        create_link_artifact,
+        link=link,
+        link_text="report/index.html",
+        key=artifact_key("report", label, "link"),
+        description="the full data-quality report (self-contained HTML)",
+    )
     segments = [{"segment": s["segment"], "files": s["files"], **s["funnel"]} for s in stats["segments"]]
     if segments:
-        publish(create_table_artifact, table=segments, key=artifact_key("report", label, "segments"),
-                description="the funnel per crawl segment")
+        publish(
+            create_table_artifact,
+            table=segments,
+            key=artifact_key("report", label, "segments"),
+            description="the funnel per crawl segment",
+        )

@@ -8,10 +8,10 @@ from prefect.tasks import exponential_backoff
 from clipcrawl.flows.artifacts import publish_stage
 from clipcrawl.flows.runner import cpu_work, gather, result_storage, stopwatch, task_runner
 from clipcrawl.tasks.core.config import DownloadSettings
-from clipcrawl.tasks.download.stage import download_shard_task, summarize
-from clipcrawl.tasks.download.shards import plan_shards
 from clipcrawl.tasks.core.stats import run_label
 from clipcrawl.tasks.core.uri import join, listdir, write_json
+from clipcrawl.tasks.download.shards import plan_shards
+from clipcrawl.tasks.download.stage import download_shard_task, summarize
 
 
 class DownloadFailed(RuntimeError):
@@ -19,26 +19,38 @@ class DownloadFailed(RuntimeError):
 
 
 @flow(name="download_images", task_runner=task_runner(), log_prints=True)
-def download_images(pairs: str, out: str, settings: DownloadSettings = DownloadSettings(),
-                    results: str | None = None) -> dict:
+def download_images(
+    pairs: str, out: str, settings: DownloadSettings = DownloadSettings(), results: str | None = None
+) -> dict:
     """Download the images of OUT/pairs/ (or any parquet with url and text columns) into OUT/images/."""
     logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
     inputs = [pairs] if pairs.endswith(".parquet") else listdir(pairs, ".parquet")
     specs = plan_shards(inputs, settings.shard_size)
-    logger.info("downloading %d shards of up to %d samples from %d pair files", len(specs), settings.shard_size,
-                len(inputs))
+    logger.info(
+        "downloading %d shards of up to %d samples from %d pair files", len(specs), settings.shard_size, len(inputs)
+    )
     download = download_shard_task.with_options(
-        retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
-        timeout_seconds=settings.shard_timeout, result_storage=result_storage(out, results))
+        retries=2,
+        retry_delay_seconds=exponential_backoff(backoff_factor=10),
+        retry_jitter_factor=0.5,
+        timeout_seconds=settings.shard_timeout,
+        result_storage=result_storage(out, results),
+    )
     with cpu_work():
         futures = {spec.shard: download.submit(spec, out, settings) for spec in specs}
     done, failed = gather(futures, "download", label)
     summary = summarize(list(done.values()), failed) | {"wall_seconds": elapsed()}
     write_json(join(out, "images", "_summary.json"), summary)
     publish_stage("download", label, join(out, "images"), futures, done, failed, summary["wall_seconds"])
-    logger.info("images: %d of %d samples downloaded (%s)", summary["successes"], summary["count"],
-                ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items())))
+    logger.info(
+        "images: %d of %d samples downloaded (%s)",
+        summary["successes"],
+        summary["count"],
+        ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items())),
+    )
     if failed:
-        raise DownloadFailed(f"{len(failed)} of {len(specs)} shards failed: "
-                             + "; ".join(f"shard {s}: {why}" for s, why in sorted(failed.items())))
+        raise DownloadFailed(
+            f"{len(failed)} of {len(specs)} shards failed: "
+            + "; ".join(f"shard {s}: {why}" for s, why in sorted(failed.items()))
+        )
     return summary

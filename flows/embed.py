@@ -9,9 +9,9 @@ from clipcrawl.flows.artifacts import publish_stage
 from clipcrawl.flows.runner import gather, gpu_work, result_storage, stopwatch, task_runner
 from clipcrawl.tasks.core.cache import retry_transient
 from clipcrawl.tasks.core.config import EmbedSettings
-from clipcrawl.tasks.embed.stage import embed_shard_task, published_shards, summarize
 from clipcrawl.tasks.core.stats import run_label
 from clipcrawl.tasks.core.uri import join, name_of, write_json
+from clipcrawl.tasks.embed.stage import embed_shard_task, published_shards, summarize
 
 
 class EmbedFailed(RuntimeError):
@@ -19,29 +19,47 @@ class EmbedFailed(RuntimeError):
 
 
 @flow(name="embed_and_filter", task_runner=task_runner(), log_prints=True)
-def embed_and_filter(images: str, out: str, settings: EmbedSettings = EmbedSettings(),
-                     results: str | None = None) -> dict:
+def embed_and_filter(
+    images: str, out: str, settings: EmbedSettings = EmbedSettings(), results: str | None = None
+) -> dict:
     """Embed the image shards of IMAGES with CLIP, tag NSFW, and keep the pairs over the similarity threshold."""
     logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
     tars = published_shards(images)
     if not tars:
-        raise EmbedFailed(f"no published image shards under {images} (a shard is N.tar with N_stats.json beside it, "
-                          "as `clipcrawl download` writes them)")
-    logger.info("embedding %d shards from %s with %s", len(tars), images,
-                settings.checkpoint or f"{settings.model}/{settings.pretrained}")
+        raise EmbedFailed(
+            f"no published image shards under {images} (a shard is N.tar with N_stats.json beside it, "
+            "as `clipcrawl download` writes them)"
+        )
+    logger.info(
+        "embedding %d shards from %s with %s",
+        len(tars),
+        images,
+        settings.checkpoint or f"{settings.model}/{settings.pretrained}",
+    )
     embed = embed_shard_task.with_options(
-        retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=10), retry_jitter_factor=0.5,
-        retry_condition_fn=retry_transient, timeout_seconds=settings.shard_timeout,
-        result_storage=result_storage(out, results))
+        retries=2,
+        retry_delay_seconds=exponential_backoff(backoff_factor=10),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_transient,
+        timeout_seconds=settings.shard_timeout,
+        result_storage=result_storage(out, results),
+    )
     with gpu_work():
         futures = {name_of(tar): embed.submit(tar, out, settings) for tar in tars}
     done, failed = gather(futures, "embed", label)
     summary = summarize(list(done.values()), failed) | {"wall_seconds": elapsed()}
     write_json(join(out, "dataset", "_summary.json"), summary)
     publish_stage("embed", label, join(out, "dataset"), futures, done, failed, summary["wall_seconds"])
-    logger.info("dataset: %d of %d embedded samples kept (similarity >= %s), NSFW %s",
-                summary["kept"], summary["embedded"], settings.similarity_threshold, summary["nsfw"])
+    logger.info(
+        "dataset: %d of %d embedded samples kept (similarity >= %s), NSFW %s",
+        summary["kept"],
+        summary["embedded"],
+        settings.similarity_threshold,
+        summary["nsfw"],
+    )
     if failed:
-        raise EmbedFailed(f"{len(failed)} of {len(tars)} shards failed: "
-                          + "; ".join(f"{name}: {why}" for name, why in sorted(failed.items())))
+        raise EmbedFailed(
+            f"{len(failed)} of {len(tars)} shards failed: "
+            + "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
+        )
     return summary

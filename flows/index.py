@@ -7,9 +7,9 @@ from prefect import flow, get_run_logger
 from clipcrawl.flows.artifacts import publish_index
 from clipcrawl.flows.runner import cpu_work, gather, gpu_work, stopwatch, task_runner
 from clipcrawl.tasks.core.config import IndexSettings
-from clipcrawl.tasks.index.stage import finish_index_task, index_modality_task, plan_index_task
 from clipcrawl.tasks.core.stats import run_label
 from clipcrawl.tasks.core.uri import join
+from clipcrawl.tasks.index.stage import finish_index_task, index_modality_task, plan_index_task
 
 
 class IndexFailed(RuntimeError):
@@ -18,30 +18,50 @@ class IndexFailed(RuntimeError):
 
 def summary(infos: dict) -> dict:
     """What a run reports: counts, the chosen indices with their measured recall and latency."""
-    def brief(part: dict) -> dict:
-        return {k: part[k] for k in ("index_key", "params", "vectors", "memory_bytes", "k", "recall_at_k",
-                                     "p50_ms", "p99_ms")}
 
-    return {"count": infos["count"], "shards": len(infos["shards"]), "image": brief(infos["image"]),
-            "text": brief(infos["text"]), "near_duplicates": infos["near_duplicates"]}
+    def brief(part: dict) -> dict:
+        return {
+            k: part[k]
+            for k in ("index_key", "params", "vectors", "memory_bytes", "k", "recall_at_k", "p50_ms", "p99_ms")
+        }
+
+    return {
+        "count": infos["count"],
+        "shards": len(infos["shards"]),
+        "image": brief(infos["image"]),
+        "text": brief(infos["text"]),
+        "near_duplicates": infos["near_duplicates"],
+    }
 
 
 @flow(name="build_index", task_runner=task_runner(), log_prints=True)
-def build_index(embeddings: str, out: str, settings: IndexSettings = IndexSettings(), dataset: str | None = None,
-                rebuild: bool = False) -> dict:
+def build_index(
+    embeddings: str,
+    out: str,
+    settings: IndexSettings = IndexSettings(),
+    dataset: str | None = None,
+    rebuild: bool = False,
+) -> dict:
     """Index the kept samples of EMBEDDINGS (clip-retrieval layout) into OUT/index/, adding to an existing index."""
     logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
     with cpu_work():
         plan = plan_index_task.submit(embeddings, out, settings, dataset, rebuild).result()
     if plan.mode == "none":
         if plan.existing is None:
-            raise IndexFailed(f"no embeddings under {embeddings} (want metadata/metadata_S.parquet with "
-                              "img_emb/img_emb_S.npy and text_emb/text_emb_S.npy, as `clipcrawl embed` writes)")
+            raise IndexFailed(
+                f"no embeddings under {embeddings} (want metadata/metadata_S.parquet with "
+                "img_emb/img_emb_S.npy and text_emb/text_emb_S.npy, as `clipcrawl embed` writes)"
+            )
         logger.info("index of %d vectors already holds every shard of %s", plan.existing["count"], embeddings)
         return summary(plan.existing)
-    new = plan.shards[plan.new_from:]
-    logger.info("%s: %d new shards, %d vectors (%d indexed before)",
-                "building" if plan.mode == "build" else "extending", len(new), plan.count, plan.old_count)
+    new = plan.shards[plan.new_from :]
+    logger.info(
+        "%s: %d new shards, %d vectors (%d indexed before)",
+        "building" if plan.mode == "build" else "extending",
+        len(new),
+        plan.count,
+        plan.old_count,
+    )
     # device=cuda: the two index tasks go to GPU-tagged workers (auto: CPU workers, which use a GPU they see)
     with gpu_work() if settings.device == "cuda" else cpu_work():
         futures = {m: index_modality_task.submit(plan, m, settings) for m in ("image", "text")}
@@ -53,9 +73,17 @@ def build_index(embeddings: str, out: str, settings: IndexSettings = IndexSettin
     result = summary(infos)
     publish_index(label, join(out, "index"), infos, elapsed())
     for m in ("image", "text"):
-        logger.info("%s index %s (%s): recall@%d %.3f, p50 %.2f ms, p99 %.2f ms", m, result[m]["index_key"],
-                    result[m]["params"] or "exact", result[m]["k"], result[m]["recall_at_k"], result[m]["p50_ms"],
-                    result[m]["p99_ms"])
-    logger.info("near-duplicates: %d in %d groups", infos["near_duplicates"]["duplicates"],
-                infos["near_duplicates"]["groups"])
+        logger.info(
+            "%s index %s (%s): recall@%d %.3f, p50 %.2f ms, p99 %.2f ms",
+            m,
+            result[m]["index_key"],
+            result[m]["params"] or "exact",
+            result[m]["k"],
+            result[m]["recall_at_k"],
+            result[m]["p50_ms"],
+            result[m]["p99_ms"],
+        )
+    logger.info(
+        "near-duplicates: %d in %d groups", infos["near_duplicates"]["duplicates"], infos["near_duplicates"]["groups"]
+    )
     return result

@@ -15,9 +15,11 @@ from clipcrawl.flows.runner import (
     stopwatch,
     task_runner,
 )
+from clipcrawl.tasks.core.config import IngestSettings
+from clipcrawl.tasks.core.stats import run_label
+from clipcrawl.tasks.core.uri import join, write_json
 from clipcrawl.tasks.ingest import dedup
 from clipcrawl.tasks.ingest import stage as pairs
-from clipcrawl.tasks.core.config import IngestSettings
 from clipcrawl.tasks.ingest.crawl import (
     COLLINFO_URI,
     crawl_files,
@@ -28,8 +30,6 @@ from clipcrawl.tasks.ingest.crawl import (
     plan_new_segments,
     segment_of,
 )
-from clipcrawl.tasks.core.stats import run_label
-from clipcrawl.tasks.core.uri import join, write_json
 
 
 class IngestFailed(RuntimeError):
@@ -44,16 +44,30 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     if settings.inputs:
         uris = list(settings.inputs)
     else:
-        uris = crawl_files(settings.source, settings.crawl, settings.kind, settings.segments,
-                           settings.segment_list, settings.sample_seed, settings.files_per_segment)
+        uris = crawl_files(
+            settings.source,
+            settings.crawl,
+            settings.kind,
+            settings.segments,
+            settings.segment_list,
+            settings.sample_seed,
+            settings.files_per_segment,
+        )
     names = pairs.output_names(uris)
     logger.info("ingesting %d files into %s", len(uris), out)
     storage = result_storage(out, results)
     # a tag-based concurrency limit named commoncrawl (deployments/deploy.sh) caps the requests to Common Crawl
-    tags = {"clipcrawl", "extract"} | ({"commoncrawl"} if not settings.inputs and is_common_crawl(settings.source) else set())
+    tags = {"clipcrawl", "extract"} | (
+        {"commoncrawl"} if not settings.inputs and is_common_crawl(settings.source) else set()
+    )
     extract = pairs.extract_file_task.with_options(
-        tags=tags, retries=settings.retries, retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_delay),
-        retry_jitter_factor=0.5, timeout_seconds=settings.file_timeout, result_storage=storage)
+        tags=tags,
+        retries=settings.retries,
+        retry_delay_seconds=exponential_backoff(backoff_factor=settings.retry_delay),
+        retry_jitter_factor=0.5,
+        timeout_seconds=settings.file_timeout,
+        result_storage=storage,
+    )
     with cpu_work():
         futures = {uri: extract.submit(uri, out, name, settings.extract) for uri, name in zip(uris, names)}
     extracted, failed = gather(futures, "ingest", label)
@@ -78,11 +92,19 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
 
     segments = sorted({segment_of(uri) for uri in uris}) if settings.crawl and not settings.inputs else None
     summary = pairs.summarize(list(published.values()), failed, run_id) | {
-        "crawl": settings.crawl, "segments": segments, "wall_seconds": elapsed()}
+        "crawl": settings.crawl,
+        "segments": segments,
+        "wall_seconds": elapsed(),
+    }
     write_json(join(out, "pairs", "_summary.json"), summary)
     publish_stage("ingest", label, join(out, "pairs"), futures, published, failed, summary["wall_seconds"])
-    logger.info("pairs: %d kept from %d files (%d partial, %d failed)", summary["kept"], summary["files"],
-                summary["partial"], len(summary["failed"]))
+    logger.info(
+        "pairs: %d kept from %d files (%d partial, %d failed)",
+        summary["kept"],
+        summary["files"],
+        summary["partial"],
+        len(summary["failed"]),
+    )
     if failed:
         listing = "; ".join(f"{uri}: {why}" for uri, why in failed.items())
         raise IngestFailed(f"{len(failed)} of {len(uris)} files failed: {listing}")
@@ -90,9 +112,15 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
 
 
 @flow(name="ingest_new_crawls", log_prints=True)
-def ingest_new_crawls(out: str, settings: IngestSettings = IngestSettings(), collinfo: str = COLLINFO_URI,
-                      max_segments: int = 10, oldest: str | None = None, results: str | None = None,
-                      dask_address: str | None = None) -> dict:
+def ingest_new_crawls(
+    out: str,
+    settings: IngestSettings = IngestSettings(),
+    collinfo: str = COLLINFO_URI,
+    max_segments: int = 10,
+    oldest: str | None = None,
+    results: str | None = None,
+    dask_address: str | None = None,
+) -> dict:
     """Scheduled ingestion: the crawls of Common Crawl's collinfo.json (newest first, none older than `oldest`)
     not yet fully ingested under OUT/<crawl>/, at most `max_segments` new segments per run.
 
@@ -109,10 +137,16 @@ def ingest_new_crawls(out: str, settings: IngestSettings = IngestSettings(), col
     ingested, failed = {}, {}
     with cluster(dask_address) as address:
         for crawl, new in plan.items():
-            update = {"crawl": crawl, "segments": None, "sample_seed": None, "segment_list": done[crawl] + new,
-                      "inputs": []}
+            update = {
+                "crawl": crawl,
+                "segments": None,
+                "sample_seed": None,
+                "segment_list": done[crawl] + new,
+                "inputs": [],
+            }
             state = ingest_crawl.with_options(task_runner=task_runner(address))(
-                out=join(out, crawl), settings=settings.model_copy(update=update), results=results, return_state=True)
+                out=join(out, crawl), settings=settings.model_copy(update=update), results=results, return_state=True
+            )
             if state.is_completed():
                 summary = state.result()
                 ingested[crawl] = {"new_segments": new, "segments": summary["segments"], "kept": summary["kept"]}

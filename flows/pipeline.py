@@ -26,10 +26,17 @@ from clipcrawl.tasks.core.uri import join
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(out: str, ingest: IngestSettings = IngestSettings(), download: DownloadSettings = DownloadSettings(),
-             embed: EmbedSettings = EmbedSettings(), index: IndexSettings = IndexSettings(),
-             report: ReportSettings = ReportSettings(), ground_truth: str | None = None, results: str | None = None,
-             dask_address: str | None = None) -> dict:
+def pipeline(
+    out: str,
+    ingest: IngestSettings = IngestSettings(),
+    download: DownloadSettings = DownloadSettings(),
+    embed: EmbedSettings = EmbedSettings(),
+    index: IndexSettings = IndexSettings(),
+    report: ReportSettings = ReportSettings(),
+    ground_truth: str | None = None,
+    results: str | None = None,
+    dask_address: str | None = None,
+) -> dict:
     """Make a LAION-style dataset from a crawl (ingest.crawl + ingest.source) or explicit WAT/WARC URIs
     (ingest.inputs) under OUT: pairs/, images/, embeddings/, dataset/, index/, report/.
 
@@ -42,8 +49,11 @@ def pipeline(out: str, ingest: IngestSettings = IngestSettings(), download: Down
         logger.info("pipeline into %s on the Dask cluster at %s", out, address)
         # a stage's result is kept, so that retrying a failed pipeline run loads its finished stages
         # instead of running them again (Prefect reruns a finished subflow whose result is not persisted)
-        options = {"task_runner": task_runner(address), "persist_result": True,
-                   "result_storage": result_storage(out, results)}
+        options = {
+            "task_runner": task_runner(address),
+            "persist_result": True,
+            "result_storage": result_storage(out, results),
+        }
 
         def stage(subflow, **parameters):
             return subflow.with_options(**options)(**parameters)
@@ -53,8 +63,20 @@ def pipeline(out: str, ingest: IngestSettings = IngestSettings(), download: Down
         dataset = stage(embed_and_filter, images=join(out, "images"), out=out, settings=embed, results=results)
         kept = stage(build_index, embeddings=join(out, "embeddings"), out=out, settings=index)
         quality = stage(build_report, out=out, settings=report, ground_truth=ground_truth)
-    logger.info("pipeline done: %d pairs, %d images, %d kept, %d indexed; report %s", pairs["kept"],
-                images["successes"], dataset["kept"], kept["count"], quality["report"])
-    return {"pairs": pairs["kept"], "images": images["successes"], "kept": dataset["kept"],
-            "indexed": kept["count"], "report": quality["report"], "rates": quality["rates"],
-            "gates": quality["gates"]}
+    logger.info(
+        "pipeline done: %d pairs, %d images, %d kept, %d indexed; report %s",
+        pairs["kept"],
+        images["successes"],
+        dataset["kept"],
+        kept["count"],
+        quality["report"],
+    )
+    return {
+        "pairs": pairs["kept"],
+        "images": images["successes"],
+        "kept": dataset["kept"],
+        "indexed": kept["count"],
+        "report": quality["report"],
+        "rates": quality["rates"],
+        "gates": quality["gates"],
+    }

@@ -8,9 +8,9 @@ from prefect import flow, get_run_logger
 from clipcrawl.flows.artifacts import publish_report
 from clipcrawl.flows.runner import cpu_work, gather, task_runner
 from clipcrawl.tasks.core.config import ReportSettings
+from clipcrawl.tasks.core.stats import run_label
 from clipcrawl.tasks.report.gates import failures
 from clipcrawl.tasks.report.stage import finish_report_task, report_shard_task, report_shards
-from clipcrawl.tasks.core.stats import run_label
 
 
 class ReportFailed(RuntimeError):
@@ -47,5 +47,9 @@ def build_report(out: str, settings: ReportSettings = ReportSettings(), ground_t
     if failing:
         raise QualityGateFailed("; ".join(gate["message"] for gate in failing))
     logger.info("report: %s", report["report"])
-    return {"report": report["report"], "stats": report["stats_uri"], "rates": stats["rates"],
-            "gates": [{k: g[k] for k in ("gate", "value", "threshold", "action", "passed")} for g in stats["gates"]]}
+    return {
+        "report": report["report"],
+        "stats": report["stats_uri"],
+        "rates": stats["rates"],
+        "gates": [{k: g[k] for k in ("gate", "value", "threshold", "action", "passed")} for g in stats["gates"]],
+    }

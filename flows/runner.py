@@ -24,7 +24,9 @@ from prefect_dask import DaskTaskRunner
 from clipcrawl.flows.artifacts import Progress
 from clipcrawl.tasks.core.uri import is_local, join
 
-GPU_PRELOAD = ("clipcrawl.tasks.embed.clip_model",)  # what `dask worker --preload` imports on GPU workers (infra/ passes the same)
+GPU_PRELOAD = (
+    "clipcrawl.tasks.embed.clip_model",
+)  # what `dask worker --preload` imports on GPU workers (infra/ passes the same)
 
 
 def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_limit: str = "auto") -> SpecCluster:
@@ -46,10 +48,18 @@ def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_l
     def worker(resources: dict, threads: int = 1, preload: tuple[str, ...] = ()) -> dict:
         # Dask starts workers with OMP_NUM_THREADS=1; the GPU worker's model falls back to the CPU
         # when there is no GPU, and should then use the cores as a GPU would
-        return {"cls": Nanny, "options": {"nthreads": 1, "resources": resources, "host": "127.0.0.1",
-                                          "memory_limit": memory_limit, "preload": list(preload),
-                                          "env": env | {"OMP_NUM_THREADS": str(threads)},
-                                          "silence_logs": logging.WARNING}}
+        return {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "resources": resources,
+                "host": "127.0.0.1",
+                "memory_limit": memory_limit,
+                "preload": list(preload),
+                "env": env | {"OMP_NUM_THREADS": str(threads)},
+                "silence_logs": logging.WARNING,
+            },
+        }
 
     workers = {f"cpu-{i}": worker({"CPU": 1}) for i in range(cpu_workers)}
     # GPU workers import torch and open_clip before they join: imported by the first embed task instead, they

@@ -37,8 +37,12 @@ def s3_endpoint():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID=S3_KEY_ID, AWS_SECRET_ACCESS_KEY=S3_SECRET,
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID=S3_KEY_ID,
+        AWS_SECRET_ACCESS_KEY=S3_SECRET,
+        AWS_DEFAULT_REGION="us-east-1",
+    )
     yield endpoint
     server.stop()
 
@@ -82,8 +86,12 @@ def pipeline(dask_address, small_world, tmp_path_factory):
         assert state.is_completed(), state.message
         with ImageServer(small_world.root) as server:
             flow = download_images.with_options(task_runner=task_runner(dask_address))
-            state = flow(pairs=str(out / "pairs"), out=str(out), settings=server.download_settings(shard_size=150),
-                         return_state=True)
+            state = flow(
+                pairs=str(out / "pairs"),
+                out=str(out),
+                settings=server.download_settings(shard_size=150),
+                return_state=True,
+            )
             assert state.is_completed(), state.message
         state = embed(dask_address, out, batch_size=64)
         assert state.is_completed(), state.message

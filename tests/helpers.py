@@ -25,8 +25,9 @@ def run(dask_address, out, **settings):
 def embed(dask_address, out, **overrides):
     """embed_and_filter with the world's tiny CLIP model on the session's cluster; the final state."""
     flow = embed_and_filter.with_options(task_runner=task_runner(dask_address))
-    return flow(images=str(out / "images"), out=str(out), settings=tiny_clip.embed_settings(**overrides),
-                return_state=True)
+    return flow(
+        images=str(out / "images"), out=str(out), settings=tiny_clip.embed_settings(**overrides), return_state=True
+    )
 
 
 def task_states(state) -> dict[str, str]:
@@ -34,16 +35,30 @@ def task_states(state) -> dict[str, str]:
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
-            sort=TaskRunSort.ID_DESC, limit=200)
+            sort=TaskRunSort.ID_DESC,
+            limit=200,
+        )
     return {r.name: r.state.name for r in runs}
 
 
 def run_chromium(chromium: str, tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess:
     """Headless Chromium on URL with a throwaway profile and no network of its own beyond the page's."""
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
-           *args, url]
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+        *args,
+        url,
+    ]
     done = subprocess.run(cmd, check=False, capture_output=True, timeout=120, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -83,5 +98,10 @@ def recorded_text(client) -> dict[str, list[str]]:
 
 def secrets_found(texts: dict[str, list[str]], secrets: list[str]) -> list[str]:
     """'where: secret' for every secret some text contains (an empty list is the good answer)."""
-    return [f"{where}: {secret[:4]}..." for where, items in texts.items() for item in items
-            for secret in secrets if secret in item]
+    return [
+        f"{where}: {secret[:4]}..."
+        for where, items in texts.items()
+        for item in items
+        for secret in secrets
+        if secret in item
+    ]

@@ -63,8 +63,10 @@ def stage_artifacts(stage: str, label: str, flow_run_id) -> tuple[dict, list[dic
     rows = json.loads(found[artifact_key(stage, label, "units")].data)
     markdown = found[artifact_key(stage, label)]
     assert markdown.type == "markdown"
-    assert progress.description == f"{stage}: {len(rows)}/{len(rows)} done, " \
+    assert (
+        progress.description == f"{stage}: {len(rows)}/{len(rows)} done, "
         f"{sum(r['state'] == 'Failed' for r in rows)} failed"
+    )
     return progress, rows, markdown.data
 
 
@@ -177,8 +179,11 @@ def test_build_index_publishes_a_row_per_modality(dask_address, pipeline, tmp_pa
     assert [r["modality"] for r in rows] == ["image", "text"]
     for row in rows:
         part = infos[row["modality"]]
-        assert (row["index_key"], row["vectors"], row["recall_at_k"]) == (part["index_key"], infos["count"],
-                                                                         part["recall_at_k"])
+        assert (row["index_key"], row["vectors"], row["recall_at_k"]) == (
+            part["index_key"],
+            infos["count"],
+            part["recall_at_k"],
+        )
         assert row["p50_ms"] == part["p50_ms"] and row["seconds"] == pytest.approx(part["build_s"])
     markdown = found[artifact_key("index", label)].data
     assert f"{infos['count']} vectors" in markdown and f"{infos['near_duplicates']['duplicates']} in" in markdown

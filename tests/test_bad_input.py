@@ -26,8 +26,12 @@ pytestmark = pytest.mark.timeout(600)  # a hang fails the module instead of stal
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 PAGE = "http://bad.example/dir/page.html"
-SCHEME_SRCS = ("data:image/png;base64,iVBORw0KGgo=", "javascript:void(0)", "file:///etc/passwd",
-               "ftp://files.example.com/a.jpg")
+SCHEME_SRCS = (
+    "data:image/png;base64,iVBORw0KGgo=",
+    "javascript:void(0)",
+    "file:///etc/passwd",
+    "ftp://files.example.com/a.jpg",
+)
 NON_UTF8 = {  # alt text -> (how the page is encoded, the Content-Type it is served with)
     "Красный велосипед у стены дома": ("windows-1251", "text/html"),  # no charset anywhere: detected
     "Café crème à côté du château": ("iso-8859-1", "text/html; charset=utf-8"),  # a charset that lies
@@ -68,26 +72,54 @@ def hostile_files(folder: Path, world_wat: str) -> dict[str, Path]:
     """One file per bad crawl input, by name."""
     data = Path(world_wat).read_bytes()
     whole = folder.parent / "whole.warc.wat.gz"  # not an input: only its first half is
-    write_warc(whole, [("wat", f"http://cut.example/{p}.html", wat_json(f"http://cut.example/{p}.html",
-                                                                         cut_page_links(p))) for p in range(CUT_PAGES)])
+    write_warc(
+        whole,
+        [
+            ("wat", f"http://cut.example/{p}.html", wat_json(f"http://cut.example/{p}.html", cut_page_links(p)))
+            for p in range(CUT_PAGES)
+        ],
+    )
     latin1 = wat_json(PAGE, [("/a.jpg", "Café crème au château")]).replace("é".encode(), "é".encode("latin-1"))
-    files = {"truncated": folder / "truncated.warc.wat.gz", "one-stream": folder / "one-stream.warc.wat.gz",
-             "not-warc": folder / "not-warc.warc.wat.gz"}
+    files = {
+        "truncated": folder / "truncated.warc.wat.gz",
+        "one-stream": folder / "one-stream.warc.wat.gz",
+        "not-warc": folder / "not-warc.warc.wat.gz",
+    }
     files["truncated"].write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     files["one-stream"].write_bytes(gzip.compress(gzip.decompress(data)))  # every member inflated, one deflate
     files["not-warc"].write_bytes(gzip.compress(b"<html><body>an error page, not a WARC</body></html>\n" * 50))
     pages = {
-        "malformed-json.warc.wat.gz": [("wat", PAGE, wat_json(PAGE, [good(2)])[:-40]),  # cut, still says IMG@/src
-                                       ("wat", PAGE + "?2", wat_json(PAGE + "?2", [good(3)]))],
+        "malformed-json.warc.wat.gz": [
+            ("wat", PAGE, wat_json(PAGE, [good(2)])[:-40]),  # cut, still says IMG@/src
+            ("wat", PAGE + "?2", wat_json(PAGE + "?2", [good(3)])),
+        ],
         "non-utf8-json.warc.wat.gz": [("wat", PAGE, latin1), ("wat", PAGE + "?2", wat_json(PAGE + "?2", [good(4)]))],
-        "non-utf8-html.warc.gz": [("html", f"{PAGE}?{i}", html_page([(f"/{i}.jpg", alt)]).replace(
-            "<p>Hi</p>", f"<p>{(alt + '. ') * 20}</p>").encode(encoding), ctype)
-            for i, (alt, (encoding, ctype)) in enumerate(NON_UTF8.items())],
+        "non-utf8-html.warc.gz": [
+            (
+                "html",
+                f"{PAGE}?{i}",
+                html_page([(f"/{i}.jpg", alt)]).replace("<p>Hi</p>", f"<p>{(alt + '. ') * 20}</p>").encode(encoding),
+                ctype,
+            )
+            for i, (alt, (encoding, ctype)) in enumerate(NON_UTF8.items())
+        ],
         "huge-alt.warc.gz": [("html", PAGE, html_page([("/big.jpg", HUGE_ALT), good(5)]).encode(), "text/html")],
-        "many-imgs.warc.gz": [("html", PAGE, html_page([(f"/many/{i}.jpg", f"picture {i} of many")
-                                                        for i in range(MANY_IMGS)]).encode(), "text/html")],
-        "schemes.warc.gz": [("html", PAGE, html_page([(s, f"an image linked by {s[:4]}") for s in SCHEME_SRCS]
-                                                     + [good(6)]).encode(), "text/html")],
+        "many-imgs.warc.gz": [
+            (
+                "html",
+                PAGE,
+                html_page([(f"/many/{i}.jpg", f"picture {i} of many") for i in range(MANY_IMGS)]).encode(),
+                "text/html",
+            )
+        ],
+        "schemes.warc.gz": [
+            (
+                "html",
+                PAGE,
+                html_page([(s, f"an image linked by {s[:4]}") for s in SCHEME_SRCS] + [good(6)]).encode(),
+                "text/html",
+            )
+        ],
     }
     for name, records in pages.items():
         write_warc(folder / name, records)
@@ -110,8 +142,10 @@ def runs(dask_address, tmp_path_factory):
     urls = tmp / "urls"
     urls.mkdir()
     shutil.copy(out / "pairs" / "one-stream.parquet", urls)
-    pq.write_table(pa.table({"url": list(SCHEME_SRCS), "text": [f"an image at {s[:4]}" for s in SCHEME_SRCS]}),
-                   urls / "schemes.parquet")
+    pq.write_table(
+        pa.table({"url": list(SCHEME_SRCS), "text": [f"an image at {s[:4]}" for s in SCHEME_SRCS]}),
+        urls / "schemes.parquet",
+    )
     with ImageServer(world.root) as server:
         settings = server.download_settings(processes=1)
         flow = download_images.with_options(task_runner=task_runner(dask_address))
@@ -178,7 +212,8 @@ def observed(runs) -> dict[str, str]:
         "page with 10,000 img tags": page_outcome(runs, "many-imgs"),
         "data:, javascript:, file://, ftp:// img src in a page": page_outcome(runs, "schemes"),
         "data:, javascript:, file://, ftp:// URL given to the download": one(
-            r["status"] for r in rows if r["url"] in SCHEME_SRCS),
+            r["status"] for r in rows if r["url"] in SCHEME_SRCS
+        ),
         **{row: one(r["status"] for r in rows if r["url"] in served[b]) for row, b in SERVED.items()},
     }
 

@@ -12,10 +12,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_gpu_embedding_benchmark_runs_every_part(tmp_path):
-    cmd = [sys.executable, str(ROOT / "tests" / "benchmarks" / "bench_embed_gpu.py"), "--allow-cpu",
-           "--checkpoint", str(ROOT / "tasks" / "world" / "clip"), "--shards", "1", "--shard-size", "40",
-           "--batch-size", "16", "--parts-samples", "40", "--parts-repeat", "1", "--loader-threads", "2",
-           "--work", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests" / "benchmarks" / "bench_embed_gpu.py"),
+        "--allow-cpu",
+        "--checkpoint",
+        str(ROOT / "tasks" / "world" / "clip"),
+        "--shards",
+        "1",
+        "--shard-size",
+        "40",
+        "--batch-size",
+        "16",
+        "--parts-samples",
+        "40",
+        "--parts-repeat",
+        "1",
+        "--loader-threads",
+        "2",
+        "--work",
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])

@@ -21,8 +21,23 @@ def test_extract_command_writes_pairs(dask_address, small_world, tmp_path, capsy
 def test_ingest_command_reads_a_config_file(dask_address, small_world, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("extract:\n  detect_language: false\ningest:\n  files_per_segment: 1\n")
-    main(["ingest", "--crawl", small_world.crawl_id, "--source", str(small_world.root), "--segments", "1",
-          "--out", str(tmp_path / "out"), "--config", str(config), "--dask-address", dask_address])
+    main(
+        [
+            "ingest",
+            "--crawl",
+            small_world.crawl_id,
+            "--source",
+            str(small_world.root),
+            "--segments",
+            "1",
+            "--out",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+            "--dask-address",
+            dask_address,
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["files"] == 1
     table = pq.read_table(next((tmp_path / "out" / "pairs").glob("*.parquet")))
@@ -40,8 +55,19 @@ def test_failure_exits_nonzero_with_one_line_naming_the_file(dask_address, tmp_p
 
 def test_unknown_crawl_exits_with_the_reason(dask_address, small_world, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
-        main(["ingest", "--crawl", "CC-MAIN-1999-01", "--source", str(small_world.root), "--out", str(tmp_path),
-              "--dask-address", dask_address])
+        main(
+            [
+                "ingest",
+                "--crawl",
+                "CC-MAIN-1999-01",
+                "--source",
+                str(small_world.root),
+                "--out",
+                str(tmp_path),
+                "--dask-address",
+                dask_address,
+            ]
+        )
     assert "CC-MAIN-1999-01" in str(exit_info.value.code)
 
 
@@ -50,8 +76,23 @@ def test_embed_command_takes_model_and_filter_flags(dask_address, tmp_path, caps
     from tests.test_embed import make_shard
 
     make_shard(str(tmp_path), 12)
-    main(["embed", "--images", str(tmp_path / "images"), "--out", str(tmp_path), "--checkpoint",
-          str(tiny_clip.TINY_CLIP_DIR), "--threshold", "-1", "--batch-size", "5", "--dask-address", dask_address])
+    main(
+        [
+            "embed",
+            "--images",
+            str(tmp_path / "images"),
+            "--out",
+            str(tmp_path),
+            "--checkpoint",
+            str(tiny_clip.TINY_CLIP_DIR),
+            "--threshold",
+            "-1",
+            "--batch-size",
+            "5",
+            "--dask-address",
+            dask_address,
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["embedded"] == summary["kept"] == 11  # one of the 12 failed to download; -1 keeps every pair
     stats = json.loads((tmp_path / "dataset" / "part-00000_stats.json").read_text())
@@ -69,8 +110,19 @@ def test_index_then_search_commands(dask_address, pipeline, tmp_path, capsys):
     from tests.test_index_flow import copy_run
 
     out = copy_run(pipeline, tmp_path)
-    main(["index", "--embeddings", str(out / "embeddings"), "--out", str(out), "--near-duplicate-threshold", "0.99",
-          "--dask-address", dask_address])
+    main(
+        [
+            "index",
+            "--embeddings",
+            str(out / "embeddings"),
+            "--out",
+            str(out),
+            "--near-duplicate-threshold",
+            "0.99",
+            "--dask-address",
+            dask_address,
+        ]
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["image"]["index_key"] == "Flat" and summary["near_duplicates"]["threshold"] == 0.99
     main(["search", "--index", str(out / "index"), "a photo of red circles", "-k", "3", "--json"])

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from clipcrawl.tasks.embed.clip_model import ModelUnavailable, load_model, resolve_device, worker_model
 from clipcrawl.tasks.core.config import EmbedSettings
+from clipcrawl.tasks.embed.clip_model import ModelUnavailable, load_model, resolve_device, worker_model
 
 # A CLIP small enough to build, save and run in a fraction of a second on one CPU core.
 TINY_CFG = {
@@ -38,7 +38,9 @@ def test_local_dir_checkpoint_loads_and_embeds_normalised(tiny_dir):
     model = load_model(EmbedSettings(checkpoint=tiny_dir, pretrained=None, device="auto"))
     assert model.name == tiny_dir
     assert model.device == torch.device("cpu") and model.dtype == torch.float32  # auto on a CPU-only machine
-    pixels = torch.from_numpy(np.stack([model.prepare(Image.new("RGB", (50, 40), c)) for c in ("red", "blue", "white")]))
+    pixels = torch.from_numpy(
+        np.stack([model.prepare(Image.new("RGB", (50, 40), c)) for c in ("red", "blue", "white")])
+    )
     assert pixels.shape == (3, 32, 32, 3) and pixels.dtype == torch.uint8
     images = model.encode_images(pixels)
     texts = model.encode_texts(["a red square", "two blue circles " * 20, ""])  # long text is cut, not an error
@@ -108,8 +110,11 @@ def test_weights_fingerprint_changes_with_the_local_weights(tmp_path):
 
 def test_weights_file_with_model_name_loads_the_same_weights(tiny_dir, monkeypatch):
     monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "clipcrawl-tiny", TINY_CFG)
-    from_file = load_model(EmbedSettings(model="clipcrawl-tiny", checkpoint=f"{tiny_dir}/open_clip_model.safetensors",
-                                         pretrained=None, device="cpu"))
+    from_file = load_model(
+        EmbedSettings(
+            model="clipcrawl-tiny", checkpoint=f"{tiny_dir}/open_clip_model.safetensors", pretrained=None, device="cpu"
+        )
+    )
     from_dir = load_model(EmbedSettings(checkpoint=tiny_dir, pretrained=None, device="cpu"))
     texts = ["a green triangle", "a yellow star"]
     np.testing.assert_allclose(from_file.encode_texts(texts), from_dir.encode_texts(texts), atol=1e-6)
@@ -186,5 +191,11 @@ def test_openai_tag_builds_quickgelu_from_the_cache(monkeypatch):
     monkeypatch.setattr(open_clip, "create_model_and_transforms", create)
     with pytest.raises(ModelUnavailable, match="ViT-B-32/openai: stop here"):
         load_model(EmbedSettings(device="cpu", cache_dir="/models"))
-    assert seen == {"name": "ViT-B-32", "pretrained": "openai", "force_quick_gelu": True, "cache_dir": "/models",
-                    "precision": "fp32", "device": torch.device("cpu")}
+    assert seen == {
+        "name": "ViT-B-32",
+        "pretrained": "openai",
+        "force_quick_gelu": True,
+        "cache_dir": "/models",
+        "precision": "fp32",
+        "device": torch.device("cpu"),
+    }

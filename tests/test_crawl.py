@@ -17,8 +17,11 @@ from clipcrawl.tasks.ingest.crawl import (
 def source(tmp_path):
     crawl = tmp_path / "crawl-data" / "CC-MAIN-2099-01"
     crawl.mkdir(parents=True)
-    paths = [f"crawl-data/CC-MAIN-2099-01/segments/{seg}/wat/f{i}.warc.wat.gz"
-             for seg in ("100.1", "100.2", "100.3") for i in range(3)]
+    paths = [
+        f"crawl-data/CC-MAIN-2099-01/segments/{seg}/wat/f{i}.warc.wat.gz"
+        for seg in ("100.1", "100.2", "100.3")
+        for i in range(3)
+    ]
     (crawl / "wat.paths.gz").write_bytes(gzip.compress("\n".join(paths).encode() + b"\n"))
     return str(tmp_path)
 
@@ -69,11 +72,13 @@ def test_common_crawl_sources_are_recognised():
 
 
 def test_ingested_segments_leave_out_those_with_a_failed_file(tmp_path):
-    from clipcrawl.tasks.ingest.crawl import ingested_segments
     from clipcrawl.tasks.core.uri import write_json
+    from clipcrawl.tasks.ingest.crawl import ingested_segments
 
     assert ingested_segments(str(tmp_path)) == []
     failed = "s3://commoncrawl/crawl-data/CC-MAIN-2099-01/segments/100.2/wat/f1.warc.wat.gz"
-    write_json(str(tmp_path / "pairs" / "_summary.json"),
-               {"segments": ["100.1", "100.2", "100.3"], "failed": [{"uri": failed, "error": "gone"}]})
+    write_json(
+        str(tmp_path / "pairs" / "_summary.json"),
+        {"segments": ["100.1", "100.2", "100.3"], "failed": [{"uri": failed, "error": "gone"}]},
+    )
     assert ingested_segments(str(tmp_path)) == ["100.1", "100.3"]

@@ -10,8 +10,8 @@ import pytest
 
 from clipcrawl.flows.download import download_images
 from clipcrawl.flows.runner import task_runner
-from clipcrawl.tasks.world.groundtruth import compare_downloads
 from clipcrawl.tasks.world import ImageServer
+from clipcrawl.tasks.world.groundtruth import compare_downloads
 from tests.helpers import run, task_states
 
 
@@ -25,8 +25,12 @@ def pairs_dir(dask_address, small_world, tmp_path_factory):
 
 def download(dask_address, pairs_dir, server, **overrides):
     flow = download_images.with_options(task_runner=task_runner(dask_address))
-    return flow(pairs=str(pairs_dir / "pairs"), out=str(pairs_dir), settings=server.download_settings(**overrides),
-                return_state=True)
+    return flow(
+        pairs=str(pairs_dir / "pairs"),
+        out=str(pairs_dir),
+        settings=server.download_settings(**overrides),
+        return_state=True,
+    )
 
 
 def test_download_matches_ground_truth_and_reruns_from_cache(dask_address, small_world, pairs_dir):

@@ -10,13 +10,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from clipcrawl.tasks.core.config import DownloadSettings, EmbedSettings
+from clipcrawl.tasks.download.images import process_image
+from clipcrawl.tasks.download.shards import ShardWriter, sample_key
 from clipcrawl.tasks.embed import clip_model
 from clipcrawl.tasks.embed import stage as embed
 from clipcrawl.tasks.embed.clip_model import worker_model
-from clipcrawl.tasks.core.config import DownloadSettings, EmbedSettings
-from clipcrawl.tasks.embed.stage import DATASET_SCHEMA, METADATA_SCHEMA, embed_shard, embed_shard_task, published_shards, summarize
-from clipcrawl.tasks.download.images import process_image
-from clipcrawl.tasks.download.shards import ShardWriter, sample_key
+from clipcrawl.tasks.embed.stage import (
+    DATASET_SCHEMA,
+    METADATA_SCHEMA,
+    embed_shard,
+    embed_shard_task,
+    published_shards,
+    summarize,
+)
 from clipcrawl.tasks.world import sample_training_pairs
 from tests.test_clip_model import write_tiny_model
 
@@ -27,16 +34,24 @@ FAILED = 3  # this sample's download failed: a row of the shard's parquet, not a
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     tiny = write_tiny_model(tmp_path_factory.mktemp("tiny-clip"))
-    return EmbedSettings(checkpoint=tiny, pretrained=None, device="cpu", batch_size=4, loader_threads=2,
-                         similarity_threshold=-1.0)
+    return EmbedSettings(
+        checkpoint=tiny, pretrained=None, device="cpu", batch_size=4, loader_threads=2, similarity_threshold=-1.0
+    )
 
 
 def make_shard(out: str, n: int, corrupt=(), missing=()) -> str:
     """images/00000.tar/.parquet of `n` rendered scenes with their captions, as the download stage writes them."""
     with ShardWriter(out, 0, DOWNLOAD) as writer:
         for i, (img, caption) in enumerate(sample_training_pairs(n, seed=1, size=(48, 48))):
-            row = {"key": sample_key(0, i), "uid": 1000 + i, "url": f"https://img.example/{i}.jpg", "text": caption,
-                   "page_url": f"https://page.example/{i}", "language": "en", "license": "cc-by" if i == 0 else None}
+            row = {
+                "key": sample_key(0, i),
+                "uid": 1000 + i,
+                "url": f"https://img.example/{i}.jpg",
+                "text": caption,
+                "page_url": f"https://page.example/{i}",
+                "language": "en",
+                "license": "cc-by" if i == 0 else None,
+            }
             if i == FAILED:
                 writer.add(row | {"status": "http_4xx", "error_message": "404", "http_status": 404}, None)
                 continue
@@ -69,17 +84,26 @@ def read_outputs(out: str, stem: str = "00000"):
 
     with fsspec.open(f"{out}/dataset/part-{stem}_stats.json", "r") as f:
         stats = json.load(f)
-    return (npy("img_emb"), npy("text_emb"), table(f"embeddings/metadata/metadata_{stem}.parquet"),
-            table(f"dataset/part-{stem}.parquet"), stats)
+    return (
+        npy("img_emb"),
+        npy("text_emb"),
+        table(f"embeddings/metadata/metadata_{stem}.parquet"),
+        table(f"dataset/part-{stem}.parquet"),
+        stats,
+    )
 
 
 def test_outputs_follow_clip_retrieval_layout(tmp_path, settings):
     out = str(tmp_path)
     stats = embed_shard(make_shard(out, 10), out, settings)
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and "images" not in p.parts)
-    assert files == ["dataset/part-00000.parquet", "dataset/part-00000_stats.json",
-                     "embeddings/img_emb/img_emb_00000.npy", "embeddings/metadata/metadata_00000.parquet",
-                     "embeddings/text_emb/text_emb_00000.npy"]
+    assert files == [
+        "dataset/part-00000.parquet",
+        "dataset/part-00000_stats.json",
+        "embeddings/img_emb/img_emb_00000.npy",
+        "embeddings/metadata/metadata_00000.parquet",
+        "embeddings/text_emb/text_emb_00000.npy",
+    ]
     img, txt, metadata, dataset, saved = read_outputs(out)
     assert saved == json.loads(json.dumps(stats))
     assert img.dtype == txt.dtype == np.float16 and img.shape == txt.shape == (9, 16)
@@ -102,7 +126,12 @@ def test_outputs_follow_clip_retrieval_layout(tmp_path, settings):
     assert dataset.schema == DATASET_SCHEMA and dataset.num_rows == 9  # threshold -1 keeps every row
     first = dataset.to_pylist()[0]
     assert (first["SAMPLE_ID"], first["URL"], first["LICENSE"], first["HEIGHT"], first["WIDTH"]) == (
-        1000, "https://img.example/0.jpg", "cc-by", 48, 48)
+        1000,
+        "https://img.example/0.jpg",
+        "cc-by",
+        48,
+        48,
+    )
     assert set(dataset["LICENSE"].to_pylist()[1:]) == {"?"}
 
     assert (stats["samples"], stats["embedded"], stats["kept"], stats["dropped_similarity"]) == (9, 9, 9, 0)
@@ -129,8 +158,10 @@ def test_similarity_threshold_and_drop_nsfw_filter_rows(tmp_path, settings):
     assert min(dataset["similarity"].to_pylist()) >= threshold
 
     # Mostly flagged categories: the random model's top two are often both flagged.
-    prompts = {"neutral_prompts": ("a photo", "a drawing"),
-               "flagged_prompts": tuple(f"flagged thing {i}" for i in range(10))}
+    prompts = {
+        "neutral_prompts": ("a photo", "a drawing"),
+        "flagged_prompts": tuple(f"flagged thing {i}" for i in range(10)),
+    }
     stats = embed_shard(tar, out, settings.model_copy(update=prompts | {"drop_nsfw": True}))
     _, _, metadata, dataset, _ = read_outputs(out)
     tags = dict(zip(metadata["key"].to_pylist(), metadata["NSFW"].to_pylist()))
@@ -147,15 +178,18 @@ def test_corrupt_and_missing_images_are_recorded_and_the_shard_goes_on(tmp_path,
     assert metadata["key"].to_pylist() == [sample_key(0, i) for i in (0, 2, 4, 6, 7)]
     assert stats["status"] == {"embedded": 5, "missing_image": 1, "decode_error": 1}
     assert [(f["key"], f["status"]) for f in stats["failures"]] == [
-        (sample_key(0, 1), "decode_error"), (sample_key(0, 5), "missing_image")]
+        (sample_key(0, 1), "decode_error"),
+        (sample_key(0, 5), "missing_image"),
+    ]
     assert all(f["error"] for f in stats["failures"])
 
 
 def test_empty_shard(tmp_path, settings):
     out = str(tmp_path)
     with ShardWriter(out, 0, DOWNLOAD) as writer:
-        writer.add({"key": sample_key(0, 0), "uid": 1, "url": "https://x/0.jpg", "text": "t", "status": "timeout"},
-                   None)
+        writer.add(
+            {"key": sample_key(0, 0), "uid": 1, "url": "https://x/0.jpg", "text": "t", "status": "timeout"}, None
+        )
     stats = embed_shard(f"{out}/images/00000.tar", out, settings)
     img, txt, metadata, dataset, _ = read_outputs(out)
     assert img.shape == txt.shape == (0, 16) and img.dtype == np.float16

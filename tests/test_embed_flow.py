@@ -12,8 +12,13 @@ import pyarrow.parquet as pq
 from clipcrawl.tasks.world.groundtruth import compare_embeddings
 from tests.helpers import embed, task_states
 
-TASK_KINDS = {"extract_file": "extract", "find_duplicates": "dedup", "publish_file": "publish",
-              "download_shard_async": "download", "embed_shard": "embed"}
+TASK_KINDS = {
+    "extract_file": "extract",
+    "find_duplicates": "dedup",
+    "publish_file": "publish",
+    "download_shard_async": "download",
+    "embed_shard": "embed",
+}
 
 
 def test_every_task_ran_on_a_worker_offering_its_resource(pipeline):

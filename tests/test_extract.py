@@ -23,9 +23,16 @@ CASES = [
     ("/root.jpg", "root relative image", ("http://example.com/root.jpg", "root relative image")),
     ("//cdn.example.org/p.jpg", "protocol relative", ("http://cdn.example.org/p.jpg", "protocol relative")),
     ("https://other.example.net/x.png", "already absolute", ("https://other.example.net/x.png", "already absolute")),
-    ("pic.php?id=1&amp;size=2", "Tom &amp; Jerry &eacute;t&eacute;",
-     ("http://example.com/dir/pic.php?id=1&size=2", "Tom & Jerry été")),
-    ("q.php?a=1&copy=2", "legacy entity kept in urls", ("http://example.com/dir/q.php?a=1&copy=2", "legacy entity kept in urls")),
+    (
+        "pic.php?id=1&amp;size=2",
+        "Tom &amp; Jerry &eacute;t&eacute;",
+        ("http://example.com/dir/pic.php?id=1&size=2", "Tom & Jerry été"),
+    ),
+    (
+        "q.php?a=1&copy=2",
+        "legacy entity kept in urls",
+        ("http://example.com/dir/q.php?a=1&copy=2", "legacy entity kept in urls"),
+    ),
     ("data:image/png;base64,iVBORw0KGgo=", "inline data image", "unsupported_scheme"),
     ("javascript:void(0)", "scripted image", "unsupported_scheme"),
     ("ftp://files.example.com/a.jpg", "ftp image here", "unsupported_scheme"),
@@ -46,17 +53,26 @@ CASES = [
 ]
 
 
-def wat_json(page_url: str, links: list[tuple[str, str | None]], base: str | None = None, status: int = 200,
-             tags: list[tuple[str, str, str | None]] = ()) -> bytes:
+def wat_json(
+    page_url: str,
+    links: list[tuple[str, str | None]],
+    base: str | None = None,
+    status: int = 200,
+    tags: list[tuple[str, str, str | None]] = (),
+) -> bytes:
     """`tags`: extra (name, href, rel or None) <link>/<a> tags, as in `html_page`."""
     head = {"Title": "a page"} | ({"Base": base} if base is not None else {})
-    head_links = [{"path": "LINK@/href", "url": href} | ({"rel": rel} if rel else {})
-                  for t, href, rel in tags if t == "link"]
+    head_links = [
+        {"path": "LINK@/href", "url": href} | ({"rel": rel} if rel else {}) for t, href, rel in tags if t == "link"
+    ]
     if head_links:
         head["Link"] = head_links
     link_objs = [{"path": "A@/href", "url": "/about", "text": "About"}]
-    link_objs += [{"path": "A@/href", "url": href} | ({"rel": rel} if rel else {}) | {"text": "a link"}
-                  for t, href, rel in tags if t == "a"]
+    link_objs += [
+        {"path": "A@/href", "url": href} | ({"rel": rel} if rel else {}) | {"text": "a link"}
+        for t, href, rel in tags
+        if t == "a"
+    ]
     for src, alt in links:
         link_objs.append({"path": "IMG@/src", "url": src} | ({"alt": alt} if alt is not None else {}))
     doc = {
@@ -78,20 +94,34 @@ def wat_json(page_url: str, links: list[tuple[str, str | None]], base: str | Non
 
 
 def request_json(page_url: str) -> bytes:
-    return json.dumps({"Envelope": {"WARC-Header-Metadata": {"WARC-Type": "request", "WARC-Target-URI": page_url},
-                                    "Payload-Metadata": {"HTTP-Request-Metadata": {}}}}).encode()
+    return json.dumps(
+        {
+            "Envelope": {
+                "WARC-Header-Metadata": {"WARC-Type": "request", "WARC-Target-URI": page_url},
+                "Payload-Metadata": {"HTTP-Request-Metadata": {}},
+            }
+        }
+    ).encode()
 
 
-def html_page(links: list[tuple[str, str | None]], base: str | None = None, charset_meta: str | None = None,
-              tags: list[tuple[str, str, str | None]] = ()) -> str:
-    head = (f'<meta charset="{charset_meta}">' if charset_meta else "") + (f'<base href="{base}">' if base is not None else "")
+def html_page(
+    links: list[tuple[str, str | None]],
+    base: str | None = None,
+    charset_meta: str | None = None,
+    tags: list[tuple[str, str, str | None]] = (),
+) -> str:
+    head = (f'<meta charset="{charset_meta}">' if charset_meta else "") + (
+        f'<base href="{base}">' if base is not None else ""
+    )
     tag = {name: "" for name in ("link", "a")}
     for name, href, rel in tags:
         rel_attr = f' rel="{rel}"' if rel else ""
         tag[name] += f'<link{rel_attr} href="{href}">' if name == "link" else f'<a{rel_attr} href="{href}">a link</a>'
     imgs = "".join(f'<img src="{s}"' + (f' alt="{a}"' if a is not None else "") + ">" for s, a in links)
-    return (f"<!DOCTYPE html><html><head>{head}<title>t</title>{tag['link']}</head>"
-            f"<body><p>Hi</p>{imgs}<footer>{tag['a']}</footer></body></html>")
+    return (
+        f"<!DOCTYPE html><html><head>{head}<title>t</title>{tag['link']}</head>"
+        f"<body><p>Hi</p>{imgs}<footer>{tag['a']}</footer></body></html>"
+    )
 
 
 def write_warc(path, records: list[tuple], gzip_members: bool = True) -> None:
@@ -101,16 +131,22 @@ def write_warc(path, records: list[tuple], gzip_members: bool = True) -> None:
     writer.write_record(writer.create_warcinfo_record("x.warc.gz", {"software": "test"}))
     for rec in records:
         if rec[0] == "wat":
-            writer.write_record(writer.create_warc_record(rec[1], "metadata", payload=io.BytesIO(rec[2]),
-                                                          warc_content_type="application/json"))
+            writer.write_record(
+                writer.create_warc_record(
+                    rec[1], "metadata", payload=io.BytesIO(rec[2]), warc_content_type="application/json"
+                )
+            )
         elif rec[0] == "html":
             status = rec[4] if len(rec) > 4 else "200 OK"
             http = StatusAndHeaders(status, [("Content-Type", rec[3])], protocol="HTTP/1.1")
-            writer.write_record(writer.create_warc_record(rec[1], "response", payload=io.BytesIO(rec[2]),
-                                                          http_headers=http))
+            writer.write_record(
+                writer.create_warc_record(rec[1], "response", payload=io.BytesIO(rec[2]), http_headers=http)
+            )
         elif rec[0] == "request":
             http = StatusAndHeaders("GET / HTTP/1.1", [("Host", "example.com")], is_http_request=True)
-            writer.write_record(writer.create_warc_record(rec[1], "request", payload=io.BytesIO(b""), http_headers=http))
+            writer.write_record(
+                writer.create_warc_record(rec[1], "request", payload=io.BytesIO(b""), http_headers=http)
+            )
     path.write_bytes(buf.getvalue())
 
 
@@ -118,7 +154,11 @@ def run(uri, **kw) -> tuple[pa.Table, FileStats]:
     settings = ExtractSettings(**({"detect_language": False} | kw))
     stats = FileStats(uri=str(uri))
     batches = list(iter_pairs(str(uri), settings, stats))
-    table = pa.Table.from_batches(batches) if batches else pa.table({"uid": pa.array([], pa.uint64()), "url": [], "text": []})
+    table = (
+        pa.Table.from_batches(batches)
+        if batches
+        else pa.table({"uid": pa.array([], pa.uint64()), "url": [], "text": []})
+    )
     return table, stats
 
 
@@ -140,7 +180,10 @@ def expected_drops(cases) -> dict:
 
 def test_wat_cases(tmp_path):
     links = [(s, a) for s, a, _ in CASES]
-    write_warc(tmp_path / "a.wat.gz", [("request", PAGE), ("wat", PAGE, request_json(PAGE)), ("wat", PAGE, wat_json(PAGE, links))])
+    write_warc(
+        tmp_path / "a.wat.gz",
+        [("request", PAGE), ("wat", PAGE, request_json(PAGE)), ("wat", PAGE, wat_json(PAGE, links))],
+    )
     table, stats = run(tmp_path / "a.wat.gz")
     assert pairs(table) == expected_pairs(CASES)
     d = stats.to_dict()
@@ -150,7 +193,9 @@ def test_wat_cases(tmp_path):
     assert d["img_links"] == len(CASES) and d["with_alt"] == len(CASES) - 1
     assert d["kept"] == table.num_rows == len(expected_pairs(CASES))
     assert d["responses"] == 1 and d["html_pages"] == 1 and d["records"] == 4
-    assert table.column("uid").to_pylist() == [pair_uid(u, t) for u, t in zip(table.column("url").to_pylist(), table.column("text").to_pylist())]
+    assert table.column("uid").to_pylist() == [
+        pair_uid(u, t) for u, t in zip(table.column("url").to_pylist(), table.column("text").to_pylist())
+    ]
     assert table.schema.field("uid").type == pa.uint64()
     assert table.column("page_url").to_pylist() == [PAGE] * table.num_rows
 
@@ -165,12 +210,15 @@ def test_warc_cases_match_wat(tmp_path):
     assert stats.dropped == expected_drops(CASES)
 
 
-@pytest.mark.parametrize("base,src,url", [
-    ("http://static.example.com/assets/", "z.jpg", "http://static.example.com/assets/z.jpg"),
-    ("/assets/", "z.jpg", "http://example.com/assets/z.jpg"),
-    ("sub/", "../z.jpg", "http://example.com/dir/z.jpg"),
-    ("https://s.example.com/a/?x=1&amp;y=2", "z.jpg", "https://s.example.com/a/z.jpg"),
-])
+@pytest.mark.parametrize(
+    "base,src,url",
+    [
+        ("http://static.example.com/assets/", "z.jpg", "http://static.example.com/assets/z.jpg"),
+        ("/assets/", "z.jpg", "http://example.com/assets/z.jpg"),
+        ("sub/", "../z.jpg", "http://example.com/dir/z.jpg"),
+        ("https://s.example.com/a/?x=1&amp;y=2", "z.jpg", "https://s.example.com/a/z.jpg"),
+    ],
+)
 def test_base_href_wat_and_warc(tmp_path, base, src, url):
     links = [(src, "picture with a base")]
     write_warc(tmp_path / "a.wat.gz", [("wat", PAGE, wat_json(PAGE, links, base=base))])
@@ -180,13 +228,24 @@ def test_base_href_wat_and_warc(tmp_path, base, src, url):
         assert pairs(table) == {(url, "picture with a base")}, name
 
 
-@pytest.mark.parametrize("charset,how", [("windows-1251", "header"), ("shift_jis", "meta"), ("iso-8859-1", "header"),
-                                         ("windows-1251", "detect")])
+@pytest.mark.parametrize(
+    "charset,how",
+    [("windows-1251", "header"), ("shift_jis", "meta"), ("iso-8859-1", "header"), ("windows-1251", "detect")],
+)
 def test_warc_charsets(tmp_path, charset, how):
-    text = {"windows-1251": "Красный велосипед у стены дома", "shift_jis": "赤い自転車が壁に立てかけてある",
-            "iso-8859-1": "Café crème à côté du château"}[charset]
-    filler = {"windows-1251": "Это длинный русский текст для определения кодировки. " * 20, "shift_jis": "", "iso-8859-1": ""}[charset]
-    page = html_page([("a.jpg", text)], charset_meta=charset if how == "meta" else None).replace("<p>Hi</p>", f"<p>{filler}</p>")
+    text = {
+        "windows-1251": "Красный велосипед у стены дома",
+        "shift_jis": "赤い自転車が壁に立てかけてある",
+        "iso-8859-1": "Café crème à côté du château",
+    }[charset]
+    filler = {
+        "windows-1251": "Это длинный русский текст для определения кодировки. " * 20,
+        "shift_jis": "",
+        "iso-8859-1": "",
+    }[charset]
+    page = html_page([("a.jpg", text)], charset_meta=charset if how == "meta" else None).replace(
+        "<p>Hi</p>", f"<p>{filler}</p>"
+    )
     ctype = f"text/html; charset={charset}" if how == "header" else "text/html"
     write_warc(tmp_path / "a.warc.gz", [("html", PAGE, page.encode(charset), ctype)])
     table, stats = run(tmp_path / "a.warc.gz")
@@ -195,29 +254,44 @@ def test_warc_charsets(tmp_path, charset, how):
 
 def test_warc_skips_non_html_and_errors(tmp_path):
     links = [("a.jpg", "a fine picture")]
-    write_warc(tmp_path / "a.warc.gz", [
-        ("html", PAGE, html_page(links).encode(), "text/html"),
-        ("html", PAGE + "?404", html_page([("b.jpg", "not found page")]).encode(), "text/html", "404 Not Found"),
-        ("html", PAGE + ".json", b'{"img": "<img src=c.jpg alt=nope>"}', "application/json"),
-        ("html", PAGE + "?sniff", html_page([("d.jpg", "sniffed html page")]).encode(), "application/octet-stream"),
-    ])
+    write_warc(
+        tmp_path / "a.warc.gz",
+        [
+            ("html", PAGE, html_page(links).encode(), "text/html"),
+            ("html", PAGE + "?404", html_page([("b.jpg", "not found page")]).encode(), "text/html", "404 Not Found"),
+            ("html", PAGE + ".json", b'{"img": "<img src=c.jpg alt=nope>"}', "application/json"),
+            ("html", PAGE + "?sniff", html_page([("d.jpg", "sniffed html page")]).encode(), "application/octet-stream"),
+        ],
+    )
     table, stats = run(tmp_path / "a.warc.gz")
-    assert pairs(table) == {("http://example.com/dir/a.jpg", "a fine picture"), ("http://example.com/dir/d.jpg", "sniffed html page")}
+    assert pairs(table) == {
+        ("http://example.com/dir/a.jpg", "a fine picture"),
+        ("http://example.com/dir/d.jpg", "sniffed html page"),
+    }
     assert stats.responses == 4 and stats.html_pages == 2
 
 
 def test_dedup_within_file(tmp_path):
     p2 = "http://example.com/other.html"
     links = [("/a.jpg", "same pair twice"), ("/a.jpg", "same pair twice"), ("/a.jpg", "other text same url")]
-    write_warc(tmp_path / "a.wat.gz", [("wat", PAGE, wat_json(PAGE, links)), ("wat", p2, wat_json(p2, [("http://example.com/a.jpg", "same pair twice")]))])
+    write_warc(
+        tmp_path / "a.wat.gz",
+        [
+            ("wat", PAGE, wat_json(PAGE, links)),
+            ("wat", p2, wat_json(p2, [("http://example.com/a.jpg", "same pair twice")])),
+        ],
+    )
     table, stats = run(tmp_path / "a.wat.gz")
     assert table.num_rows == 2 and stats.dropped == {"duplicate": 2}
     assert len(set(table.column("uid").to_pylist())) == 2
 
 
 def test_language(tmp_path):
-    links = [("a.jpg", "Красный велосипед стоит у стены"), ("b.jpg", "A red bicycle leaning against the wall"),
-             ("c.jpg", "Ein rotes Fahrrad lehnt an der Wand")]
+    links = [
+        ("a.jpg", "Красный велосипед стоит у стены"),
+        ("b.jpg", "A red bicycle leaning against the wall"),
+        ("c.jpg", "Ein rotes Fahrrad lehnt an der Wand"),
+    ]
     write_warc(tmp_path / "a.wat.gz", [("wat", PAGE, wat_json(PAGE, links))])
     table, _ = run(tmp_path / "a.wat.gz", detect_language=True)
     assert table.column("language").to_pylist() == ["ru", "en", "de"]
@@ -239,12 +313,15 @@ def test_batches_are_bounded(tmp_path):
 
 # --- bad input -------------------------------------------------------------------------------
 
+
 def many_pages(n=200):
     recs = []
     for p in range(n):
         page = f"http://example.com/p{p}.html"
         recs.append(("wat", page, request_json(page)))
-        recs.append(("wat", page, wat_json(page, [(f"/img/{p}/{i}.jpg", f"picture number {i} of page {p}") for i in range(20)])))
+        recs.append(
+            ("wat", page, wat_json(page, [(f"/img/{p}/{i}.jpg", f"picture number {i} of page {p}") for i in range(20)]))
+        )
     return recs
 
 
@@ -282,7 +359,9 @@ def test_single_gzip_stream_is_read(tmp_path):
         assert stats.status == "ok" and pairs(table) == pairs(ref), name
 
 
-@pytest.mark.parametrize("content", [b"hello, this is not a warc file at all\n" * 10, gzip.compress(b"<html>nope</html>" * 10), b""])
+@pytest.mark.parametrize(
+    "content", [b"hello, this is not a warc file at all\n" * 10, gzip.compress(b"<html>nope</html>" * 10), b""]
+)
 def test_not_a_warc(tmp_path, content):
     (tmp_path / "x.wat.gz").write_bytes(content)
     stats = FileStats(uri=str(tmp_path / "x.wat.gz"))
@@ -293,11 +372,14 @@ def test_not_a_warc(tmp_path, content):
 
 def test_malformed_json_record_is_skipped(tmp_path):
     good = [("/a.jpg", "a good picture here")]
-    write_warc(tmp_path / "a.wat.gz", [
-        ("wat", PAGE, wat_json(PAGE, good)[:-40]),  # cut JSON that still mentions IMG@/src
-        ("wat", PAGE, b'{"Envelope": [1, 2, "IMG@/src"]}'),  # valid JSON, wrong structure
-        ("wat", PAGE + "?2", wat_json(PAGE + "?2", good)),
-    ])
+    write_warc(
+        tmp_path / "a.wat.gz",
+        [
+            ("wat", PAGE, wat_json(PAGE, good)[:-40]),  # cut JSON that still mentions IMG@/src
+            ("wat", PAGE, b'{"Envelope": [1, 2, "IMG@/src"]}'),  # valid JSON, wrong structure
+            ("wat", PAGE + "?2", wat_json(PAGE + "?2", good)),
+        ],
+    )
     table, stats = run(tmp_path / "a.wat.gz")
     assert stats.malformed_records == 2 and stats.status == "ok"
     assert pairs(table) == {("http://example.com/a.jpg", "a good picture here")}
@@ -330,8 +412,22 @@ def test_stats_dict_keys(tmp_path):
     write_warc(tmp_path / "a.wat.gz", [("wat", PAGE, wat_json(PAGE, [("/a.jpg", "a good picture here")]))])
     _, stats = run(tmp_path / "a.wat.gz")
     d = stats.to_dict()
-    assert set(d) == {"uri", "kind", "status", "error", "records", "responses", "html_pages", "img_links", "with_alt",
-                      "kept", "dropped", "malformed_records", "compressed_bytes", "seconds"}
+    assert set(d) == {
+        "uri",
+        "kind",
+        "status",
+        "error",
+        "records",
+        "responses",
+        "html_pages",
+        "img_links",
+        "with_alt",
+        "kept",
+        "dropped",
+        "malformed_records",
+        "compressed_bytes",
+        "seconds",
+    }
     assert d["kind"] == "wat" and d["compressed_bytes"] == (tmp_path / "a.wat.gz").stat().st_size
     json.dumps(d)
 
@@ -339,7 +435,10 @@ def test_stats_dict_keys(tmp_path):
 def test_mixed_file(tmp_path):
     links = [("a.jpg", "a picture in both")]
     p2 = "http://example.com/dir/two.html"
-    write_warc(tmp_path / "m.warc.gz", [("wat", PAGE, wat_json(PAGE, links)), ("html", p2, html_page(links).encode(), "text/html")])
+    write_warc(
+        tmp_path / "m.warc.gz",
+        [("wat", PAGE, wat_json(PAGE, links)), ("html", p2, html_page(links).encode(), "text/html")],
+    )
     table, stats = run(tmp_path / "m.warc.gz")
     assert stats.kind == "mixed" and stats.dropped == {"duplicate": 1} and table.num_rows == 1
 
@@ -351,31 +450,67 @@ CC_BY = "https://creativecommons.org/licenses/by/4.0/"
 LICENSE_CASES = {
     "none": (PAGE, None, [("a", "/contact", None), ("link", "/style.css", "stylesheet")], None),
     "plain_anchor": (PAGE, None, [("a", "/x", None), ("a", CC_BY, None), ("a", CC_BY + "deed.fr", None)], CC_BY),
-    "rel_beats_earlier_plain": (PAGE, None, [("a", "https://creativecommons.org/licenses/by-nd/4.0/", None),
-                                             ("a", "http://creativecommons.org/licenses/by-sa/3.0/", "license")],
-                                "http://creativecommons.org/licenses/by-sa/3.0/"),
-    "rel_tokens": (PAGE, None, [("a", CC_BY, None), ("a", "https://www.creativecommons.org/licenses/by-nc/4.0/",
-                                                     "noopener License")],
-                   "https://www.creativecommons.org/licenses/by-nc/4.0/"),
-    "head_link_protocol_relative": (PAGE, None, [("link", "//creativecommons.org/publicdomain/zero/1.0/", "license"),
-                                                 ("a", CC_BY, "license")],
-                                    "http://creativecommons.org/publicdomain/zero/1.0/"),
-    "decoys": (PAGE, None, [("a", "https://creativecommons.org/", None),
-                            ("a", "https://creativecommons.org/about/", None),
-                            ("a", "https://search.creativecommons.org/licenses/by/4.0/", None),
-                            ("a", "https://example-licenses.world.test/licenses/by/4.0/", "license"),
-                            ("a", "https://creativecommons.org.evil.test/licenses/by/4.0/", None),
-                            ("a", "https://creativecommons.org@evil.test/licenses/by/4.0/", None),
-                            ("a", "ftp://creativecommons.org/licenses/by/4.0/", None),
-                            ("link", CC_BY, "alternate"), ("link", "/license.html", "license")], None),
-    "rel_license_elsewhere_then_plain_cc": (PAGE, None, [("a", "https://example.com/terms", "license"),
-                                                         ("a", CC_BY, None)], CC_BY),
-    "relative_to_base": (PAGE, "https://creativecommons.org/", [("a", "licenses/by-nc/4.0/", "license")],
-                         "https://creativecommons.org/licenses/by-nc/4.0/"),
-    "relative_to_page": ("https://creativecommons.org/about/cclicenses/", None, [("a", "../../licenses/by/2.0/", None)],
-                         "https://creativecommons.org/licenses/by/2.0/"),
-    "entity_in_href": (PAGE, None, [("a", CC_BY + "?ref=chooser&amp;lang=de", "license")],
-                       CC_BY + "?ref=chooser&lang=de"),
+    "rel_beats_earlier_plain": (
+        PAGE,
+        None,
+        [
+            ("a", "https://creativecommons.org/licenses/by-nd/4.0/", None),
+            ("a", "http://creativecommons.org/licenses/by-sa/3.0/", "license"),
+        ],
+        "http://creativecommons.org/licenses/by-sa/3.0/",
+    ),
+    "rel_tokens": (
+        PAGE,
+        None,
+        [("a", CC_BY, None), ("a", "https://www.creativecommons.org/licenses/by-nc/4.0/", "noopener License")],
+        "https://www.creativecommons.org/licenses/by-nc/4.0/",
+    ),
+    "head_link_protocol_relative": (
+        PAGE,
+        None,
+        [("link", "//creativecommons.org/publicdomain/zero/1.0/", "license"), ("a", CC_BY, "license")],
+        "http://creativecommons.org/publicdomain/zero/1.0/",
+    ),
+    "decoys": (
+        PAGE,
+        None,
+        [
+            ("a", "https://creativecommons.org/", None),
+            ("a", "https://creativecommons.org/about/", None),
+            ("a", "https://search.creativecommons.org/licenses/by/4.0/", None),
+            ("a", "https://example-licenses.world.test/licenses/by/4.0/", "license"),
+            ("a", "https://creativecommons.org.evil.test/licenses/by/4.0/", None),
+            ("a", "https://creativecommons.org@evil.test/licenses/by/4.0/", None),
+            ("a", "ftp://creativecommons.org/licenses/by/4.0/", None),
+            ("link", CC_BY, "alternate"),
+            ("link", "/license.html", "license"),
+        ],
+        None,
+    ),
+    "rel_license_elsewhere_then_plain_cc": (
+        PAGE,
+        None,
+        [("a", "https://example.com/terms", "license"), ("a", CC_BY, None)],
+        CC_BY,
+    ),
+    "relative_to_base": (
+        PAGE,
+        "https://creativecommons.org/",
+        [("a", "licenses/by-nc/4.0/", "license")],
+        "https://creativecommons.org/licenses/by-nc/4.0/",
+    ),
+    "relative_to_page": (
+        "https://creativecommons.org/about/cclicenses/",
+        None,
+        [("a", "../../licenses/by/2.0/", None)],
+        "https://creativecommons.org/licenses/by/2.0/",
+    ),
+    "entity_in_href": (
+        PAGE,
+        None,
+        [("a", CC_BY + "?ref=chooser&amp;lang=de", "license")],
+        CC_BY + "?ref=chooser&lang=de",
+    ),
 }
 
 
@@ -384,11 +519,20 @@ def test_license_from_wat_and_warc(tmp_path, case):
     page, base, tags, expected = LICENSE_CASES[case]
     other = "http://example.com/other.html"  # a page without license in the same file
     links = [("a.jpg", "first picture here"), ("b.jpg", "second picture here")]
-    write_warc(tmp_path / "a.wat.gz", [("wat", page, wat_json(page, links, base=base, tags=tags)),
-                                       ("wat", other, wat_json(other, [("c.jpg", "a third picture")]))])
-    write_warc(tmp_path / "a.warc.gz", [
-        ("html", page, html_page(links, base=base, tags=tags).encode(), "text/html"),
-        ("html", other, html_page([("c.jpg", "a third picture")]).encode(), "text/html")])
+    write_warc(
+        tmp_path / "a.wat.gz",
+        [
+            ("wat", page, wat_json(page, links, base=base, tags=tags)),
+            ("wat", other, wat_json(other, [("c.jpg", "a third picture")])),
+        ],
+    )
+    write_warc(
+        tmp_path / "a.warc.gz",
+        [
+            ("html", page, html_page(links, base=base, tags=tags).encode(), "text/html"),
+            ("html", other, html_page([("c.jpg", "a third picture")]).encode(), "text/html"),
+        ],
+    )
     for name in ("a.wat.gz", "a.warc.gz"):
         table, _ = run(tmp_path / name)
         got = dict(zip(table.column("text").to_pylist(), table.column("license").to_pylist()))
@@ -397,13 +541,16 @@ def test_license_from_wat_and_warc(tmp_path, case):
 
 def test_license_search_needs_the_marker_and_survives_odd_links(tmp_path):
     # a license link written with an upper-case host is not searched for (cheap case-sensitive test)
-    upper = wat_json(PAGE, [("a.jpg", "a fine picture")],
-                     tags=[("a", "https://CreativeCommons.ORG/licenses/by/4.0/", "license")])
+    upper = wat_json(
+        PAGE, [("a.jpg", "a fine picture")], tags=[("a", "https://CreativeCommons.ORG/licenses/by/4.0/", "license")]
+    )
     # an unexpected Head.Link shape loses the license search, not the page's pairs
     odd = json.loads(wat_json(PAGE + "?2", [("b.jpg", "another fine picture")], tags=[("a", CC_BY, None)]))
     odd["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]["Head"]["Link"] = "not a list"
     write_warc(tmp_path / "a.wat.gz", [("wat", PAGE, upper), ("wat", PAGE + "?2", json.dumps(odd).encode())])
     table, stats = run(tmp_path / "a.wat.gz")
     assert dict(zip(table.column("text").to_pylist(), table.column("license").to_pylist())) == {
-        "a fine picture": None, "another fine picture": CC_BY}
+        "a fine picture": None,
+        "another fine picture": CC_BY,
+    }
     assert stats.malformed_records == 0

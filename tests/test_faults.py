@@ -45,15 +45,15 @@ from clipcrawl.tasks.core.config import (
     ReportSettings,
     load_config,
 )
+from clipcrawl.tasks.core.uri import listdir
+from clipcrawl.tasks.download.shards import plan_shards, tar_members
 from clipcrawl.tasks.download.stage import download_shard, download_shard_task
 from clipcrawl.tasks.embed.stage import embed_shard, embed_shard_task, published_shards, shard_stem
-from clipcrawl.tasks.world.groundtruth import compare_downloads
 from clipcrawl.tasks.index.stage import find_shards
 from clipcrawl.tasks.ingest.stage import extract_file, publish_file
 from clipcrawl.tasks.report.stage import report_shards
-from clipcrawl.tasks.download.shards import plan_shards, tar_members
-from clipcrawl.tasks.core.uri import listdir
 from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
+from clipcrawl.tasks.world.groundtruth import compare_downloads
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD_SIZE = 30  # ~216 pairs: 8 shards, so that a kill finds some finished and some in flight
@@ -144,9 +144,22 @@ def clean(cluster, world, config, tmp_path_factory) -> Path:
 def start_run(cluster, world, config: Path, out: Path) -> subprocess.Popen:
     """`clipcrawl run` on the world into OUT, in a process of its own, on the module's cluster and API."""
     env = os.environ | {"PREFECT_API_URL": prefect_api_url(), "CLIPCRAWL_DASK_ADDRESS": cluster.scheduler_address}
-    cmd = [sys.executable, "-c", "import sys; from clipcrawl.flows.cli import main; main(sys.argv[1:])", "run",
-           "--crawl", world.crawl_id, "--source", str(world.root), "--out", str(out), "--config", str(config),
-           "--dask-address", cluster.scheduler_address]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from clipcrawl.flows.cli import main; main(sys.argv[1:])",
+        "run",
+        "--crawl",
+        world.crawl_id,
+        "--source",
+        str(world.root),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--dask-address",
+        cluster.scheduler_address,
+    ]
     with open(f"{out}.log", "ab") as log:  # the child keeps its own copy
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -235,8 +248,9 @@ class WorkerKiller:
         try:
             while not self._stop.is_set() and not self.killed:
                 if found := self.condition():
-                    ours = [a for a, w in self.client.scheduler_info()["workers"].items()
-                            if self.resource in w["resources"]]
+                    ours = [
+                        a for a, w in self.client.scheduler_info()["workers"].items() if self.resource in w["resources"]
+                    ]
                     executing = self.client.run(lambda dask_worker: len(dask_worker.state.executing), workers=ours)
                     if targets := [a for a, n in executing.items() if n]:
                         self.when = found
@@ -265,9 +279,11 @@ def snapshot(out: Path, stages=("pairs", "images", "embeddings", "dataset", "ind
         emb = out / "embeddings"
         for p in sorted((emb / "metadata").glob("*.parquet")):
             stem = p.stem.removeprefix("metadata_")
-            snap[f"embeddings/{stem}"] = (pq.read_table(p, columns=["key"]).column("key").to_pylist(),
-                                          len(np.load(emb / "img_emb" / f"img_emb_{stem}.npy")),
-                                          len(np.load(emb / "text_emb" / f"text_emb_{stem}.npy")))
+            snap[f"embeddings/{stem}"] = (
+                pq.read_table(p, columns=["key"]).column("key").to_pylist(),
+                len(np.load(emb / "img_emb" / f"img_emb_{stem}.npy")),
+                len(np.load(emb / "text_emb" / f"text_emb_{stem}.npy")),
+            )
     if "dataset" in stages:
         for p in sorted((out / "dataset").glob("part-*.parquet")):
             snap[f"dataset/{p.name}"] = sorted(pq.read_table(p, columns=["key"]).column("key").to_pylist())
@@ -278,12 +294,18 @@ def snapshot(out: Path, stages=("pairs", "images", "embeddings", "dataset", "ind
 
 def assert_no_duplicates(out: Path, embedded: bool = True) -> None:
     """Every sample key once in images/ and once in embeddings/; a success's three members once in its tar."""
-    keys = Counter(k for p in (out / "images").glob("*.parquet")
-                   for k in pq.read_table(p, columns=["key"]).column("key").to_pylist())
+    keys = Counter(
+        k
+        for p in (out / "images").glob("*.parquet")
+        for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()
+    )
     assert keys and max(keys.values()) == 1
     if embedded:
-        rows = Counter(k for p in (out / "embeddings" / "metadata").glob("*.parquet")
-                       for k in pq.read_table(p, columns=["key"]).column("key").to_pylist())
+        rows = Counter(
+            k
+            for p in (out / "embeddings" / "metadata").glob("*.parquet")
+            for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()
+        )
         assert rows and max(rows.values()) == 1 and set(rows) <= set(keys)
     for tar_path in (out / "images").glob("*.tar"):
         with tarfile.open(tar_path) as tar:
@@ -294,8 +316,9 @@ def assert_no_duplicates(out: Path, embedded: bool = True) -> None:
 def stage_task_states(out: Path, since: dt.datetime) -> dict[str, str]:
     """{task run name: state name} of every flow run started after `since` on OUT (the pipeline's stage subflows)."""
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
-                                     limit=200)
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)), limit=200
+        )
         ids = [r.id for r in runs if r.parameters.get("out") == str(out)]
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=200)
     return {t.name: t.state.name for t in tasks}
@@ -307,19 +330,24 @@ def test_a_worker_killed_mid_download_loses_and_duplicates_nothing(cluster, worl
     address = cluster.scheduler_address
     download = settings(config, "download", DownloadSettings)
     specs = plan_shards(listdir(str(clean / "pairs"), ".parquet"), download.shard_size)
-    results = {f"{s.shard:05d}": download_shard_task.cache_key_fn(None, {"spec": s, "out": str(out),
-                                                                         "settings": download}) for s in specs}
+    results = {
+        f"{s.shard:05d}": download_shard_task.cache_key_fn(None, {"spec": s, "out": str(out), "settings": download})
+        for s in specs
+    }
 
     def downloading():  # some shards' results persisted (a rerun is a cache hit), others being written
         done, writing = persisted(out, results), shards_in_flight(out / "images")
         if done and writing:
-            return {"writing": writing, "finished": {f"{n}_stats.json": mtime(out / "images", f"{n}_stats.json")
-                                                     for n in done}}
+            return {
+                "writing": writing,
+                "finished": {f"{n}_stats.json": mtime(out / "images", f"{n}_stats.json") for n in done},
+            }
         return None
 
     with Client(address) as client, WorkerKiller(client, "CPU", downloading) as killer:
         state = download_images.with_options(task_runner=task_runner(address))(
-            pairs=str(clean / "pairs"), out=str(out), settings=download, return_state=True)
+            pairs=str(clean / "pairs"), out=str(out), settings=download, return_state=True
+        )
     assert killer.error is None and killer.killed, killer.error or "no CPU worker was killed mid-download"
     assert state.is_completed(), state.message
     assert state.result()["shards"] == len(specs) and not state.result()["failed"]
@@ -344,8 +372,10 @@ def test_pipeline_killed_mid_run_resumes_from_cache_to_the_clean_outputs(cluster
 
     def mid_download():  # the shards and pair files finished while some shards are being written
         if writing := shards_in_flight(out / "images"):
-            return (stems(out / "images", "*_stats.json", "_stats.json") - writing,
-                    stems(out / "pairs", "*.stats.json", ".stats.json"))
+            return (
+                stems(out / "images", "*_stats.json", "_stats.json") - writing,
+                stems(out / "pairs", "*.stats.json", ".stats.json"),
+            )
         return None
 
     try:
@@ -376,8 +406,9 @@ def run_killed(tmp_path: Path, args: dict, published) -> Path:
     marker = tmp_path / "stalled"
     args = args | {"marker": str(marker)}
     with open(tmp_path / "worker.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(args)], cwd=ROOT, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER, json.dumps(args)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         wait_for(published if not args.get("stall") else marker.exists, "the write to kill", proc, timeout=180)
     except AssertionError as exc:
@@ -395,11 +426,21 @@ def test_a_download_killed_while_writing_leaves_nothing_taken_for_a_shard(clean,
     download = settings(config, "download", DownloadSettings)
     specs = plan_shards(listdir(str(clean / "pairs"), ".parquet"), download.shard_size)
     # a shard with an image that hangs until the timeout: its tar is open for seconds
-    spec = next(s for s in specs if "timeout" in pq.read_table(clean / "images" / f"{s.shard:05d}.parquet",
-                                                                 columns=["status"]).column("status").to_pylist())
+    spec = next(
+        s
+        for s in specs
+        if "timeout"
+        in pq.read_table(clean / "images" / f"{s.shard:05d}.parquet", columns=["status"]).column("status").to_pylist()
+    )
     name = f"{spec.shard:05d}"
-    args = {"stage": "download", "shard": spec.shard, "slices": spec.slices, "out": str(out),
-            "settings": download.model_dump(mode="json"), "stall": stall}
+    args = {
+        "stage": "download",
+        "shard": spec.shard,
+        "slices": spec.slices,
+        "out": str(out),
+        "settings": download.model_dump(mode="json"),
+        "stall": stall,
+    }
     run_killed(tmp_path, args, lambda: any(p.stat().st_size for p in images.glob(f"{name}.tar.tmp-*")))
 
     assert leftovers(out), "killed before it wrote anything"
@@ -411,10 +452,12 @@ def test_a_download_killed_while_writing_leaves_nothing_taken_for_a_shard(clean,
     stats = download_shard(spec, str(out), download)  # the rerun, beside the leftovers
     assert stats["count"] == spec.num_rows
     assert published_shards(str(images)) == [str(images / f"{name}.tar")] and report_shards(str(out)) == [name]
-    assert snapshot(out, ("images",)) == {k: v for k, v in snapshot(clean, ("images",)).items()
-                                           if k.startswith(f"images/{name}.")}
+    assert snapshot(out, ("images",)) == {
+        k: v for k, v in snapshot(clean, ("images",)).items() if k.startswith(f"images/{name}.")
+    }
     assert set(tar_members(str(images / f"{name}.tar"))) == {
-        k for k, _, status in snapshot(out, ("images",))[f"images/{name}.parquet"] if status == "success"}
+        k for k, _, status in snapshot(out, ("images",))[f"images/{name}.parquet"] if status == "success"
+    }
 
 
 @pytest.mark.parametrize("stall", ["metadata_00000.parquet", "part-00000.parquet"], ids=["metadata", "dataset"])
@@ -422,8 +465,11 @@ def test_an_embedding_killed_while_writing_leaves_nothing_taken_for_a_shard(clea
     out = tmp_path / "out"
     tar = clean / "images" / "00000.tar"
     embed = settings(config, "embed", EmbedSettings)
-    run_killed(tmp_path, {"stage": "embed", "tar": str(tar), "out": str(out),
-                          "settings": embed.model_dump(mode="json"), "stall": stall}, None)
+    run_killed(
+        tmp_path,
+        {"stage": "embed", "tar": str(tar), "out": str(out), "settings": embed.model_dump(mode="json"), "stall": stall},
+        None,
+    )
 
     assert [p.name.split(".tmp-")[0] for p in leftovers(out)] == [stall]
     assert not (out / "dataset" / "part-00000_stats.json").exists()
@@ -437,8 +483,11 @@ def test_an_embedding_killed_while_writing_leaves_nothing_taken_for_a_shard(clea
     assert snapshot(out, stages) == {k: v for k, v in snapshot(clean, stages).items() if "00000" in k}
     for folder in ("img_emb", "text_emb"):
         name = f"{folder}_00000.npy"
-        np.testing.assert_allclose(np.load(out / "embeddings" / folder / name).astype(np.float32),
-                                   np.load(clean / "embeddings" / folder / name).astype(np.float32), atol=2e-3)
+        np.testing.assert_allclose(
+            np.load(out / "embeddings" / folder / name).astype(np.float32),
+            np.load(clean / "embeddings" / folder / name).astype(np.float32),
+            atol=2e-3,
+        )
 
 
 @pytest.mark.parametrize("stall", [".parquet", ".stats.json"], ids=["mid-parquet", "before-stats"])
@@ -475,19 +524,21 @@ def test_the_gpu_worker_killed_mid_embedding_loses_and_duplicates_nothing(cluste
     address = cluster.scheduler_address
     embed = settings(config, "embed", EmbedSettings)
     tars = published_shards(str(out / "images"))
-    results = {shard_stem(t): embed_shard_task.cache_key_fn(None, {"tar_uri": t, "out": str(out), "settings": embed})
-               for t in tars}
+    results = {
+        shard_stem(t): embed_shard_task.cache_key_fn(None, {"tar_uri": t, "out": str(out), "settings": embed})
+        for t in tars
+    }
 
     def embedding():  # some shards embedded (a rerun is a cache hit), not all: the GPU worker is on the next ones
         if 0 < len(done := persisted(out, results)) < len(tars):
-            return {"finished": {f"part-{n}_stats.json": mtime(out / "dataset", f"part-{n}_stats.json")
-                                 for n in done}}
+            return {"finished": {f"part-{n}_stats.json": mtime(out / "dataset", f"part-{n}_stats.json") for n in done}}
         return None
 
     with Client(address) as client:
         with WorkerKiller(client, "GPU", embedding) as killer:
             state = embed_and_filter.with_options(task_runner=task_runner(address))(
-                images=str(out / "images"), out=str(out), settings=embed, return_state=True)
+                images=str(out / "images"), out=str(out), settings=embed, return_state=True
+            )
         assert killer.error is None and killer.killed, killer.error or "the GPU worker was not killed"
         assert state.is_completed(), state.message
         assert state.result()["shards"] == len(tars) and not state.result()["failed"]

@@ -16,8 +16,8 @@ import trustme
 from aiohttp import web
 
 from clipcrawl.tasks.core.config import DownloadSettings
-from clipcrawl.tasks.download.fetch import Fetcher, blocked_reason, literal_ip, parse_retry_after
 from clipcrawl.tasks.core.status import DownloadStatus as S
+from clipcrawl.tasks.download.fetch import Fetcher, blocked_reason, literal_ip, parse_retry_after
 
 BODY = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 24  # 6 KiB: over min_bytes
 ROBOTS = {
@@ -34,7 +34,7 @@ class Server:
     """The misbehaving image server: http on one port, https (trustme cert) on another."""
 
     def __init__(self, tmp_path):
-        self.hits: Counter[str] = Counter()         # path -> requests
+        self.hits: Counter[str] = Counter()  # path -> requests
         self.robots_hits: Counter[str] = Counter()  # host -> robots.txt requests
         self.inflight: Counter[str] = Counter()
         self.max_inflight: Counter[str] = Counter()
@@ -70,14 +70,30 @@ class Server:
 
     def routes(self):
         return {
-            "/robots.txt": self.robots, "/ok": self.ok, "/slow": self.slow, "/hang": self.hang,
-            "/flaky": self.flaky, "/ratelimited": self.ratelimited, "/ratelimited-long": self.ratelimited_long,
-            "/status/{code}": self.status, "/redirect": self.redirect, "/loop-a": self.loop_a, "/loop-b": self.loop_b,
-            "/chain/{n}": self.chain, "/to-ftp": self.to_ftp, "/to-metadata": self.to_metadata,
-            "/to-private": self.to_private, "/huge-declared": self.huge_declared,
-            "/endless-fast": self.endless_fast, "/endless-drip": self.endless_drip, "/tiny": self.tiny,
-            "/empty": self.empty, "/xrobots": self.xrobots, "/busy/{i}": self.busy,
-            "/private/{i}": self.ok, "/public/{i}": self.ok,
+            "/robots.txt": self.robots,
+            "/ok": self.ok,
+            "/slow": self.slow,
+            "/hang": self.hang,
+            "/flaky": self.flaky,
+            "/ratelimited": self.ratelimited,
+            "/ratelimited-long": self.ratelimited_long,
+            "/status/{code}": self.status,
+            "/redirect": self.redirect,
+            "/loop-a": self.loop_a,
+            "/loop-b": self.loop_b,
+            "/chain/{n}": self.chain,
+            "/to-ftp": self.to_ftp,
+            "/to-metadata": self.to_metadata,
+            "/to-private": self.to_private,
+            "/huge-declared": self.huge_declared,
+            "/endless-fast": self.endless_fast,
+            "/endless-drip": self.endless_drip,
+            "/tiny": self.tiny,
+            "/empty": self.empty,
+            "/xrobots": self.xrobots,
+            "/busy/{i}": self.busy,
+            "/private/{i}": self.ok,
+            "/public/{i}": self.ok,
         }
 
     # -- handlers, one per case
@@ -201,10 +217,23 @@ def server(tmp_path_factory):
 
 def settings(server, **overrides) -> DownloadSettings:
     resolve = {f"{host}:80": f"127.0.0.1:{server.port}" for host in HOSTS}
-    resolve |= {"secure.test:443": f"127.0.0.1:{server.tls_port}", "internal.test:80": "10.0.0.7:80",
-                "metadata.test:80": "169.254.169.254:80", "mapped.test:80": f"[::ffff:10.0.0.7]:{server.port}"}
-    base = {"allow_addresses": ["127.0.0.1/32"], "resolve": resolve, "connect_timeout": 1.0, "read_timeout": 0.5,
-            "total_timeout": 1.0, "retries": 2, "retry_backoff": 0.01, "max_bytes": 1_000_000, "min_bytes": 1000}
+    resolve |= {
+        "secure.test:443": f"127.0.0.1:{server.tls_port}",
+        "internal.test:80": "10.0.0.7:80",
+        "metadata.test:80": "169.254.169.254:80",
+        "mapped.test:80": f"[::ffff:10.0.0.7]:{server.port}",
+    }
+    base = {
+        "allow_addresses": ["127.0.0.1/32"],
+        "resolve": resolve,
+        "connect_timeout": 1.0,
+        "read_timeout": 0.5,
+        "total_timeout": 1.0,
+        "retries": 2,
+        "retry_backoff": 0.01,
+        "max_bytes": 1_000_000,
+        "min_bytes": 1000,
+    }
     return DownloadSettings(**(base | overrides))
 
 
@@ -212,6 +241,7 @@ def fetch_all(server, urls, **overrides):
     async def go():
         async with Fetcher(settings(server, **overrides)) as fetcher:
             return await asyncio.gather(*(fetcher.fetch(url) for url in urls))
+
     return asyncio.run(go())
 
 
@@ -220,6 +250,7 @@ def fetch(server, url, **overrides):
 
 
 # -- success and timing
+
 
 def test_success(server):
     r = fetch(server, "http://site.test/ok")
@@ -244,6 +275,7 @@ def test_silence_past_read_timeout_is_timeout(server):
 
 
 # -- retries
+
 
 def test_5xx_then_success_is_retried(server):
     r = fetch(server, "http://site.test/flaky?key=a")
@@ -283,6 +315,7 @@ def test_5xx_forever_gives_http_5xx_after_retries(server):
 
 def test_refused_connection_is_connection_error_after_retries(server):
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
@@ -291,6 +324,7 @@ def test_refused_connection_is_connection_error_after_retries(server):
 
 
 # -- redirects
+
 
 def test_redirect_gives_final_url(server):
     r = fetch(server, "http://site.test/redirect")
@@ -325,6 +359,7 @@ def test_redirect_is_checked_against_robots(server):
 
 # -- sizes
 
+
 def test_declared_huge_content_length_is_too_large(server):
     r = fetch(server, "http://site.test/huge-declared")
     assert r.status == S.TOO_LARGE and "Content-Length" in r.error_message and r.seconds < 1
@@ -348,11 +383,15 @@ def test_small_bodies_are_too_small(server, path):
 
 # -- opt-outs
 
-@pytest.mark.parametrize("tags, status", [
-    (["noai"], S.OPT_OUT_HEADER),
-    (["otherbot: noai"], S.SUCCESS),
-    (["nofollow", "clipcrawl: noimageindex"], S.OPT_OUT_HEADER),
-])
+
+@pytest.mark.parametrize(
+    "tags, status",
+    [
+        (["noai"], S.OPT_OUT_HEADER),
+        (["otherbot: noai"], S.SUCCESS),
+        (["nofollow", "clipcrawl: noimageindex"], S.OPT_OUT_HEADER),
+    ],
+)
 def test_x_robots_tag(server, tags, status):
     query = "&".join(f"tag={t}" for t in tags)
     r = fetch(server, f"http://site.test/xrobots?{query}")
@@ -388,11 +427,15 @@ def test_robots_txt_timeout_is_retried_not_taken_for_allow(server):
 
 # -- SSRF guard, DNS, schemes
 
-@pytest.mark.parametrize("url, reason", [
-    ("http://internal.test/a.jpg", "10.0.0.7 (private)"),
-    ("http://metadata.test/latest/meta-data/", "169.254.169.254 (link-local)"),
-    ("http://mapped.test/ok", "(private)"),  # ::ffff:10.0.0.7, IPv4-mapped IPv6: still refused
-])
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://internal.test/a.jpg", "10.0.0.7 (private)"),
+        ("http://metadata.test/latest/meta-data/", "169.254.169.254 (link-local)"),
+        ("http://mapped.test/ok", "(private)"),  # ::ffff:10.0.0.7, IPv4-mapped IPv6: still refused
+    ],
+)
 def test_private_addresses_are_blocked(server, url, reason):
     r = fetch(server, url)
     assert r.status == S.BLOCKED_ADDRESS and reason in r.error_message
@@ -400,9 +443,13 @@ def test_private_addresses_are_blocked(server, url, reason):
 
 def test_loopback_without_allowlist_is_blocked_before_connecting(server):
     before = sum(server.hits.values())
-    urls = [f"http://127.0.0.1:{server.port}/ok", f"http://localhost:{server.port}/ok",
-            f"http://[::ffff:127.0.0.1]:{server.port}/ok", f"http://2130706433:{server.port}/ok",
-            "http://site.test/ok"]
+    urls = [
+        f"http://127.0.0.1:{server.port}/ok",
+        f"http://localhost:{server.port}/ok",
+        f"http://[::ffff:127.0.0.1]:{server.port}/ok",
+        f"http://2130706433:{server.port}/ok",
+        "http://site.test/ok",
+    ]
     results = fetch_all(server, urls, allow_addresses=[])
     assert [r.status for r in results] == [S.BLOCKED_ADDRESS] * len(urls)
     assert results[0].error_message == "127.0.0.1 is loopback"
@@ -415,8 +462,16 @@ def test_unresolvable_host_is_dns_error(server):
     assert r.status == S.DNS_ERROR and "no-such-host.invalid" in r.error_message
 
 
-@pytest.mark.parametrize("url", ["data:image/png;base64,iVBORw0KGgo=", "javascript:alert(1)",
-                                 "file:///etc/passwd", "ftp://site.test/a.jpg", "a.jpg"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "data:image/png;base64,iVBORw0KGgo=",
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+        "ftp://site.test/a.jpg",
+        "a.jpg",
+    ],
+)
 def test_non_http_schemes_are_unsupported(server, url):
     r = fetch(server, url)
     assert r.status == S.UNSUPPORTED_SCHEME and r.attempts == 0
@@ -430,6 +485,7 @@ def test_garbage_url_is_a_result_not_an_exception(server):
 
 # -- TLS
 
+
 def test_https_with_trusted_ca(server):
     r = fetch(server, "https://secure.test/ok", ca_bundle=server.ca_path)
     assert r.status == S.SUCCESS and r.body == BODY
@@ -442,6 +498,7 @@ def test_https_with_untrusted_certificate(server):
 
 # -- politeness
 
+
 def test_per_host_cap(server):
     urls = [f"http://{host}/busy/{i}" for i in range(12) for host in ("busy.test", "busy2.test")]
     results = fetch_all(server, urls, per_host=2, concurrency=50)
@@ -450,6 +507,7 @@ def test_per_host_cap(server):
 
 
 # -- pure helpers
+
 
 def test_blocked_reason():
     allowed = [ipaddress.ip_network("127.0.0.1/32")]

@@ -10,16 +10,26 @@ from clipcrawl.tasks.index.ids import IDS_ROW_GROUP, IdTable, write_ids
 
 def rows(start: int, stop: int, shard: str = "00000") -> pa.Table:
     n = stop - start
-    return pa.table({"key": [f"k{i}" for i in range(start, stop)], "shard": [shard] * n, "row": list(range(n)),
-                     "url": [f"https://x.test/{i}.jpg" for i in range(start, stop)], "text": ["t"] * n,
-                     "similarity": [0.5] * n, "duplicate_group": list(range(start, stop))})
+    return pa.table(
+        {
+            "key": [f"k{i}" for i in range(start, stop)],
+            "shard": [shard] * n,
+            "row": list(range(n)),
+            "url": [f"https://x.test/{i}.jpg" for i in range(start, stop)],
+            "text": ["t"] * n,
+            "similarity": [0.5] * n,
+            "duplicate_group": list(range(start, stop)),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     uri = str(tmp_path_factory.mktemp("ids") / "ids.parquet")
     # uneven input tables: the writer regroups them into fixed row groups
-    n = write_ids(uri, [rows(0, 10), rows(10, IDS_ROW_GROUP + 5, "00001"), rows(IDS_ROW_GROUP + 5, 2 * IDS_ROW_GROUP + 7)])
+    n = write_ids(
+        uri, [rows(0, 10), rows(10, IDS_ROW_GROUP + 5, "00001"), rows(IDS_ROW_GROUP + 5, 2 * IDS_ROW_GROUP + 7)]
+    )
     assert n == 2 * IDS_ROW_GROUP + 7
     return IdTable(uri)
 

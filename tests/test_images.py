@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from clipcrawl.tasks.core.config import DownloadSettings
-from clipcrawl.tasks.download.images import ImageResult, plan_resize, process_image
 from clipcrawl.tasks.core.status import DownloadStatus
+from clipcrawl.tasks.download.images import ImageResult, plan_resize, process_image
 
 S = DownloadSettings(image_size=64, resize_mode="no", encode_format="png", encode_quality=1)
 
@@ -40,6 +40,7 @@ def decode(result: ImageResult) -> np.ndarray:
 
 def png_header_only(width: int, height: int, bit_depth: int = 1) -> bytes:
     """A valid PNG of the given size whose pixels are all zero: tiny when compressed."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -51,6 +52,7 @@ def png_header_only(width: int, height: int, bit_depth: int = 1) -> bytes:
 
 
 # ---- conversions to RGB
+
 
 def test_cmyk_jpeg_becomes_rgb():
     body = save(Image.new("CMYK", (40, 30), (0, 255, 255, 0)), "JPEG", quality=95)
@@ -136,6 +138,7 @@ def test_exif_orientation_with_draft_gives_exact_size():
 
 # ---- failures
 
+
 def test_truncated_jpeg_is_a_decode_error():
     body = save(photo(200, 150), "JPEG", quality=90)
     r = process_image(body[: len(body) // 2], S)
@@ -149,13 +152,16 @@ def test_truncated_png_is_a_decode_error():
     assert process_image(body[: len(body) // 2], S).status == DownloadStatus.DECODE_ERROR
 
 
-@pytest.mark.parametrize("body", [
-    b"",
-    b"<!DOCTYPE html><html><body>404 not found</body></html>",
-    b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
-    b"just some text" * 100,
-    b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",  # EPS would start Ghostscript: never opened
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"<!DOCTYPE html><html><body>404 not found</body></html>",
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"></svg>',
+        b"just some text" * 100,
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n",  # EPS would start Ghostscript: never opened
+    ],
+)
 def test_not_an_image(body):
     r = process_image(body, S)
     assert r.status == DownloadStatus.NOT_AN_IMAGE and r.data is None and r.error_message
@@ -181,17 +187,23 @@ def test_min_image_size_and_aspect_ratio_use_the_original_size():
     body = save(photo(30, 10), "PNG")
     assert process_image(body, S.model_copy(update={"min_image_size": 11})).status == DownloadStatus.TOO_SMALL_PIXELS
     assert process_image(body, S.model_copy(update={"min_image_size": 10})).status == DownloadStatus.SUCCESS
-    assert process_image(body, S.model_copy(update={"max_aspect_ratio": 2.9})).status == \
-        DownloadStatus.BAD_ASPECT_RATIO
+    assert process_image(body, S.model_copy(update={"max_aspect_ratio": 2.9})).status == DownloadStatus.BAD_ASPECT_RATIO
     assert process_image(body, S.model_copy(update={"max_aspect_ratio": 3.0})).status == DownloadStatus.SUCCESS
 
 
 # ---- resize modes (img2dataset's)
 
-@pytest.mark.parametrize("mode,size", [
-    ("no", (1000, 800)), ("border", (256, 256)), ("keep_ratio", (320, 256)),
-    ("keep_ratio_largest", (256, 205)), ("center_crop", (256, 256)),
-])
+
+@pytest.mark.parametrize(
+    "mode,size",
+    [
+        ("no", (1000, 800)),
+        ("border", (256, 256)),
+        ("keep_ratio", (320, 256)),
+        ("keep_ratio_largest", (256, 205)),
+        ("center_crop", (256, 256)),
+    ],
+)
 def test_resize_modes(mode, size):
     body = save(photo(1000, 800), "JPEG", quality=90)
     r = process_image(body, DownloadSettings(resize_mode=mode))
@@ -201,8 +213,9 @@ def test_resize_modes(mode, size):
 
 def test_border_pads_with_white_centred():
     img = Image.new("RGB", (200, 100), (0, 0, 0))
-    out = decode(process_image(save(img, "PNG"), DownloadSettings(image_size=100, resize_mode="border",
-                                                                   encode_format="png")))
+    out = decode(
+        process_image(save(img, "PNG"), DownloadSettings(image_size=100, resize_mode="border", encode_format="png"))
+    )
     assert out.shape == (100, 100, 3)
     assert (out[:25] == 255).all() and (out[75:] == 255).all() and (out[25:75] == 0).all()
 

@@ -6,8 +6,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from clipcrawl.tasks.index import engine as index
 from clipcrawl.tasks.core.config import IndexSettings
+from clipcrawl.tasks.index import engine as index
 
 D = 32
 SIZES = (1500, 1000, 1500)
@@ -152,13 +152,19 @@ def test_remote_vectors_read_the_rows_asked_for_in_range_requests(shards, parts,
     with fsspec.open(uri, "wb") as f:
         np.save(f, vectors)
     row = vectors.itemsize * D
-    monkeypatch.setattr(index, "REMOTE_GAP_BYTES", 4 * row)      # rows up to 4 apart share a request
+    monkeypatch.setattr(index, "REMOTE_GAP_BYTES", 4 * row)  # rows up to 4 apart share a request
     monkeypatch.setattr(index, "REMOTE_RANGE_BYTES", 100 * row)  # a request reads at most 100 rows
     requests = []
     remote = index.read_vectors(uri)
     cat_ranges = remote._fs.cat_ranges
-    monkeypatch.setattr(remote._fs, "cat_ranges", lambda paths, starts, ends, **kw: (
-        requests.extend(e - s for s, e in zip(starts, ends)), cat_ranges(paths, starts, ends, **kw))[1])
+    monkeypatch.setattr(
+        remote._fs,
+        "cat_ranges",
+        lambda paths, starts, ends, **kw: (
+            requests.extend(e - s for s, e in zip(starts, ends)),
+            cat_ranges(paths, starts, ends, **kw),
+        )[1],
+    )
     assert remote.shape == vectors.shape and len(remote) == SIZES[1]
 
     np.testing.assert_array_equal(remote[10:950], vectors[10:950])
@@ -181,8 +187,9 @@ def test_remote_vectors_read_the_rows_asked_for_in_range_requests(shards, parts,
     # the index stage reads a remote shard as it reads a memory-mapped one
     rows = np.arange(0, SIZES[1], 3)
     local, far = index.Part("1", parts[1].vectors, rows=rows), index.Part("1", uri, rows=rows)
-    for a, b in zip(index.vector_batches([local, parts[0]], 170), index.vector_batches([far, parts[0]], 170),
-                    strict=True):
+    for a, b in zip(
+        index.vector_batches([local, parts[0]], 170), index.vector_batches([far, parts[0]], 170), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(index.sample_vectors([local], 200, seed=4), index.sample_vectors([far], 200, seed=4))
 
@@ -288,8 +295,11 @@ def test_add_continues_ids_after_ntotal(shards, parts):
 
 @pytest.mark.parametrize("kind", ["path", "file", "memory"])
 def test_write_read_round_trip(ivf, queries, tmp_path, kind):
-    uri = {"path": str(tmp_path / "image.index"), "file": f"file://{tmp_path}/image.index",
-           "memory": f"memory://index-{uuid.uuid4().hex}/image.index"}[kind]
+    uri = {
+        "path": str(tmp_path / "image.index"),
+        "file": f"file://{tmp_path}/image.index",
+        "memory": f"memory://index-{uuid.uuid4().hex}/image.index",
+    }[kind]
     index.write_index(ivf, uri)
     back = index.read_index(uri)
     assert back.ntotal == ivf.ntotal and back.metric_type == faiss.METRIC_INNER_PRODUCT
@@ -352,8 +362,9 @@ def test_ivf_k_means_and_exact_search_run_on_the_gpu(parts, queries, truth, stan
     on_cpu, _ = index.build(parts, IndexSettings(index_key="IVF64,SQfp16", device="cpu"))
     assert len(stand_in_gpu) == 1
     # the same k-means (same sample and seed, exact assignments either way): the same centroids and lists
-    np.testing.assert_array_equal(ivf.quantizer.reconstruct_n(0, 64),
-                                  faiss.extract_index_ivf(on_cpu).quantizer.reconstruct_n(0, 64))
+    np.testing.assert_array_equal(
+        ivf.quantizer.reconstruct_n(0, 64), faiss.extract_index_ivf(on_cpu).quantizer.reconstruct_n(0, 64)
+    )
     for built in (on_gpu, on_cpu):
         index.apply_params(built, "nprobe=64")
     np.testing.assert_array_equal(on_gpu.search(queries, 10)[1], on_cpu.search(queries, 10)[1])

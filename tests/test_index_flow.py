@@ -17,9 +17,9 @@ from distributed import Client
 from clipcrawl.flows.index import build_index
 from clipcrawl.flows.runner import task_runner
 from clipcrawl.tasks.core.config import IndexSettings
-from clipcrawl.tasks.world.groundtruth import compare_near_duplicates, compare_search
 from clipcrawl.tasks.search.search import Searcher
 from clipcrawl.tasks.world import tiny_clip
+from clipcrawl.tasks.world.groundtruth import compare_near_duplicates, compare_search
 
 SETTINGS = IndexSettings(queries=200, near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD)
 
@@ -34,9 +34,13 @@ def index(dask_address, out, settings=SETTINGS, **kwargs):
 def copy_run(pipeline, dest, stems=None):
     """The embed stage's outputs of the pipeline (only the given shard stems), to index without touching them."""
     src = pipeline[0]
-    for folder, pattern in (("embeddings/img_emb", "img_emb_{}.npy"), ("embeddings/text_emb", "text_emb_{}.npy"),
-                            ("embeddings/metadata", "metadata_{}.parquet"), ("dataset", "part-{}.parquet"),
-                            ("dataset", "part-{}_stats.json")):
+    for folder, pattern in (
+        ("embeddings/img_emb", "img_emb_{}.npy"),
+        ("embeddings/text_emb", "text_emb_{}.npy"),
+        ("embeddings/metadata", "metadata_{}.parquet"),
+        ("dataset", "part-{}.parquet"),
+        ("dataset", "part-{}_stats.json"),
+    ):
         (dest / folder).mkdir(parents=True, exist_ok=True)
         for stem in stems or shard_stems(pipeline):
             shutil.copy(src / folder / pattern.format(stem), dest / folder / pattern.format(stem))
@@ -99,9 +103,11 @@ def test_near_duplicates_are_the_worlds_repeated_images(small_world, indexed):
 
 def test_index_tasks_ran_on_cpu_workers(indexed):
     _, _, _, records, workers = indexed
-    ran = [workers[r["worker"]] for r in records
-           if isinstance(r["key"], str) and r["key"].rsplit("-", 1)[0] in ("plan_index", "index_modality",
-                                                                           "finish_index")]
+    ran = [
+        workers[r["worker"]]
+        for r in records
+        if isinstance(r["key"], str) and r["key"].rsplit("-", 1)[0] in ("plan_index", "index_modality", "finish_index")
+    ]
     assert len(ran) == 4 and all("CPU" in r and "GPU" not in r for r in ran), ran
 
 

@@ -60,6 +60,7 @@ def run(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.Com
 
 # --- docker compose -------------------------------------------------------------------------------
 
+
 def compose(file: Path, *args: str, **variables: str) -> subprocess.CompletedProcess:
     # a clean environment: only what the file asks for, nothing from the developer's shell
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tempfile.gettempdir(), **variables}
@@ -72,8 +73,9 @@ SECRETS = {"PREFECT_AUTH_STRING": AUTH_SENTINEL, "POSTGRES_PASSWORD": "test-post
 @pytest.fixture(scope="module")
 def services() -> dict:
     """The compose model as Docker Compose resolves it, with both profiles active."""
-    result = compose(INFRA / "docker-compose.yml", "--profile", "cpu", "--profile", "gpu",
-                     "config", "--format", "json", **SECRETS)
+    result = compose(
+        INFRA / "docker-compose.yml", "--profile", "cpu", "--profile", "gpu", "config", "--format", "json", **SECRETS
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["services"]
 
@@ -87,7 +89,7 @@ def test_compose_validator_rejects_a_broken_copy(tmp_path):
     broken = tmp_path / "infra" / "docker-compose.yml"
     broken.parent.mkdir()
     text = (INFRA / "docker-compose.yml").read_text()
-    broken.write_text(text.replace("    command: [\"prefect\", \"server\"", "    comand: [\"prefect\", \"server\"", 1))
+    broken.write_text(text.replace('    command: ["prefect", "server"', '    comand: ["prefect", "server"', 1))
     result = compose(broken, "config", "-q", **SECRETS)
     assert result.returncode != 0 and "comand" in result.stderr
 
@@ -213,6 +215,7 @@ def test_compose_writes_no_secret_down():
 
 # --- Dockerfile -----------------------------------------------------------------------------------
 
+
 def hadolint(dockerfile: Path) -> subprocess.CompletedProcess:
     return run(tool("hadolint"), "--no-color", "--failure-threshold", "style", str(dockerfile), cwd=dockerfile.parent)
 
@@ -224,17 +227,23 @@ def test_dockerfile_passes_hadolint():
 
 def test_hadolint_rejects_a_broken_copy(tmp_path):
     broken = tmp_path / "Dockerfile"
-    broken.write_text((INFRA / "Dockerfile").read_text().replace("USER 1000:1000", "RUN cd /tmp && apt-get install curl"))
+    broken.write_text(
+        (INFRA / "Dockerfile").read_text().replace("USER 1000:1000", "RUN cd /tmp && apt-get install curl")
+    )
     result = hadolint(broken)
     assert result.returncode != 0 and "DL3008" in result.stdout  # apt-get install without pinned versions
 
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(
-        line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")))
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip())
-            for line in text.splitlines() if line.strip()]
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip()) for line in text.splitlines() if line.strip()
+    ]
 
 
 def test_dockerfile_layout():
@@ -247,7 +256,9 @@ def test_dockerfile_layout():
     index = {args: i for i, (_, args) in enumerate(steps)}
     lock_copy, code_copy = index["requirements.lock ./"], index[". ."]
     lock_install = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "-r requirements.lock" in a)
-    code_install = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and re.search(r"pip install .*--no-deps \.(\s|$)", a))
+    code_install = next(
+        i for i, (k, a) in enumerate(steps) if k == "RUN" and re.search(r"pip install .*--no-deps \.(\s|$)", a)
+    )
     assert "--no-deps" in steps[lock_install][1]
     assert lock_copy < lock_install < code_copy < code_install  # the dependency layer survives code changes
     user = [a for k, a in steps if k == "USER"]
@@ -256,8 +267,9 @@ def test_dockerfile_layout():
 
 
 def test_dockerignore_keeps_out_what_the_image_does_not_need():
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     for needed in (".venv", ".git", "clipcrawl-demo", "**/__pycache__", "**/*.egg-info"):
         assert needed in patterns, needed
     for kept in ("requirements.lock", "pyproject.toml", "flows", "tasks", "deployments", "README.md"):
@@ -265,6 +277,7 @@ def test_dockerignore_keeps_out_what_the_image_does_not_need():
 
 
 # --- Kubernetes: the Dask operator's resources ------------------------------------------------------
+
 
 def load_all(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
@@ -274,8 +287,11 @@ def strict(schema):
     """The CRD schema rejecting unknown fields, as `kubectl apply` (strict field validation) does."""
     if isinstance(schema, dict):
         schema = {k: strict(v) for k, v in schema.items()}
-        if ("properties" in schema and "additionalProperties" not in schema
-                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
         return schema
     if isinstance(schema, list):
@@ -299,8 +315,9 @@ def validate_custom_resource(doc: dict) -> None:
     api_version, validator = crd_validator(doc["kind"])
     assert doc["apiVersion"] == api_version
     validator.validate({k: v for k, v in doc.items() if k != "metadata"})
-    kubernetes_validate.validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]},
-                                 K8S_VERSION, strict=True)
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": doc["metadata"]}, K8S_VERSION, strict=True
+    )
 
 
 def as_pod(spec: dict) -> dict:
@@ -340,8 +357,12 @@ def pod_specs(dask_docs) -> dict:
 def test_dask_pod_specs_and_service_validate_as_kubernetes_objects(dask_docs):
     for name, spec in pod_specs(dask_docs).items():
         kubernetes_validate.validate(as_pod(spec), K8S_VERSION, strict=True)
-    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clipcrawl-scheduler"},
-               "spec": dask_docs["DaskCluster"]["spec"]["scheduler"]["service"]}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "clipcrawl-scheduler"},
+        "spec": dask_docs["DaskCluster"]["spec"]["scheduler"]["service"],
+    }
     kubernetes_validate.validate(service, K8S_VERSION, strict=True)
 
 
@@ -363,7 +384,10 @@ def test_dask_cluster_wiring(dask_docs):
     assert group["spec"]["cluster"] == "clipcrawl"
     # the operator's Service <cluster>-scheduler on 8786 is the address flow runs are given
     ports = {p["name"]: p["port"] for p in cluster["spec"]["scheduler"]["service"]["ports"]}
-    assert DASK_ADDRESS == f"tcp://{cluster['metadata']['name']}-scheduler.{NAMESPACE}.svc.cluster.local:{ports['tcp-comm']}"
+    assert (
+        f"tcp://{cluster['metadata']['name']}-scheduler.{NAMESPACE}.svc.cluster.local:{ports['tcp-comm']}"
+        == DASK_ADDRESS
+    )
 
     specs = pod_specs(dask_docs)
     for role, resource in (("cpu", "CPU=1"), ("gpu", "GPU=1")):
@@ -376,12 +400,16 @@ def test_dask_cluster_wiring(dask_docs):
         env = env_of(container)
         assert env["DASK_DISTRIBUTED__WORKER__DAEMON"]["value"] == "False", role
         assert env["PREFECT_API_URL"]["value"] == helm_values()["worker"]["selfHostedServerApiConfig"]["apiUrl"]
-        assert env["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {"name": "prefect-auth", "key": "auth-string"}
+        assert env["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {
+            "name": "prefect-auth",
+            "key": "auth-string",
+        }
         gpus = container["resources"].get("limits", {}).get("nvidia.com/gpu")
         assert (str(gpus) == "1") if role == "gpu" else gpus is None, role
 
 
 # --- Kubernetes: the Prefect worker (Helm values, base job template) ----------------------------------
+
 
 def helm_values() -> dict:
     return yaml.safe_load((K8S / "prefect-worker-values.yaml").read_text())
@@ -485,14 +513,24 @@ def test_kubernetes_validate_rejects_a_broken_job():
 
 # --- secrets and what the README tells ------------------------------------------------------------
 
+
 def readme_secrets() -> dict[str, dict]:
     """The Secrets the README's `kubectl create secret` commands make, made by kubectl itself (client-side)."""
     kubectl = shutil.which("kubectl") or pytest.fail("kubectl is not installed (.ci/run installs it)")
-    commands = [line.strip() for line in (INFRA / "README.md").read_text().splitlines()
-                if re.match(r"\s*kubectl .*create secret generic ", line)]
+    commands = [
+        line.strip()
+        for line in (INFRA / "README.md").read_text().splitlines()
+        if re.match(r"\s*kubectl .*create secret generic ", line)
+    ]
     assert commands, "the README should tell how to create the Secrets"
-    shell_env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), "PREFECT_AUTH_STRING": "u:p",
-                 "AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key", "AWS_DEFAULT_REGION": "region"}
+    shell_env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PREFECT_AUTH_STRING": "u:p",
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "key",
+        "AWS_DEFAULT_REGION": "region",
+    }
     secrets = {}
     for command in commands:
         args = shlex.split(command)
@@ -527,7 +565,9 @@ def test_every_referenced_secret_is_created_by_the_readme(dask_docs):
     secrets = readme_secrets()
     assert all(s["metadata"]["namespace"] == NAMESPACE for s in secrets.values())
     references = secret_references(list(dask_docs.values())) + secret_references(base_job_template())
-    references.append((helm_values()["worker"]["selfHostedServerApiConfig"]["basicAuth"]["existingSecret"], "auth-string"))
+    references.append(
+        (helm_values()["worker"]["selfHostedServerApiConfig"]["basicAuth"]["existingSecret"], "auth-string")
+    )
     assert references
     for name, key in references:
         assert name in secrets, name
@@ -559,11 +599,14 @@ def test_names_the_flows_and_deployments_rely_on():
     deploy = (ROOT / "deployments" / "deploy.sh").read_text()
     assert "clipcrawl-process" in deploy
     readme = (INFRA / "README.md").read_text()
-    for command in ("docker build -f infra/Dockerfile -t clipcrawl .",
-                    "docker compose -f infra/docker-compose.yml --profile cpu up -d",
-                    "docker compose -f infra/docker-compose.yml --profile gpu up -d",
-                    "kubectl apply -f infra/kubernetes/daskcluster.yaml",
-                    "helm install prefect-worker prefect/prefect-worker",
-                    "--set-file worker.config.baseJobTemplate.configuration=infra/kubernetes/base-job-template.json",
-                    "infra/local/up.sh", "infra/local/down.sh"):
+    for command in (
+        "docker build -f infra/Dockerfile -t clipcrawl .",
+        "docker compose -f infra/docker-compose.yml --profile cpu up -d",
+        "docker compose -f infra/docker-compose.yml --profile gpu up -d",
+        "kubectl apply -f infra/kubernetes/daskcluster.yaml",
+        "helm install prefect-worker prefect/prefect-worker",
+        "--set-file worker.config.baseJobTemplate.configuration=infra/kubernetes/base-job-template.json",
+        "infra/local/up.sh",
+        "infra/local/down.sh",
+    ):
         assert command in readme, command

@@ -12,8 +12,8 @@ import time
 import pyarrow.parquet as pq
 
 from clipcrawl.tasks.core.config import ExtractSettings
-from clipcrawl.tasks.world.groundtruth import compare_pairs
 from clipcrawl.tasks.core.status import FileStatus, PairStatus
+from clipcrawl.tasks.world.groundtruth import compare_pairs
 from tests.helpers import run, task_states
 
 
@@ -56,8 +56,9 @@ def test_crawl_extraction_equals_ground_truth_and_reruns_from_cache(dask_address
 
 
 def test_warc_files_give_the_same_pairs_as_wat(dask_address, small_world, tmp_path):
-    state = run(dask_address, tmp_path, crawl=small_world.crawl_id, source=str(small_world.root), kind="warc",
-                segments=1)
+    state = run(
+        dask_address, tmp_path, crawl=small_world.crawl_id, source=str(small_world.root), kind="warc", segments=1
+    )
     assert state.is_completed(), state.message
     wat = run(dask_address, tmp_path / "wat", crawl=small_world.crawl_id, source=str(small_world.root), segments=1)
     from clipcrawl.tasks.world.groundtruth import read_pair_set
@@ -84,7 +85,7 @@ def test_bad_files_fail_alone_and_are_listed(dask_address, small_world, tmp_path
     assert {f["uri"] for f in summary["failed"]} == {str(not_warc), missing}
     stats = json.loads((out / "pairs" / "truncated.stats.json").read_text())
     assert stats["status"] == FileStatus.PARTIAL and "truncated" in stats["uri"] and stats["error"]
-    assert 0 < stats["kept"]
+    assert stats["kept"] > 0
     assert pq.read_table(out / "pairs" / "truncated.parquet").num_rows == stats["kept"]
     assert pq.read_table(out / "pairs" / f"{good.rsplit('/', 1)[1].removesuffix('.warc.wat.gz')}.parquet").num_rows > 0
 
@@ -113,8 +114,14 @@ def test_transient_errors_are_retried_with_backoff(dask_address, small_world, tm
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/a.warc.wat.gz"
-        state = run(dask_address, tmp_path / "out", inputs=[url], retries=3, retry_delay=0.2,
-                    extract=ExtractSettings(detect_language=False))
+        state = run(
+            dask_address,
+            tmp_path / "out",
+            inputs=[url],
+            retries=3,
+            retry_delay=0.2,
+            extract=ExtractSettings(detect_language=False),
+        )
     finally:
         server.shutdown()
     assert state.is_completed(), state.message
@@ -128,8 +135,10 @@ def test_scheduled_ingestion_takes_new_segments_of_new_crawls_per_run(dask_addre
     from clipcrawl.tasks.core.uri import read_json
     from clipcrawl.tasks.world import WorldSpec, generate_world
 
-    newer = generate_world(tmp_path / "newer", WorldSpec(seed=3, crawl_id="CC-MAIN-2099-20", segments=2,
-                                                         files_per_segment=1, pages_per_file=10, warc=False))
+    newer = generate_world(
+        tmp_path / "newer",
+        WorldSpec(seed=3, crawl_id="CC-MAIN-2099-20", segments=2, files_per_segment=1, pages_per_file=10, warc=False),
+    )
     source = tmp_path / "source"
     (source / "crawl-data").mkdir(parents=True)
     for world in (newer, small_world):
@@ -139,9 +148,15 @@ def test_scheduled_ingestion_takes_new_segments_of_new_crawls_per_run(dask_addre
     out = tmp_path / "crawls"
 
     def scheduled_run():
-        state = ingest_new_crawls(out=str(out), settings=IngestSettings(source=str(source)), collinfo=str(collinfo),
-                                  max_segments=3, oldest="CC-MAIN-2099-01", dask_address=dask_address,
-                                  return_state=True)
+        state = ingest_new_crawls(
+            out=str(out),
+            settings=IngestSettings(source=str(source)),
+            collinfo=str(collinfo),
+            max_segments=3,
+            oldest="CC-MAIN-2099-01",
+            dask_address=dask_address,
+            return_state=True,
+        )
         assert state.is_completed(), state.message
         return state.result()
 
@@ -150,8 +165,10 @@ def test_scheduled_ingestion_takes_new_segments_of_new_crawls_per_run(dask_addre
 
     first = scheduled_run()  # the newer crawl whole (2 segments), then 1 of the older crawl's 2
     older = small_world.crawl_id
-    assert {c: r["new_segments"] for c, r in first.items()} == {"CC-MAIN-2099-20": segments("CC-MAIN-2099-20"),
-                                                               older: segments(older)}
+    assert {c: r["new_segments"] for c, r in first.items()} == {
+        "CC-MAIN-2099-20": segments("CC-MAIN-2099-20"),
+        older: segments(older),
+    }
     assert len(segments("CC-MAIN-2099-20")) == 2 and len(segments(older)) == 1
     assert compare_pairs(newer, str(out / "CC-MAIN-2099-20"))["equal"]
 
@@ -173,7 +190,7 @@ class Drip(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data[:4096])
-        for byte in data[4096:4096 + 600]:
+        for byte in data[4096 : 4096 + 600]:
             self.wfile.write(bytes([byte]))
             self.wfile.flush()
             time.sleep(0.2)
@@ -192,8 +209,14 @@ def test_a_file_that_drips_forever_times_out_alone(dask_address, small_world, tm
     out = tmp_path / "out"
     started = time.monotonic()
     try:
-        state = run(dask_address, out, inputs=[good, url], retries=0, file_timeout=5,
-                    extract=ExtractSettings(detect_language=False))
+        state = run(
+            dask_address,
+            out,
+            inputs=[good, url],
+            retries=0,
+            file_timeout=5,
+            extract=ExtractSettings(detect_language=False),
+        )
     finally:
         server.shutdown()
     assert time.monotonic() - started < 100, "the dripping file held the run past its timeout"

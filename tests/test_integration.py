@@ -31,9 +31,9 @@ from prefect.settings import (
 )
 
 from clipcrawl.tasks.core.config import IndexSettings, IngestSettings
-from clipcrawl.tasks.world.groundtruth import compare_downloads, compare_embeddings, compare_pairs
 from clipcrawl.tasks.core.uri import read_json
 from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
+from clipcrawl.tasks.world.groundtruth import compare_downloads, compare_embeddings, compare_pairs
 from tests.helpers import recorded_text, secrets_found
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,30 +52,42 @@ def servers(tmp_path_factory):
     """The local cluster of infra/local, up for this module; its environment (PREFECT_API_URL, ...)."""
     state = tmp_path_factory.mktemp("local")
     env = os.environ | {
-        "CLIPCRAWL_LOCAL": str(state), "PREFECT_PORT": str(free_port()), "DASK_PORT": str(free_port()),
-        "DASK_DASHBOARD_PORT": str(free_port()), "CPU_WORKERS": "2", "PYTHON": sys.executable,
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "PREFECT_AUTH_STRING": AUTH_STRING,
+        "CLIPCRAWL_LOCAL": str(state),
+        "PREFECT_PORT": str(free_port()),
+        "DASK_PORT": str(free_port()),
+        "DASK_DASHBOARD_PORT": str(free_port()),
+        "CPU_WORKERS": "2",
+        "PYTHON": sys.executable,
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+        "PREFECT_AUTH_STRING": AUTH_STRING,
     }
     env.pop("PREFECT_API_URL", None)
-    up = subprocess.run(["bash", "infra/local/up.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    up = subprocess.run(
+        ["bash", "infra/local/up.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        exports = subprocess.run(["bash", "infra/local/up.sh", "--env"], cwd=ROOT, env=env, capture_output=True,
-                                 text=True, check=True).stdout.split()[1:]
+        exports = subprocess.run(
+            ["bash", "infra/local/up.sh", "--env"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        ).stdout.split()[1:]
         env |= dict(e.split("=", 1) for e in exports)
         assert env["PREFECT_API_AUTH_STRING"] == AUTH_STRING
         yield env
     finally:
         groups = [int(p.read_text()) for p in (state / "pids").glob("*.pid")]
-        down = subprocess.run(["bash", "infra/local/down.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300, check=False)
+        down = subprocess.run(
+            ["bash", "infra/local/down.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+        )
         left = [g for g in groups if subprocess.run(["pgrep", "-g", str(g)], check=False).returncode == 0]
         assert down.returncode == 0 and not left, f"process groups {left} still running: {down.stdout}{down.stderr}"
 
 
 @pytest.fixture(scope="module")
 def client(servers):
-    settings = {PREFECT_API_URL: servers["PREFECT_API_URL"], PREFECT_API_AUTH_STRING: servers["PREFECT_API_AUTH_STRING"]}
+    settings = {
+        PREFECT_API_URL: servers["PREFECT_API_URL"],
+        PREFECT_API_AUTH_STRING: servers["PREFECT_API_AUTH_STRING"],
+    }
     with temporary_settings(settings), get_client(sync_client=True) as c:
         yield c
 
@@ -83,18 +95,24 @@ def client(servers):
 @pytest.fixture(scope="module")
 def deployed(servers, client, tmp_path_factory):
     """deployments/deploy.sh against the server: {deployment name: deployment}."""
-    env = servers | {"CLIPCRAWL_OUT": str(tmp_path_factory.mktemp("out")), "PREFECT": f"{sys.executable} -m prefect",
-                     "CLIPCRAWL_INGEST_CRON": "0 4 1 1 *"}
-    done = subprocess.run(["bash", "deployments/deploy.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    env = servers | {
+        "CLIPCRAWL_OUT": str(tmp_path_factory.mktemp("out")),
+        "PREFECT": f"{sys.executable} -m prefect",
+        "CLIPCRAWL_INGEST_CRON": "0 4 1 1 *",
+    }
+    done = subprocess.run(
+        ["bash", "deployments/deploy.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return generate_world(tmp_path_factory.mktemp("world"), WorldSpec(seed=11, segments=2, files_per_segment=2,
-                                                                      pages_per_file=20, warc=False))
+    return generate_world(
+        tmp_path_factory.mktemp("world"),
+        WorldSpec(seed=11, segments=2, files_per_segment=2, pages_per_file=20, warc=False),
+    )
 
 
 def parameters(world, server, out: Path) -> dict:
@@ -121,8 +139,9 @@ def wait(client, flow_run_id, timeout: float = RUN_TIMEOUT_S):
 
 def subflow_runs(client, flow_run_id) -> dict:
     """{flow name: its latest subflow run} of a pipeline run."""
-    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+    )
     latest = {}
     for run in sorted(runs, key=lambda r: r.created):
         latest[client.read_flow(run.flow_id).name] = run
@@ -149,8 +168,9 @@ def test_deployments_are_registered_with_schedule_form_and_limits(deployed, clie
 
 def test_pipeline_deployment_runs_on_the_cluster(deployed, client, world, tmp_path):
     with ImageServer(world.root) as server:
-        run = client.create_flow_run_from_deployment(deployed["pipeline/run"].id,
-                                                     parameters=parameters(world, server, tmp_path / "run"))
+        run = client.create_flow_run_from_deployment(
+            deployed["pipeline/run"].id, parameters=parameters(world, server, tmp_path / "run")
+        )
         run = wait(client, run.id)
     assert run.state.is_completed(), run.state.message
     out = str(tmp_path / "run")
@@ -178,8 +198,9 @@ def test_failed_task_then_retry_from_the_api_serves_finished_tasks_from_cache(de
     shutil.move(wat, moved)  # the listing names it, the file is gone: its extract task fails
     try:
         with ImageServer(world.root) as server:
-            run = client.create_flow_run_from_deployment(deployed["pipeline/run"].id,
-                                                         parameters=parameters(world, server, tmp_path / "run"))
+            run = client.create_flow_run_from_deployment(
+                deployed["pipeline/run"].id, parameters=parameters(world, server, tmp_path / "run")
+            )
             run = wait(client, run.id)
             assert run.state.is_failed(), run.state
             assert wat.name.removesuffix(".warc.wat.gz") in run.state.message
@@ -191,8 +212,9 @@ def test_failed_task_then_retry_from_the_api_serves_finished_tasks_from_cache(de
 
             shutil.move(moved, wat)
             # the UI's Retry: the failed run back to Scheduled (AwaitingRetry); the worker runs it again
-            client.set_flow_run_state(run.id, State(type=StateType.SCHEDULED, name="AwaitingRetry",
-                                                    message="Retry from the UI"))
+            client.set_flow_run_state(
+                run.id, State(type=StateType.SCHEDULED, name="AwaitingRetry", message="Retry from the UI")
+            )
             run = wait(client, run.id)
     finally:
         if moved.exists():

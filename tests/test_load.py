@@ -30,9 +30,9 @@ from clipcrawl.tasks.core.config import (
     QualityGates,
     ReportSettings,
 )
-from clipcrawl.tasks.world.groundtruth import compare_downloads, compare_pairs
 from clipcrawl.tasks.core.uri import read_json
 from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
+from clipcrawl.tasks.world.groundtruth import compare_downloads, compare_pairs
 
 SEGMENTS = 100
 TASK_TIMEOUT_S = 300.0
@@ -47,6 +47,7 @@ GATES_OFF = QualityGates(**{name: Gate() for name in QualityGates.model_fields})
 
 def peak_memory() -> dict:
     """Run on a worker: peak RSS (VmHWM) of the worker process and of each process it started."""
+
     def hwm(pid: int) -> int:
         with open(f"/proc/{pid}/status") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
@@ -62,36 +63,53 @@ def peak_memory() -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return generate_world(tmp_path_factory.mktemp("world"), WorldSpec(
-        seed=5, segments=SEGMENTS, files_per_segment=1, pages_per_file=6, warc=False), workers=2)
+    return generate_world(
+        tmp_path_factory.mktemp("world"),
+        WorldSpec(seed=5, segments=SEGMENTS, files_per_segment=1, pages_per_file=6, warc=False),
+        workers=2,
+    )
 
 
 @pytest.fixture(scope="module")
 def loaded(prefect_api, world, tmp_path_factory):
     """The pipeline over the whole world; (OUT, final state, {worker: peak memory}, {stage: task runs})."""
     out = tmp_path_factory.mktemp("load")
-    with local_cluster(cpu_workers=2, gpu_workers=1, memory_limit="3GiB") as cluster, \
-            Client(cluster.scheduler_address) as client, ImageServer(world.root) as server:
+    with (
+        local_cluster(cpu_workers=2, gpu_workers=1, memory_limit="3GiB") as cluster,
+        Client(cluster.scheduler_address) as client,
+        ImageServer(world.root) as server,
+    ):
         started = time.monotonic()
         state = pipeline(
-            out=str(out), dask_address=cluster.scheduler_address, return_state=True,
-            ingest=IngestSettings(crawl=world.crawl_id, source=str(world.root), file_timeout=TASK_TIMEOUT_S,
-                                  extract=ExtractSettings(detect_language=False)),
+            out=str(out),
+            dask_address=cluster.scheduler_address,
+            return_state=True,
+            ingest=IngestSettings(
+                crawl=world.crawl_id,
+                source=str(world.root),
+                file_timeout=TASK_TIMEOUT_S,
+                extract=ExtractSettings(detect_language=False),
+            ),
             download=server.download_settings(shard_size=500, concurrency=64, shard_timeout=TASK_TIMEOUT_S),
             embed=tiny_clip.embed_settings(batch_size=64, shard_timeout=TASK_TIMEOUT_S),
             index=IndexSettings(queries=200, near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD),
-            report=ReportSettings(gates=GATES_OFF))
+            report=ReportSettings(gates=GATES_OFF),
+        )
         wall = time.monotonic() - started
         memory = client.run(peak_memory)
         resources = {addr: w["resources"] for addr, w in client.scheduler_info()["workers"].items()}
     with get_client(sync_client=True) as api:
-        subflows = api.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+        subflows = api.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
         runs = {}
         for subflow in subflows:
             offset, found = 0, []
-            while batch := api.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[subflow.id])),
-                                              limit=200, offset=offset):
+            while batch := api.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[subflow.id])), limit=200, offset=offset
+            ):
                 found += batch
                 offset += len(batch)
             runs[api.read_flow(subflow.flow_id).name] = found
@@ -102,7 +120,9 @@ def loaded(prefect_api, world, tmp_path_factory):
         print(f"{kind} worker {addr}: peak RSS {peak['worker'] / MiB:.0f} MiB; its processes: {children} MiB")
     for stage, task_runs in sorted(runs.items()):
         slowest = max(task_runs, key=lambda r: r.total_run_time)
-        print(f"{stage}: {len(task_runs)} task runs, slowest {slowest.name} {slowest.total_run_time.total_seconds():.1f} s")
+        print(
+            f"{stage}: {len(task_runs)} task runs, slowest {slowest.name} {slowest.total_run_time.total_seconds():.1f} s"
+        )
     return out, state, memory, runs
 
 
@@ -130,6 +150,7 @@ def test_no_task_runs_past_its_timeout(loaded):
     task_runs = [r for stage in runs.values() for r in stage]
     assert len(task_runs) > SEGMENTS
     assert [r.name for r in task_runs if r.state.name == "TimedOut"] == []
-    assert all(r.state.is_completed() for r in task_runs), {r.name: r.state.name for r in task_runs
-                                                          if not r.state.is_completed()}
+    assert all(r.state.is_completed() for r in task_runs), {
+        r.name: r.state.name for r in task_runs if not r.state.is_completed()
+    }
     assert max(r.total_run_time.total_seconds() for r in task_runs) < TASK_TIMEOUT_S

@@ -9,23 +9,26 @@ from clipcrawl.tasks.download.optout import ALLOW_ALL, parse_robots, path_matche
 TOKEN = "clipcrawl"
 
 
-@pytest.mark.parametrize("values, expected", [
-    (["noai"], "noai"),
-    (["NoImageAI"], "noimageai"),
-    (["noarchive, noindex"], "noindex"),
-    (["nofollow", "noimageindex"], "noimageindex"),           # several headers
-    (["none"], "none"),                                       # Google: none = noindex, nofollow
-    (["clipcrawl: noindex"], "noindex"),
-    (["ClipCrawl: nofollow, noai"], "noai"),                  # scope covers the rest of the list
-    (["otherbot: noai"], None),
-    (["otherbot: noai, noimageai", "clipcrawl: nofollow"], None),
-    (["otherbot: noindex, clipcrawl: noimageindex"], "noimageindex"),  # two scopes joined by a proxy
-    (["unavailable_after: 25 Jun 2010 15:00:00 PST"], None),
-    (["unavailable_after: Friday, 25-Jun-2010 15:00:00 PST, noarchive"], None),
-    (["max-image-preview: large", "all"], None),
-    ([], None),
-    ([""], None),
-])
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        (["noai"], "noai"),
+        (["NoImageAI"], "noimageai"),
+        (["noarchive, noindex"], "noindex"),
+        (["nofollow", "noimageindex"], "noimageindex"),  # several headers
+        (["none"], "none"),  # Google: none = noindex, nofollow
+        (["clipcrawl: noindex"], "noindex"),
+        (["ClipCrawl: nofollow, noai"], "noai"),  # scope covers the rest of the list
+        (["otherbot: noai"], None),
+        (["otherbot: noai, noimageai", "clipcrawl: nofollow"], None),
+        (["otherbot: noindex, clipcrawl: noimageindex"], "noimageindex"),  # two scopes joined by a proxy
+        (["unavailable_after: 25 Jun 2010 15:00:00 PST"], None),
+        (["unavailable_after: Friday, 25-Jun-2010 15:00:00 PST, noarchive"], None),
+        (["max-image-preview: large", "all"], None),
+        ([], None),
+        ([""], None),
+    ],
+)
 def test_x_robots_tag(values, expected):
     assert x_robots_opt_out(values, TOKEN) == expected
 
@@ -68,9 +71,9 @@ def test_robots_wildcards_and_anchors():
     text = "User-agent: *\nDisallow: /*.gif$\nDisallow: /img/*/thumb\nAllow: /img/ok/thumb\n"
     rules = parse_robots(text, TOKEN)
     assert not rules.allows("/a/b.gif")
-    assert rules.allows("/a/b.gif?x=1")          # $ anchors the end
+    assert rules.allows("/a/b.gif?x=1")  # $ anchors the end
     assert not rules.allows("/img/123/thumb.jpg")
-    assert rules.allows("/img/ok/thumb.jpg")     # longer Allow wins
+    assert rules.allows("/img/ok/thumb.jpg")  # longer Allow wins
     assert rules.allows("/robots.txt")
 
 

@@ -17,8 +17,8 @@ from clipcrawl.flows.cli import main
 from clipcrawl.flows.report import build_report
 from clipcrawl.flows.runner import task_runner
 from clipcrawl.tasks.core.config import Gate, QualityGates, ReportSettings
-from clipcrawl.tasks.world.groundtruth import compare_embeddings
 from clipcrawl.tasks.core.status import DownloadStatus
+from clipcrawl.tasks.world.groundtruth import compare_embeddings
 from tests.test_artifacts import of_run
 from tests.test_index_flow import index
 
@@ -40,8 +40,9 @@ def reported(dask_address, pipeline, small_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("reported") / "out"
     shutil.copytree(pipeline[0], out, ignore=shutil.ignore_patterns("_results"))
     index(dask_address, out)
-    state = report(dask_address, out, ReportSettings(gates=GATES_OFF),
-                   os.path.join(small_world.root, "manifest", "pairs.parquet"))
+    state = report(
+        dask_address, out, ReportSettings(gates=GATES_OFF), os.path.join(small_world.root, "manifest", "pairs.parquet")
+    )
     assert state.is_completed(), state.message
     return out, state, json.loads((out / "report" / "stats.json").read_text())
 
@@ -55,10 +56,21 @@ def test_funnel_counts_are_the_output_files(reported):
     expected = {
         "extracted": sum(s["with_alt"] for s in pair_stats),
         "deduplicated": sum(pq.read_metadata(p).num_rows for p in (out / "pairs").glob("*.parquet")),
-        "downloaded": sum(downloads.values()) - sum(n for s, n in downloads.items() if s not in (
-            DownloadStatus.SUCCESS, DownloadStatus.TOO_SMALL_BYTES, DownloadStatus.TOO_SMALL_PIXELS,
-            DownloadStatus.TOO_MANY_PIXELS, DownloadStatus.BAD_ASPECT_RATIO, DownloadStatus.NOT_AN_IMAGE,
-            DownloadStatus.DECODE_ERROR)),
+        "downloaded": sum(downloads.values())
+        - sum(
+            n
+            for s, n in downloads.items()
+            if s
+            not in (
+                DownloadStatus.SUCCESS,
+                DownloadStatus.TOO_SMALL_BYTES,
+                DownloadStatus.TOO_SMALL_PIXELS,
+                DownloadStatus.TOO_MANY_PIXELS,
+                DownloadStatus.BAD_ASPECT_RATIO,
+                DownloadStatus.NOT_AN_IMAGE,
+                DownloadStatus.DECODE_ERROR,
+            )
+        ),
         "decoded": downloads[DownloadStatus.SUCCESS],
         "clip_passed": len(dataset),
         "near_duplicates_removed": sum(not r["near_duplicate"] for r in dataset),
@@ -120,8 +132,11 @@ def test_report_page_and_artifacts(reported):
 
 def test_a_crossed_gate_fails_the_run_naming_gate_value_and_threshold(dask_address, reported, tmp_path):
     out = reported[0]
-    state = report(dask_address, out, ReportSettings(gates=GATES_OFF.model_copy(update={
-        "min_download_success_rate": Gate(threshold=0.99)})))
+    state = report(
+        dask_address,
+        out,
+        ReportSettings(gates=GATES_OFF.model_copy(update={"min_download_success_rate": Gate(threshold=0.99)})),
+    )
     assert state.is_failed()
     value = reported[2]["rates"]["download_success_rate"]
     assert "min_download_success_rate" in state.message and f"{value:.3f}" in state.message and "0.990" in state.message
@@ -132,8 +147,11 @@ def test_a_crossed_gate_fails_the_run_naming_gate_value_and_threshold(dask_addre
 
 def test_a_warning_gate_lets_the_run_complete(dask_address, reported):
     out = reported[0]
-    state = report(dask_address, out, ReportSettings(gates=GATES_OFF.model_copy(update={
-        "max_clip_pass_rate": Gate(threshold=0.01, action="warn")})))
+    state = report(
+        dask_address,
+        out,
+        ReportSettings(gates=GATES_OFF.model_copy(update={"max_clip_pass_rate": Gate(threshold=0.01, action="warn")})),
+    )
     assert state.is_completed(), state.message
     assert [g["gate"] for g in state.result()["gates"] if not g["passed"]] == ["max_clip_pass_rate"]
 
@@ -141,12 +159,21 @@ def test_a_warning_gate_lets_the_run_complete(dask_address, reported):
 def test_report_command_takes_gate_flags(dask_address, reported):
     out = reported[0]
     with pytest.raises(SystemExit) as exit_info:
-        main(["report", str(out), "--gate", "max_failed_file_share=off", "--gate", "min_clip_pass_rate=0.999",
-              "--dask-address", dask_address])
+        main(
+            [
+                "report",
+                str(out),
+                "--gate",
+                "max_failed_file_share=off",
+                "--gate",
+                "min_clip_pass_rate=0.999",
+                "--dask-address",
+                dask_address,
+            ]
+        )
     message = str(exit_info.value.code)
     assert message.startswith("clipcrawl: build_report Failed") and "min_clip_pass_rate" in message
     assert "\n" not in message
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(out), "--gate", "min_clip_pass_rate", "--dask-address", dask_address])
     assert "NAME=THRESHOLD" in str(exit_info.value.code)
-

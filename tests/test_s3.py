@@ -26,6 +26,9 @@ from clipcrawl.tasks.core.config import (
     QualityGates,
     ReportSettings,
 )
+from clipcrawl.tasks.core.uri import atomic_write, exists, listdir, read_json, write_json
+from clipcrawl.tasks.search.search import Searcher
+from clipcrawl.tasks.world import ImageServer, tiny_clip
 from clipcrawl.tasks.world.groundtruth import (
     compare_downloads,
     compare_embeddings,
@@ -33,9 +36,6 @@ from clipcrawl.tasks.world.groundtruth import (
     compare_pairs,
     compare_search,
 )
-from clipcrawl.tasks.search.search import Searcher
-from clipcrawl.tasks.core.uri import atomic_write, exists, listdir, read_json, write_json
-from clipcrawl.tasks.world import ImageServer, tiny_clip
 from tests.helpers import task_states
 
 OUT = "s3://chain/run"
@@ -66,13 +66,15 @@ def ingest(dask_address, inputs):
 
 
 def download(dask_address, server):
-    return on(download_images, dask_address)(pairs=f"{OUT}/pairs", out=OUT,
-                                             settings=server.download_settings(shard_size=150), return_state=True)
+    return on(download_images, dask_address)(
+        pairs=f"{OUT}/pairs", out=OUT, settings=server.download_settings(shard_size=150), return_state=True
+    )
 
 
 def embed(dask_address):
-    return on(embed_and_filter, dask_address)(images=f"{OUT}/images", out=OUT,
-                                              settings=tiny_clip.embed_settings(batch_size=64), return_state=True)
+    return on(embed_and_filter, dask_address)(
+        images=f"{OUT}/images", out=OUT, settings=tiny_clip.embed_settings(batch_size=64), return_state=True
+    )
 
 
 def index(dask_address):
@@ -80,9 +82,12 @@ def index(dask_address):
 
 
 def report(dask_address, small_world):
-    return on(build_report, dask_address)(out=OUT, settings=ReportSettings(gates=GATES_OFF),
-                                          ground_truth=os.path.join(small_world.root, "manifest", "pairs.parquet"),
-                                          return_state=True)
+    return on(build_report, dask_address)(
+        out=OUT,
+        settings=ReportSettings(gates=GATES_OFF),
+        ground_truth=os.path.join(small_world.root, "manifest", "pairs.parquet"),
+        return_state=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -143,20 +148,35 @@ def test_every_stage_writes_the_contract_layout_on_s3(chain, small_world):
     stems = [f"{s:05d}" for s in range(images["shards"])]
     assert len(stems) >= 2  # shards are made and read in parallel
     for stem in stems:
-        assert {f"images/{stem}.tar", f"images/{stem}.parquet", f"images/{stem}_stats.json",
-                f"embeddings/img_emb/img_emb_{stem}.npy", f"embeddings/text_emb/text_emb_{stem}.npy",
-                f"embeddings/metadata/metadata_{stem}.parquet", f"dataset/part-{stem}.parquet",
-                f"dataset/part-{stem}_stats.json"} <= names, stem
-    assert {"index/image.index", "index/text.index", "index/ids.parquet", "index/index_infos.json",
-            "report/index.html", "report/stats.json"} <= names
+        assert {
+            f"images/{stem}.tar",
+            f"images/{stem}.parquet",
+            f"images/{stem}_stats.json",
+            f"embeddings/img_emb/img_emb_{stem}.npy",
+            f"embeddings/text_emb/text_emb_{stem}.npy",
+            f"embeddings/metadata/metadata_{stem}.parquet",
+            f"dataset/part-{stem}.parquet",
+            f"dataset/part-{stem}_stats.json",
+        } <= names, stem
+    assert {
+        "index/image.index",
+        "index/text.index",
+        "index/ids.parquet",
+        "index/index_infos.json",
+        "report/index.html",
+        "report/stats.json",
+    } <= names
     assert not [n for n in names if ".tmp-" in n or n.endswith(".new")], "no temporary object is left behind"
 
     # the contents: each stage's files against the world's truth and the stage's own summary
     assert compare_pairs(small_world, OUT)["equal"]
     downloads = compare_downloads(small_world, OUT)
     assert downloads["equal"], (downloads["wrong"], downloads["missing"])
-    assert downloads["samples"] == images["count"] == sum(
-        pq.ParquetFile(fs.open(f"{root}/{p}")).metadata.num_rows for p in pairs)
+    assert (
+        downloads["samples"]
+        == images["count"]
+        == sum(pq.ParquetFile(fs.open(f"{root}/{p}")).metadata.num_rows for p in pairs)
+    )
     embedded = compare_embeddings(small_world, OUT)
     dataset = s3_json(fs, f"{root}/dataset/_summary.json")
     assert embedded["samples"] == dataset["embedded"] > 0 and embedded["accuracy"] >= 0.9, embedded
@@ -165,8 +185,10 @@ def test_every_stage_writes_the_contract_layout_on_s3(chain, small_world):
             vectors = np.load(f)
         assert vectors.dtype == np.float16
         np.testing.assert_allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1, atol=1e-2)
-        assert len(vectors) == pq.ParquetFile(fs.open(f"{root}/embeddings/metadata/metadata_{stem}.parquet")) \
-            .metadata.num_rows
+        assert (
+            len(vectors)
+            == pq.ParquetFile(fs.open(f"{root}/embeddings/metadata/metadata_{stem}.parquet")).metadata.num_rows
+        )
     infos = s3_json(fs, f"{root}/index/index_infos.json")
     kept = sum(pq.ParquetFile(fs.open(f"{root}/dataset/part-{stem}.parquet")).metadata.num_rows for stem in stems)
     assert infos["count"] == dataset["kept"] == kept

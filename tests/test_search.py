@@ -26,7 +26,7 @@ from clipcrawl.tasks.world.scenes import Scene, describe, encode_image, random_s
 from clipcrawl.tasks.world.tiny_clip import embed_settings
 
 RED_CIRCLES, BLUE_STARS, OTHERS = 12, 12, 32
-DUPLICATES = 4          # the last rows: re-encodings of the first red circles, in their duplicate groups
+DUPLICATES = 4  # the last rows: re-encodings of the first red circles, in their duplicate groups
 SHARD_ROWS = 30
 FORMATS = ("jpg", "jpg", "jpg", "png", "webp")  # member extension by id % 5
 
@@ -89,17 +89,28 @@ def build_index(out: Path, model, seed: int = 0) -> Fixture:
             for i in rows:
                 key = f"{stem}{i - first:04d}"
                 meta = json.dumps({"key": key, "caption": captions[i]}).encode()
-                for name, data in ((f"{key}.{exts[i]}", images[i]), (f"{key}.txt", captions[i].encode()),
-                                   (f"{key}.json", meta)):
+                for name, data in (
+                    (f"{key}.{exts[i]}", images[i]),
+                    (f"{key}.txt", captions[i].encode()),
+                    (f"{key}.json", meta),
+                ):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
         fx.tars[stem] = str(tar_path)
-        tables.append(pa.table({
-            "key": [f"{stem}{i - first:04d}" for i in rows], "shard": [stem] * len(rows),
-            "row": [i - first for i in rows], "url": [f"https://img.example/{i}.{exts[i]}" for i in rows],
-            "text": [captions[i] for i in rows], "similarity": [0.4] * len(rows),
-            "duplicate_group": [groups[i] for i in rows]}))
+        tables.append(
+            pa.table(
+                {
+                    "key": [f"{stem}{i - first:04d}" for i in rows],
+                    "shard": [stem] * len(rows),
+                    "row": [i - first for i in rows],
+                    "url": [f"https://img.example/{i}.{exts[i]}" for i in rows],
+                    "text": [captions[i] for i in rows],
+                    "similarity": [0.4] * len(rows),
+                    "duplicate_group": [groups[i] for i in rows],
+                }
+            )
+        )
 
     pixels = torch.from_numpy(np.stack([model.prepare(Image.open(io.BytesIO(b))) for b in images]))
     img_emb, txt_emb = model.encode_images(pixels), model.encode_texts(captions)
@@ -115,14 +126,16 @@ def build_index(out: Path, model, seed: int = 0) -> Fixture:
     write_ids(str(fx.dir / "ids.parquet"), tables)
     settings = embed_settings()
     infos = {
-        "dim": d, "count": len(scenes),
+        "dim": d,
+        "count": len(scenes),
         "clip": {"model": settings.model, "pretrained": settings.pretrained, "checkpoint": settings.checkpoint},
-        "shards": [{"stem": stem, "tar": tar, "rows": len(t), "first_id": n * SHARD_ROWS}
-                   for n, ((stem, tar), t) in enumerate(zip(fx.tars.items(), tables))],
+        "shards": [
+            {"stem": stem, "tar": tar, "rows": len(t), "first_id": n * SHARD_ROWS}
+            for n, ((stem, tar), t) in enumerate(zip(fx.tars.items(), tables))
+        ],
         "image": {"index_key": "Flat", "params": "", "k": 10, "recall_at_k": 1.0},
         "text": {"index_key": "IVF4,Flat", "params": "nprobe=4", "k": 10, "recall_at_k": 1.0},
-        "near_duplicates": {"threshold": 0.96, "groups": len(set(groups)), "duplicates": DUPLICATES,
-                            "dropped": False},
+        "near_duplicates": {"threshold": 0.96, "groups": len(set(groups)), "duplicates": DUPLICATES, "dropped": False},
     }
     (fx.dir / "index_infos.json").write_text(json.dumps(infos))
     return fx
@@ -181,24 +194,32 @@ def test_a_query_photo_with_an_exif_orientation_is_turned_upright(fx, searcher):
     assert searcher.search(image=buf.getvalue(), k=1)[0]["id"] == i
     plain = io.BytesIO()
     sideways.save(plain, "JPEG", quality=95)  # the same pixels without the tag: the sideways scene
-    assert searcher.search(image=plain.getvalue(), k=1)[0]["similarity"] < searcher.search(
-        image=buf.getvalue(), k=1)[0]["similarity"]
+    assert (
+        searcher.search(image=plain.getvalue(), k=1)[0]["similarity"]
+        < searcher.search(image=buf.getvalue(), k=1)[0]["similarity"]
+    )
 
 
 def test_result_fields_come_from_the_id_table(fx, searcher):
     r = searcher.search(text="red circles", k=1)[0]
     i, first = r["id"], (r["id"] // 30) * 30
-    assert r == {"id": i, "key": f"{i // 30:05d}{i - first:04d}", "url": f"https://img.example/{i}.{fx.exts[i]}",
-                 "caption": fx.captions[i], "similarity": r["similarity"], "shard": f"{i // 30:05d}",
-                 "duplicate_group": fx.groups[i]}
+    assert r == {
+        "id": i,
+        "key": f"{i // 30:05d}{i - first:04d}",
+        "url": f"https://img.example/{i}.{fx.exts[i]}",
+        "caption": fx.captions[i],
+        "similarity": r["similarity"],
+        "shard": f"{i // 30:05d}",
+        "duplicate_group": fx.groups[i],
+    }
     assert 0 < r["similarity"] <= 1
 
 
 def test_deduplicate_keeps_one_per_group_and_fills_k(fx, searcher):
-    dup = len(fx.scenes) - 1                     # a re-encoded copy of id fx.groups[dup]
+    dup = len(fx.scenes) - 1  # a re-encoded copy of id fx.groups[dup]
     original = fx.groups[dup]
     plain = searcher.search(image=fx.images[original], k=10)
-    assert {plain[0]["id"], plain[1]["id"]} == {original, dup}   # the two copies lead
+    assert {plain[0]["id"], plain[1]["id"]} == {original, dup}  # the two copies lead
     deduped = searcher.search(image=fx.images[original], k=10, deduplicate=True)
     assert len(deduped) == 10
     groups = [r["duplicate_group"] for r in deduped]
@@ -217,21 +238,27 @@ def test_deduplicate_searches_deeper_until_k_groups(fx, model, tmp_path):
     n = len(fx.scenes)
     big = set(range(n - 14))
     groups = [0 if i in big else i for i in range(n)]
-    tables = [pa.Table.from_pylist([{**row, "duplicate_group": groups[row["id"]]} for row in
-                                    Searcher(str(fx.dir), model=model).ids.lookup(range(n))])]
+    tables = [
+        pa.Table.from_pylist(
+            [
+                {**row, "duplicate_group": groups[row["id"]]}
+                for row in Searcher(str(fx.dir), model=model).ids.lookup(range(n))
+            ]
+        )
+    ]
     write_ids(str(index_dir / "ids.parquet"), tables)
     searcher = Searcher(str(index_dir), model=model)
     results = searcher.search(text="a yellow square", k=12, deduplicate=True)
     assert len(results) == 12 and len({r["duplicate_group"] for r in results}) == 12
     assert sum(r["duplicate_group"] == 0 for r in results) == 1
-    everything = searcher.search(text="a yellow square", k=100, deduplicate=True)   # only 15 groups exist
+    everything = searcher.search(text="a yellow square", k=100, deduplicate=True)  # only 15 groups exist
     assert len(everything) == 15
-    assert len(searcher.search(text="a yellow square", k=100)) == n                # k > count: all of them
+    assert len(searcher.search(text="a yellow square", k=100)) == n  # k > count: all of them
 
 
 def test_thumbnail_is_the_tar_member(fx, searcher):
     mimes = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-    for i in (0, 3, 4, 29, 30, 33, len(fx.scenes) - 1):   # both shards, every format
+    for i in (0, 3, 4, 29, 30, 33, len(fx.scenes) - 1):  # both shards, every format
         data, mime = searcher.thumbnail(i)
         assert data == fx.images[i]
         assert mime == mimes[fx.exts[i]]
@@ -274,7 +301,7 @@ def test_remote_index(fx, model):
 
 
 def test_model_is_loaded_from_index_infos(fx):
-    searcher = Searcher(str(fx.dir))           # no model given: index_infos.json "clip" names it
+    searcher = Searcher(str(fx.dir))  # no model given: index_infos.json "clip" names it
     assert searcher._model is None
     results = searcher.search(text="red circles", k=10)
     assert sum(fx.concept(r["id"]) == ("red", "circle") for r in results) >= 8
@@ -289,7 +316,7 @@ def test_bad_queries_name_the_reason(fx, searcher):
     with pytest.raises(ValueError, match="cannot decode the query image: "):
         searcher.search(image=b"not an image at all")
     with pytest.raises(ValueError, match="cannot decode the query image: "):
-        searcher.search(image=fx.images[0][: len(fx.images[0]) // 3])   # a cut-off JPEG
+        searcher.search(image=fx.images[0][: len(fx.images[0]) // 3])  # a cut-off JPEG
     with pytest.raises(ValueError, match=r"cannot decode the query image: it is empty"):
         searcher.search(image=b"")
     with pytest.raises(ValueError, match="the text query is empty"):
@@ -313,6 +340,15 @@ def test_missing_index_files_are_named(fx, model, tmp_path):
 
 
 def test_format_results():
-    results = [{"id": 3, "key": "000000003", "url": "https://a.example/x.jpg", "caption": "a red\ncircle",
-                "similarity": 0.31234, "shard": "00000", "duplicate_group": 3}]
+    results = [
+        {
+            "id": 3,
+            "key": "000000003",
+            "url": "https://a.example/x.jpg",
+            "caption": "a red\ncircle",
+            "similarity": 0.31234,
+            "shard": "00000",
+            "duplicate_group": 3,
+        }
+    ]
     assert format_results(results) == "0.3123\t000000003\ta red circle\thttps://a.example/x.jpg"

@@ -16,22 +16,37 @@ import pyarrow.parquet as pq
 import pytest
 
 from clipcrawl.tasks.core.config import DownloadSettings
-from clipcrawl.tasks.download.stage import download_shard
-from clipcrawl.tasks.download.shards import ShardSpec
 from clipcrawl.tasks.core.status import DownloadStatus as S
+from clipcrawl.tasks.download.shards import ShardSpec
+from clipcrawl.tasks.download.stage import download_shard
 from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = sorted((ROOT / "flows").rglob("*.py")) + sorted((ROOT / "tasks").rglob("*.py"))
 
 # Calls that run code or rebuild objects from bytes: none may appear in the project's code.
-FORBIDDEN = {"eval", "exec", "compile", "__import__", "pickle.load", "pickle.loads", "marshal.load",
-             "marshal.loads", "shelve.open", "os.system", "os.popen", "yaml.load", "yaml.unsafe_load",
-             "yaml.full_load", "dill.loads", "cloudpickle.loads", "jsonpickle.decode"}
+FORBIDDEN = {
+    "eval",
+    "exec",
+    "compile",
+    "__import__",
+    "pickle.load",
+    "pickle.loads",
+    "marshal.load",
+    "marshal.loads",
+    "shelve.open",
+    "os.system",
+    "os.popen",
+    "yaml.load",
+    "yaml.unsafe_load",
+    "yaml.full_load",
+    "dill.loads",
+    "cloudpickle.loads",
+    "jsonpickle.decode",
+}
 FORBIDDEN_MODULES = {"subprocess", "pickle", "marshal", "shelve", "dill", "cloudpickle"}
 # A regex built from data (a robots.txt pattern, a page) can backtrack for hours: patterns are literals.
-REGEX_CALLS = {"re.compile", "re.match", "re.search", "re.fullmatch", "re.findall", "re.finditer", "re.sub",
-               "re.split"}
+REGEX_CALLS = {"re.compile", "re.match", "re.search", "re.fullmatch", "re.findall", "re.finditer", "re.sub", "re.split"}
 
 
 def dotted(node: ast.AST) -> str | None:
@@ -61,18 +76,25 @@ def findings(path: Path) -> list[str]:
                 found.append(f"{where} calls {name}")
             if name in REGEX_CALLS and not (node.args and literal_pattern(node.args[0])):
                 found.append(f"{where} builds a regex from data ({name})")
-            if name == "torch.load" and not any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
-                                                 for k in node.keywords):
+            if name == "torch.load" and not any(
+                k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords
+            ):
                 found.append(f"{where} calls torch.load without weights_only=True")
     return found
 
 
 def test_the_scan_finds_what_it_forbids(tmp_path):
     sample = tmp_path / "sample.py"
-    sample.write_text("import pickle, re\n\ndef f(data, p):\n    eval(data)\n    re.match(p, data)\n"
-                      "    re.match(r'a+', data)\n    return pickle.loads(data)\n")
+    sample.write_text(
+        "import pickle, re\n\ndef f(data, p):\n    eval(data)\n    re.match(p, data)\n"
+        "    re.match(r'a+', data)\n    return pickle.loads(data)\n"
+    )
     assert [f.split(" ", 1)[1] for f in findings(sample)] == [
-        "imports pickle", "calls eval", "builds a regex from data (re.match)", "calls pickle.loads"]
+        "imports pickle",
+        "calls eval",
+        "builds a regex from data (re.match)",
+        "calls pickle.loads",
+    ]
 
 
 def test_nothing_in_the_project_executes_crawl_content():
@@ -88,8 +110,10 @@ def test_download_defaults_guard_addresses_and_honour_optouts():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return generate_world(tmp_path_factory.mktemp("world"), WorldSpec(seed=11, segments=1, files_per_segment=1,
-                                                                       pages_per_file=8, images=90, warc=False))
+    return generate_world(
+        tmp_path_factory.mktemp("world"),
+        WorldSpec(seed=11, segments=1, files_per_segment=1, pages_per_file=8, images=90, warc=False),
+    )
 
 
 def shard_of(tmp_path: Path, urls: list[str]) -> ShardSpec:
@@ -124,8 +148,10 @@ def test_opt_outs_are_honoured_before_the_image_is_requested(world, tmp_path):
     assert {S.ROBOTS_DISALLOWED, S.OPT_OUT_HEADER} <= set(refused.values())
     with ImageServer(world.root) as server:
         settings = server.download_settings(processes=1)
-        assert (settings.respect_robots, settings.respect_optouts) == (settings_default.respect_robots,
-                                                                       settings_default.respect_optouts)
+        assert (settings.respect_robots, settings.respect_optouts) == (
+            settings_default.respect_robots,
+            settings_default.respect_optouts,
+        )
         download_shard(shard_of(tmp_path, sorted(refused)), str(tmp_path / "out"), settings)
         hits = dict(server.hits)
     got = statuses(tmp_path / "out")
@@ -139,8 +165,9 @@ def test_opt_outs_are_honoured_before_the_image_is_requested(world, tmp_path):
 def test_up_sh_refuses_to_open_the_server_beyond_localhost_without_an_auth_string(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_AUTH_STRING"}
     env |= {"CLIPCRAWL_HOST": "0.0.0.0", "CLIPCRAWL_LOCAL": str(tmp_path / "local")}
-    done = subprocess.run(["bash", "infra/local/up.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run(
+        ["bash", "infra/local/up.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 2
     assert "set PREFECT_AUTH_STRING" in done.stderr
     assert not (tmp_path / "local").exists(), "nothing was started"

@@ -54,6 +54,7 @@ def base_url(fx, model):
 
 def call(base_url: str, method: str, path: str, **kwargs) -> tuple[int, dict, bytes]:
     """(status, headers, body) of one request."""
+
     async def go():
         async with aiohttp.ClientSession() as session, session.request(method, base_url + path, **kwargs) as resp:
             return resp.status, dict(resp.headers), await resp.read()
@@ -78,8 +79,7 @@ def test_get_search(fx, base_url):
     assert status == 200, body
     assert len(body["results"]) == 10 and red_circles(fx, body["results"]) >= 8
     assert set(body["results"][0]) == {"id", "key", "url", "caption", "similarity", "shard", "duplicate_group"}
-    assert body["query"] == {"text": "red circles", "image": False, "k": 10, "modality": "image",
-                             "deduplicate": False}
+    assert body["query"] == {"text": "red circles", "image": False, "k": 10, "modality": "image", "deduplicate": False}
     status, body = call_json(base_url, "GET", "/api/search?text=red+circles&k=3&modality=text&deduplicate=1")
     assert status == 200, body
     assert len(body["results"]) == 3 and body["query"]["modality"] == "text" and body["query"]["deduplicate"]
@@ -114,27 +114,43 @@ def test_post_multipart_image_upload(fx, base_url):
     assert status == 200 and red_circles(fx, body["results"]) >= 8, body
 
 
-@pytest.mark.parametrize(("method", "path", "kwargs", "reason"), [
-    ("GET", "/api/search", {}, "exactly one of text or image"),
-    ("GET", "/api/search?text=a&k=ten", {}, "k must be an integer, got 'ten'"),
-    ("GET", "/api/search?text=a&k=0", {}, "k must be between 1 and 1000"),
-    ("GET", "/api/search?text=a&k=5000", {}, "k must be between 1 and 1000"),
-    ("GET", "/api/search?text=a&modality=audio", {}, "modality must be one of image, text"),
-    ("GET", "/api/search?text=a&deduplicate=maybe", {}, "deduplicate must be true or false"),
-    ("GET", "/api/search?text=a&colour=red", {}, "unknown parameter(s): colour"),
-    ("GET", "/api/search?image=abc", {}, "image queries are POSTed"),
-    ("GET", "/api/search?text=+", {}, "the text query is empty"),
-    ("POST", "/api/search", {"json": {"text": "a", "image": "aGVsbG8="}}, "exactly one of text or image (got both)"),
-    ("POST", "/api/search", {"json": {"image": "not base64!"}}, "image is not valid base64"),
-    ("POST", "/api/search", {"json": {"image": "aGVsbG8="}}, "cannot decode the query image"),
-    ("POST", "/api/search", {"json": ["red circles"]}, "the JSON body must be an object"),
-    ("POST", "/api/search", {"json": {"text": 3}}, "text must be a string"),
-    ("POST", "/api/search", {"data": b"{nope", "headers": {"Content-Type": "application/json"}},
-     "the body is not valid JSON"),
-    ("POST", "/api/search", {"data": b"text=a", "headers": {"Content-Type": "text/plain"}},
-     "unsupported Content-Type 'text/plain'"),
-    ("GET", "/api/thumbnail/abc", {}, "thumbnail id must be a non-negative integer, got 'abc'"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "reason"),
+    [
+        ("GET", "/api/search", {}, "exactly one of text or image"),
+        ("GET", "/api/search?text=a&k=ten", {}, "k must be an integer, got 'ten'"),
+        ("GET", "/api/search?text=a&k=0", {}, "k must be between 1 and 1000"),
+        ("GET", "/api/search?text=a&k=5000", {}, "k must be between 1 and 1000"),
+        ("GET", "/api/search?text=a&modality=audio", {}, "modality must be one of image, text"),
+        ("GET", "/api/search?text=a&deduplicate=maybe", {}, "deduplicate must be true or false"),
+        ("GET", "/api/search?text=a&colour=red", {}, "unknown parameter(s): colour"),
+        ("GET", "/api/search?image=abc", {}, "image queries are POSTed"),
+        ("GET", "/api/search?text=+", {}, "the text query is empty"),
+        (
+            "POST",
+            "/api/search",
+            {"json": {"text": "a", "image": "aGVsbG8="}},
+            "exactly one of text or image (got both)",
+        ),
+        ("POST", "/api/search", {"json": {"image": "not base64!"}}, "image is not valid base64"),
+        ("POST", "/api/search", {"json": {"image": "aGVsbG8="}}, "cannot decode the query image"),
+        ("POST", "/api/search", {"json": ["red circles"]}, "the JSON body must be an object"),
+        ("POST", "/api/search", {"json": {"text": 3}}, "text must be a string"),
+        (
+            "POST",
+            "/api/search",
+            {"data": b"{nope", "headers": {"Content-Type": "application/json"}},
+            "the body is not valid JSON",
+        ),
+        (
+            "POST",
+            "/api/search",
+            {"data": b"text=a", "headers": {"Content-Type": "text/plain"}},
+            "unsupported Content-Type 'text/plain'",
+        ),
+        ("GET", "/api/thumbnail/abc", {}, "thumbnail id must be a non-negative integer, got 'abc'"),
+    ],
+)
 def test_bad_requests_are_400_with_the_reason(base_url, method, path, kwargs, reason):
     status, body = call_json(base_url, method, path, **kwargs)
     assert status == 400
@@ -172,7 +188,7 @@ def test_page_is_served(base_url):
     status, headers, body = call(base_url, "GET", "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert b"/api/search" in body and b"<script" in body
-    assert b"src=\"http" not in body and b"href=\"http" not in body   # no external assets
+    assert b'src="http' not in body and b'href="http' not in body  # no external assets
 
 
 # --- the page in a real browser -------------------------------------------------------------------------------
@@ -228,7 +244,7 @@ def test_page_renders_the_query_from_the_url(fx, base_url, chromium, tmp_path):
     assert fx.concept(cards[0]["id"]) == ("red", "circle")
     assert red_circles(fx, cards) >= 8
     assert "red" in cards[0]["caption"] and "circle" in cards[0]["caption"]
-    assert "loaded" in cards[0]["classes"]                          # the browser got and decoded the thumbnail
+    assert "loaded" in cards[0]["classes"]  # the browser got and decoded the thumbnail
     assert not any("broken" in c["classes"] for c in cards)
     assert element_text(done.stdout, "error") == ""
     assert element_text(done.stdout, "status").startswith("10 results for \u201cred circles\u201d in the image index")
@@ -242,13 +258,19 @@ def test_page_shows_errors(base_url, chromium, tmp_path):
 
 def test_page_screenshot(base_url, chromium, tmp_path):
     shot = tmp_path / "page.png"
-    run_chromium(chromium, tmp_path, f"{base_url}/?text={quote('red circles')}&k=20", "--window-size=1280,900",
-                 "--hide-scrollbars", f"--screenshot={shot}")
+    run_chromium(
+        chromium,
+        tmp_path,
+        f"{base_url}/?text={quote('red circles')}&k=20",
+        "--window-size=1280,900",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+    )
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", data[16:24]) == (1280, 900)
     image = Image.open(shot).convert("RGB")
     colours = image.getcolors(maxcolors=1 << 20)
-    assert len(colours) > 500                                       # text and thumbnails, not a blank page
+    assert len(colours) > 500  # text and thumbnails, not a blank page
     reds = sum(n for n, (r, g, b) in colours if r > 180 and g < 80 and b < 80)
-    assert reds > 0.01 * 1280 * 900                                 # the red circles' thumbnails are on it
+    assert reds > 0.01 * 1280 * 900  # the red circles' thumbnails are on it
     keep_screenshot(shot, "serve_page.png")

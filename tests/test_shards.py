@@ -10,7 +10,6 @@ from PIL import Image
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.download.images import process_image
-from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 from clipcrawl.tasks.download.shards import (
     IMAGES_SCHEMA,
     ShardSpec,
@@ -19,26 +18,33 @@ from clipcrawl.tasks.download.shards import (
     read_shard_rows,
     sample_key,
 )
+from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 
 
 def write_pairs(path, first_uid: int, n: int, row_group_size: int = 2) -> str:
-    table = pa.table({
-        "uid": pa.array(range(first_uid, first_uid + n), pa.uint64()),
-        "url": [f"https://img.example/{i}.jpg" for i in range(first_uid, first_uid + n)],
-        "text": [f"caption {i}" for i in range(first_uid, first_uid + n)],
-        "page_url": ["https://page.example/"] * n,
-        "source": ["wat-0"] * n,
-        "language": ["en"] * n,
-        "license": [None] * n,
-    }, schema=PAIRS_SCHEMA)
+    table = pa.table(
+        {
+            "uid": pa.array(range(first_uid, first_uid + n), pa.uint64()),
+            "url": [f"https://img.example/{i}.jpg" for i in range(first_uid, first_uid + n)],
+            "text": [f"caption {i}" for i in range(first_uid, first_uid + n)],
+            "page_url": ["https://page.example/"] * n,
+            "source": ["wat-0"] * n,
+            "language": ["en"] * n,
+            "license": [None] * n,
+        },
+        schema=PAIRS_SCHEMA,
+    )
     pq.write_table(table, path, row_group_size=row_group_size)
     return str(path)
 
 
 @pytest.fixture
 def pairs(tmp_path):
-    return [write_pairs(tmp_path / "a.parquet", 0, 7), write_pairs(tmp_path / "b.parquet", 100, 0),
-            write_pairs(tmp_path / "c.parquet", 200, 5)]
+    return [
+        write_pairs(tmp_path / "a.parquet", 0, 7),
+        write_pairs(tmp_path / "b.parquet", 100, 0),
+        write_pairs(tmp_path / "c.parquet", 200, 5),
+    ]
 
 
 def test_plan_shards_across_files(pairs):
@@ -75,8 +81,8 @@ def test_read_shard_rows_checks_the_file(pairs):
 def test_sample_key_is_img2datasets():
     assert sample_key(0, 0) == "000000000"
     assert sample_key(12, 345) == "000120345"
-    assert sample_key(3, 7, shard_size=100) == "000030007"        # at least 4 digits
-    assert sample_key(3, 7, shard_size=100_000) == "0000300007"   # digits of 99999
+    assert sample_key(3, 7, shard_size=100) == "000030007"  # at least 4 digits
+    assert sample_key(3, 7, shard_size=100_000) == "0000300007"  # digits of 99999
     assert sample_key(3, 7, shard_size=10_001) == "0000300007"
 
 
@@ -87,8 +93,16 @@ def jpeg(color=(200, 30, 30), size=(64, 48)) -> bytes:
 
 
 def row(i: int, **extra) -> dict:
-    return {"key": sample_key(0, i), "uid": i, "url": f"https://img.example/{i}.jpg", "text": f"a red square {i}",
-            "page_url": "https://page.example/", "source": "wat-0", "language": "en", **extra}
+    return {
+        "key": sample_key(0, i),
+        "uid": i,
+        "url": f"https://img.example/{i}.jpg",
+        "text": f"a red square {i}",
+        "page_url": "https://page.example/",
+        "source": "wat-0",
+        "language": "en",
+        **extra,
+    }
 
 
 SETTINGS = DownloadSettings(image_size=32)
@@ -113,8 +127,14 @@ def test_shard_writer_outputs(tmp_path):
 
     with tarfile.open(images / "00000.tar") as tar:
         names = tar.getnames()
-        assert sorted(names) == ["000000002.jpg", "000000002.json", "000000002.txt",
-                                 "000000004.jpg", "000000004.json", "000000004.txt"]
+        assert sorted(names) == [
+            "000000002.jpg",
+            "000000002.json",
+            "000000002.txt",
+            "000000004.jpg",
+            "000000004.json",
+            "000000004.txt",
+        ]
         assert tar.extractfile("000000002.txt").read() == b"a red square 2"
         meta = json.loads(tar.extractfile("000000004.json").read())
         assert meta["key"] == "000000004" and meta["status"] == "success" and meta["width"] == 32
@@ -144,8 +164,10 @@ def test_column_set_is_stable_when_everything_failed(tmp_path):
     with ShardWriter(str(tmp_path / "a"), 0, SETTINGS) as w:
         w.add(row(0, status="dns_error", final_url=None, attempts=None, note=None), None)
     with ShardWriter(str(tmp_path / "b"), 0, SETTINGS) as w:
-        w.add(row(0, http_status=200, bytes=10, final_url="https://x/", attempts=1, note="n"),
-              process_image(jpeg(), SETTINGS))
+        w.add(
+            row(0, http_status=200, bytes=10, final_url="https://x/", attempts=1, note="n"),
+            process_image(jpeg(), SETTINGS),
+        )
     failed = pq.read_schema(tmp_path / "a" / "images" / "00000.parquet")
     good = pq.read_schema(tmp_path / "b" / "images" / "00000.parquet")
     assert failed.remove_metadata() == good.remove_metadata()
@@ -179,8 +201,7 @@ def test_bad_rows_are_refused(tmp_path):
 def test_webp_extension(tmp_path):
     settings = DownloadSettings(image_size=32, encode_format="webp")
     with ShardWriter(str(tmp_path), 1, settings) as writer:
-        writer.add({"key": sample_key(1, 0), "uid": 1, "url": "u", "text": None},
-                   process_image(jpeg(), settings))
+        writer.add({"key": sample_key(1, 0), "uid": 1, "url": "u", "text": None}, process_image(jpeg(), settings))
     with tarfile.open(tmp_path / "images" / "00001.tar") as tar:
         assert sorted(tar.getnames()) == ["000010000.json", "000010000.txt", "000010000.webp"]
         assert tar.extractfile("000010000.txt").read() == b""
@@ -200,8 +221,11 @@ def test_s3_output_is_spooled_and_published_on_close(s3_endpoint, tmp_path):
     with ShardWriter(out, 0, SETTINGS) as writer:
         writer.add(row(0, http_status=200), process_image(jpeg(), SETTINGS))
     fs.invalidate_cache()
-    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("shards/run/images")) == \
-        ["00000.parquet", "00000.tar", "00000_stats.json"]
+    assert sorted(p.rsplit("/", 1)[1] for p in fs.ls("shards/run/images")) == [
+        "00000.parquet",
+        "00000.tar",
+        "00000_stats.json",
+    ]
     with fs.open("shards/run/images/00000.tar", "rb") as f, tarfile.open(fileobj=f) as tar:
         assert sorted(tar.getnames()) == ["000000000.jpg", "000000000.json", "000000000.txt"]
 

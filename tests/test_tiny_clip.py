@@ -17,7 +17,7 @@ from clipcrawl.tasks.world.tiny_clip import (
     evaluate,
 )
 
-HELD_OUT_SEED = 1   # training draws from another namespace (tiny-clip-train:*) and seed 0
+HELD_OUT_SEED = 1  # training draws from another namespace (tiny-clip-train:*) and seed 0
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_similarity_threshold_separates_held_out_pairs(report):
 
 def test_nsfw_tag_finds_skulls(report):
     nsfw = report["nsfw"]
-    assert nsfw["flagged_images"] >= 80, nsfw   # enough skulls for the rate to mean something
+    assert nsfw["flagged_images"] >= 80, nsfw  # enough skulls for the rate to mean something
     assert nsfw["flagged_tagged_nsfw"] >= 0.95, nsfw
     assert nsfw["other_tagged_nsfw"] <= 0.02, nsfw
     assert set(FLAGGED_PROMPTS).isdisjoint(NEUTRAL_PROMPTS)

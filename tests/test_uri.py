@@ -2,15 +2,14 @@ import os
 
 import pytest
 
-from clipcrawl.tasks.core.uri import atomic_write, join, listdir, name_of, write_json, read_json
+from clipcrawl.tasks.core.uri import atomic_write, join, listdir, name_of, read_json, write_json
 
 
 def test_atomic_write_publishes_whole_files_only(tmp_path):
     target = str(tmp_path / "sub" / "a.bin")
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as f:
-            f.write(b"half")
-            raise RuntimeError("killed while writing")
+    with pytest.raises(RuntimeError), atomic_write(target) as f:
+        f.write(b"half")
+        raise RuntimeError("killed while writing")
     assert not os.path.exists(target)
     assert os.listdir(tmp_path / "sub") == []
     with atomic_write(target) as f:

@@ -20,19 +20,25 @@ from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from warcio.archiveiterator import ArchiveIterator
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from clipcrawl.tasks.core.config import DownloadSettings
-from clipcrawl.tasks.world.groundtruth import compare_pairs
 from clipcrawl.tasks.core.status import DownloadStatus, PairStatus
 from clipcrawl.tasks.world import ImageServer, Scene, WorldSpec, generate_world, render_scene, sample_training_pairs
-from clipcrawl.tasks.world.behaviours import BEHAVIOURS, BOMB_SIZE, HUGE_LENGTH, NXDOMAIN_HOST, PRIVATE_ADDRESS, expected_status
+from clipcrawl.tasks.world.behaviours import (
+    BEHAVIOURS,
+    BOMB_SIZE,
+    HUGE_LENGTH,
+    NXDOMAIN_HOST,
+    PRIVATE_ADDRESS,
+    expected_status,
+)
 from clipcrawl.tasks.world.captions import ALT_CASES, expected_text
+from clipcrawl.tasks.world.groundtruth import compare_pairs
 from clipcrawl.tasks.world.pages import LICENSE_DECOYS
 from clipcrawl.tasks.world.payloads import body as payload
 from clipcrawl.tasks.world.scenes import image_spec
@@ -68,8 +74,11 @@ def _members(data: bytes) -> list[bytes]:
 
 def _wat_docs(path: str) -> list[tuple[dict, dict]]:
     with open(path, "rb") as f:
-        return [(dict(r.rec_headers.headers), orjson.loads(r.content_stream().read()))
-                for r in ArchiveIterator(f) if r.rec_type == "metadata"]
+        return [
+            (dict(r.rec_headers.headers), orjson.loads(r.content_stream().read()))
+            for r in ArchiveIterator(f)
+            if r.rec_type == "metadata"
+        ]
 
 
 def test_same_spec_gives_same_bytes(world, tmp_path):
@@ -77,8 +86,9 @@ def test_same_spec_gives_same_bytes(world, tmp_path):
     assert _files(world.root) == _files(again.root)
     regenerated = generate_world(str(tmp_path / "again"), SPEC, force=True)
     assert _files(regenerated.root) == _files(world.root)
-    other = generate_world(str(tmp_path / "other"), WorldSpec(seed=8, segments=1, files_per_segment=1,
-                                                              pages_per_file=10))
+    other = generate_world(
+        str(tmp_path / "other"), WorldSpec(seed=8, segments=1, files_per_segment=1, pages_per_file=10)
+    )
     assert _files(other.root).keys() != _files(world.root).keys() or _files(other.root) != _files(world.root)
 
 
@@ -135,7 +145,7 @@ def test_container_offsets_point_into_the_warc(world):
     for _, doc in _wat_docs(world.wat_uris()[0])[:20]:
         c = doc["Container"]
         start, length = int(c["Offset"]), int(c["Gzip-Metadata"]["Deflate-Length"]) + 18
-        record = gzip.decompress(warc[start:start + length])
+        record = gzip.decompress(warc[start : start + length])
         assert int(c["Gzip-Metadata"]["Inflated-Length"]) == len(record)
         rid = doc["Envelope"]["WARC-Header-Metadata"]["WARC-Record-ID"].encode()
         assert rid in record[:1000]
@@ -178,8 +188,14 @@ def test_every_case_present_and_statuses(world):
     assert {r["src_case"] for r in pairs} == set(SRC_CASES)
     assert {r["alt_case"] for r in pairs} == set(ALT_CASES)
     labels = {label for r in pairs for label in r["case"].split("+")}
-    assert {"base_href", "shared", "charset_windows-1251", "charset_shift_jis", "charset_gb2312",
-            "charset_iso-8859-1"} <= labels
+    assert {
+        "base_href",
+        "shared",
+        "charset_windows-1251",
+        "charset_shift_jis",
+        "charset_gb2312",
+        "charset_iso-8859-1",
+    } <= labels
     statuses = {r["status"] for r in pairs}
     assert statuses == {str(s) for s in PairStatus} - {PairStatus.DUPLICATE}
     kept = [r for r in pairs if r["status"] == PairStatus.KEPT]
@@ -217,8 +233,9 @@ def test_warc_html_holds_raw_bytes_of_declared_charset(world):
                 body = rec.content_stream().read()
                 parser = Imgs()
                 parser.feed(body.decode(charset))
-                assert [expected_text(a) if a is None else " ".join(a.split()) for a in parser.alts] == \
-                       [r["text"] for r in rows[url]]
+                assert [expected_text(a) if a is None else " ".join(a.split()) for a in parser.alts] == [
+                    r["text"] for r in rows[url]
+                ]
                 seen.add(charset)
     assert seen == {"utf-8", "windows-1251", "shift_jis", "iso-8859-1", "gb2312"}
 
@@ -239,11 +256,13 @@ def _license_tags(world) -> dict[str, tuple[str, list[tuple[str, str, str | None
 
 def _license_of(base: str, tags: list[tuple[str, str, str | None]]) -> str | None:
     """The rule, written independently of tasks/: the first rel=license CC link, else the first <a> to one."""
+
     def cc(href):
         url = urljoin(base, html.unescape(href))
         parts = urlsplit(url)
         ok = parts.scheme in ("http", "https") and parts.hostname in ("creativecommons.org", "www.creativecommons.org")
         return url if ok and parts.path.startswith(("/licenses/", "/publicdomain/")) else None
+
     rel = [cc(h) for _, h, r in tags if "license" in (r or "").lower().split() and cc(h)]
     plain = [cc(h) for name, h, _ in tags if name == "a" and cc(h)]
     return (rel + plain + [None])[0]
@@ -284,11 +303,20 @@ def test_licenses_are_varied(world):
     licensed = [x for x in world.page_licenses().values() if x]
     assert 0.08 < len(licensed) / len(world.page_licenses()) < 0.3
     labels = {label for r in world.manifest_pairs().to_pylist() for label in r["case"].split("+")}
-    assert {"license_footer_rel", "license_head_link", "license_plain_anchor", "license_decoy_then_rel",
-            "license_decoy_only"} <= labels
+    assert {
+        "license_footer_rel",
+        "license_head_link",
+        "license_plain_anchor",
+        "license_decoy_then_rel",
+        "license_decoy_only",
+    } <= labels
     hrefs = {href for _, tags in _license_tags(world).values() for _, href, _ in tags}
-    for prefix in ("http://creativecommons.org/licenses/", "https://creativecommons.org/licenses/",
-                   "//creativecommons.org/", "https://creativecommons.org/publicdomain/"):
+    for prefix in (
+        "http://creativecommons.org/licenses/",
+        "https://creativecommons.org/licenses/",
+        "//creativecommons.org/",
+        "https://creativecommons.org/publicdomain/",
+    ):
         assert any(h.startswith(prefix) for h in hrefs), prefix
     assert len(hrefs & set(LICENSE_DECOYS)) >= 2
 
@@ -297,9 +325,14 @@ def test_compare_pairs_checks_licenses(world, tmp_path):
     """A published row whose license differs from its page's manifest license makes the runs unequal."""
     rows = [r for r in world.manifest_pairs().to_pylist() if r["status"] == PairStatus.KEPT]
     unique = list({(r["url"], r["text"]): r for r in rows}.values())
-    table = pa.table({"url": [r["url"] for r in unique], "text": [r["text"] for r in unique],
-                      "page_url": [r["page_url"] for r in unique],
-                      "license": pa.array([r["license"] for r in unique], pa.string())})
+    table = pa.table(
+        {
+            "url": [r["url"] for r in unique],
+            "text": [r["text"] for r in unique],
+            "page_url": [r["page_url"] for r in unique],
+            "license": pa.array([r["license"] for r in unique], pa.string()),
+        }
+    )
     (tmp_path / "pairs").mkdir()
     pq.write_table(table, tmp_path / "pairs" / "a.parquet")
     assert compare_pairs(world, str(tmp_path))["equal"]
@@ -311,13 +344,28 @@ def test_compare_pairs_checks_licenses(world, tmp_path):
     report = compare_pairs(world, str(tmp_path))
     assert not report["equal"] and report["wrong_license_rows"] == 2 and not report["missing"] and not report["extra"]
     assert {(w["license"], w["expected"]) for w in report["wrong_license"]} == {
-        (None, unique[licensed]["license"]), ("https://creativecommons.org/licenses/by/1.0/", None)}
+        (None, unique[licensed]["license"]),
+        ("https://creativecommons.org/licenses/by/1.0/", None),
+    }
 
 
 def test_images_manifest(world):
     images = world.manifest_images().to_pylist()
-    assert {"image_id", "urls", "host", "shape", "colour", "count", "background", "size", "caption", "format",
-            "flagged", "behaviour", "expected_status"} <= set(images[0])
+    assert {
+        "image_id",
+        "urls",
+        "host",
+        "shape",
+        "colour",
+        "count",
+        "background",
+        "size",
+        "caption",
+        "format",
+        "flagged",
+        "behaviour",
+        "expected_status",
+    } <= set(images[0])
     assert any(i["flagged"] for i in images) and {i["behaviour"] for i in images} == set(BEHAVIOURS)
     assert sum(i["behaviour"] == "ok" for i in images) > 0.75 * len(images)
     assert {i["format"] for i in images} == {"jpg", "png", "webp", "gif"}
@@ -357,7 +405,9 @@ def test_server_serves_rendered_images_by_host(world):
             assert status == 200 and ctype.startswith("image/")
             img = Image.open(io.BytesIO(body))
             spec = image_spec(SPEC.seed, image["image_id"])
-            assert img.size == (spec.width, spec.height) and img.format.lower().replace("jpeg", "jpg") == image["format"]
+            assert (
+                img.size == (spec.width, spec.height) and img.format.lower().replace("jpeg", "jpg") == image["format"]
+            )
             if image["format"] == "png":
                 expected = render_scene(spec.scene, (spec.width, spec.height))
                 assert hashlib.sha1(img.convert("RGB").tobytes()).digest() == hashlib.sha1(expected.tobytes()).digest()
@@ -370,17 +420,28 @@ def test_server_serves_rendered_images_by_host(world):
 
 
 def test_wat_only_knob(tmp_path):
-    spec = WorldSpec(seed=3, segments=1, files_per_segment=1, pages_per_file=20, warc=False,
-                     links_per_page=(50, 60), images_per_page=(20, 30))
+    spec = WorldSpec(
+        seed=3,
+        segments=1,
+        files_per_segment=1,
+        pages_per_file=20,
+        warc=False,
+        links_per_page=(50, 60),
+        images_per_page=(20, 30),
+    )
     w = generate_world(str(tmp_path / "watonly"), spec)
     assert w.warc_uris() == [] and len(w.wat_uris()) == 1
     docs = _wat_docs(w.wat_uris()[0])
-    links = [len(d["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]["Links"])
-             for _, d in docs if "HTML-Metadata" in d["Envelope"]["Payload-Metadata"].get("HTTP-Response-Metadata", {})]
+    links = [
+        len(d["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]["Links"])
+        for _, d in docs
+        if "HTML-Metadata" in d["Envelope"]["Payload-Metadata"].get("HTTP-Response-Metadata", {})
+    ]
     assert min(links) > 50
 
 
 # --- the misbehaving server and the download ground truth -------------------------------------------------
+
 
 def _behaviour_urls(world) -> dict[str, list[str]]:
     """behaviour -> the kept image URLs showing it (http first)."""
@@ -392,35 +453,70 @@ def _behaviour_urls(world) -> dict[str, list[str]]:
     return {b: sorted(urls, key=lambda u: (u.startswith("https"), u)) for b, urls in out.items()}
 
 
-@pytest.mark.parametrize("spec", [SPEC, WorldSpec(seed=11, segments=1, files_per_segment=1, pages_per_file=1,
-                                                  warc=False)], ids=["small", "one-page"])
+@pytest.mark.parametrize(
+    "spec",
+    [SPEC, WorldSpec(seed=11, segments=1, files_per_segment=1, pages_per_file=1, warc=False)],
+    ids=["small", "one-page"],
+)
 def test_every_behaviour_has_a_kept_pair_and_a_ground_truth(world, tmp_path, spec):
     w = world if spec == SPEC else generate_world(str(tmp_path / "tiny"), spec)
     by_behaviour = _behaviour_urls(w)
     assert set(by_behaviour) == set(BEHAVIOURS)
     expected = w.expected_downloads()
-    kept = {r["url"] for r in w.manifest_pairs().to_pylist()
-            if r["status"] == PairStatus.KEPT and r["url"].split(":")[0] in ("http", "https")}
+    kept = {
+        r["url"]
+        for r in w.manifest_pairs().to_pylist()
+        if r["status"] == PairStatus.KEPT and r["url"].split(":")[0] in ("http", "https")
+    }
     assert set(expected) == kept
     # every outcome of a download but unsupported_scheme (never kept) and the opt-in image filters
     assert set(expected.values()) == {str(s) for s in DownloadStatus} - {
-        DownloadStatus.UNSUPPORTED_SCHEME, DownloadStatus.TOO_SMALL_PIXELS, DownloadStatus.BAD_ASPECT_RATIO}
+        DownloadStatus.UNSUPPORTED_SCHEME,
+        DownloadStatus.TOO_SMALL_PIXELS,
+        DownloadStatus.BAD_ASPECT_RATIO,
+    }
     strict = w.expected_downloads(DownloadSettings(min_image_size=64, max_aspect_ratio=10))
     assert {DownloadStatus.TOO_SMALL_PIXELS, DownloadStatus.BAD_ASPECT_RATIO} <= set(strict.values())
     table = {b: {expected[u] for u in urls} for b, urls in by_behaviour.items()}
     assert all(len(v) == 1 for v in table.values()), table  # one status per behaviour
     assert {b: v.pop() for b, v in table.items()} == {
-        "ok": "success", "slow": "success", "timeout": "timeout", "unavailable_twice": "success",
-        "error_500": "http_5xx", "rate_limited": "success", "not_found": "http_4xx", "gone": "http_4xx",
-        "forbidden": "http_4xx", "redirect": "success", "redirect_loop": "too_many_redirects",
-        "disconnect": "connection_error", "text_plain": "success", "octet_stream": "success",
-        "truncated_jpeg": "decode_error", "endless_body": "too_large", "endless_drip": "timeout",
-        "huge_content_length": "too_large", "pixel_bomb": "too_many_pixels", "tiny_image": "too_small_bytes",
-        "empty_body": "too_small_bytes", "cmyk_jpeg": "success", "png_alpha": "success", "gif_animated": "success",
-        "webp_alpha": "success", "small_pixels": "success", "panorama": "success", "svg_as_jpeg": "not_an_image",
-        "html_as_jpeg": "not_an_image", "noai_header": "opt_out_header", "otherbot_noai_header": "success",
-        "ourbot_noai_header": "opt_out_header", "robots_disallowed": "robots_disallowed",
-        "blocked_address": "blocked_address", "dns_error": "dns_error", "bad_certificate": "connection_error"}
+        "ok": "success",
+        "slow": "success",
+        "timeout": "timeout",
+        "unavailable_twice": "success",
+        "error_500": "http_5xx",
+        "rate_limited": "success",
+        "not_found": "http_4xx",
+        "gone": "http_4xx",
+        "forbidden": "http_4xx",
+        "redirect": "success",
+        "redirect_loop": "too_many_redirects",
+        "disconnect": "connection_error",
+        "text_plain": "success",
+        "octet_stream": "success",
+        "truncated_jpeg": "decode_error",
+        "endless_body": "too_large",
+        "endless_drip": "timeout",
+        "huge_content_length": "too_large",
+        "pixel_bomb": "too_many_pixels",
+        "tiny_image": "too_small_bytes",
+        "empty_body": "too_small_bytes",
+        "cmyk_jpeg": "success",
+        "png_alpha": "success",
+        "gif_animated": "success",
+        "webp_alpha": "success",
+        "small_pixels": "success",
+        "panorama": "success",
+        "svg_as_jpeg": "not_an_image",
+        "html_as_jpeg": "not_an_image",
+        "noai_header": "opt_out_header",
+        "otherbot_noai_header": "success",
+        "ourbot_noai_header": "opt_out_header",
+        "robots_disallowed": "robots_disallowed",
+        "blocked_address": "blocked_address",
+        "dns_error": "dns_error",
+        "bad_certificate": "connection_error",
+    }
     assert any(u.startswith("https://") for u in expected)
 
 
@@ -540,8 +636,12 @@ def test_slow_hanging_and_closing(server, urls):
 
 
 def test_content_and_opt_outs(server, urls):
-    for name, ctype in (("svg_as_jpeg", "image/jpeg"), ("html_as_jpeg", "image/jpeg"), ("text_plain", "text/plain"),
-                        ("octet_stream", "application/octet-stream")):
+    for name, ctype in (
+        ("svg_as_jpeg", "image/jpeg"),
+        ("html_as_jpeg", "image/jpeg"),
+        ("text_plain", "text/plain"),
+        ("octet_stream", "application/octet-stream"),
+    ):
         resp = _request(server, urls[name])
         data = resp.read()
         assert resp.getheader("Content-Type") == ctype and len(data) > 5000
@@ -600,16 +700,26 @@ def test_aiohttp_through_the_resolve_map(server, urls):
     class Resolver(AbstractResolver):
         async def resolve(self, host, port=0, family=socket.AF_INET):
             ip, p = server.resolve[f"{host}:{port}"].rsplit(":", 1)
-            return [{"hostname": host, "host": ip, "port": int(p), "family": family, "proto": 0,
-                     "flags": socket.AI_NUMERICHOST}]
+            return [
+                {
+                    "hostname": host,
+                    "host": ip,
+                    "port": int(p),
+                    "family": family,
+                    "proto": 0,
+                    "flags": socket.AI_NUMERICHOST,
+                }
+            ]
 
         async def close(self):
             pass
 
     async def fetch():
         conn = aiohttp.TCPConnector(resolver=Resolver(), ssl=server.ssl_context())
-        async with aiohttp.ClientSession(connector=conn) as session, \
-                session.get(urls["redirect"].replace("http://", "https://")) as resp:
+        async with (
+            aiohttp.ClientSession(connector=conn) as session,
+            session.get(urls["redirect"].replace("http://", "https://")) as resp,
+        ):
             return resp.status, str(resp.url), await resp.read()
 
     status, final, data = asyncio.run(fetch())

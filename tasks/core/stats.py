@@ -26,12 +26,22 @@ FUNNEL = (
 )
 
 # Pair drops that the text filter makes (the rest of `dropped` is no_alt, before `extracted`, and duplicates)
-TEXT_FILTER_REASONS = (PairStatus.ALT_TOO_SHORT, PairStatus.ALT_TOO_LONG, PairStatus.UNSUPPORTED_SCHEME,
-                       PairStatus.INVALID_URL)
+TEXT_FILTER_REASONS = (
+    PairStatus.ALT_TOO_SHORT,
+    PairStatus.ALT_TOO_LONG,
+    PairStatus.UNSUPPORTED_SCHEME,
+    PairStatus.INVALID_URL,
+)
 # Download statuses of samples whose image body arrived (the image checks then passed or failed)
-BODY_RECEIVED = (DownloadStatus.SUCCESS, DownloadStatus.TOO_SMALL_BYTES, DownloadStatus.TOO_SMALL_PIXELS,
-                 DownloadStatus.TOO_MANY_PIXELS, DownloadStatus.BAD_ASPECT_RATIO, DownloadStatus.NOT_AN_IMAGE,
-                 DownloadStatus.DECODE_ERROR)
+BODY_RECEIVED = (
+    DownloadStatus.SUCCESS,
+    DownloadStatus.TOO_SMALL_BYTES,
+    DownloadStatus.TOO_SMALL_PIXELS,
+    DownloadStatus.TOO_MANY_PIXELS,
+    DownloadStatus.BAD_ASPECT_RATIO,
+    DownloadStatus.NOT_AN_IMAGE,
+    DownloadStatus.DECODE_ERROR,
+)
 
 SEGMENT = re.compile(r"/segments/([^/]+)/")
 
@@ -62,13 +72,21 @@ def unit_counts(stage: str, stats: dict) -> dict:
         return {"in": stats["with_alt"], "out": stats["kept"], "reasons": dropped, "seconds": stats.get("seconds", 0.0)}
     if stage == "download":
         failures = {k: v for k, v in stats["status"].items() if k != DownloadStatus.SUCCESS}
-        return {"in": stats["count"], "out": stats["successes"], "reasons": failures,
-                "seconds": stats.get("duration", 0.0)}
+        return {
+            "in": stats["count"],
+            "out": stats["successes"],
+            "reasons": failures,
+            "seconds": stats.get("duration", 0.0),
+        }
     if stage == "embed":
         reasons = {k: v for k, v in stats["status"].items() if k != EmbedStatus.EMBEDDED}
         reasons |= {"below_threshold": stats["dropped_similarity"], "dropped_nsfw": stats["dropped_nsfw"]}
-        return {"in": stats["samples"], "out": stats["kept"], "reasons": reasons,
-                "seconds": stats.get("timings", {}).get("total_s", 0.0)}
+        return {
+            "in": stats["samples"],
+            "out": stats["kept"],
+            "reasons": reasons,
+            "seconds": stats.get("timings", {}).get("total_s", 0.0),
+        }
     raise ValueError(f"no unit counts for stage {stage!r} (want ingest, download or embed)")
 
 

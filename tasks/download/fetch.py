@@ -28,8 +28,8 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from clipcrawl.tasks.core.config import DownloadSettings
-from clipcrawl.tasks.download.optout import ALLOW_ALL, ROBOTS_MAX_BYTES, RobotsRules, parse_robots, x_robots_opt_out
 from clipcrawl.tasks.core.status import DownloadStatus as S
+from clipcrawl.tasks.download.optout import ALLOW_ALL, ROBOTS_MAX_BYTES, RobotsRules, parse_robots, x_robots_opt_out
 
 USER_AGENT = "Mozilla/5.0 (compatible; {token}/0.1; +https://github.com/clipcrawl/clipcrawl)"
 SCHEMES = ("http", "https")
@@ -43,17 +43,18 @@ _NUMERIC_HOST = re.compile(r"[0-9][0-9a-fA-FxX.]*")
 
 @dataclass
 class FetchResult:
-    status: S                   # SUCCESS = body obtained; otherwise the reason
-    error_message: str | None   # names the reason, e.g. "HTTP 404 Not Found"
+    status: S  # SUCCESS = body obtained; otherwise the reason
+    error_message: str | None  # names the reason, e.g. "HTTP 404 Not Found"
     body: bytes | None
     http_status: int | None
     content_type: str | None
-    final_url: str | None       # the last URL requested (after redirects)
-    attempts: int               # HTTP requests sent or tried: redirect hops and retries included
+    final_url: str | None  # the last URL requested (after redirects)
+    attempts: int  # HTTP requests sent or tried: redirect hops and retries included
     seconds: float
 
 
 # ---------------------------------------------------------------------------- SSRF guard
+
 
 class BlockedAddress(Exception):
     """The host resolves to an address we must not connect to (raised before connecting)."""
@@ -102,15 +103,23 @@ class GuardedResolver(AbstractResolver):
         self._allowed = [ipaddress.ip_network(cidr, strict=False) for cidr in settings.allow_addresses]
         self._system = aiohttp.DefaultResolver()
 
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-                      ) -> list[ResolveResult]:
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
         override = self._overrides.get((host.lower().rstrip("."), port))
         if override:
             ip, ip_port = override
             version = ipaddress.ip_address(ip).version
-            results = [ResolveResult(hostname=host, host=ip, port=ip_port, proto=0,
-                                     family=socket.AF_INET if version == 4 else socket.AF_INET6,
-                                     flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)]
+            results = [
+                ResolveResult(
+                    hostname=host,
+                    host=ip,
+                    port=ip_port,
+                    proto=0,
+                    family=socket.AF_INET if version == 4 else socket.AF_INET6,
+                    flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                )
+            ]
         elif host.lower().rstrip(".").endswith(".invalid"):
             # RFC 6761: resolvers SHOULD answer .invalid names negatively; no query is sent
             raise OSError(socket.EAI_NONAME, f"{host}: name under .invalid never resolves (RFC 6761)")
@@ -128,6 +137,7 @@ class GuardedResolver(AbstractResolver):
 
 # ------------------------------------------------------------------- outcomes of one request
 
+
 @dataclass
 class _Outcome:
     status: S
@@ -135,9 +145,9 @@ class _Outcome:
     http_status: int | None = None
     content_type: str | None = None
     body: bytes | None = None
-    transient: bool = False          # worth another attempt
+    transient: bool = False  # worth another attempt
     retry_after: float | None = None  # seconds the server asked us to wait
-    location: str | None = None      # set on a redirect (status then unused)
+    location: str | None = None  # set on a redirect (status then unused)
 
 
 def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -191,8 +201,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 def _http_error(resp: aiohttp.ClientResponse, settings: DownloadSettings) -> _Outcome:
     code = resp.status
     # 5xx -> http_5xx; 4xx, and the odd 1xx/3xx without a usable Location, -> http_4xx.
-    outcome = _Outcome(S.HTTP_5XX if code >= 500 else S.HTTP_4XX, f"HTTP {code} {resp.reason or ''}".strip(),
-                       http_status=code, transient=code in TRANSIENT_CODES)
+    outcome = _Outcome(
+        S.HTTP_5XX if code >= 500 else S.HTTP_4XX,
+        f"HTTP {code} {resp.reason or ''}".strip(),
+        http_status=code,
+        transient=code in TRANSIENT_CODES,
+    )
     wait = parse_retry_after(resp.headers.get("Retry-After")) if outcome.transient else None
     if wait is not None and wait > settings.max_retry_after:
         outcome.transient = False
@@ -221,7 +235,8 @@ async def read_response(resp: aiohttp.ClientResponse, settings: DownloadSettings
         return _http_error(resp, settings)
     done = _Outcome(S.SUCCESS, http_status=code, content_type=ctype)
     if settings.respect_optouts and (
-            directive := x_robots_opt_out(resp.headers.getall("X-Robots-Tag", []), settings.user_agent_token)):
+        directive := x_robots_opt_out(resp.headers.getall("X-Robots-Tag", []), settings.user_agent_token)
+    ):
         done.status, done.message = S.OPT_OUT_HEADER, f"X-Robots-Tag: {directive}"
     elif resp.content_length is not None and resp.content_length > settings.max_bytes:
         done.status = S.TOO_LARGE
@@ -236,6 +251,7 @@ async def read_response(resp: aiohttp.ClientResponse, settings: DownloadSettings
 
 
 # ------------------------------------------------------------------------------ the fetcher
+
 
 @dataclass
 class _Progress:
@@ -264,13 +280,23 @@ class Fetcher:
         if s.ca_bundle:
             tls.load_verify_locations(cafile=s.ca_bundle)  # in addition to the system's CAs
         self._resolver = GuardedResolver(s)
-        connector = aiohttp.TCPConnector(limit=s.concurrency, limit_per_host=s.per_host, ssl=tls,
-                                         ttl_dns_cache=DNS_CACHE_SECONDS, resolver=self._resolver)
-        timeout = aiohttp.ClientTimeout(total=s.total_timeout, connect=s.connect_timeout,
-                                        sock_connect=s.connect_timeout, sock_read=s.read_timeout)
+        connector = aiohttp.TCPConnector(
+            limit=s.concurrency,
+            limit_per_host=s.per_host,
+            ssl=tls,
+            ttl_dns_cache=DNS_CACHE_SECONDS,
+            resolver=self._resolver,
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=s.total_timeout, connect=s.connect_timeout, sock_connect=s.connect_timeout, sock_read=s.read_timeout
+        )
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=timeout, trust_env=False, cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": USER_AGENT.format(token=s.user_agent_token), "Accept": "image/*,*/*;q=0.8"})
+            connector=connector,
+            timeout=timeout,
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            headers={"User-Agent": USER_AGENT.format(token=s.user_agent_token), "Accept": "image/*,*/*;q=0.8"},
+        )
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -286,10 +312,16 @@ class Fetcher:
             outcome = await self._follow(url, progress)
         except Exception as exc:  # noqa: BLE001 - a bug or an exotic failure: a row with a reason, never a crash
             outcome = _Outcome(S.CONNECTION_ERROR, f"unexpected {type(exc).__name__}: {exc}")
-        return FetchResult(status=outcome.status, error_message=outcome.message, body=outcome.body,
-                           http_status=outcome.http_status, content_type=outcome.content_type,
-                           final_url=progress.url, attempts=progress.attempts,
-                           seconds=time.monotonic() - started)
+        return FetchResult(
+            status=outcome.status,
+            error_message=outcome.message,
+            body=outcome.body,
+            http_status=outcome.http_status,
+            content_type=outcome.content_type,
+            final_url=progress.url,
+            attempts=progress.attempts,
+            seconds=time.monotonic() - started,
+        )
 
     async def _follow(self, url: str, progress: _Progress) -> _Outcome:
         """Request `url`, following at most max_redirects redirects, each hop checked again."""
@@ -308,12 +340,14 @@ class Fetcher:
             try:
                 url = str(target.join(URL(outcome.location)))
             except ValueError:
-                return _Outcome(S.CONNECTION_ERROR, f"bad redirect Location {outcome.location!r}",
-                                http_status=outcome.http_status)
+                return _Outcome(
+                    S.CONNECTION_ERROR, f"bad redirect Location {outcome.location!r}", http_status=outcome.http_status
+                )
             if url in seen:
                 return _Outcome(S.TOO_MANY_REDIRECTS, f"redirect loop back to {url}", http_status=outcome.http_status)
-        return _Outcome(S.TOO_MANY_REDIRECTS, f"more than {self.settings.max_redirects} redirects",
-                        http_status=outcome.http_status)
+        return _Outcome(
+            S.TOO_MANY_REDIRECTS, f"more than {self.settings.max_redirects} redirects", http_status=outcome.http_status
+        )
 
     def _check_target(self, url: str, redirected: bool) -> tuple[URL | None, _Outcome | None]:
         """The parsed URL, or why it is refused before any connection (scheme, IP literal)."""

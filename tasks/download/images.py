@@ -21,14 +21,19 @@ from clipcrawl.tasks.core.status import DownloadStatus
 
 Image.init()
 # The formats a web image can have. Everything else (EPS, PDF, PSD, ...) is not_an_image.
-WEB_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "AVIF")
-                    if f in Image.OPEN)
+WEB_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "AVIF") if f in Image.OPEN)
 # Signatures of those formats: bytes that start like an image but do not open are decode_error.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
 _ENCODERS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _WHITE = (255, 255, 255)
 # Downscaling averages areas (Pillow's BOX = OpenCV's INTER_AREA, img2dataset's default); upscaling
 # uses Lanczos (img2dataset: INTER_LANCZOS4). reducing_gap lets Pillow reduce() by an integer
@@ -92,15 +97,20 @@ def _process(body: bytes, settings: DownloadSettings, draft: bool) -> ImageResul
         width, height = height, width
     size = (width, height)
     if width * height > settings.max_image_pixels:
-        return failed(DownloadStatus.TOO_MANY_PIXELS,
-                      f"{width}x{height} is over {settings.max_image_pixels} pixels", size)
+        return failed(
+            DownloadStatus.TOO_MANY_PIXELS, f"{width}x{height} is over {settings.max_image_pixels} pixels", size
+        )
     if min(width, height) < max(settings.min_image_size, 1):
-        return failed(DownloadStatus.TOO_SMALL_PIXELS,
-                      f"{width}x{height}: smaller side under {settings.min_image_size}", size)
+        return failed(
+            DownloadStatus.TOO_SMALL_PIXELS, f"{width}x{height}: smaller side under {settings.min_image_size}", size
+        )
     ratio = max(width, height) / min(width, height)
     if settings.max_aspect_ratio is not None and ratio > settings.max_aspect_ratio:
-        return failed(DownloadStatus.BAD_ASPECT_RATIO,
-                      f"{width}x{height}: aspect ratio {ratio:.2f} over {settings.max_aspect_ratio}", size)
+        return failed(
+            DownloadStatus.BAD_ASPECT_RATIO,
+            f"{width}x{height}: aspect ratio {ratio:.2f} over {settings.max_aspect_ratio}",
+            size,
+        )
 
     target, crop, canvas = plan_resize(width, height, settings)
     if draft and target is not None and target[0] * target[1] < width * height:
@@ -119,16 +129,18 @@ def _process(body: bytes, settings: DownloadSettings, draft: bool) -> ImageResul
     if target is not None:
         if target != img.size:
             downscale = target[0] * target[1] < img.width * img.height
-            img = img.resize(target, _DOWNSCALE if downscale else _UPSCALE,
-                             reducing_gap=_REDUCING_GAP if downscale else None)
+            img = img.resize(
+                target, _DOWNSCALE if downscale else _UPSCALE, reducing_gap=_REDUCING_GAP if downscale else None
+            )
         if crop is not None:
             img = img.crop(crop)
         if canvas is not None:
             padded = Image.new("RGB", canvas, _WHITE)
             padded.paste(img, ((canvas[0] - img.width) // 2, (canvas[1] - img.height) // 2))
             img = padded
-    return ImageResult(DownloadStatus.SUCCESS, None, encode(img, settings), img.width, img.height,
-                       width, height, sha256)
+    return ImageResult(
+        DownloadStatus.SUCCESS, None, encode(img, settings), img.width, img.height, width, height, sha256
+    )
 
 
 def plan_resize(width: int, height: int, settings: DownloadSettings):
@@ -212,5 +224,8 @@ def _orientation(img: Image.Image) -> int:
 
 
 def _looks_like_image(body: bytes) -> bool:
-    return body.startswith(_MAGIC) or (body[:4] == b"RIFF" and body[8:12] == b"WEBP") or body[4:12] in (
-        b"ftypavif", b"ftypavis")
+    return (
+        body.startswith(_MAGIC)
+        or (body[:4] == b"RIFF" and body[8:12] == b"WEBP")
+        or body[4:12] in (b"ftypavif", b"ftypavis")
+    )

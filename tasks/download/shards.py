@@ -20,19 +20,30 @@ from typing import Any, Self
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipcrawl.tasks.download.images import ImageResult
-from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 from clipcrawl.tasks.core.status import DownloadStatus
 from clipcrawl.tasks.core.uri import atomic_write, is_local, join, open_uri, write_json
+from clipcrawl.tasks.download.images import ImageResult
+from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 
 # The columns of images/{shard}.parquet every shard has, whatever its rows; the pairs' other
 # columns (page_url, source, language, ...) follow as passthrough.
-IMAGES_SCHEMA = pa.schema([
-    ("key", pa.string()), ("uid", pa.uint64()), ("url", pa.string()), ("text", pa.string()),
-    ("status", pa.string()), ("error_message", pa.string()), ("http_status", pa.int32()),
-    ("width", pa.int32()), ("height", pa.int32()), ("original_width", pa.int32()),
-    ("original_height", pa.int32()), ("sha256", pa.string()), ("bytes", pa.int64()),
-])
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("uid", pa.uint64()),
+        ("url", pa.string()),
+        ("text", pa.string()),
+        ("status", pa.string()),
+        ("error_message", pa.string()),
+        ("http_status", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("sha256", pa.string()),
+        ("bytes", pa.int64()),
+    ]
+)
 PASSTHROUGH_TYPES = {f.name: f.type for f in PAIRS_SCHEMA if f.name not in IMAGES_SCHEMA.names}
 # Optional columns the download task may add: typed here so that a shard where they are all null
 # has the same schema as the others. Any other extra column's type is inferred (null -> string).
@@ -194,8 +205,9 @@ class ShardWriter:
     def table(self) -> pa.Table:
         """The shard's rows sorted by key: core columns with fixed types, then the passthrough ones."""
         rows = sorted(self._rows, key=lambda r: r["key"])
-        extra = list(PASSTHROUGH_TYPES) + sorted({c for r in rows for c in r} - set(IMAGES_SCHEMA.names)
-                                                 - set(PASSTHROUGH_TYPES))
+        extra = list(PASSTHROUGH_TYPES) + sorted(
+            {c for r in rows for c in r} - set(IMAGES_SCHEMA.names) - set(PASSTHROUGH_TYPES)
+        )
         fields = list(IMAGES_SCHEMA)
         for name in extra:
             kind = PASSTHROUGH_TYPES.get(name) or OPTIONAL_TYPES.get(name)
@@ -219,8 +231,8 @@ class ShardWriter:
             "status": dict(sorted(statuses.items())),  # samples per status
             "duration": duration,
             "throughput": successes / duration if duration > 0 else 0.0,  # images written per second
-            "bytes": sum(r["bytes"] or 0 for r in self._rows),             # downloaded
-            "image_bytes": self._image_bytes,                               # encoded, in the tar
+            "bytes": sum(r["bytes"] or 0 for r in self._rows),  # downloaded
+            "image_bytes": self._image_bytes,  # encoded, in the tar
             "start_time": self._started,
             "end_time": self._started + duration,
         }

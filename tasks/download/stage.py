@@ -20,11 +20,11 @@ from prefect import task
 
 from clipcrawl.tasks.core.cache import cache_key
 from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.core.status import DownloadStatus
 from clipcrawl.tasks.download.fetch import Fetcher
 from clipcrawl.tasks.download.images import process_image
-from clipcrawl.tasks.ingest.normalize import pair_uid
 from clipcrawl.tasks.download.shards import ShardSpec, ShardWriter, read_shard_rows, sample_key
-from clipcrawl.tasks.core.status import DownloadStatus
+from clipcrawl.tasks.ingest.normalize import pair_uid
 
 logger = logging.getLogger(__name__)
 _POOLS: dict[int, concurrent.futures.Executor] = {}
@@ -36,6 +36,7 @@ def _exit_with_parent(parent: int) -> None:
     A Dask nanny kills a worker that is slow to close; its image workers, blocked on the pool's
     queue, would otherwise live on as orphans forever (holding the worker's stdout open).
     """
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
@@ -54,12 +55,19 @@ def image_pool(processes: int | None) -> concurrent.futures.Executor:
     size = processes or os.cpu_count() or 1
     if size not in _POOLS:
         if multiprocessing.current_process().daemon:
-            logger.warning("daemonic worker process: image work runs in %d threads, not processes "
-                           "(start Dask workers with distributed.worker.daemon=False)", size)
+            logger.warning(
+                "daemonic worker process: image work runs in %d threads, not processes "
+                "(start Dask workers with distributed.worker.daemon=False)",
+                size,
+            )
             pool = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="clipcrawl-image")
         else:
-            pool = concurrent.futures.ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"),
-                                                          initializer=_exit_with_parent, initargs=(os.getpid(),))
+            pool = concurrent.futures.ProcessPoolExecutor(
+                size,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
         atexit.register(pool.shutdown, wait=False, cancel_futures=True)
         _POOLS[size] = pool
     return _POOLS[size]
@@ -83,10 +91,18 @@ async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardW
             processing.release()
         status = image.status if image else result.status
         error = image.error_message if image else result.error_message
-        writer.add(row | {"status": status, "error_message": error, "http_status": result.http_status,
-                          "bytes": len(result.body) if result.body is not None else None,
-                          "final_url": result.final_url, "attempts": result.attempts},
-                   image if status == DownloadStatus.SUCCESS else None)
+        writer.add(
+            row
+            | {
+                "status": status,
+                "error_message": error,
+                "http_status": result.http_status,
+                "bytes": len(result.body) if result.body is not None else None,
+                "final_url": result.final_url,
+                "attempts": result.attempts,
+            },
+            image if status == DownloadStatus.SUCCESS else None,
+        )
 
     async with Fetcher(settings) as fetcher:
         await asyncio.gather(*(one(row) for row in rows))
@@ -97,9 +113,14 @@ async def download_shard_async(spec: ShardSpec, out: str, settings: DownloadSett
 
     Cancelled (the task's timeout), it stops its requests and publishes nothing."""
     table = read_shard_rows(spec)
-    rows = [row | {"key": sample_key(spec.shard, i, settings.shard_size),
-                   "uid": row.get("uid") or pair_uid(row["url"], row["text"])}  # any parquet with url, text
-            for i, row in enumerate(table.to_pylist())]
+    rows = [
+        row
+        | {
+            "key": sample_key(spec.shard, i, settings.shard_size),
+            "uid": row.get("uid") or pair_uid(row["url"], row["text"]),
+        }  # any parquet with url, text
+        for i, row in enumerate(table.to_pylist())
+    ]
     with ShardWriter(out, spec.shard, settings) as writer:
         await _download(rows, settings, writer)
         return writer.close()
@@ -116,9 +137,13 @@ def summarize(shards: list[dict], failed: dict) -> dict:
     for stats in shards:
         for name, n in stats["status"].items():
             status[name] = status.get(name, 0) + n
-    return {"shards": len(shards) + len(failed), "count": sum(s["count"] for s in shards),
-            "successes": sum(s["successes"] for s in shards), "status": status,
-            "failed": [{"shard": k, "error": v} for k, v in sorted(failed.items())]}
+    return {
+        "shards": len(shards) + len(failed),
+        "count": sum(s["count"] for s in shards),
+        "successes": sum(s["successes"] for s in shards),
+        "status": status,
+        "failed": [{"shard": k, "error": v} for k, v in sorted(failed.items())],
+    }
 
 
 # an async task: its timeout cancels the shard's requests (a sync task's timeout can only interrupt Python code)

@@ -47,8 +47,9 @@ class ClipModel:
         steps = list(getattr(self.preprocess, "transforms", []))
         cut = next((i for i, t in enumerate(steps) if isinstance(t, ToTensor)), None)
         if cut is None or len(steps) != cut + 2 or not isinstance(steps[-1], Normalize):
-            raise ModelUnavailable(f"{self.name}: unexpected preprocessing {self.preprocess} "
-                                   "(want PIL steps, ToTensor, Normalize)")
+            raise ModelUnavailable(
+                f"{self.name}: unexpected preprocessing {self.preprocess} (want PIL steps, ToTensor, Normalize)"
+            )
         self.resize = Compose(steps[:cut])
         crop = next((t.size for t in steps[:cut] if isinstance(t, CenterCrop)), None)
         self.input_size = tuple(crop) if crop else None  # (H, W) the model sees
@@ -129,8 +130,10 @@ def _check_model_name(model: str) -> None:
     if ":" in model:  # hf-hub: / local-dir: carry their own config
         return
     if model.replace("/", "-") not in open_clip.list_models():
-        raise ModelUnavailable(f"unknown open_clip model {model!r} (open_clip.list_models() lists the names, "
-                               "or give hf-hub:ORG/REPO, or --checkpoint DIR with open_clip_config.json)")
+        raise ModelUnavailable(
+            f"unknown open_clip model {model!r} (open_clip.list_models() lists the names, "
+            "or give hf-hub:ORG/REPO, or --checkpoint DIR with open_clip_config.json)"
+        )
 
 
 def _fetch_pretrained(settings: EmbedSettings) -> dict:
@@ -138,19 +141,22 @@ def _fetch_pretrained(settings: EmbedSettings) -> dict:
     model, tag = settings.model, settings.pretrained
     cfg = open_clip.get_pretrained_cfg(model.replace("/", "-"), tag)
     if not cfg:
-        raise ModelUnavailable(f"unknown pretrained tag {tag!r} for {model}; known tags: "
-                               f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'}")
+        raise ModelUnavailable(
+            f"unknown pretrained tag {tag!r} for {model}; known tags: "
+            f"{', '.join(open_clip.list_pretrained_tags_by_model(model)) or 'none'}"
+        )
     cache = settings.cache_dir or "open_clip's default cache (~/.cache/huggingface/hub or ~/.cache/clip)"
     try:
         open_clip.download_pretrained(cfg, cache_dir=settings.cache_dir)
     except Exception as exc:  # any failure to fetch means the same to the user
         raise ModelUnavailable(
             f"weights of {model} pretrained={tag!r} are not in {cache} and could not be fetched ({exc}). "
-            "Fetch them ahead of time on a machine with internet: python -c \"import open_clip; "
+            'Fetch them ahead of time on a machine with internet: python -c "import open_clip; '
             f"open_clip.create_model_and_transforms('{model}', pretrained='{tag}', cache_dir='DIR')\" and copy DIR "
             "to this machine (settings cache_dir=DIR), or pass --checkpoint PATH (a weights file, or a directory "
             "with open_clip_config.json). Without internet, set HF_HUB_OFFLINE=1 to fail at once instead of "
-            "after the Hub's retries.") from exc
+            "after the Hub's retries."
+        ) from exc
     return cfg
 
 
@@ -176,8 +182,12 @@ def _source(settings: EmbedSettings) -> tuple[str, str | None, str, dict]:
     cfg = _fetch_pretrained(settings)
     # OpenAI's CLIP uses QuickGELU, the built-in configs GELU: match the weights, as open_clip's
     # '-quickgelu' names do; otherwise ViT-B-32/openai embeds slightly differently from OpenAI's model.
-    return settings.model, settings.pretrained, f"{settings.model}/{settings.pretrained}", {
-        "force_quick_gelu": bool(cfg.get("quick_gelu"))}
+    return (
+        settings.model,
+        settings.pretrained,
+        f"{settings.model}/{settings.pretrained}",
+        {"force_quick_gelu": bool(cfg.get("quick_gelu"))},
+    )
 
 
 def load_model(settings: EmbedSettings) -> ClipModel:
@@ -186,8 +196,13 @@ def load_model(settings: EmbedSettings) -> ClipModel:
     model_name, pretrained, name, kwargs = _source(settings)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, precision=precision, device=device, cache_dir=settings.cache_dir,
-            **kwargs)
+            model_name,
+            pretrained=pretrained,
+            precision=precision,
+            device=device,
+            cache_dir=settings.cache_dir,
+            **kwargs,
+        )
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=settings.cache_dir)
     except Exception as exc:  # name the model whatever open_clip raised
         raise ModelUnavailable(f"cannot load CLIP model {name}: {exc}") from exc
@@ -198,8 +213,10 @@ def load_model(settings: EmbedSettings) -> ClipModel:
 def weights_fingerprint(settings: EmbedSettings) -> list | None:
     """(name, size, mtime) of the local weights the settings name, for cache keys: retrained weights at the same
     path are other weights. None for weights named by a pretrained tag (the tag names them)."""
-    paths = [settings.checkpoint, settings.pretrained if settings.pretrained and os.path.isfile(settings.pretrained)
-             else None]
+    paths = [
+        settings.checkpoint,
+        settings.pretrained if settings.pretrained and os.path.isfile(settings.pretrained) else None,
+    ]
     found = []
     for path in filter(None, paths):
         path = os.path.expanduser(path)
@@ -217,8 +234,14 @@ _LOCK = threading.Lock()  # a Dask worker may start two embed tasks at once: loa
 
 def worker_model(settings: EmbedSettings) -> ClipModel:
     """The model for these settings, loaded on first use in this process and kept."""
-    key = (settings.model, settings.pretrained, settings.checkpoint, settings.cache_dir, settings.device,
-           settings.precision)
+    key = (
+        settings.model,
+        settings.pretrained,
+        settings.checkpoint,
+        settings.cache_dir,
+        settings.device,
+        settings.precision,
+    )
     with _LOCK:
         if key not in _MODELS:
             _MODELS[key] = load_model(settings)

@@ -31,29 +31,61 @@ from PIL import Image
 from prefect import task
 
 from clipcrawl.tasks.core.cache import cache_key
-from clipcrawl.tasks.embed.clip_model import ClipModel, weights_fingerprint, worker_model
 from clipcrawl.tasks.core.config import EmbedSettings
-from clipcrawl.tasks.download.images import WEB_FORMATS
 from clipcrawl.tasks.core.status import NSFW, UNLIKELY, UNSURE, DownloadStatus, EmbedStatus
 from clipcrawl.tasks.core.uri import atomic_write, join, listdir, name_of, open_uri, write_json
+from clipcrawl.tasks.download.images import WEB_FORMATS
+from clipcrawl.tasks.embed.clip_model import ClipModel, weights_fingerprint, worker_model
 
 IMAGE_EXTENSIONS = {"jpg", "jpeg", "webp", "png"}  # what download writes (encode_format) and webdataset readers take
 # In the embed task's cache key: raise it when the same images and weights would embed otherwise
 # (2: JPEGs decoded at reduced scale).
 EMBEDDING_CODE = 2
 BATCHES_AHEAD = 2  # decoded batches waiting for the model: enough to hide decode jitter, bounded memory
-PASSTHROUGH = {"page_url": pa.string(), "language": pa.string(), "sha256": pa.string(),
-               "original_width": pa.int32(), "original_height": pa.int32(), "license": pa.string()}
-METADATA_SCHEMA = pa.schema([("key", pa.string()), ("uid", pa.uint64()), ("url", pa.string()), ("text", pa.string()),
-                             ("similarity", pa.float32()), ("NSFW", pa.string()), *PASSTHROUGH.items()])
-DATASET_SCHEMA = pa.schema([
-    ("SAMPLE_ID", pa.uint64()), ("URL", pa.string()), ("TEXT", pa.string()), ("HEIGHT", pa.int32()),
-    ("WIDTH", pa.int32()), ("LICENSE", pa.string()), ("NSFW", pa.string()), ("similarity", pa.float32()),
-    ("key", pa.string()), ("language", pa.string()), ("sha256", pa.string()), ("page_url", pa.string()),
-])
+PASSTHROUGH = {
+    "page_url": pa.string(),
+    "language": pa.string(),
+    "sha256": pa.string(),
+    "original_width": pa.int32(),
+    "original_height": pa.int32(),
+    "license": pa.string(),
+}
+METADATA_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("uid", pa.uint64()),
+        ("url", pa.string()),
+        ("text", pa.string()),
+        ("similarity", pa.float32()),
+        ("NSFW", pa.string()),
+        *PASSTHROUGH.items(),
+    ]
+)
+DATASET_SCHEMA = pa.schema(
+    [
+        ("SAMPLE_ID", pa.uint64()),
+        ("URL", pa.string()),
+        ("TEXT", pa.string()),
+        ("HEIGHT", pa.int32()),
+        ("WIDTH", pa.int32()),
+        ("LICENSE", pa.string()),
+        ("NSFW", pa.string()),
+        ("similarity", pa.float32()),
+        ("key", pa.string()),
+        ("language", pa.string()),
+        ("sha256", pa.string()),
+        ("page_url", pa.string()),
+    ]
+)
 # dataset column <- metadata column
-_DATASET_FROM = {"SAMPLE_ID": "uid", "URL": "url", "TEXT": "text", "HEIGHT": "original_height",
-                 "WIDTH": "original_width", "LICENSE": "license"}
+_DATASET_FROM = {
+    "SAMPLE_ID": "uid",
+    "URL": "url",
+    "TEXT": "text",
+    "HEIGHT": "original_height",
+    "WIDTH": "original_width",
+    "LICENSE": "license",
+}
 
 
 def nsfw_tags(image_emb: np.ndarray, prompt_emb: np.ndarray, flagged: np.ndarray) -> np.ndarray:
@@ -117,8 +149,9 @@ def _pixels(data: bytes, prepare) -> tuple[np.ndarray, float]:
     return pixels, time.perf_counter() - started
 
 
-def _prefetch(tar_uri: str, keys: set[str], pool: ThreadPoolExecutor, prepare,
-              window: int) -> Iterator[tuple[str, Future]]:
+def _prefetch(
+    tar_uri: str, keys: set[str], pool: ThreadPoolExecutor, prepare, window: int
+) -> Iterator[tuple[str, Future]]:
     """(key, future pixels) in tar order. A thread reads the tar and submits decodes at most
     `window` samples ahead of the consumer, so tar I/O and decoding overlap the model."""
     ahead: queue.Queue = queue.Queue(window)
@@ -154,7 +187,7 @@ class _Embedded:
     image: list[np.ndarray] = field(default_factory=list)
     text: list[np.ndarray] = field(default_factory=list)
     failures: dict[str, tuple[EmbedStatus, str]] = field(default_factory=dict)
-    decode_s: float = 0.0       # summed over loader threads
+    decode_s: float = 0.0  # summed over loader threads
     loader_wait_s: float = 0.0  # the model waiting for decoded images: near 0 when the overlap works
     model_s: float = 0.0
 
@@ -164,8 +197,10 @@ def embed_samples(model: ClipModel, tar_uri: str, samples: dict[str, dict], sett
     done = _Embedded()
     threads = settings.loader_threads or min(16, os.cpu_count() or 1)
     window = BATCHES_AHEAD * settings.batch_size
-    with ThreadPoolExecutor(threads, thread_name_prefix="clipcrawl-embed") as pool, \
-            contextlib.closing(_prefetch(tar_uri, set(samples), pool, model.prepare, window)) as items:
+    with (
+        ThreadPoolExecutor(threads, thread_name_prefix="clipcrawl-embed") as pool,
+        contextlib.closing(_prefetch(tar_uri, set(samples), pool, model.prepare, window)) as items,
+    ):
         while True:
             started = time.perf_counter()
             batch = list(itertools.islice(items, settings.batch_size))
@@ -243,8 +278,9 @@ def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
     keep = similar & ~flagged
     kept = metadata.filter(pa.array(keep, pa.bool_()))
     dataset = pa.table({name: kept[_DATASET_FROM.get(name, name)] for name in DATASET_SCHEMA.names})
-    dataset = dataset.set_column(DATASET_SCHEMA.get_field_index("LICENSE"), "LICENSE",
-                                 pc.fill_null(dataset["LICENSE"], "?")).cast(DATASET_SCHEMA)
+    dataset = dataset.set_column(
+        DATASET_SCHEMA.get_field_index("LICENSE"), "LICENSE", pc.fill_null(dataset["LICENSE"], "?")
+    ).cast(DATASET_SCHEMA)
 
     _write_npy(join(out, "embeddings", "img_emb", f"img_emb_{stem}.npy"), image_emb)
     _write_npy(join(out, "embeddings", "text_emb", f"text_emb_{stem}.npy"), text_emb)
@@ -256,17 +292,26 @@ def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
     for failed, _ in done.failures.values():
         status[failed.value] += 1
     stats = {
-        "shard": stem, "tar": tar_uri, "model": model.name,
+        "shard": stem,
+        "tar": tar_uri,
+        "model": model.name,
         "clip": settings.model_dump(include={"model", "pretrained", "checkpoint"}),  # what encodes queries later
-        "samples": len(samples), "embedded": len(keys), "kept": int(keep.sum()),
+        "samples": len(samples),
+        "embedded": len(keys),
+        "kept": int(keep.sum()),
         "dropped_similarity": int((~similar).sum()),
         "dropped_nsfw": int((similar & flagged).sum()),  # counted only among rows the similarity kept
         "status": status,
         "nsfw": {tag: int((nsfw == tag).sum()) for tag in (UNLIKELY, UNSURE, NSFW)},
-        "similarity_threshold": settings.similarity_threshold, "drop_nsfw": settings.drop_nsfw,
+        "similarity_threshold": settings.similarity_threshold,
+        "drop_nsfw": settings.drop_nsfw,
         "similarity": _similarity_summary(similarity),
-        "timings": {"decode_s": done.decode_s, "loader_wait_s": done.loader_wait_s, "model_s": done.model_s,
-                    "total_s": total},
+        "timings": {
+            "decode_s": done.decode_s,
+            "loader_wait_s": done.loader_wait_s,
+            "model_s": done.model_s,
+            "total_s": total,
+        },
         "samples_per_s": len(keys) / total if total > 0 else 0.0,
         "failures": [{"key": k, "status": s.value, "error": e} for k, (s, e) in sorted(done.failures.items())],
     }
@@ -281,6 +326,7 @@ def published_shards(images: str) -> list[str]:
 
 def summarize(shards: list[dict], failed: dict) -> dict:
     """Run totals over the published shards' stats, and the failed shards with their reasons."""
+
     def total(field: str) -> dict[str, int]:
         counts: dict[str, int] = {}
         for stats in shards:
@@ -288,11 +334,13 @@ def summarize(shards: list[dict], failed: dict) -> dict:
                 counts[name] = counts.get(name, 0) + n
         return counts
 
-    return {"shards": len(shards) + len(failed),
-            **{k: sum(s[k] for s in shards) for k in ("samples", "embedded", "kept", "dropped_similarity",
-                                                      "dropped_nsfw")},
-            "status": total("status"), "nsfw": total("nsfw"),
-            "failed": [{"shard": k, "error": v} for k, v in sorted(failed.items())]}
+    return {
+        "shards": len(shards) + len(failed),
+        **{k: sum(s[k] for s in shards) for k in ("samples", "embedded", "kept", "dropped_similarity", "dropped_nsfw")},
+        "status": total("status"),
+        "nsfw": total("nsfw"),
+        "failed": [{"shard": k, "error": v} for k, v in sorted(failed.items())],
+    }
 
 
 embed_shard_task = task(
@@ -300,7 +348,8 @@ embed_shard_task = task(
     name="embed_shard",
     task_run_name=lambda parameters: f"embed-{shard_stem(parameters['tar_uri'])}",
     tags=["clipcrawl", "embed", "gpu"],
-    cache_key_fn=lambda ctx, p: cache_key("embed", p["tar_uri"], p["out"], p["settings"], EMBEDDING_CODE,
-                                          weights_fingerprint(p["settings"])),
+    cache_key_fn=lambda ctx, p: cache_key(
+        "embed", p["tar_uri"], p["out"], p["settings"], EMBEDDING_CODE, weights_fingerprint(p["settings"])
+    ),
     persist_result=True,
 )

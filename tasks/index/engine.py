@@ -110,8 +110,11 @@ class RemoteVectors:
                 self._offset = f.tell()
         self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
         if check and (self.ndim != 2 or fortran or self.dtype.hasobject):
-            raise ValueError(f"{uri}: expected a C-order (n, d) array of numbers, got shape {self.shape}"
-                             + (" in Fortran order" if fortran else "") + f" of {self.dtype}")
+            raise ValueError(
+                f"{uri}: expected a C-order (n, d) array of numbers, got shape {self.shape}"
+                + (" in Fortran order" if fortran else "")
+                + f" of {self.dtype}"
+            )
         self._row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:], dtype=np.int64))
 
     def __len__(self) -> int:
@@ -158,15 +161,19 @@ class RemoteVectors:
         out = np.empty((count, *self.shape[1:]), dtype=self.dtype)
         if count == 0:
             return out
-        blobs = self._fs.cat_ranges([self._path] * len(starts), (self._offset + starts * self._row_bytes).tolist(),
-                                    (self._offset + stops * self._row_bytes).tolist(), on_error="raise")
+        blobs = self._fs.cat_ranges(
+            [self._path] * len(starts),
+            (self._offset + starts * self._row_bytes).tolist(),
+            (self._offset + stops * self._row_bytes).tolist(),
+            on_error="raise",
+        )
         filled = 0
         for start, stop, blob in zip(starts.tolist(), stops.tolist(), blobs):
             if len(blob) != (stop - start) * self._row_bytes:
                 raise OSError(f"{self.uri}: rows {start}-{stop} are cut short ({len(blob)} bytes): a truncated .npy")
             block = np.frombuffer(blob, self.dtype).reshape(stop - start, *self.shape[1:])
             if rows is None:
-                out[filled:filled + len(block)] = block
+                out[filled : filled + len(block)] = block
                 filled += len(block)
             else:
                 end = filled + int(np.searchsorted(rows[filled:], stop))
@@ -211,7 +218,7 @@ def vector_batches(parts: Iterable[Part], batch_rows: int) -> Iterator[np.ndarra
         start = 0
         while start < count:
             take = min(batch_rows - held, count - start)
-            chunk = vectors[start:start + take] if part.rows is None else vectors[part.rows[start:start + take]]
+            chunk = vectors[start : start + take] if part.rows is None else vectors[part.rows[start : start + take]]
             pending.append(np.asarray(chunk, dtype=np.float32))
             held += take
             start += take
@@ -309,8 +316,10 @@ def choose_index_key(n: int, d: int, max_memory_bytes: float) -> str:
         key = f"OPQ{m}_{opq_dim(m, d)},IVF{nlist}_HNSW{HNSW_M},PQ{m}x8"
         if index_memory(key, n, d) <= max_memory_bytes:
             return key
-    raise ValueError(f"no index of {n} vectors of dimension {d} fits the memory budget of {int(max_memory_bytes)} "
-                     f"bytes (max_index_memory_gb): the smallest, {key}, needs {index_memory(key, n, d)} bytes")
+    raise ValueError(
+        f"no index of {n} vectors of dimension {d} fits the memory budget of {int(max_memory_bytes)} "
+        f"bytes (max_index_memory_gb): the smallest, {key}, needs {index_memory(key, n, d)} bytes"
+    )
 
 
 def opq_dim(m: int, d: int) -> int:
@@ -356,8 +365,13 @@ def build(parts: list[Part], settings: IndexSettings) -> tuple[faiss.Index, str]
         start = time.perf_counter()
         gpus = index_gpus(settings)
         _train(index, sample_vectors(parts, size, settings.seed), gpus)
-        log.info("trained %s on %d vectors in %.1f s%s", key, min(size, total), time.perf_counter() - start,
-                 f" (k-means on {gpus} GPUs)" if gpus else "")
+        log.info(
+            "trained %s on %d vectors in %.1f s%s",
+            key,
+            min(size, total),
+            time.perf_counter() - start,
+            f" (k-means on {gpus} GPUs)" if gpus else "",
+        )
     add(index, parts, settings.add_batch_rows)
     return index, key
 
@@ -368,9 +382,14 @@ def index_gpus(settings: IndexSettings) -> int:
         return 0
     found = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
     if settings.device == "cuda" and found == 0:
-        raise ValueError("index device=cuda, but this faiss sees no GPU " + (
-            "(faiss.get_num_gpus() is 0)" if hasattr(faiss, "StandardGpuResources") else
-            f"(faiss {faiss.__version__} is built without GPU support: install faiss-gpu in place of faiss-cpu)"))
+        raise ValueError(
+            "index device=cuda, but this faiss sees no GPU "
+            + (
+                "(faiss.get_num_gpus() is 0)"
+                if hasattr(faiss, "StandardGpuResources")
+                else f"(faiss {faiss.__version__} is built without GPU support: install faiss-gpu in place of faiss-cpu)"
+            )
+        )
     return found
 
 
@@ -402,8 +421,9 @@ def add(index: faiss.Index, parts: list[Part], batch_rows: int) -> int:
     return added
 
 
-def exact_knn(queries: np.ndarray, parts: list[Part], k: int, batch_rows: int,
-              gpus: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def exact_knn(
+    queries: np.ndarray, parts: list[Part], k: int, batch_rows: int, gpus: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product k nearest neighbours of the queries, streaming over the parts (on `gpus` GPUs, none:
     the CPU): (D, I), where ids are positions in the concatenation of the parts' selected rows."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -447,11 +467,15 @@ def _measure(index: faiss.Index, params: str, queries: np.ndarray, truth: np.nda
     times = []
     for i in range(len(singles)):
         start = time.perf_counter()
-        index.search(singles[i:i + 1], k)
+        index.search(singles[i : i + 1], k)
         times.append(time.perf_counter() - start)
     p50, p99 = np.percentile(np.array(times) * 1000, [50, 99])
-    return {"params": params, "recall_at_k": round(recall, 4), "p50_ms": round(float(p50), 4),
-            "p99_ms": round(float(p99), 4)}
+    return {
+        "params": params,
+        "recall_at_k": round(recall, 4),
+        "p50_ms": round(float(p50), 4),
+        "p99_ms": round(float(p99), 4),
+    }
 
 
 def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, settings: IndexSettings) -> dict:
@@ -464,8 +488,14 @@ def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, settings: I
     for params in search_params(index):
         result = _measure(index, params, queries, truth, k)
         tuning.append(result)
-        log.info("tuning %s: recall@%d %.4f, p50 %.3f ms, p99 %.3f ms", params or "(none)", k,
-                 result["recall_at_k"], result["p50_ms"], result["p99_ms"])
+        log.info(
+            "tuning %s: recall@%d %.4f, p50 %.3f ms, p99 %.3f ms",
+            params or "(none)",
+            k,
+            result["recall_at_k"],
+            result["p50_ms"],
+            result["p99_ms"],
+        )
         if result["recall_at_k"] >= RECALL_SATURATED or result["p99_ms"] > settings.max_query_latency_ms:
             break
     in_budget = [r for r in tuning if r["p99_ms"] <= settings.max_query_latency_ms]
@@ -477,8 +507,13 @@ def tune(index: faiss.Index, queries: np.ndarray, truth: np.ndarray, settings: I
     else:
         chosen = min(tuning, key=lambda r: r["p99_ms"])
     apply_params(index, chosen["params"])
-    log.info("chose %s: recall@%d %.4f, p99 %.3f ms", chosen["params"] or "(none)", k, chosen["recall_at_k"],
-             chosen["p99_ms"])
+    log.info(
+        "chose %s: recall@%d %.4f, p99 %.3f ms",
+        chosen["params"] or "(none)",
+        k,
+        chosen["recall_at_k"],
+        chosen["p99_ms"],
+    )
     return {**chosen, "k": k, "tuning": tuning}
 
 

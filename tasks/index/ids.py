@@ -16,15 +16,17 @@ import pyarrow.parquet as pq
 from clipcrawl.tasks.core.uri import atomic_write, open_uri
 
 IDS_ROW_GROUP = 65_536
-IDS_SCHEMA = pa.schema([
-    ("key", pa.string()),              # the sample's key in its webdataset shard
-    ("shard", pa.string()),            # shard stem: images/{shard}.tar, embeddings/*_{shard}.npy
-    ("row", pa.int64()),               # row in the shard's embeddings and metadata
-    ("url", pa.string()),
-    ("text", pa.string()),             # the caption
-    ("similarity", pa.float32()),      # image-text cosine similarity
-    ("duplicate_group", pa.int64()),   # id of the first sample of its near-duplicate group (itself if unique)
-])
+IDS_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),  # the sample's key in its webdataset shard
+        ("shard", pa.string()),  # shard stem: images/{shard}.tar, embeddings/*_{shard}.npy
+        ("row", pa.int64()),  # row in the shard's embeddings and metadata
+        ("url", pa.string()),
+        ("text", pa.string()),  # the caption
+        ("similarity", pa.float32()),  # image-text cosine similarity
+        ("duplicate_group", pa.int64()),  # id of the first sample of its near-duplicate group (itself if unique)
+    ]
+)
 
 
 def write_ids(uri: str, tables: Iterable[pa.Table]) -> int:

@@ -39,8 +39,9 @@ def roots(parent: np.ndarray) -> np.ndarray:
         out = nxt
 
 
-def near_duplicate_groups(index: faiss.Index, batches: Iterable[tuple[int, np.ndarray]], groups: np.ndarray,
-                          threshold: float, neighbours: int) -> tuple[np.ndarray, int]:
+def near_duplicate_groups(
+    index: faiss.Index, batches: Iterable[tuple[int, np.ndarray]], groups: np.ndarray, threshold: float, neighbours: int
+) -> tuple[np.ndarray, int]:
     """Extend `groups` (group root id per index id) with the links of the searched vectors.
 
     `batches` yields (first id, float32 vectors) of the vectors to search, already in the index;

@@ -27,7 +27,17 @@ from prefect import task
 
 from clipcrawl.tasks.core.cache import retry_transient
 from clipcrawl.tasks.core.config import IndexSettings
-from clipcrawl.tasks.index.ids import IdTable, write_ids
+from clipcrawl.tasks.core.uri import (
+    atomic_write,
+    exists,
+    filesystem,
+    join,
+    listdir,
+    name_of,
+    open_uri,
+    read_json,
+    write_json,
+)
 from clipcrawl.tasks.index.engine import (
     Part,
     add,
@@ -43,18 +53,8 @@ from clipcrawl.tasks.index.engine import (
     vector_batches,
     write_index,
 )
+from clipcrawl.tasks.index.ids import IdTable, write_ids
 from clipcrawl.tasks.index.neardup import near_duplicate_groups
-from clipcrawl.tasks.core.uri import (
-    atomic_write,
-    exists,
-    filesystem,
-    join,
-    listdir,
-    name_of,
-    open_uri,
-    read_json,
-    write_json,
-)
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,11 @@ class IndexInconsistent(RuntimeError):
 class Shard:
     """One embeddings shard of the index: ids first_id .. first_id + count - 1."""
 
-    name: str               # unique in the index: ids.parquet's `shard`
-    stem: str               # the file stem in its embeddings folder
-    embeddings: str         # the embeddings folder
-    dataset: str | None     # the dataset folder whose part-{stem}.parquet lists the kept rows
-    tar: str | None         # the webdataset shard holding the images
+    name: str  # unique in the index: ids.parquet's `shard`
+    stem: str  # the file stem in its embeddings folder
+    embeddings: str  # the embeddings folder
+    dataset: str | None  # the dataset folder whose part-{stem}.parquet lists the kept rows
+    tar: str | None  # the webdataset shard holding the images
     count: int
     first_id: int
 
@@ -94,11 +94,11 @@ class Shard:
 @dataclass(frozen=True)
 class Plan:
     out: str
-    shards: tuple[Shard, ...]    # all shards, in id order
-    new_from: int                # shards[new_from:] are not in the index yet
-    mode: str                    # "build" (from scratch), "add" (extend the index) or "none"
-    sources: tuple[str, ...]     # embeddings folders, in the order they were first indexed
-    existing: dict | None        # the index_infos.json being extended
+    shards: tuple[Shard, ...]  # all shards, in id order
+    new_from: int  # shards[new_from:] are not in the index yet
+    mode: str  # "build" (from scratch), "add" (extend the index) or "none"
+    sources: tuple[str, ...]  # embeddings folders, in the order they were first indexed
+    existing: dict | None  # the index_infos.json being extended
 
     @property
     def count(self) -> int:
@@ -106,7 +106,7 @@ class Plan:
 
     @property
     def old_count(self) -> int:
-        return sum(s.count for s in self.shards[:self.new_from])
+        return sum(s.count for s in self.shards[: self.new_from])
 
     def uri(self, name: str) -> str:
         return join(self.out, "index", name)
@@ -153,8 +153,9 @@ def find_shards(embeddings: str, dataset: str | None, source: int, first_id: int
     return shards
 
 
-def plan_index(embeddings: str, out: str, settings: IndexSettings, dataset: str | None = None,
-               rebuild: bool = False) -> Plan:
+def plan_index(
+    embeddings: str, out: str, settings: IndexSettings, dataset: str | None = None, rebuild: bool = False
+) -> Plan:
     """What to index: the shards already in OUT/index (kept), and the new shards of EMBEDDINGS."""
     if dataset is None and exists(sibling(embeddings, "dataset")):
         dataset = sibling(embeddings, "dataset")
@@ -175,8 +176,11 @@ def plan_index(embeddings: str, out: str, settings: IndexSettings, dataset: str 
     wanted = settings.index_key or existing["image"]["index_key"]
     budget = settings.max_index_memory_gb * 2**30
     if new and (wanted != existing["image"]["index_key"] or index_memory(wanted, plan.count, existing["dim"]) > budget):
-        log.info("rebuilding the index: %s at %d vectors does not fit the settings", existing["image"]["index_key"],
-                 plan.count)
+        log.info(
+            "rebuilding the index: %s at %d vectors does not fit the settings",
+            existing["image"]["index_key"],
+            plan.count,
+        )
         return Plan(out, tuple(old + new), 0, "build", tuple(sources), None)
     return plan
 
@@ -212,9 +216,11 @@ def index_modality(plan: Plan, modality: str, settings: IndexSettings) -> dict:
     else:
         index, key = read_index(uri), plan.existing[modality]["index_key"]
         if index.ntotal != plan.old_count:
-            raise IndexInconsistent(f"{uri} holds {index.ntotal} vectors but index_infos.json says "
-                                    f"{plan.old_count} (an interrupted run?): index again with --rebuild")
-        add(index, all_parts[plan.new_from:], settings.add_batch_rows)
+            raise IndexInconsistent(
+                f"{uri} holds {index.ntotal} vectors but index_infos.json says "
+                f"{plan.old_count} (an interrupted run?): index again with --rebuild"
+            )
+        add(index, all_parts[plan.new_from :], settings.add_batch_rows)
     built_s = time.perf_counter() - started
     log.info("%s index %s: %d vectors in %.1f s", modality, key, index.ntotal, built_s)
 
@@ -222,10 +228,15 @@ def index_modality(plan: Plan, modality: str, settings: IndexSettings) -> dict:
     _, truth = exact_knn(queries, all_parts, settings.k, settings.add_batch_rows, gpus)
     tuned = tune(index, queries, truth, settings)
     write_index(index, uri)
-    return {"index_key": key, "vectors": int(index.ntotal), "memory_bytes": index_memory(key, index.ntotal, index.d),
-            "gpus": gpus,
-            ("build_s" if plan.mode == "build" else "add_s"): round(built_s, 3),
-            "queries": f"{len(queries)} held-out {OTHER[modality]} embeddings", **tuned}
+    return {
+        "index_key": key,
+        "vectors": int(index.ntotal),
+        "memory_bytes": index_memory(key, index.ntotal, index.d),
+        "gpus": gpus,
+        ("build_s" if plan.mode == "build" else "add_s"): round(built_s, 3),
+        "queries": f"{len(queries)} held-out {OTHER[modality]} embeddings",
+        **tuned,
+    }
 
 
 def _id_table(shard: Shard, groups: np.ndarray) -> pa.Table:
@@ -234,9 +245,11 @@ def _id_table(shard: Shard, groups: np.ndarray) -> pa.Table:
     rows = kept_rows(shard)
     if rows is not None:
         meta = meta.take(pa.array(rows))
-    return meta.append_column("shard", pa.array([shard.name] * len(meta), pa.string())) \
-        .append_column("row", pa.array(rows if rows is not None else np.arange(len(meta)), pa.int64())) \
-        .append_column("duplicate_group", pa.array(groups[shard.first_id:shard.first_id + shard.count]))
+    return (
+        meta.append_column("shard", pa.array([shard.name] * len(meta), pa.string()))
+        .append_column("row", pa.array(rows if rows is not None else np.arange(len(meta)), pa.int64()))
+        .append_column("duplicate_group", pa.array(groups[shard.first_id : shard.first_id + shard.count]))
+    )
 
 
 def _mark_dataset(shard: Shard, groups: np.ndarray, keys: pa.Array, drop: bool) -> int:
@@ -267,10 +280,10 @@ def finish_index(plan: Plan, settings: IndexSettings, image: dict, text: dict) -
     old = _ids(plan)
     groups = np.arange(plan.count, dtype=np.int64)
     if old is not None:
-        groups[:plan.old_count] = old.column("duplicate_group")
+        groups[: plan.old_count] = old.column("duplicate_group")
     index = read_index(plan.uri("image.index"))
     apply_params(index, image["params"])
-    new_parts = parts(plan, "image")[plan.new_from:]
+    new_parts = parts(plan, "image")[plan.new_from :]
 
     def batches():
         first = plan.old_count
@@ -279,8 +292,9 @@ def finish_index(plan: Plan, settings: IndexSettings, image: dict, text: dict) -
             first += len(vectors)
 
     started = time.perf_counter()
-    updated, links = near_duplicate_groups(index, batches(), groups, settings.near_duplicate_threshold,
-                                           settings.near_duplicate_neighbours)
+    updated, links = near_duplicate_groups(
+        index, batches(), groups, settings.near_duplicate_threshold, settings.near_duplicate_neighbours
+    )
     changed = updated != groups
     log.info("near-duplicates: %d links, %.1f s", links, time.perf_counter() - started)
 
@@ -288,10 +302,13 @@ def finish_index(plan: Plan, settings: IndexSettings, image: dict, text: dict) -
         if old is not None:
             first = 0
             for table in old.tables():
-                yield table.set_column(table.schema.get_field_index("duplicate_group"), "duplicate_group",
-                                       pa.array(updated[first:first + len(table)]))
+                yield table.set_column(
+                    table.schema.get_field_index("duplicate_group"),
+                    "duplicate_group",
+                    pa.array(updated[first : first + len(table)]),
+                )
                 first += len(table)
-        for shard in plan.shards[plan.new_from:]:
+        for shard in plan.shards[plan.new_from :]:
             yield _id_table(shard, updated)
 
     write_ids(plan.uri("ids.parquet") + ".new", tables())
@@ -306,11 +323,20 @@ def finish_index(plan: Plan, settings: IndexSettings, image: dict, text: dict) -
 
     duplicates = int((updated != np.arange(plan.count)).sum())
     infos = {
-        "dim": index.d, "count": plan.count, "clip": _clip(plan), "sources": list(plan.sources),
-        "shards": [asdict(s) for s in plan.shards], "image": image, "text": text,
-        "near_duplicates": {"threshold": settings.near_duplicate_threshold, "duplicates": duplicates,
-                            "groups": len(np.unique(updated[updated != np.arange(plan.count)])),
-                            "dropped": bool(settings.drop_near_duplicates), "dropped_rows": dropped},
+        "dim": index.d,
+        "count": plan.count,
+        "clip": _clip(plan),
+        "sources": list(plan.sources),
+        "shards": [asdict(s) for s in plan.shards],
+        "image": image,
+        "text": text,
+        "near_duplicates": {
+            "threshold": settings.near_duplicate_threshold,
+            "duplicates": duplicates,
+            "groups": len(np.unique(updated[updated != np.arange(plan.count)])),
+            "dropped": bool(settings.drop_near_duplicates),
+            "dropped_rows": dropped,
+        },
         "settings": settings.model_dump(mode="json"),
     }
     write_json(plan.uri("index_infos.json"), infos)
@@ -338,8 +364,13 @@ def _clip(plan: Plan) -> dict | None:
 # Prefect task wrappers: one task plans, one per modality builds (the two run side by side), one finishes.
 # No result cache: what an index run does depends on the index on disk, which plan_index reads.
 plan_index_task = task(plan_index, name="plan_index", tags=["clipcrawl", "index"], retry_condition_fn=retry_transient)
-index_modality_task = task(index_modality, name="index_modality", tags=["clipcrawl", "index"],
-                           task_run_name=lambda parameters: f"index-{parameters['modality']}",
-                           retry_condition_fn=retry_transient)
-finish_index_task = task(finish_index, name="finish_index", tags=["clipcrawl", "index"],
-                         retry_condition_fn=retry_transient)
+index_modality_task = task(
+    index_modality,
+    name="index_modality",
+    tags=["clipcrawl", "index"],
+    task_run_name=lambda parameters: f"index-{parameters['modality']}",
+    retry_condition_fn=retry_transient,
+)
+finish_index_task = task(
+    finish_index, name="finish_index", tags=["clipcrawl", "index"], retry_condition_fn=retry_transient
+)

@@ -56,9 +56,15 @@ def select_segments(segments: list[str], count: int | None, names: list[str], se
     return segments[:count]
 
 
-def crawl_files(source: str, crawl: str, kind: str = "wat", segments: int | None = None,
-                segment_list: list[str] | None = None, sample_seed: int | None = None,
-                files_per_segment: int | None = None) -> list[str]:
+def crawl_files(
+    source: str,
+    crawl: str,
+    kind: str = "wat",
+    segments: int | None = None,
+    segment_list: list[str] | None = None,
+    sample_seed: int | None = None,
+    files_per_segment: int | None = None,
+) -> list[str]:
     """URIs of the crawl's WAT (or WARC) files in the selected segments, in listing order."""
     by_segment: dict[str, list[str]] = defaultdict(list)
     for path in read_paths(source, crawl, kind):
@@ -89,8 +95,9 @@ def list_segments(source: str, crawl: str, kind: str = "wat") -> list[str]:
     return list(dict.fromkeys(segment_of(p) for p in read_paths(source, crawl, kind)))
 
 
-def plan_new_segments(crawls: list[str], segments_of: Callable[[str], list[str]], done: dict[str, list[str]],
-                      budget: int) -> dict[str, list[str]]:
+def plan_new_segments(
+    crawls: list[str], segments_of: Callable[[str], list[str]], done: dict[str, list[str]], budget: int
+) -> dict[str, list[str]]:
     """Which segments the next scheduled run ingests: crawls in the given order (newest first), each
     crawl's segments not yet done in listing order, at most `budget` segments in all. Lists a crawl's
     segments only while budget is left. Returns {crawl: new segments}, without crawls with none left."""

@@ -69,8 +69,10 @@ def find_losers(uid_uris: list[str], bucket: int, buckets: int, out_uri: str) ->
     repeated[1:] = uids[1:] == uids[:-1]
     losers_uid, losers_file = uids[repeated], files[repeated]
     by_file = np.argsort(losers_file, kind="stable")
-    table = pa.table({"file": pa.array(losers_file[by_file], pa.uint32()),
-                      "uid": pa.array(losers_uid[by_file], pa.uint64())}, schema=LOSERS_SCHEMA)
+    table = pa.table(
+        {"file": pa.array(losers_file[by_file], pa.uint32()), "uid": pa.array(losers_uid[by_file], pa.uint64())},
+        schema=LOSERS_SCHEMA,
+    )
     with atomic_write(out_uri) as f:
         pq.write_table(table, f, row_group_size=ROW_GROUP)
     return {"bucket": bucket, "uids": int(len(uids)), "duplicates": int(repeated.sum()), "uri": out_uri}
@@ -81,7 +83,9 @@ def losers_of(loser_uris: list[str], file_index: int) -> pa.Array:
     chunks = []
     for uri in loser_uris:
         with open_uri(uri) as f:
-            chunks.append(pq.read_table(f, filters=pc.field("file") == pa.scalar(file_index, pa.uint32())).column("uid"))
+            chunks.append(
+                pq.read_table(f, filters=pc.field("file") == pa.scalar(file_index, pa.uint32())).column("uid")
+            )
     if not chunks:
         return pa.array([], pa.uint64())
     return pa.chunked_array(chunks, pa.uint64()).combine_chunks()

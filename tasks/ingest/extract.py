@@ -16,21 +16,36 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Iterator
+from typing import IO
 
 import pyarrow as pa
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from isal import igzip, isal_zlib
 
 from clipcrawl.tasks.core.config import ExtractSettings
-from clipcrawl.tasks.ingest.language import LanguageDetector
-from clipcrawl.tasks.ingest.normalize import is_license_url, pair_uid, plain_http_url, resolve_base, resolve_url, unescape_attribute
 from clipcrawl.tasks.core.status import FileStatus, PairStatus
 from clipcrawl.tasks.core.uri import open_uri
+from clipcrawl.tasks.ingest.language import LanguageDetector
+from clipcrawl.tasks.ingest.normalize import (
+    is_license_url,
+    pair_uid,
+    plain_http_url,
+    resolve_base,
+    resolve_url,
+    unescape_attribute,
+)
 from clipcrawl.tasks.ingest.warc import is_html, page_links_from_html
-from clipcrawl.tasks.ingest.wat import (HTML_MARKER, IMG_MARKER, RESPONSE_MARKER, MalformedRecord, PageLinks, is_license_rel,
-                       page_links_from_wat)
+from clipcrawl.tasks.ingest.wat import (
+    HTML_MARKER,
+    IMG_MARKER,
+    RESPONSE_MARKER,
+    MalformedRecord,
+    PageLinks,
+    is_license_rel,
+    page_links_from_wat,
+)
 
 SCHEMA = pa.schema(
     [

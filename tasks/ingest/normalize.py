@@ -24,7 +24,8 @@ _LICENSE_PATHS = ("/licenses/", "/publicdomain/")
 _CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
 
 # Numeric references that HTML5 maps elsewhere (C1 controls -> windows-1252), as html.unescape does.
-from html import _invalid_charrefs as _INVALID_CHARREFS, _invalid_codepoints as _INVALID_CODEPOINTS  # noqa: E402
+from html import _invalid_charrefs as _INVALID_CHARREFS  # noqa: E402
+from html import _invalid_codepoints as _INVALID_CODEPOINTS
 
 
 def _replace_charref(m: re.Match) -> str:

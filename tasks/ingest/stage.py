@@ -14,17 +14,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
-from clipcrawl.tasks.ingest import dedup
 from clipcrawl.tasks.core.cache import cache_key, retry_transient
 from clipcrawl.tasks.core.config import ExtractSettings
-from clipcrawl.tasks.ingest.extract import FileStats, iter_pairs
 from clipcrawl.tasks.core.status import FileStatus, PairStatus
 from clipcrawl.tasks.core.uri import atomic_write, join, name_of, open_uri, write_json
+from clipcrawl.tasks.ingest import dedup
+from clipcrawl.tasks.ingest.extract import FileStats, iter_pairs
 
-PAIRS_SCHEMA = pa.schema([
-    ("uid", pa.uint64()), ("url", pa.string()), ("text", pa.string()), ("page_url", pa.string()),
-    ("source", pa.string()), ("language", pa.string()), ("license", pa.string()),
-])
+PAIRS_SCHEMA = pa.schema(
+    [
+        ("uid", pa.uint64()),
+        ("url", pa.string()),
+        ("text", pa.string()),
+        ("page_url", pa.string()),
+        ("source", pa.string()),
+        ("language", pa.string()),
+        ("license", pa.string()),
+    ]
+)
 SUFFIXES = (".warc.wat.gz", ".wat.gz", ".warc.gz", ".warc", ".wat", ".gz")
 
 
@@ -113,8 +120,11 @@ def publish_file(out: str, name: str, file_index: int, loser_uris: list[str]) ->
                 writer.write_batch(batch)
     duplicates = stats["kept"] - kept
     stats["dropped"][PairStatus.DUPLICATE] = stats["dropped"].get(PairStatus.DUPLICATE, 0) + duplicates
-    stats |= {"kept": kept, "duplicates_across_files": duplicates,
-              "seconds": stats.get("seconds", 0) + time.monotonic() - started}
+    stats |= {
+        "kept": kept,
+        "duplicates_across_files": duplicates,
+        "seconds": stats.get("seconds", 0) + time.monotonic() - started,
+    }
     write_json(join(out, "pairs", f"{name}.stats.json"), stats)  # the completion marker, written last
     return stats
 

@@ -61,7 +61,10 @@ def page_links_from_html(page_url: str, status: int | None, payload: bytes, http
 def _license_links(document, every: bool) -> list[tuple[str, str | None]]:
     """PageLinks.license_links, selected by CSS (~4x faster than visiting every <a> from Python)."""
     href = "href" if every else f'href*="{LICENSE_MARKER}"'
-    out = [(link.getattr("href"), link.getattr("rel")) for link in document.query_selector_all(f"link[{href}]").values()
-           if is_license_rel(link.getattr("rel"))]
+    out = [
+        (link.getattr("href"), link.getattr("rel"))
+        for link in document.query_selector_all(f"link[{href}]").values()
+        if is_license_rel(link.getattr("rel"))
+    ]
     out += [(a.getattr("href"), a.getattr("rel")) for a in document.query_selector_all(f"a[{href}]").values()]
     return out

@@ -15,7 +15,7 @@ creativecommons.org: the license search costs the other pages one bytes search.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -36,10 +36,10 @@ class PageLinks(NamedTuple):
     """What a page offers for pair extraction, before normalisation (raw attribute values)."""
 
     page_url: str
-    base_href: str | None      # as written in <base href> (None: no base)
-    status: int | None         # HTTP status of the response
+    base_href: str | None  # as written in <base href> (None: no base)
+    status: int | None  # HTTP status of the response
     links: list[tuple[str, str | None]]  # (src, alt or None when the tag has no alt attribute)
-    escaped: bool              # True: values still carry HTML character references (WAT)
+    escaped: bool  # True: values still carry HTML character references (WAT)
     # (href, rel or None) of the <link rel=license> tags, then of the <a href> tags, each in page order,
     # that may resolve to creativecommons.org (see `relative_licenses`); [] when the page does not mention
     # it. <link> first: a WAT keeps them apart from the <a> tags, so their relative order is unknown.
@@ -71,17 +71,17 @@ class _Head(msgspec.Struct, gc=False):
 
 
 class _Html(msgspec.Struct, gc=False):
-    Head: Optional[_Head] = None
-    Links: Optional[list[_Link]] = None
+    Head: _Head | None = None
+    Links: list[_Link] | None = None
 
 
 class _Http(msgspec.Struct, gc=False):
     message: Any = msgspec.field(default=None, name="Response-Message")
-    html: Optional[_Html] = msgspec.field(default=None, name="HTML-Metadata")
+    html: _Html | None = msgspec.field(default=None, name="HTML-Metadata")
 
 
 class _PayloadMetadata(msgspec.Struct, gc=False):
-    http: Optional[_Http] = msgspec.field(default=None, name="HTTP-Response-Metadata")
+    http: _Http | None = msgspec.field(default=None, name="HTTP-Response-Metadata")
 
 
 class _WarcHeader(msgspec.Struct, gc=False):
@@ -90,7 +90,7 @@ class _WarcHeader(msgspec.Struct, gc=False):
 
 class _Envelope(msgspec.Struct, gc=False):
     payload: _PayloadMetadata = msgspec.field(name="Payload-Metadata")
-    header: Optional[_WarcHeader] = msgspec.field(default=None, name="WARC-Header-Metadata")
+    header: _WarcHeader | None = msgspec.field(default=None, name="WARC-Header-Metadata")
 
 
 class _Record(msgspec.Struct, gc=False):
@@ -142,8 +142,14 @@ def _license_links(html: _Html, every: bool) -> list[tuple[str, Any]]:
             head = _HEAD_LINKS_DECODER.decode(html.Head.Link)
         except msgspec.ValidationError:
             pass
-    out = [(link.url, link.rel) for link in head if isinstance(link.url, str) and is_license_rel(link.rel)
-           and (every or LICENSE_MARKER in link.url)]
-    out += [(link.url, link.rel) for link in html.Links or ()
-            if link.path == A_PATH and isinstance(link.url, str) and (every or LICENSE_MARKER in link.url)]
+    out = [
+        (link.url, link.rel)
+        for link in head
+        if isinstance(link.url, str) and is_license_rel(link.rel) and (every or LICENSE_MARKER in link.url)
+    ]
+    out += [
+        (link.url, link.rel)
+        for link in html.Links or ()
+        if link.path == A_PATH and isinstance(link.url, str) and (every or LICENSE_MARKER in link.url)
+    ]
     return out

@@ -30,10 +30,20 @@ def check_gates(rates: dict[str, float | None], gates: QualityGates) -> list[dic
         lower = name.startswith("min_")
         passed = value >= gate.threshold if lower else value <= gate.threshold
         relation = ("at or over" if lower else "at or under") if passed else ("under" if lower else "over")
-        message = (f"quality gate {name}: {rate} {value:.3f} is {relation} the threshold {gate.threshold:.3f}"
-                   + ("" if passed else f" ({'run failed' if gate.action == 'fail' else 'warning'})"))
-        results.append({"gate": name, "rate": rate, "value": value, "threshold": gate.threshold,
-                        "action": gate.action, "passed": passed, "message": message})
+        message = f"quality gate {name}: {rate} {value:.3f} is {relation} the threshold {gate.threshold:.3f}" + (
+            "" if passed else f" ({'run failed' if gate.action == 'fail' else 'warning'})"
+        )
+        results.append(
+            {
+                "gate": name,
+                "rate": rate,
+                "value": value,
+                "threshold": gate.threshold,
+                "action": gate.action,
+                "passed": passed,
+                "message": message,
+            }
+        )
     return results
 
 

@@ -20,9 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from clipcrawl.tasks.download.shards import read_member, tar_members
 from clipcrawl.tasks.core.stats import top_reasons
 from clipcrawl.tasks.core.uri import atomic_write, join
+from clipcrawl.tasks.download.shards import read_member, tar_members
 
 Thumbnail = Callable[[dict], "bytes | None"]
 KEPT, REJECTED, NEUTRAL = "#2a9d8f", "#e76f51", "#4c72b0"
@@ -147,8 +147,18 @@ def plot(fig: Figure, alt: str) -> Raw:
 def bars(ax, hist: dict, color: str, label: str | None = None, bottom=None, alpha: float = 1.0) -> None:
     edges, counts = hist["edges"], hist["counts"]
     widths = [b - a for a, b in itertools.pairwise(edges)]
-    ax.bar(edges[:-1], counts, width=widths, align="edge", color=color, label=label, bottom=bottom,
-           alpha=alpha, edgecolor="white", linewidth=0.4)
+    ax.bar(
+        edges[:-1],
+        counts,
+        width=widths,
+        align="edge",
+        color=color,
+        label=label,
+        bottom=bottom,
+        alpha=alpha,
+        edgecolor="white",
+        linewidth=0.4,
+    )
 
 
 def span(ax, hist: dict, label: str) -> None:
@@ -180,7 +190,7 @@ def note(content: str) -> str:
 
 
 def section(key: str, title: str, content: str) -> str:
-    empty = ' class="empty"' if content.startswith('<p class="not-run">') else ""   # a stage not run: one line
+    empty = ' class="empty"' if content.startswith('<p class="not-run">') else ""  # a stage not run: one line
     return f'<section id="{key}"{empty}><h2>{esc(title)}</h2>{content}</section>'
 
 
@@ -188,49 +198,80 @@ def section(key: str, title: str, content: str) -> str:
 
 
 def header(stats: dict) -> str:
-    ran = " ".join(f'<span class="badge {"pass" if stats["stages"].get(s) else "off"}">{s}'
-                   f'{"" if stats["stages"].get(s) else ": not run"}</span>' for s in STAGES)
+    ran = " ".join(
+        f'<span class="badge {"pass" if stats["stages"].get(s) else "off"}">{s}'
+        f"{'' if stats['stages'].get(s) else ': not run'}</span>"
+        for s in STAGES
+    )
     gates = stats.get("gates") or []
     crossed = [g["action"] for g in gates if not g["passed"]]
-    summary = "; ".join([f"{len(gates) - len(crossed)} of {len(gates)} quality gates passed",
-                         *([f"{crossed.count('fail')} failed: the run fails"] if "fail" in crossed else []),
-                         *([f"{crossed.count('warn')} crossed with a warning"] if "warn" in crossed else [])])
+    summary = "; ".join(
+        [
+            f"{len(gates) - len(crossed)} of {len(gates)} quality gates passed",
+            *([f"{crossed.count('fail')} failed: the run fails"] if "fail" in crossed else []),
+            *([f"{crossed.count('warn')} crossed with a warning"] if "warn" in crossed else []),
+        ]
+    )
     summary = summary if gates else "no quality gates checked"
     badges = "".join(gate_badge(g) for g in gates)
-    return (f'<h1>clipcrawl data-quality report: {esc(stats["label"])}</h1>'
-            f'<p class="meta">output <code>{esc(stats["out"])}</code> · generated {esc(stats["generated_at"])}</p>'
-            f'<p class="meta">stages: {ran}</p><section id="gates"><h2>Quality gates</h2>'
-            f'{note(summary)}{badges}</section>')
+    return (
+        f"<h1>clipcrawl data-quality report: {esc(stats['label'])}</h1>"
+        f'<p class="meta">output <code>{esc(stats["out"])}</code> · generated {esc(stats["generated_at"])}</p>'
+        f'<p class="meta">stages: {ran}</p><section id="gates"><h2>Quality gates</h2>'
+        f"{note(summary)}{badges}</section>"
+    )
 
 
 def gate_badge(gate: dict) -> str:
     state = "pass" if gate["passed"] else ("fail" if gate["action"] == "fail" else "warn")
     sign = "≥" if gate["gate"].startswith("min_") else "≤"
     mark = {"pass": "✓", "fail": "✗ FAILED", "warn": "! warning"}[state]
-    return (f'<span class="badge {state}" title="{esc(gate.get("message"))}">{mark} {esc(gate["gate"])}: '
-            f'{pct(gate["value"])} (want {sign} {pct(gate["threshold"])})</span>')
+    return (
+        f'<span class="badge {state}" title="{esc(gate.get("message"))}">{mark} {esc(gate["gate"])}: '
+        f"{pct(gate['value'])} (want {sign} {pct(gate['threshold'])})</span>"
+    )
 
 
 def funnel(stats: dict) -> str:
     steps = stats["funnel"]
     counts = {s["step"]: s["count"] for s in steps}
-    rows = [[s["step"], s["description"], "not run" if s["count"] is None else s["count"], pct(s["of_previous"]),
-             pct(s["of_first"])] for s in steps]
+    rows = [
+        [
+            s["step"],
+            s["description"],
+            "not run" if s["count"] is None else s["count"],
+            pct(s["of_previous"]),
+            pct(s["of_first"]),
+        ]
+        for s in steps
+    ]
     notes = ["not run" if s["count"] is None else f"{s['count']}  ({pct(s['of_first'])} of extracted)" for s in steps]
     fig = hbar(list(counts), [n or 0 for n in counts.values()], notes, NEUTRAL, 9.5, "samples (pairs before download)")
     marked = (counts.get("indexed") or 0) > (counts.get("near_duplicates_removed") or counts.get("indexed") or 0)
-    why = note("indexed can exceed near_duplicates_removed: near-duplicates are marked, not dropped, so the index"
-               " holds every CLIP-passed sample") if marked else ""
-    return (table(["step", "what it counts", "count", "% of previous", "% of extracted"], rows, "lwrrr") + why
-            + plot(fig, "funnel: " + ", ".join(f"{k} {v}" for k, v in zip(counts, notes))))
+    why = (
+        note(
+            "indexed can exceed near_duplicates_removed: near-duplicates are marked, not dropped, so the index"
+            " holds every CLIP-passed sample"
+        )
+        if marked
+        else ""
+    )
+    return (
+        table(["step", "what it counts", "count", "% of previous", "% of extracted"], rows, "lwrrr")
+        + why
+        + plot(fig, "funnel: " + ", ".join(f"{k} {v}" for k, v in zip(counts, notes)))
+    )
 
 
 def segments(stats: dict) -> str:
     rows, steps = stats.get("segments") or [], [s["step"] for s in stats["funnel"]]
     if not rows:
         return absent(stats, "ingest", "crawl segments")
-    return table(["segment", "files", *steps], ([r["segment"], r["files"], *(r["funnel"].get(s) for s in steps)]
-                                                for r in rows), "lr" + "r" * len(steps))
+    return table(
+        ["segment", "files", *steps],
+        ([r["segment"], r["files"], *(r["funnel"].get(s) for s in steps)] for r in rows),
+        "lr" + "r" * len(steps),
+    )
 
 
 def failures(stats: dict) -> str:
@@ -246,8 +287,14 @@ def failures(stats: dict) -> str:
         if not reasons:
             parts.append(f"<div>{title}{note('no items dropped or failed')}</div>")
             continue
-        fig = hbar([k for k, _ in reasons], [v for _, v in reasons], [str(v) for _, v in reasons], REJECTED, 3.9,
-                   f"items (of {detail['in']} in)")
+        fig = hbar(
+            [k for k, _ in reasons],
+            [v for _, v in reasons],
+            [str(v) for _, v in reasons],
+            REJECTED,
+            3.9,
+            f"items (of {detail['in']} in)",
+        )
         alt = f"{stage} drop and failure reasons: {top_reasons(detail['reasons'], len(reasons))}"
         parts.append(f"<div>{title}{plot(fig, alt)}</div>")
     units = table(["stage", "failed unit", "error"], failed, "lww") if failed else note("none failed outright")
@@ -265,8 +312,10 @@ def domains(stats: dict) -> str:
 
     worst = found.get("by_failure_rate") or []
     worst_table = table(head, rows(worst), "wrrrl") if worst else note("no domain has enough pairs to rank")
-    return (f'<div class="row"><div><h3>Most pairs</h3>{table(head, rows(found["by_pairs"]), "wrrrl")}</div>'
-            f"<div><h3>Highest failure rate</h3>{worst_table}</div></div>")
+    return (
+        f'<div class="row"><div><h3>Most pairs</h3>{table(head, rows(found["by_pairs"]), "wrrrl")}</div>'
+        f"<div><h3>Highest failure rate</h3>{worst_table}</div></div>"
+    )
 
 
 def similarity(stats: dict) -> str:
@@ -281,8 +330,10 @@ def similarity(stats: dict) -> str:
     ax.set(xlabel="CLIP similarity of image and caption (cosine)", ylabel="samples", xlim=(-1, 1))
     ax.legend(frameon=False)
     share = pct(kept / sim["count"]) if sim["count"] else None
-    return (note(f"{sim['count']} embedded samples, mean similarity {sim['mean']:.3f}; {kept} at or over the "
-                 f"threshold {threshold:.2f} ({share})") + plot(fig, "similarity histogram, kept and rejected"))
+    return note(
+        f"{sim['count']} embedded samples, mean similarity {sim['mean']:.3f}; {kept} at or over the "
+        f"threshold {threshold:.2f} ({share})"
+    ) + plot(fig, "similarity histogram, kept and rejected")
 
 
 def images(stats: dict) -> str:
@@ -314,8 +365,9 @@ def captions(stats: dict) -> str:
     span(ax, found["length"], "caption length (characters)")
     ax.set_ylabel("captions")
     ax.legend(frameon=False)
-    return (note(f"{found['count']} captions, mean {found['mean_chars']:.1f} characters")
-            + plot(fig, "caption length histogram, sent to download and kept"))
+    return note(f"{found['count']} captions, mean {found['mean_chars']:.1f} characters") + plot(
+        fig, "caption length histogram, sent to download and kept"
+    )
 
 
 def languages(stats: dict) -> str:
@@ -323,8 +375,17 @@ def languages(stats: dict) -> str:
     if not found:
         return absent(stats, "download", "languages")
     total = sum(r["pairs"] for r in found) or 1
-    rows = ([r["language"], r["pairs"], pct(r["pairs"] / total), bar(r["pairs"] / total), r["kept"],
-             pct(r["kept"] / r["pairs"] if r["pairs"] else None)] for r in found[:25])
+    rows = (
+        [
+            r["language"],
+            r["pairs"],
+            pct(r["pairs"] / total),
+            bar(r["pairs"] / total),
+            r["kept"],
+            pct(r["kept"] / r["pairs"] if r["pairs"] else None),
+        ]
+        for r in found[:25]
+    )
     return table(["language", "pairs", "share", "", "kept", "% kept"], rows, "lrrlrr")
 
 
@@ -342,14 +403,20 @@ def samples(stats: dict, thumbnail: Thumbnail) -> str:
         return absent(stats, "embed", "samples")
     blocks = []
     for q in sorted({s["quantile"] for s in shown}):
-        groups = "".join(f'<div class="group"><b>{label}</b>'
-                         f'{cards([s for s in shown if s["quantile"] == q and s["kept"] == kept], thumbnail)}</div>'
-                         for kept, label in ((True, "kept"), (False, "rejected")))
+        groups = "".join(
+            f'<div class="group"><b>{label}</b>'
+            f"{cards([s for s in shown if s['quantile'] == q and s['kept'] == kept], thumbnail)}</div>"
+            for kept, label in ((True, "kept"), (False, "rejected"))
+        )
         blocks.append(f'<div class="quantile"><h3>quantile {pct(q, 0)}</h3><div class="cards">{groups}</div></div>')
     threshold = num((stats.get("similarity") or {}).get("threshold"), 2)
-    return (note(f"for each similarity quantile, the samples nearest it among the kept (similarity ≥ {threshold}, "
-                 "green frame) and among the rejected (red frame); hover a card for its URL")
-            + f'<div class="quantiles">{"".join(blocks)}</div>')
+    return (
+        note(
+            f"for each similarity quantile, the samples nearest it among the kept (similarity ≥ {threshold}, "
+            "green frame) and among the rejected (red frame); hover a card for its URL"
+        )
+        + f'<div class="quantiles">{"".join(blocks)}</div>'
+    )
 
 
 def cards(items: list[dict], thumbnail: Thumbnail) -> str:
@@ -358,11 +425,16 @@ def cards(items: list[dict], thumbnail: Thumbnail) -> str:
     out = []
     for s in items:
         data = thumbnail(s)
-        img = (f'<img alt="{esc(s["key"])}" src="data:{mime(data)};base64,{base64.b64encode(data).decode()}">'
-               if data else '<div class="missing">no image</div>')
-        out.append(f'<div class="card {"kept" if s["kept"] else "rejected"}" title="{esc(s["url"])}">{img}'
-                   f'<div class="sim">similarity {s["similarity"]:.3f}</div>'
-                   f'<div class="host">{esc(urlsplit(s["url"] or "").hostname)}</div><p>{esc(s["text"])}</p></div>')
+        img = (
+            f'<img alt="{esc(s["key"])}" src="data:{mime(data)};base64,{base64.b64encode(data).decode()}">'
+            if data
+            else '<div class="missing">no image</div>'
+        )
+        out.append(
+            f'<div class="card {"kept" if s["kept"] else "rejected"}" title="{esc(s["url"])}">{img}'
+            f'<div class="sim">similarity {s["similarity"]:.3f}</div>'
+            f'<div class="host">{esc(urlsplit(s["url"] or "").hostname)}</div><p>{esc(s["text"])}</p></div>'
+        )
     return '<div class="cards">' + "".join(out) + "</div>"
 
 
@@ -376,15 +448,38 @@ def mime(data: bytes) -> str:
 
 def timings(stats: dict) -> str:
     details = stats.get("stages_detail") or {}
-    rows = [[stage, "not run", *[None] * 6] if not (d := details.get(stage)) else
-            [stage, d["units"], len(d["failed"]), d["in"], d["out"], secs(d["task_seconds"]),
-             secs(d.get("wall_seconds")), num(d.get("items_per_s"), 1)] for stage in STAGES]
-    slow = "".join(f"<div><h3>Slowest {stage} units</h3>" + table(["unit", "seconds", "in", "out"], (
-        [u["unit"], secs(u["seconds"]), u["in"], u["out"]] for u in details[stage]["slowest"]), "wrrr") + "</div>"
-        for stage in STAGES if (details.get(stage) or {}).get("slowest"))
+    rows = [
+        [stage, "not run", *[None] * 6]
+        if not (d := details.get(stage))
+        else [
+            stage,
+            d["units"],
+            len(d["failed"]),
+            d["in"],
+            d["out"],
+            secs(d["task_seconds"]),
+            secs(d.get("wall_seconds")),
+            num(d.get("items_per_s"), 1),
+        ]
+        for stage in STAGES
+    ]
+    slow = "".join(
+        f"<div><h3>Slowest {stage} units</h3>"
+        + table(
+            ["unit", "seconds", "in", "out"],
+            ([u["unit"], secs(u["seconds"]), u["in"], u["out"]] for u in details[stage]["slowest"]),
+            "wrrr",
+        )
+        + "</div>"
+        for stage in STAGES
+        if (details.get(stage) or {}).get("slowest")
+    )
     head = ["stage", "units", "failed", "in", "out", "task seconds (sum)", "wall seconds", "items/s"]
-    return (table(head, rows, "lrrrrrrr") + note("task seconds add up the work of every file or shard; wall seconds"
-                                                 " are the flow's elapsed time") + f'<div class="row">{slow}</div>')
+    return (
+        table(head, rows, "lrrrrrrr")
+        + note("task seconds add up the work of every file or shard; wall seconds are the flow's elapsed time")
+        + f'<div class="row">{slow}</div>'
+    )
 
 
 def index(stats: dict) -> str:
@@ -395,14 +490,28 @@ def index(stats: dict) -> str:
     for modality in ("image", "text"):
         m = found.get(modality) or {}
         memory = m["memory_bytes"] / 2**20 if m.get("memory_bytes") else None
-        rows.append([modality, m.get("index_key"), m.get("params") or None, m.get("vectors"), pct(m.get("recall_at_k")),
-                     m.get("k"), num(m.get("p50_ms")), num(m.get("p99_ms")), secs(m.get("build_s")), num(memory, 2)])
+        rows.append(
+            [
+                modality,
+                m.get("index_key"),
+                m.get("params") or None,
+                m.get("vectors"),
+                pct(m.get("recall_at_k")),
+                m.get("k"),
+                num(m.get("p50_ms")),
+                num(m.get("p99_ms")),
+                secs(m.get("build_s")),
+                num(memory, 2),
+            ]
+        )
     near = found.get("near_duplicates")
     text = "near-duplicates not searched"
     if near:
         fate = f"dropped {near['dropped_rows']} rows from the dataset" if near.get("dropped") else "marked, not dropped"
-        text = (f"near-duplicates (cosine ≥ {near['threshold']}): {near['duplicates']} samples in {near['groups']}"
-                f" groups; {fate}")
+        text = (
+            f"near-duplicates (cosine ≥ {near['threshold']}): {near['duplicates']} samples in {near['groups']}"
+            f" groups; {fate}"
+        )
     head = ["modality", "index key", "params", "vectors", "recall@k", "k", "p50 ms", "p99 ms", "build s", "memory MiB"]
     return note(f"{found['count']} vectors") + table(head, rows, "lllrrrrrrr") + note(text)
 
@@ -411,38 +520,57 @@ def ground_truth(stats: dict) -> str:
     gt = stats.get("ground_truth")
     if not gt:
         return not_run("no ground truth given (pass a manifest pairs.parquet to measure the CLIP filter)")
-    big = "".join(f'<span class="big">{pct(gt[k])}<small>{k}</small></span>' for k in ("precision", "recall",
-                                                                                        "accuracy"))
-    matrix = table(["truth \\ filter", "passed", "rejected"], [["caption matches the image", gt["tp"], gt["fn"]],
-                                                              ["caption does not match", gt["fp"], gt["tn"]]], "lrr")
-    cases = table(["alt-text case", "samples", "accuracy"], ([case, v["samples"], pct(v["accuracy"])]
-                                                             for case, v in sorted(gt.get("by_alt_case", {}).items())),
-                  "lrr")
-    return (note(f"{gt['samples']} samples of the manifest <code>{esc(gt['manifest'])}</code>: {gt['true_matches']}"
-                 f" truly match, {gt['passed']} passed the filter")
-            + f'<p>{big}</p><div class="row"><div>{matrix}</div><div>{cases}</div></div>')
+    big = "".join(
+        f'<span class="big">{pct(gt[k])}<small>{k}</small></span>' for k in ("precision", "recall", "accuracy")
+    )
+    matrix = table(
+        ["truth \\ filter", "passed", "rejected"],
+        [["caption matches the image", gt["tp"], gt["fn"]], ["caption does not match", gt["fp"], gt["tn"]]],
+        "lrr",
+    )
+    cases = table(
+        ["alt-text case", "samples", "accuracy"],
+        ([case, v["samples"], pct(v["accuracy"])] for case, v in sorted(gt.get("by_alt_case", {}).items())),
+        "lrr",
+    )
+    return (
+        note(
+            f"{gt['samples']} samples of the manifest <code>{esc(gt['manifest'])}</code>: {gt['true_matches']}"
+            f" truly match, {gt['passed']} passed the filter"
+        )
+        + f'<p>{big}</p><div class="row"><div>{matrix}</div><div>{cases}</div></div>'
+    )
 
 
 def render(stats: dict, thumbnail: Thumbnail) -> str:
     """The self-contained report page of a stats dict; thumbnail(sample) gives image bytes or None."""
-    sections = (("funnel", "Funnel", funnel(stats)), ("segments", "Funnel per crawl segment", segments(stats)),
-                ("failures", "Drop and failure reasons per stage", failures(stats)),
-                ("domains", "Domains", domains(stats)), ("similarity", "CLIP similarity", similarity(stats)),
-                ("images", "Image sizes", images(stats)), ("captions", "Caption length", captions(stats)),
-                ("languages", "Languages", languages(stats)), ("nsfw", "NSFW tags of embedded samples", nsfw(stats)),
-                ("samples", "Samples by similarity", samples(stats, thumbnail)),
-                ("timings", "Timings and throughput", timings(stats)), ("index", "Index", index(stats)),
-                ("ground-truth", "Filter vs ground truth", ground_truth(stats)))
+    sections = (
+        ("funnel", "Funnel", funnel(stats)),
+        ("segments", "Funnel per crawl segment", segments(stats)),
+        ("failures", "Drop and failure reasons per stage", failures(stats)),
+        ("domains", "Domains", domains(stats)),
+        ("similarity", "CLIP similarity", similarity(stats)),
+        ("images", "Image sizes", images(stats)),
+        ("captions", "Caption length", captions(stats)),
+        ("languages", "Languages", languages(stats)),
+        ("nsfw", "NSFW tags of embedded samples", nsfw(stats)),
+        ("samples", "Samples by similarity", samples(stats, thumbnail)),
+        ("timings", "Timings and throughput", timings(stats)),
+        ("index", "Index", index(stats)),
+        ("ground-truth", "Filter vs ground truth", ground_truth(stats)),
+    )
     nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in sections)
     page = header(stats) + f"<nav>{nav}</nav>" + "".join(section(*s) for s in sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>clipcrawl report: '
-            f'{esc(stats["label"])}</title><style>{CSS}</style></head><body><main>{page}</main></body></html>\n')
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>clipcrawl report: '
+        f"{esc(stats['label'])}</title><style>{CSS}</style></head><body><main>{page}</main></body></html>\n"
+    )
 
 
 def tar_thumbnails(max_side: int = 160) -> Thumbnail:
     """thumbnail(sample): sample["key"] read from the shard tar sample["tar"], as a JPEG of at most
     max_side pixels a side; None when the tar, the member or the image is missing or unreadable."""
-    members: dict[str, dict] = {}   # per tar, read once
+    members: dict[str, dict] = {}  # per tar, read once
 
     def thumbnail(sample: dict) -> bytes | None:
         tar = sample.get("tar")

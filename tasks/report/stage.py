@@ -25,9 +25,9 @@ from prefect import task
 from clipcrawl.tasks.core import stats as stage_stats
 from clipcrawl.tasks.core.cache import retry_transient
 from clipcrawl.tasks.core.config import ReportSettings
-from clipcrawl.tasks.report.gates import check_gates
 from clipcrawl.tasks.core.status import NSFW_TAGS, DownloadStatus, PairStatus
 from clipcrawl.tasks.core.uri import exists, join, listdir, name_of, open_uri, read_json, write_json
+from clipcrawl.tasks.report.gates import check_gates
 
 VERSION = 1
 BATCH_ROWS = 65_536
@@ -35,16 +35,30 @@ STAGES = ("ingest", "download", "embed", "index")
 SAMPLE_TEXT_CHARS = 300  # thumbnails' captions are cut: 2,000 full alt texts per shard would be megabytes
 # Fixed bins, so that shard histograms add up; a value outside the edges counts in the first or last bin.
 EDGES = {
-    "similarity": np.linspace(-1, 1, 41), "kept_similarity": np.linspace(-1, 1, 41),
+    "similarity": np.linspace(-1, 1, 41),
+    "kept_similarity": np.linspace(-1, 1, 41),
     "rejected_similarity": np.linspace(-1, 1, 41),
-    "width": np.linspace(0, 4096, 33), "height": np.linspace(0, 4096, 33), "aspect": np.geomspace(0.1, 10, 41),
-    "caption": np.linspace(0, 400, 41), "kept_caption": np.linspace(0, 400, 41),
+    "width": np.linspace(0, 4096, 33),
+    "height": np.linspace(0, 4096, 33),
+    "aspect": np.geomspace(0.1, 10, 41),
+    "caption": np.linspace(0, 400, 41),
+    "kept_caption": np.linspace(0, 400, 41),
 }
 CELL = {(True, True): "tp", (False, True): "fp", (True, False): "fn", (False, False): "tn"}  # (matches, passed)
 RECEIVED = frozenset(str(s) for s in stage_stats.BODY_RECEIVED)
 SUCCESS = str(DownloadStatus.SUCCESS)
-INDEX_BRIEF = ("index_key", "params", "vectors", "memory_bytes", "k", "recall_at_k", "p50_ms", "p99_ms",
-               "build_s", "add_s")
+INDEX_BRIEF = (
+    "index_key",
+    "params",
+    "vectors",
+    "memory_bytes",
+    "k",
+    "recall_at_k",
+    "p50_ms",
+    "p99_ms",
+    "build_s",
+    "add_s",
+)
 
 
 def domain_of(url: str | None) -> str:
@@ -111,10 +125,17 @@ def _fold(into: dict, counter: Counter) -> None:
 
 
 def _new_counts() -> dict:
-    return {"segments": {}, "domains": {}, "languages": {}, "nsfw": dict.fromkeys(NSFW_TAGS, 0), "ground_truth": {},
-            "histograms": {name: [0] * (len(edges) - 1) for name, edges in EDGES.items()},
-            "totals": dict.fromkeys(("sent", "images", "caption_chars", "embedded", "similarity_sum",
-                                     "not_in_manifest"), 0)}
+    return {
+        "segments": {},
+        "domains": {},
+        "languages": {},
+        "nsfw": dict.fromkeys(NSFW_TAGS, 0),
+        "ground_truth": {},
+        "histograms": {name: [0] * (len(edges) - 1) for name, edges in EDGES.items()},
+        "totals": dict.fromkeys(
+            ("sent", "images", "caption_chars", "embedded", "similarity_sum", "not_in_manifest"), 0
+        ),
+    }
 
 
 def _priority(key: str) -> float:
@@ -148,8 +169,13 @@ def _count_downloads(uri: str, counts: dict) -> dict[str, str]:
         rows = Counter()
         for key, url, status, source, language in zip(b["key"], b["url"], b["status"], b["source"], b["language"]):
             segment = segments.setdefault(source, stage_stats.segment_of(source or ""))
-            rows.update([("segments", segment, "sent"), ("domains", domain_of(url), status),
-                         ("languages", language or "unknown", "pairs")])
+            rows.update(
+                [
+                    ("segments", segment, "sent"),
+                    ("domains", domain_of(url), status),
+                    ("languages", language or "unknown", "pairs"),
+                ]
+            )
             rows[("segments", segment, "downloaded")] += status in RECEIVED
             if status == SUCCESS:
                 rows[("segments", segment, "decoded")] += 1
@@ -160,14 +186,22 @@ def _count_downloads(uri: str, counts: dict) -> dict[str, str]:
         width = np.array([b["original_width"][i] for i in decoded], dtype=float)
         height = np.array([b["original_height"][i] for i in decoded], dtype=float)
         aspect = np.divide(width, height, out=np.full_like(width, np.nan), where=height > 0)
-        _add(counts["histograms"], {"caption": _histogram("caption", lengths), "width": _histogram("width", width),
-                                    "height": _histogram("height", height), "aspect": _histogram("aspect", aspect)})
+        _add(
+            counts["histograms"],
+            {
+                "caption": _histogram("caption", lengths),
+                "width": _histogram("width", width),
+                "height": _histogram("height", height),
+                "aspect": _histogram("aspect", aspect),
+            },
+        )
         _add(counts["totals"], {"sent": len(lengths), "caption_chars": sum(lengths), "images": len(decoded)})
     return key_segment
 
 
-def _count_embedded(uri: str, embed: dict, tar: str, key_segment: dict, counts: dict, limit: int,
-                    truth: dict | None) -> list[dict]:
+def _count_embedded(
+    uri: str, embed: dict, tar: str, key_segment: dict, counts: dict, limit: int, truth: dict | None
+) -> list[dict]:
     """Count the shard's embedded samples; returns its thumbnail sample (at most `limit` kept and rejected each).
 
     kept is embed's own rule (similarity at or over the threshold, and not tagged NSFW when those were
@@ -177,15 +211,31 @@ def _count_embedded(uri: str, embed: dict, tar: str, key_segment: dict, counts: 
     for b in _batches(uri, ["key", "url", "text", "similarity", "NSFW"]):
         sims = np.array(b["similarity"], dtype=float)
         kept = (sims >= threshold) & ~((np.array(b["NSFW"], dtype=object) == "NSFW") & drop_nsfw)
-        _add(counts["histograms"], {"similarity": _histogram("similarity", sims),
-                                    "kept_similarity": _histogram("kept_similarity", sims[kept]),
-                                    "rejected_similarity": _histogram("rejected_similarity", sims[~kept])})
+        _add(
+            counts["histograms"],
+            {
+                "similarity": _histogram("similarity", sims),
+                "kept_similarity": _histogram("kept_similarity", sims[kept]),
+                "rejected_similarity": _histogram("rejected_similarity", sims[~kept]),
+            },
+        )
         _add(counts["totals"], {"embedded": len(sims), "similarity_sum": float(sims.sum())})
         rows = Counter(("nsfw", tag) for tag in b["NSFW"])
         for key, url, text, sim, keep in zip(b["key"], b["url"], b["text"], b["similarity"], kept.tolist()):
             rows[("segments", key_segment.get(key, "unknown"), "clip_passed")] += keep
-            _offer(heaps[keep], limit, {"priority": _priority(key), "key": key, "url": url, "similarity": sim,
-                                        "text": (text or "")[:SAMPLE_TEXT_CHARS], "kept": keep, "tar": tar})
+            _offer(
+                heaps[keep],
+                limit,
+                {
+                    "priority": _priority(key),
+                    "key": key,
+                    "url": url,
+                    "similarity": sim,
+                    "text": (text or "")[:SAMPLE_TEXT_CHARS],
+                    "kept": keep,
+                    "tar": tar,
+                },
+            )
             if truth is not None and (url, text) not in truth:
                 rows[("totals", "not_in_manifest")] += 1
             elif truth is not None:
@@ -213,14 +263,26 @@ def shard_summary(out: str, stem: str, settings: ReportSettings, ground_truth: s
     counts = _new_counts()
     download = _json(join(out, "images", f"{stem}_stats.json"))
     key_segment = _count_downloads(join(out, "images", f"{stem}.parquet"), counts)
-    summary = {"stem": stem, "counts": counts, "threshold": None, "samples": [],
-               "units": {"download": {"unit": stem, **stage_stats.unit_counts("download", download)}}}
+    summary = {
+        "stem": stem,
+        "counts": counts,
+        "threshold": None,
+        "samples": [],
+        "units": {"download": {"unit": stem, **stage_stats.unit_counts("download", download)}},
+    }
     embed = _optional_json(join(out, "dataset", f"part-{stem}_stats.json"))  # embed's completion marker
     if embed is not None:
         tar = embed.get("tar") or join(out, "images", f"{stem}.tar")
         truth = _manifest(ground_truth) if ground_truth else None
-        summary["samples"] = _count_embedded(join(out, "embeddings", "metadata", f"metadata_{stem}.parquet"), embed,
-                                             tar, key_segment, counts, max(1, settings.sample_reservoir // 2), truth)
+        summary["samples"] = _count_embedded(
+            join(out, "embeddings", "metadata", f"metadata_{stem}.parquet"),
+            embed,
+            tar,
+            key_segment,
+            counts,
+            max(1, settings.sample_reservoir // 2),
+            truth,
+        )
         _count_dataset(join(out, "dataset", f"part-{stem}.parquet"), key_segment, counts)
         summary["threshold"] = embed["similarity_threshold"]
         summary["units"]["embed"] = {"unit": stem, **stage_stats.unit_counts("embed", embed)}
@@ -237,8 +299,10 @@ def _hist_json(name: str, counts: list[int]) -> dict:
 
 def _failed(summary: dict | None) -> list[dict]:
     """A stage summary's failed files or shards as {unit, error}: a crawl file's URI, a shard's stem."""
+
     def unit(f: dict) -> str:
         return f["uri"] if "uri" in f else f"{f['shard']:05d}" if isinstance(f["shard"], int) else str(f["shard"])
+
     return [{"unit": unit(f), "error": f["error"]} for f in (summary or {}).get("failed", [])]
 
 
@@ -249,26 +313,45 @@ def _stage_detail(units: list[dict], failed: list[dict], summary: dict | None, s
     for u in units:
         _add(reasons, u["reasons"])
     ranked = sorted(units, key=lambda u: (-u["seconds"], u["unit"]))[:slowest]
-    return {"units": len(units) + len(failed), "failed": failed, "reasons": reasons, "in": items,
-            "out": sum(u["out"] for u in units), "task_seconds": seconds,
-            "wall_seconds": (summary or {}).get("wall_seconds"), "items_per_s": _fraction(items, seconds),
-            "slowest": [{k: u[k] for k in ("unit", "seconds", "in", "out")} for u in ranked]}
+    return {
+        "units": len(units) + len(failed),
+        "failed": failed,
+        "reasons": reasons,
+        "in": items,
+        "out": sum(u["out"] for u in units),
+        "task_seconds": seconds,
+        "wall_seconds": (summary or {}).get("wall_seconds"),
+        "items_per_s": _fraction(items, seconds),
+        "slowest": [{k: u[k] for k in ("unit", "seconds", "in", "out")} for u in ranked],
+    }
 
 
-def _stages_detail(out: str, pair_stats: list[dict], summaries: list[dict], index: dict | None,
-                   settings: ReportSettings) -> dict:
+def _stages_detail(
+    out: str, pair_stats: list[dict], summaries: list[dict], index: dict | None, settings: ReportSettings
+) -> dict:
     """The detail of each stage that ran (has units, or a summary: every unit may have failed)."""
     details = {}
     for stage, folder in (("ingest", "pairs"), ("download", "images"), ("embed", "dataset")):
         summary = _optional_json(join(out, folder, "_summary.json"))
-        units = ([{"unit": s["name"], **stage_stats.unit_counts("ingest", s)} for s in pair_stats] if stage == "ingest"
-                 else [s["units"][stage] for s in summaries if stage in s["units"]])
+        units = (
+            [{"unit": s["name"], **stage_stats.unit_counts("ingest", s)} for s in pair_stats]
+            if stage == "ingest"
+            else [s["units"][stage] for s in summaries if stage in s["units"]]
+        )
         if units or summary:
             details[stage] = _stage_detail(units, _failed(summary), summary, settings.slowest)
     if index:
-        modalities = [{"unit": m, "in": index[m]["vectors"], "out": index[m]["vectors"], "reasons": {},
-                       "seconds": index[m].get("build_s", 0.0) + index[m].get("add_s", 0.0)}
-                      for m in ("image", "text") if m in index]
+        modalities = [
+            {
+                "unit": m,
+                "in": index[m]["vectors"],
+                "out": index[m]["vectors"],
+                "reasons": {},
+                "seconds": index[m].get("build_s", 0.0) + index[m].get("add_s", 0.0),
+            }
+            for m in ("image", "text")
+            if m in index
+        ]
         details["index"] = _stage_detail(modalities, [], None, settings.slowest)
     return details
 
@@ -281,8 +364,10 @@ def _pair_steps(ingest: dict) -> dict[str, int]:
 
 def _funnel_counts(details: dict, counts: dict, index: dict | None) -> dict[str, int | None]:
     """Each funnel step's count (clipcrawl.tasks.core.stats definitions); null for the steps of stages that did not run."""
+
     def total(step: str) -> int:
         return sum(s.get(step, 0) for s in counts["segments"].values())
+
     funnel = dict.fromkeys(step for step, _ in stage_stats.FUNNEL)
     if "ingest" in details:
         funnel |= _pair_steps(details["ingest"])
@@ -303,35 +388,54 @@ def _funnel(funnel: dict[str, int | None]) -> list[dict]:
     for step, description in stage_stats.FUNNEL:
         of = funnel["clip_passed"] if step == "indexed" else previous
         n = previous = funnel[step]
-        steps.append({"step": step, "description": description, "count": n, "of_previous": _fraction(n, of),
-                      "of_first": _fraction(n, funnel["extracted"])})
+        steps.append(
+            {
+                "step": step,
+                "description": description,
+                "count": n,
+                "of_previous": _fraction(n, of),
+                "of_first": _fraction(n, funnel["extracted"]),
+            }
+        )
     return steps
 
 
 def _rates(funnel: dict, counts: dict, details: dict) -> dict[str, float | None]:
     removed, passed = funnel["near_duplicates_removed"], funnel["clip_passed"]
     ingest = details.get("ingest")
-    return {"download_success_rate": _fraction(funnel["decoded"], counts["totals"]["sent"]),
-            "clip_pass_rate": _fraction(passed, counts["totals"]["embedded"]),
-            "duplicate_rate": _fraction(ingest["reasons"].get(PairStatus.DUPLICATE, 0), funnel["text_filtered"])
-            if ingest else None,
-            "near_duplicate_rate": None if removed is None else _fraction(passed - removed, passed),
-            "failed_file_share": max((len(d["failed"]) / d["units"] for d in details.values() if d["units"]),
-                                     default=None)}
+    return {
+        "download_success_rate": _fraction(funnel["decoded"], counts["totals"]["sent"]),
+        "clip_pass_rate": _fraction(passed, counts["totals"]["embedded"]),
+        "duplicate_rate": _fraction(ingest["reasons"].get(PairStatus.DUPLICATE, 0), funnel["text_filtered"])
+        if ingest
+        else None,
+        "near_duplicate_rate": None if removed is None else _fraction(passed - removed, passed),
+        "failed_file_share": max((len(d["failed"]) / d["units"] for d in details.values() if d["units"]), default=None),
+    }
 
 
 def _segments(pair_stats: list[dict], details: dict, counts: dict, funnel: dict) -> list[dict]:
     """The funnel per crawl segment (the index is not split by segment: its step is null)."""
     segments: dict[str, dict] = {}
     for s in pair_stats:
-        _add(segments, {stage_stats.segment_of(s["uri"]): {"files": 1,
-                                                           **_pair_steps(stage_stats.unit_counts("ingest", s))}})
+        _add(
+            segments,
+            {stage_stats.segment_of(s["uri"]): {"files": 1, **_pair_steps(stage_stats.unit_counts("ingest", s))}},
+        )
     for f in details.get("ingest", {}).get("failed", []):
         _add(segments, {stage_stats.segment_of(f["unit"]): {"files": 1}})
     _add(segments, counts["segments"])
-    return [{"segment": name, "files": seg.get("files", 0),
-             "funnel": {step: None if funnel[step] is None or step == "indexed" else seg.get(step, 0)
-                        for step, _ in stage_stats.FUNNEL}} for name, seg in sorted(segments.items())]
+    return [
+        {
+            "segment": name,
+            "files": seg.get("files", 0),
+            "funnel": {
+                step: None if funnel[step] is None or step == "indexed" else seg.get(step, 0)
+                for step, _ in stage_stats.FUNNEL
+            },
+        }
+        for name, seg in sorted(segments.items())
+    ]
 
 
 def _domains(domains: dict[str, dict[str, int]], settings: ReportSettings) -> dict:
@@ -339,47 +443,74 @@ def _domains(domains: dict[str, dict[str, int]], settings: ReportSettings) -> di
     for domain, status in domains.items():
         pairs, decoded = sum(status.values()), status.get(SUCCESS, 0)
         failures = sorted((-n, s) for s, n in status.items() if s != SUCCESS and n)
-        rows.append({"domain": domain, "pairs": pairs, "decoded": decoded, "failure_rate": (pairs - decoded) / pairs,
-                     "top_reason": failures[0][1] if failures else None})
+        rows.append(
+            {
+                "domain": domain,
+                "pairs": pairs,
+                "decoded": decoded,
+                "failure_rate": (pairs - decoded) / pairs,
+                "top_reason": failures[0][1] if failures else None,
+            }
+        )
     by_failure = [r for r in rows if r["pairs"] >= settings.min_domain_pairs]
-    return {"by_pairs": sorted(rows, key=lambda r: (-r["pairs"], r["domain"]))[:settings.top_domains],
-            "by_failure_rate": sorted(by_failure, key=lambda r: (-r["failure_rate"], -r["pairs"], r["domain"]))
-            [:settings.top_domains]}
+    return {
+        "by_pairs": sorted(rows, key=lambda r: (-r["pairs"], r["domain"]))[: settings.top_domains],
+        "by_failure_rate": sorted(by_failure, key=lambda r: (-r["failure_rate"], -r["pairs"], r["domain"]))[
+            : settings.top_domains
+        ],
+    }
 
 
 def _samples(summaries: list[dict], settings: ReportSettings) -> list[dict]:
     """For each quantile, kept and rejected: the samples of the merged sample nearest that similarity quantile."""
     shown = []
     for kept in (True, False):
-        pool = sorted((s for summary in summaries for s in summary["samples"] if s["kept"] == kept),
-                      key=lambda s: (s["priority"], s["key"]))[:max(1, settings.sample_reservoir // 2)]
+        pool = sorted(
+            (s for summary in summaries for s in summary["samples"] if s["kept"] == kept),
+            key=lambda s: (s["priority"], s["key"]),
+        )[: max(1, settings.sample_reservoir // 2)]
         pool.sort(key=lambda s: (s["similarity"], s["key"]))
         for q in settings.quantiles if pool else ():
             target = pool[round(q * (len(pool) - 1))]["similarity"]
             nearest = sorted(pool, key=lambda s: (abs(s["similarity"] - target), s["key"]))
-            shown += [{"quantile": q, **{k: s[k] for k in ("kept", "key", "url", "text", "similarity", "tar")}}
-                      for s in sorted(nearest[:settings.thumbnails_per_quantile], key=lambda s: s["similarity"])]
+            shown += [
+                {"quantile": q, **{k: s[k] for k in ("kept", "key", "url", "text", "similarity", "tar")}}
+                for s in sorted(nearest[: settings.thumbnails_per_quantile], key=lambda s: s["similarity"])
+            ]
     return shown
 
 
 def _distributions(counts: dict, summaries: list[dict]) -> dict:
     totals, hist = counts["totals"], counts["histograms"]
     thresholds = [s["threshold"] for s in summaries if s["threshold"] is not None]
-    languages = [{"language": lang, "pairs": n.get("pairs", 0), "kept": n.get("kept", 0)}
-                 for lang, n in counts["languages"].items()]
+    languages = [
+        {"language": lang, "pairs": n.get("pairs", 0), "kept": n.get("kept", 0)}
+        for lang, n in counts["languages"].items()
+    ]
     return {
-        "similarity": {"threshold": thresholds[0] if thresholds else None, "count": totals["embedded"],
-                       "mean": _fraction(totals["similarity_sum"], totals["embedded"]),
-                       "histogram": _hist_json("similarity", hist["similarity"]),
-                       "kept_histogram": _hist_json("kept_similarity", hist["kept_similarity"]),
-                       "rejected_histogram": _hist_json("rejected_similarity", hist["rejected_similarity"])},
+        "similarity": {
+            "threshold": thresholds[0] if thresholds else None,
+            "count": totals["embedded"],
+            "mean": _fraction(totals["similarity_sum"], totals["embedded"]),
+            "histogram": _hist_json("similarity", hist["similarity"]),
+            "kept_histogram": _hist_json("kept_similarity", hist["kept_similarity"]),
+            "rejected_histogram": _hist_json("rejected_similarity", hist["rejected_similarity"]),
+        },
         "images": {"count": totals["images"], **{n: _hist_json(n, hist[n]) for n in ("width", "height", "aspect")}},
-        "captions": {"count": totals["sent"], "mean_chars": _fraction(totals["caption_chars"], totals["sent"]),
-                     "length": _hist_json("caption", hist["caption"]),
-                     "kept_length": _hist_json("kept_caption", hist["kept_caption"])},
+        "captions": {
+            "count": totals["sent"],
+            "mean_chars": _fraction(totals["caption_chars"], totals["sent"]),
+            "length": _hist_json("caption", hist["caption"]),
+            "kept_length": _hist_json("kept_caption", hist["kept_caption"]),
+        },
         "languages": sorted(languages, key=lambda r: (-r["pairs"], -r["kept"], r["language"])),
-        "nsfw": {tag: {"count": counts["nsfw"].get(tag, 0), "share": _fraction(counts["nsfw"].get(tag, 0),
-                                                                             totals["embedded"])} for tag in NSFW_TAGS},
+        "nsfw": {
+            tag: {
+                "count": counts["nsfw"].get(tag, 0),
+                "share": _fraction(counts["nsfw"].get(tag, 0), totals["embedded"]),
+            }
+            for tag in NSFW_TAGS
+        },
     }
 
 
@@ -387,13 +518,24 @@ def _ground_truth(cells: dict[str, dict[str, int]], manifest: str, not_in_manife
     """The similarity filter against the manifest's truth: confusion counts, precision, recall, accuracy."""
     cells = {case: {k: c.get(k, 0) for k in ("tp", "fp", "fn", "tn")} for case, c in cells.items()}
     tp, fp, fn, tn = (sum(c[k] for c in cells.values()) for k in ("tp", "fp", "fn", "tn"))
-    return {"manifest": manifest, "samples": tp + fp + fn + tn, "true_matches": tp + fn, "passed": tp + fp,
-            "tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": _fraction(tp, tp + fp),
-            "recall": _fraction(tp, tp + fn), "accuracy": _fraction(tp + tn, tp + fp + fn + tn),
-            "not_in_manifest": not_in_manifest,
-            "by_alt_case": {case: {"samples": sum(c.values()),
-                                   "accuracy": _fraction(c["tp"] + c["tn"], sum(c.values()))}
-                            for case, c in sorted(cells.items())}}
+    return {
+        "manifest": manifest,
+        "samples": tp + fp + fn + tn,
+        "true_matches": tp + fn,
+        "passed": tp + fp,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": _fraction(tp, tp + fp),
+        "recall": _fraction(tp, tp + fn),
+        "accuracy": _fraction(tp + tn, tp + fp + fn + tn),
+        "not_in_manifest": not_in_manifest,
+        "by_alt_case": {
+            case: {"samples": sum(c.values()), "accuracy": _fraction(c["tp"] + c["tn"], sum(c.values()))}
+            for case, c in sorted(cells.items())
+        },
+    }
 
 
 def build_stats(out: str, summaries: list[dict], settings: ReportSettings, ground_truth: str | None = None) -> dict:
@@ -407,19 +549,28 @@ def build_stats(out: str, summaries: list[dict], settings: ReportSettings, groun
     details = _stages_detail(out, pair_stats, summaries, index, settings)
     funnel = _funnel_counts(details, counts, index)
     return {
-        "version": VERSION, "out": out, "label": stage_stats.run_label(out),
+        "version": VERSION,
+        "out": out,
+        "label": stage_stats.run_label(out),
         "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "stages": {stage: stage in details for stage in STAGES},
-        "funnel": _funnel(funnel), "segments": _segments(pair_stats, details, counts, funnel),
-        "rates": _rates(funnel, counts, details), "stages_detail": details,
+        "funnel": _funnel(funnel),
+        "segments": _segments(pair_stats, details, counts, funnel),
+        "rates": _rates(funnel, counts, details),
+        "stages_detail": details,
         "domains": _domains(counts["domains"], settings),
         **_distributions(counts, summaries),
         "samples": _samples(summaries, settings),
-        "index": {"count": index["count"], **{m: {k: index[m][k] for k in INDEX_BRIEF if k in index[m]}
-                                              for m in ("image", "text") if m in index},
-                  "near_duplicates": index.get("near_duplicates")} if index else None,
+        "index": {
+            "count": index["count"],
+            **{m: {k: index[m][k] for k in INDEX_BRIEF if k in index[m]} for m in ("image", "text") if m in index},
+            "near_duplicates": index.get("near_duplicates"),
+        }
+        if index
+        else None,
         "ground_truth": _ground_truth(counts["ground_truth"], ground_truth, counts["totals"]["not_in_manifest"])
-        if ground_truth else None,
+        if ground_truth
+        else None,
         "gates": [],  # finish_report checks the gates before the file is written
     }
 
@@ -431,8 +582,9 @@ def report_shards(out: str) -> list[str]:
 
 def collect(out: str, settings: ReportSettings, ground_truth: str | None = None) -> dict:
     """stats.json's dict over OUT, serially (the flow maps shard_summary over the shards instead)."""
-    return build_stats(out, [shard_summary(out, stem, settings, ground_truth) for stem in report_shards(out)],
-                       settings, ground_truth)
+    return build_stats(
+        out, [shard_summary(out, stem, settings, ground_truth) for stem in report_shards(out)], settings, ground_truth
+    )
 
 
 def write_stats(out: str, stats: dict) -> str:
@@ -456,7 +608,13 @@ def finish_report(out: str, summaries: list[dict], settings: ReportSettings, gro
 
 # Prefect wrappers: one task per image shard, one to finish. No result cache: a report describes the
 # files as they are now, and reading them is cheap next to making them.
-report_shard_task = task(shard_summary, name="report_shard", task_run_name="report-{stem}", tags=["clipcrawl", "report"],
-                         retry_condition_fn=retry_transient)
-finish_report_task = task(finish_report, name="finish_report", tags=["clipcrawl", "report"],
-                          retry_condition_fn=retry_transient)
+report_shard_task = task(
+    shard_summary,
+    name="report_shard",
+    task_run_name="report-{stem}",
+    tags=["clipcrawl", "report"],
+    retry_condition_fn=retry_transient,
+)
+finish_report_task = task(
+    finish_report, name="finish_report", tags=["clipcrawl", "report"], retry_condition_fn=retry_transient
+)

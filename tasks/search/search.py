@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from clipcrawl.tasks.index.ids import IdTable
-from clipcrawl.tasks.index.engine import read_index
-from clipcrawl.tasks.download.shards import IMAGE_TYPES, read_member, tar_members
 from clipcrawl.tasks.core.uri import exists, join, read_json
+from clipcrawl.tasks.download.shards import IMAGE_TYPES, read_member, tar_members
+from clipcrawl.tasks.index.engine import read_index
+from clipcrawl.tasks.index.ids import IdTable
 
 if TYPE_CHECKING:
     from clipcrawl.tasks.embed.clip_model import ClipModel
 
 MODALITIES = ("image", "text")
-DEDUP_FETCH = 4        # deduplicate: search this many times k, more while groups repeat
-TAR_MAPS = 32          # member maps of this many tars are kept (a map is ~100 bytes a sample)
+DEDUP_FETCH = 4  # deduplicate: search this many times k, more while groups repeat
+TAR_MAPS = 32  # member maps of this many tars are kept (a map is ~100 bytes a sample)
 ORIENTATION = 0x0112  # the EXIF tag
 
 
@@ -62,8 +62,9 @@ class Searcher:
         self.index_dir = index_dir
         infos_uri = join(index_dir, "index_infos.json")
         if not exists(infos_uri):
-            raise FileNotFoundError(f"{index_dir} is not an index directory: {infos_uri} does not exist "
-                                    "(build the index first)")
+            raise FileNotFoundError(
+                f"{index_dir} is not an index directory: {infos_uri} does not exist (build the index first)"
+            )
         self.infos = read_json(infos_uri)
         self.indices: dict[str, faiss.Index] = {}
         for modality in MODALITIES:
@@ -81,11 +82,12 @@ class Searcher:
         self.ids = IdTable(ids_uri)
         for modality, index in self.indices.items():
             if index.ntotal != self.ids.count:
-                raise ValueError(f"{index_dir}: {modality}.index holds {index.ntotal} vectors but ids.parquet "
-                                 f"{self.ids.count} rows")
+                raise ValueError(
+                    f"{index_dir}: {modality}.index holds {index.ntotal} vectors but ids.parquet {self.ids.count} rows"
+                )
         self.tars = {s["stem"]: s["tar"] for s in self.infos.get("shards", [])}
         self._model = model
-        self._lock = threading.Lock()        # the model load, IdTable's reader and cache, the tar maps
+        self._lock = threading.Lock()  # the model load, IdTable's reader and cache, the tar maps
         self._tar_maps: OrderedDict[str, dict[str, tuple[int, int, str]]] = OrderedDict()
 
     @property
@@ -93,8 +95,8 @@ class Searcher:
         """The CLIP model of the index (index_infos.json "clip"), loaded on first use."""
         with self._lock:
             if self._model is None:
-                from clipcrawl.tasks.embed.clip_model import load_model
                 from clipcrawl.tasks.core.config import EmbedSettings
+                from clipcrawl.tasks.embed.clip_model import load_model
 
                 self._model = load_model(EmbedSettings(**self.infos["clip"]))
             return self._model
@@ -105,20 +107,26 @@ class Searcher:
 
     def info(self) -> dict:
         """Counts, index keys, search parameters and measured recall/latency (for /api/info)."""
-        out = {"count": self.count, "dim": self.infos.get("dim"), "clip": self.infos.get("clip"),
-               "shards": len(self.tars), "near_duplicates": self.infos.get("near_duplicates")}
+        out = {
+            "count": self.count,
+            "dim": self.infos.get("dim"),
+            "clip": self.infos.get("clip"),
+            "shards": len(self.tars),
+            "near_duplicates": self.infos.get("near_duplicates"),
+        }
         for modality, index in self.indices.items():
             built = self.infos.get(modality) or {}
-            out[modality] = {key: built.get(key) for key in ("index_key", "params", "k", "recall_at_k", "p50_ms",
-                                                            "p99_ms", "memory_bytes")}
+            out[modality] = {
+                key: built.get(key)
+                for key in ("index_key", "params", "k", "recall_at_k", "p50_ms", "p99_ms", "memory_bytes")
+            }
             out[modality]["ntotal"] = index.ntotal
         return out
 
     def embed_query(self, text: str | None = None, image: bytes | None = None) -> np.ndarray:
         """(1, d) float32 normalised CLIP embedding of the text or the image."""
         if (text is None) == (image is None):
-            raise ValueError("give exactly one of a text or an image query" + (
-                "" if text is None else " (got both)"))
+            raise ValueError("give exactly one of a text or an image query" + ("" if text is None else " (got both)"))
         if text is not None:
             if not text.strip():
                 raise ValueError("the text query is empty")
@@ -130,8 +138,14 @@ class Searcher:
         pixels = query_pixels(self.model, image)
         return np.ascontiguousarray(self.model.encode_images(torch.from_numpy(pixels[None].copy())), dtype=np.float32)
 
-    def search(self, text: str | None = None, image: bytes | None = None, k: int = 10, modality: str = "image",
-               deduplicate: bool = False) -> list[dict]:
+    def search(
+        self,
+        text: str | None = None,
+        image: bytes | None = None,
+        k: int = 10,
+        modality: str = "image",
+        deduplicate: bool = False,
+    ) -> list[dict]:
         """The k nearest samples to the query in the `modality` index, best first.
 
         Each result: id, key, url, caption, similarity (inner product = cosine), shard, duplicate_group.
@@ -145,8 +159,10 @@ class Searcher:
         query = self.embed_query(text, image)
         index = self.indices[modality]
         if query.shape[1] != index.d:
-            raise ValueError(f"the query embedding has {query.shape[1]} dimensions, the {modality} index {index.d}: "
-                             f"the model {self.infos.get('clip')} is not the one the index was built with")
+            raise ValueError(
+                f"the query embedding has {query.shape[1]} dimensions, the {modality} index {index.d}: "
+                f"the model {self.infos.get('clip')} is not the one the index was built with"
+            )
         total = index.ntotal
         fetch = min(k * DEDUP_FETCH if deduplicate else k, total)
         while True:
@@ -169,9 +185,18 @@ class Searcher:
         hits = [(int(i), float(d)) for i, d in zip(ids[0], distances[0]) if i >= 0]  # -1: fewer than k found
         with self._lock:
             rows = self.ids.lookup(i for i, _ in hits)
-        return [{"id": row["id"], "key": row["key"], "url": row["url"], "caption": row["text"],
-                 "similarity": similarity, "shard": row["shard"], "duplicate_group": row["duplicate_group"]}
-                for row, (_, similarity) in zip(rows, hits)]
+        return [
+            {
+                "id": row["id"],
+                "key": row["key"],
+                "url": row["url"],
+                "caption": row["text"],
+                "similarity": similarity,
+                "shard": row["shard"],
+                "duplicate_group": row["duplicate_group"],
+            }
+            for row, (_, similarity) in zip(rows, hits)
+        ]
 
     def thumbnail(self, id: int) -> tuple[bytes, str]:
         """The image of sample `id` as stored in its shard's tar, and its MIME type."""
@@ -205,5 +230,6 @@ class Searcher:
 
 def format_results(results: list[dict]) -> str:
     """One line per result for a terminal: similarity, key, caption, url (tab-separated)."""
-    return "\n".join(f"{r['similarity']:.4f}\t{r['key']}\t{' '.join(str(r['caption']).split())}\t{r['url']}"
-                     for r in results)
+    return "\n".join(
+        f"{r['similarity']:.4f}\t{r['key']}\t{' '.join(str(r['caption']).split())}\t{r['url']}" for r in results
+    )

@@ -28,7 +28,7 @@ from clipcrawl.tasks.search.search import MODALITIES, NotFound, Searcher
 
 STATIC = Path(__file__).parent / "static"
 MAX_K = 1000
-MAX_UPLOAD = 32 << 20            # bytes of a request body (an uploaded query image)
+MAX_UPLOAD = 32 << 20  # bytes of a request body (an uploaded query image)
 THUMBNAIL_CACHE = "public, max-age=86400"
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
@@ -102,9 +102,13 @@ def query_from_params(params) -> dict:
     if unknown:
         raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
     image = params.get("image")
-    return {"text": _text(params.get("text")), "image": None if image in (None, "") else _base64_image(image),
-            "k": _k(params.get("k")), "modality": _modality(params.get("modality")),
-            "deduplicate": _flag(params.get("deduplicate"))}
+    return {
+        "text": _text(params.get("text")),
+        "image": None if image in (None, "") else _base64_image(image),
+        "k": _k(params.get("k")),
+        "modality": _modality(params.get("modality")),
+        "deduplicate": _flag(params.get("deduplicate")),
+    }
 
 
 async def _query_from_multipart(request: web.Request) -> dict:
@@ -133,13 +137,14 @@ async def _search(request: web.Request, query: dict) -> web.Response:
         raise BadRequest(str(exc)) from None
     echo = {key: value for key, value in query.items() if key != "image"}
     echo["image"] = query["image"] is not None
-    return web.json_response({"results": results, "query": echo,
-                              "took_ms": round((time.perf_counter() - started) * 1000, 1)})
+    return web.json_response(
+        {"results": results, "query": echo, "took_ms": round((time.perf_counter() - started) * 1000, 1)}
+    )
 
 
 async def search_get(request: web.Request) -> web.Response:
     if "image" in request.query:
-        raise BadRequest("image queries are POSTed: POST /api/search with JSON {\"image\": base64} or multipart")
+        raise BadRequest('image queries are POSTed: POST /api/search with JSON {"image": base64} or multipart')
     return await _search(request, query_from_params(request.query))
 
 

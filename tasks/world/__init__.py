@@ -13,5 +13,16 @@ from clipcrawl.tasks.world.scenes import Scene, describe, render_image, render_s
 from clipcrawl.tasks.world.server import ImageServer
 from clipcrawl.tasks.world.tiny_clip import TINY_CLIP_DIR, embed_settings
 
-__all__ = ["World", "WorldSpec", "generate_world", "Scene", "describe", "render_scene", "render_image",
-           "sample_training_pairs", "ImageServer", "TINY_CLIP_DIR", "embed_settings"]
+__all__ = [
+    "World",
+    "WorldSpec",
+    "generate_world",
+    "Scene",
+    "describe",
+    "render_scene",
+    "render_image",
+    "sample_training_pairs",
+    "ImageServer",
+    "TINY_CLIP_DIR",
+    "embed_settings",
+]

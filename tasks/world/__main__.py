@@ -21,13 +21,22 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="processes writing files in parallel")
     p.add_argument("--force", action="store_true")
     a = p.parse_args()
-    spec = WorldSpec(seed=a.seed, crawl_id=a.crawl_id, segments=a.segments, files_per_segment=a.files_per_segment,
-                     pages_per_file=a.pages_per_file, links_per_page=tuple(a.links_per_page), warc=not a.wat_only)
+    spec = WorldSpec(
+        seed=a.seed,
+        crawl_id=a.crawl_id,
+        segments=a.segments,
+        files_per_segment=a.files_per_segment,
+        pages_per_file=a.pages_per_file,
+        links_per_page=tuple(a.links_per_page),
+        warc=not a.wat_only,
+    )
     t0 = time.perf_counter()
     world = generate_world(a.out, spec, workers=a.workers, force=a.force)
-    print(f"{world.root}: {len(world.wat_uris())} WAT, {len(world.warc_uris())} WARC, "
-          f"{world.manifest_pairs().num_rows} img tags, {len(world.expected_pairs())} expected pairs "
-          f"in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"{world.root}: {len(world.wat_uris())} WAT, {len(world.warc_uris())} WARC, "
+        f"{world.manifest_pairs().num_rows} img tags, {len(world.expected_pairs())} expected pairs "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -23,94 +23,137 @@ from dataclasses import dataclass
 
 from clipcrawl.tasks.core.status import DownloadStatus as S
 
-SLOW_DELAY = 0.5          # seconds before a "slow" response: under the test read timeout
-HANG_DELAY = 12.0         # seconds before a "timeout" response: over every timeout of the test (and default) settings
-DRIP_INTERVAL = 0.2       # seconds between the bytes of a dripping body
-STREAM_CAP = 1 << 30      # an endless body stops after this many bytes (a guard for broken clients)
-DRIP_CAP_S = 60.0         # a dripping body stops after this long
-UNAVAILABLE_TIMES = 2     # 503s per URL before the image
-RATE_LIMITED_TIMES = 1    # 429s per URL before the image
-RETRY_AFTER = 1           # the 429's Retry-After, seconds
+SLOW_DELAY = 0.5  # seconds before a "slow" response: under the test read timeout
+HANG_DELAY = 12.0  # seconds before a "timeout" response: over every timeout of the test (and default) settings
+DRIP_INTERVAL = 0.2  # seconds between the bytes of a dripping body
+STREAM_CAP = 1 << 30  # an endless body stops after this many bytes (a guard for broken clients)
+DRIP_CAP_S = 60.0  # a dripping body stops after this long
+UNAVAILABLE_TIMES = 2  # 503s per URL before the image
+RATE_LIMITED_TIMES = 1  # 429s per URL before the image
+RETRY_AFTER = 1  # the 429's Retry-After, seconds
 HUGE_LENGTH = 100 * 10**9  # the Content-Length a lying server declares
 BOMB_SIZE = (30000, 30000)
-TINY_SIZE = (8, 8)        # a PNG of ~100 bytes: under the 5 KB floor
+TINY_SIZE = (8, 8)  # a PNG of ~100 bytes: under the 5 KB floor
 TINY_MAX_BYTES = 200
-SMALL_PIXELS_SIZE = (32, 32)   # a valid image over 5 KB (metadata) with a tiny side
-PANORAMA_SIZE = (2000, 100)    # aspect ratio 20
-OUR_TOKEN = "clipcrawl"        # the user-agent token the ourbot opt-out names (DownloadSettings default)
+SMALL_PIXELS_SIZE = (32, 32)  # a valid image over 5 KB (metadata) with a tiny side
+PANORAMA_SIZE = (2000, 100)  # aspect ratio 20
+OUR_TOKEN = "clipcrawl"  # the user-agent token the ourbot opt-out names (DownloadSettings default)
 
-CLOSED_HOST = "closed.world.test"        # robots.txt: User-agent: * / Disallow: /
-PRIVATE_HOST = "intranet.world.test"     # resolves to a private address; the server never sees it
+CLOSED_HOST = "closed.world.test"  # robots.txt: User-agent: * / Disallow: /
+PRIVATE_HOST = "intranet.world.test"  # resolves to a private address; the server never sees it
 PRIVATE_ADDRESS = "10.0.0.7"
 NXDOMAIN_HOST = "nxdomain.world.invalid"  # .invalid never resolves (RFC 6761): no DNS query leaves the machine
-BADCERT_HOST = "badcert.world.test"      # https only: its certificate names another host
-NO_ROBOTS_HOST = "cdn.world.test"        # robots.txt is 404: everything allowed
+BADCERT_HOST = "badcert.world.test"  # https only: its certificate names another host
+NO_ROBOTS_HOST = "cdn.world.test"  # robots.txt is 404: everything allowed
 
 # What ImageServer.download_settings() changes from the defaults (besides resolve and the CA):
 # short timeouts so a download of a small world takes seconds, loopback exempt from the SSRF guard.
 # They keep a margin over the slow behaviours (6x SLOW_DELAY, one spare retry) because a loaded
 # 2-core machine (cold imports of the image workers, the test runner) delays ordinary answers too.
-TEST_SETTINGS = {"connect_timeout": 3.0, "read_timeout": 3.0, "total_timeout": 5.0, "retries": 3,
-                 "retry_backoff": 0.1, "allow_addresses": ["127.0.0.1/32"]}
+TEST_SETTINGS = {
+    "connect_timeout": 3.0,
+    "read_timeout": 3.0,
+    "total_timeout": 5.0,
+    "retries": 3,
+    "retry_backoff": 0.1,
+    "allow_addresses": ["127.0.0.1/32"],
+}
 
 
 @dataclass(frozen=True)
 class Behaviour:
     name: str
-    what: str                       # what the server does
-    format: str | None = None       # the file extension its URL must have (None: the image's own)
-    host: str | None = None         # host-level: the image is only ever linked on this host
-    schemes: tuple[str, ...] = ("http", "https")   # how the showcase page links it
+    what: str  # what the server does
+    format: str | None = None  # the file extension its URL must have (None: the image's own)
+    host: str | None = None  # host-level: the image is only ever linked on this host
+    schemes: tuple[str, ...] = ("http", "https")  # how the showcase page links it
 
 
-BEHAVIOURS = {b.name: b for b in (
-    Behaviour("ok", "the image"),
-    Behaviour("slow", f"the image after {SLOW_DELAY} s"),
-    Behaviour("timeout", f"nothing for {HANG_DELAY} s, then the image"),
-    Behaviour("unavailable_twice", f"503 to the first {UNAVAILABLE_TIMES} requests of each URL, then the image"),
-    Behaviour("error_500", "500 to every request"),
-    Behaviour("rate_limited", f"429 with Retry-After: {RETRY_AFTER} to the first request of each URL, then the image"),
-    Behaviour("not_found", "404"),
-    Behaviour("gone", "410"),
-    Behaviour("forbidden", "403"),
-    Behaviour("redirect", "302 to /moved/<file> on the same host, which serves the image"),
-    Behaviour("redirect_loop", "302 to /loop/a/<file>, which redirects to /loop/b/<file> and back, forever"),
-    Behaviour("disconnect", "closes the connection without a response"),
-    Behaviour("text_plain", "the image bytes as Content-Type: text/plain"),
-    Behaviour("octet_stream", "the image bytes as Content-Type: application/octet-stream"),
-    Behaviour("truncated_jpeg", "the first half of a JPEG, Content-Length matching the half", "jpg"),
-    Behaviour("endless_body", f"JPEG bytes without Content-Length, as fast as possible (stops at {STREAM_CAP} B)", "jpg"),
-    Behaviour("endless_drip", f"one byte every {DRIP_INTERVAL} s without Content-Length (stops after {DRIP_CAP_S} s)", "jpg"),
-    Behaviour("huge_content_length", f"Content-Length: {HUGE_LENGTH}, then bytes as fast as possible", "jpg"),
-    Behaviour("pixel_bomb", f"a {BOMB_SIZE[0]}x{BOMB_SIZE[1]} 1-bit PNG of ~110 KB (decompression bomb)", "png"),
-    Behaviour("tiny_image", f"a {TINY_SIZE[0]}x{TINY_SIZE[1]} PNG under {TINY_MAX_BYTES} bytes", "png"),
-    Behaviour("empty_body", "200 with a 0-byte body, Content-Type: image/jpeg", "jpg"),
-    Behaviour("cmyk_jpeg", "a CMYK JPEG", "jpg"),
-    Behaviour("png_alpha", "an RGBA PNG with a transparent gradient", "png"),
-    Behaviour("gif_animated", "an animated GIF of 3 frames", "gif"),
-    Behaviour("webp_alpha", "an RGBA lossy WebP", "webp"),
-    Behaviour("small_pixels", f"a valid {SMALL_PIXELS_SIZE[0]}x{SMALL_PIXELS_SIZE[1]} PNG padded over 5 KB by a text chunk", "png"),
-    Behaviour("panorama", f"a valid {PANORAMA_SIZE[0]}x{PANORAMA_SIZE[1]} JPEG (aspect ratio 20)", "jpg"),
-    Behaviour("svg_as_jpeg", "an SVG document (> 5 KB) as Content-Type: image/jpeg", "jpg"),
-    Behaviour("html_as_jpeg", "an HTML error page (> 5 KB) with status 200 as Content-Type: image/jpeg", "jpg"),
-    Behaviour("noai_header", "the image with X-Robots-Tag: noai"),
-    Behaviour("otherbot_noai_header", "the image with X-Robots-Tag: otherbot: noai, noimageai (not for us)"),
-    Behaviour("ourbot_noai_header", f"the image with X-Robots-Tag: {OUR_TOKEN}: noimageai"),
-    Behaviour("robots_disallowed", "linked on a host whose robots.txt disallows everything", host=CLOSED_HOST),
-    Behaviour("blocked_address", f"linked on a host that resolves to {PRIVATE_ADDRESS}", host=PRIVATE_HOST),
-    Behaviour("dns_error", "linked on a host that does not resolve", host=NXDOMAIN_HOST),
-    Behaviour("bad_certificate", "linked over https on a host whose certificate names another host",
-              host=BADCERT_HOST, schemes=("https",)),
-)}
-RESERVED = tuple(name for name in BEHAVIOURS if name != "ok")       # one image id each, in every world
-RANDOM_SHARE = 0.06                                                  # of the other images
+BEHAVIOURS = {
+    b.name: b
+    for b in (
+        Behaviour("ok", "the image"),
+        Behaviour("slow", f"the image after {SLOW_DELAY} s"),
+        Behaviour("timeout", f"nothing for {HANG_DELAY} s, then the image"),
+        Behaviour("unavailable_twice", f"503 to the first {UNAVAILABLE_TIMES} requests of each URL, then the image"),
+        Behaviour("error_500", "500 to every request"),
+        Behaviour(
+            "rate_limited", f"429 with Retry-After: {RETRY_AFTER} to the first request of each URL, then the image"
+        ),
+        Behaviour("not_found", "404"),
+        Behaviour("gone", "410"),
+        Behaviour("forbidden", "403"),
+        Behaviour("redirect", "302 to /moved/<file> on the same host, which serves the image"),
+        Behaviour("redirect_loop", "302 to /loop/a/<file>, which redirects to /loop/b/<file> and back, forever"),
+        Behaviour("disconnect", "closes the connection without a response"),
+        Behaviour("text_plain", "the image bytes as Content-Type: text/plain"),
+        Behaviour("octet_stream", "the image bytes as Content-Type: application/octet-stream"),
+        Behaviour("truncated_jpeg", "the first half of a JPEG, Content-Length matching the half", "jpg"),
+        Behaviour(
+            "endless_body", f"JPEG bytes without Content-Length, as fast as possible (stops at {STREAM_CAP} B)", "jpg"
+        ),
+        Behaviour(
+            "endless_drip",
+            f"one byte every {DRIP_INTERVAL} s without Content-Length (stops after {DRIP_CAP_S} s)",
+            "jpg",
+        ),
+        Behaviour("huge_content_length", f"Content-Length: {HUGE_LENGTH}, then bytes as fast as possible", "jpg"),
+        Behaviour("pixel_bomb", f"a {BOMB_SIZE[0]}x{BOMB_SIZE[1]} 1-bit PNG of ~110 KB (decompression bomb)", "png"),
+        Behaviour("tiny_image", f"a {TINY_SIZE[0]}x{TINY_SIZE[1]} PNG under {TINY_MAX_BYTES} bytes", "png"),
+        Behaviour("empty_body", "200 with a 0-byte body, Content-Type: image/jpeg", "jpg"),
+        Behaviour("cmyk_jpeg", "a CMYK JPEG", "jpg"),
+        Behaviour("png_alpha", "an RGBA PNG with a transparent gradient", "png"),
+        Behaviour("gif_animated", "an animated GIF of 3 frames", "gif"),
+        Behaviour("webp_alpha", "an RGBA lossy WebP", "webp"),
+        Behaviour(
+            "small_pixels",
+            f"a valid {SMALL_PIXELS_SIZE[0]}x{SMALL_PIXELS_SIZE[1]} PNG padded over 5 KB by a text chunk",
+            "png",
+        ),
+        Behaviour("panorama", f"a valid {PANORAMA_SIZE[0]}x{PANORAMA_SIZE[1]} JPEG (aspect ratio 20)", "jpg"),
+        Behaviour("svg_as_jpeg", "an SVG document (> 5 KB) as Content-Type: image/jpeg", "jpg"),
+        Behaviour("html_as_jpeg", "an HTML error page (> 5 KB) with status 200 as Content-Type: image/jpeg", "jpg"),
+        Behaviour("noai_header", "the image with X-Robots-Tag: noai"),
+        Behaviour("otherbot_noai_header", "the image with X-Robots-Tag: otherbot: noai, noimageai (not for us)"),
+        Behaviour("ourbot_noai_header", f"the image with X-Robots-Tag: {OUR_TOKEN}: noimageai"),
+        Behaviour("robots_disallowed", "linked on a host whose robots.txt disallows everything", host=CLOSED_HOST),
+        Behaviour("blocked_address", f"linked on a host that resolves to {PRIVATE_ADDRESS}", host=PRIVATE_HOST),
+        Behaviour("dns_error", "linked on a host that does not resolve", host=NXDOMAIN_HOST),
+        Behaviour(
+            "bad_certificate",
+            "linked over https on a host whose certificate names another host",
+            host=BADCERT_HOST,
+            schemes=("https",),
+        ),
+    )
+}
+RESERVED = tuple(name for name in BEHAVIOURS if name != "ok")  # one image id each, in every world
+RANDOM_SHARE = 0.06  # of the other images
 RANDOM_CHOICES = tuple(name for name in RESERVED if BEHAVIOURS[name].host is None)
 SPECIAL_HOSTS = {b.host: b.name for b in BEHAVIOURS.values() if b.host}
 # Behaviours whose response is a decodable image (then image checks apply).
-_IMAGE_LIKE = {"ok", "slow", "timeout", "unavailable_twice", "rate_limited", "redirect", "text_plain",
-               "octet_stream", "cmyk_jpeg", "png_alpha", "gif_animated", "webp_alpha", "small_pixels", "panorama",
-               "noai_header", "otherbot_noai_header", "ourbot_noai_header", "robots_disallowed", "pixel_bomb",
-               "tiny_image"}
+_IMAGE_LIKE = {
+    "ok",
+    "slow",
+    "timeout",
+    "unavailable_twice",
+    "rate_limited",
+    "redirect",
+    "text_plain",
+    "octet_stream",
+    "cmyk_jpeg",
+    "png_alpha",
+    "gif_animated",
+    "webp_alpha",
+    "small_pixels",
+    "panorama",
+    "noai_header",
+    "otherbot_noai_header",
+    "ourbot_noai_header",
+    "robots_disallowed",
+    "pixel_bomb",
+    "tiny_image",
+}
 FIXED_SIZES = {"tiny_image": TINY_SIZE, "small_pixels": SMALL_PIXELS_SIZE, "panorama": PANORAMA_SIZE}
 
 
@@ -175,10 +218,20 @@ def expected_status(behaviour: str, size: tuple[int, int], s) -> S:
         return S.CONNECTION_ERROR
     if b == "robots_disallowed" and s.respect_robots:
         return S.ROBOTS_DISALLOWED
-    fixed = {"error_500": S.HTTP_5XX, "not_found": S.HTTP_4XX, "gone": S.HTTP_4XX, "forbidden": S.HTTP_4XX,
-             "redirect_loop": S.TOO_MANY_REDIRECTS, "disconnect": S.CONNECTION_ERROR,
-             "truncated_jpeg": S.DECODE_ERROR, "endless_body": S.TOO_LARGE, "huge_content_length": S.TOO_LARGE,
-             "endless_drip": S.TIMEOUT, "svg_as_jpeg": S.NOT_AN_IMAGE, "html_as_jpeg": S.NOT_AN_IMAGE}
+    fixed = {
+        "error_500": S.HTTP_5XX,
+        "not_found": S.HTTP_4XX,
+        "gone": S.HTTP_4XX,
+        "forbidden": S.HTTP_4XX,
+        "redirect_loop": S.TOO_MANY_REDIRECTS,
+        "disconnect": S.CONNECTION_ERROR,
+        "truncated_jpeg": S.DECODE_ERROR,
+        "endless_body": S.TOO_LARGE,
+        "huge_content_length": S.TOO_LARGE,
+        "endless_drip": S.TIMEOUT,
+        "svg_as_jpeg": S.NOT_AN_IMAGE,
+        "html_as_jpeg": S.NOT_AN_IMAGE,
+    }
     if b in fixed:
         return fixed[b]
     if b == "empty_body":
@@ -194,8 +247,9 @@ def expected_status(behaviour: str, size: tuple[int, int], s) -> S:
         return S.HTTP_4XX
     if b == "redirect" and s.max_redirects < 1:
         return S.TOO_MANY_REDIRECTS
-    if s.respect_optouts and (b == "noai_header" or (b == "ourbot_noai_header"
-                                                     and s.user_agent_token.lower() == OUR_TOKEN)):
+    if s.respect_optouts and (
+        b == "noai_header" or (b == "ourbot_noai_header" and s.user_agent_token.lower() == OUR_TOKEN)
+    ):
         return S.OPT_OUT_HEADER
     if b == "tiny_image" and s.min_bytes > TINY_MAX_BYTES:
         return S.TOO_SMALL_BYTES

@@ -15,8 +15,16 @@ from datetime import datetime, timedelta
 
 from clipcrawl.tasks.core.uri import atomic_write
 from clipcrawl.tasks.world.pages import Occurrence, PageBuilder, SharedPair
-from clipcrawl.tasks.world.records import (MemberWriter, Record, build_record, fields_payload, http_message,
-                                 http_payload, sha1_digest, wat_record)
+from clipcrawl.tasks.world.records import (
+    MemberWriter,
+    Record,
+    build_record,
+    fields_payload,
+    http_message,
+    http_payload,
+    sha1_digest,
+    wat_record,
+)
 from clipcrawl.tasks.world.scenes import encode_image, image_spec, render_scene
 
 FETCH_KINDS = {"html": 85, "image": 4, "pdf": 3, "json": 3, "redirect": 2, "request_only": 3}
@@ -30,8 +38,8 @@ class FileSpec:
     seed: int
     crawl_id: str
     segment: str
-    index: int                 # file number within the crawl (the -00000 in the name)
-    name: str                  # CC-MAIN-<ts>-<ts>-<index>
+    index: int  # file number within the crawl (the -00000 in the name)
+    name: str  # CC-MAIN-<ts>-<ts>-<index>
     start: datetime
     pages: int
     sites: int
@@ -69,67 +77,142 @@ class _FileWriter:
 
     def warcinfo(self) -> None:
         fs, when = self.fs, self.fs.start
-        wat_info = (f"Software-Info: ia-web-commons.1.1.10-SNAPSHOT-20240101000000\r\n"
-                    f"Extracted-Date: {_http_date(when)}\r\nrobots: checked via crawler-commons 1.5\r\n"
-                    f"isPartOf: {fs.crawl_id}\r\noperator: clipcrawl synthetic world\r\n"
-                    f"description: Synthetic crawl of the .world.test web\r\npublisher: clipcrawl\r\n").encode()
-        self.wat.write(build_record({"WARC-Type": "warcinfo", "WARC-Date": _date(when),
-                                    "WARC-Filename": f"{fs.name}.warc.wat.gz", "WARC-Record-ID": self.new_id(),
-                                    "Content-Type": "application/warc-fields"}, wat_info))
-        block = (f"isPartOf: {fs.crawl_id}\r\npublisher: clipcrawl\r\n"
-                 f"description: Synthetic crawl of the .world.test web\r\noperator: clipcrawl synthetic world\r\n"
-                 f"hostname: world-{fs.index}\r\nsoftware: Apache Nutch 1.19 (modified)\r\n"
-                 f"robots: checked via crawler-commons 1.5\r\nformat: WARC File Format 1.1\r\n").encode()
-        rec = build_record({"WARC-Type": "warcinfo", "WARC-Date": _date(when), "WARC-Filename": self.warc_name,
-                            "WARC-Record-ID": self.new_id(), "Content-Type": "application/warc-fields"}, block)
+        wat_info = (
+            f"Software-Info: ia-web-commons.1.1.10-SNAPSHOT-20240101000000\r\n"
+            f"Extracted-Date: {_http_date(when)}\r\nrobots: checked via crawler-commons 1.5\r\n"
+            f"isPartOf: {fs.crawl_id}\r\noperator: clipcrawl synthetic world\r\n"
+            f"description: Synthetic crawl of the .world.test web\r\npublisher: clipcrawl\r\n"
+        ).encode()
+        self.wat.write(
+            build_record(
+                {
+                    "WARC-Type": "warcinfo",
+                    "WARC-Date": _date(when),
+                    "WARC-Filename": f"{fs.name}.warc.wat.gz",
+                    "WARC-Record-ID": self.new_id(),
+                    "Content-Type": "application/warc-fields",
+                },
+                wat_info,
+            )
+        )
+        block = (
+            f"isPartOf: {fs.crawl_id}\r\npublisher: clipcrawl\r\n"
+            f"description: Synthetic crawl of the .world.test web\r\noperator: clipcrawl synthetic world\r\n"
+            f"hostname: world-{fs.index}\r\nsoftware: Apache Nutch 1.19 (modified)\r\n"
+            f"robots: checked via crawler-commons 1.5\r\nformat: WARC File Format 1.1\r\n"
+        ).encode()
+        rec = build_record(
+            {
+                "WARC-Type": "warcinfo",
+                "WARC-Date": _date(when),
+                "WARC-Filename": self.warc_name,
+                "WARC-Record-ID": self.new_id(),
+                "Content-Type": "application/warc-fields",
+            },
+            block,
+        )
         self.warcinfo_id = rec.record_id
         self.emit(rec, fields_payload(block, "WARC-Info-Metadata"), when)
 
-    def fetch(self, url: str, when: datetime, response: tuple[str, dict, bytes] | None,
-              html_metadata: dict | None, meta_fields: str) -> None:
+    def fetch(
+        self,
+        url: str,
+        when: datetime,
+        response: tuple[str, dict, bytes] | None,
+        html_metadata: dict | None,
+        meta_fields: str,
+    ) -> None:
         """request [+ response + metadata] records for one fetch of `url`."""
         host_path = url.split("://", 1)[1]
         host, path = (host_path.split("/", 1) + [""])[:2]
-        req_headers = {"User-Agent": USER_AGENT, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
-                       "Accept-Language": "en-US,en;q=0.5", "Accept-Encoding": "br,gzip", "Host": host,
-                       "Connection": "Keep-Alive"}
+        req_headers = {
+            "User-Agent": USER_AGENT,
+            "Accept": "text/html,application/xhtml+xml,*/*;q=0.8",
+            "Accept-Language": "en-US,en;q=0.5",
+            "Accept-Encoding": "br,gzip",
+            "Host": host,
+            "Connection": "Keep-Alive",
+        }
         req_block, req_hlen = http_message(f"GET /{path} HTTP/1.1", req_headers, b"")
         ip = f"10.{self.fs.index % 250}.{len(host) % 250}.{sum(map(ord, host)) % 250}"
         common = {"WARC-Warcinfo-ID": self.warcinfo_id, "WARC-IP-Address": ip, "WARC-Target-URI": url}
-        req = build_record({"WARC-Type": "request", "WARC-Date": _date(when), "WARC-Record-ID": self.new_id(),
-                            "Content-Type": "application/http; msgtype=request", **common,
-                            "WARC-Block-Digest": sha1_digest(req_block)}, req_block)
-        self.emit(req, http_payload("request", {"Method": "GET", "Path": f"/{path}", "Version": "HTTP/1.1"},
-                                    req_headers, req_hlen, b""), when)
+        req = build_record(
+            {
+                "WARC-Type": "request",
+                "WARC-Date": _date(when),
+                "WARC-Record-ID": self.new_id(),
+                "Content-Type": "application/http; msgtype=request",
+                **common,
+                "WARC-Block-Digest": sha1_digest(req_block),
+            },
+            req_block,
+        )
+        self.emit(
+            req,
+            http_payload(
+                "request", {"Method": "GET", "Path": f"/{path}", "Version": "HTTP/1.1"}, req_headers, req_hlen, b""
+            ),
+            when,
+        )
         if response is None:
             return
         status_line, headers, body = response
         block, hlen = http_message(status_line, headers, body)
         ctype = headers.get("Content-Type", "").split(";")[0]
-        resp = build_record({"WARC-Type": "response", "WARC-Date": _date(when), "WARC-Record-ID": self.new_id(),
-                             "Content-Type": "application/http; msgtype=response", **common,
-                             "WARC-Concurrent-To": req.record_id, "WARC-Protocol": "http/1.1",
-                             "WARC-Payload-Digest": sha1_digest(body), "WARC-Block-Digest": sha1_digest(block),
-                             "WARC-Identified-Payload-Type": ctype}, block)
+        resp = build_record(
+            {
+                "WARC-Type": "response",
+                "WARC-Date": _date(when),
+                "WARC-Record-ID": self.new_id(),
+                "Content-Type": "application/http; msgtype=response",
+                **common,
+                "WARC-Concurrent-To": req.record_id,
+                "WARC-Protocol": "http/1.1",
+                "WARC-Payload-Digest": sha1_digest(body),
+                "WARC-Block-Digest": sha1_digest(block),
+                "WARC-Identified-Payload-Type": ctype,
+            },
+            block,
+        )
         version, code, reason = status_line.split(" ", 2)
-        self.emit(resp, http_payload("response", {"Version": version, "Status": code, "Reason": reason},
-                                     headers, hlen, body, html_metadata), when)
+        self.emit(
+            resp,
+            http_payload(
+                "response", {"Version": version, "Status": code, "Reason": reason}, headers, hlen, body, html_metadata
+            ),
+            when,
+        )
         meta_block = meta_fields.encode()
-        meta = build_record({"WARC-Type": "metadata", "WARC-Date": _date(when), "WARC-Record-ID": self.new_id(),
-                             "Content-Type": "application/warc-fields", "WARC-Warcinfo-ID": self.warcinfo_id,
-                             "WARC-Concurrent-To": resp.record_id, "WARC-Target-URI": url}, meta_block)
+        meta = build_record(
+            {
+                "WARC-Type": "metadata",
+                "WARC-Date": _date(when),
+                "WARC-Record-ID": self.new_id(),
+                "Content-Type": "application/warc-fields",
+                "WARC-Warcinfo-ID": self.warcinfo_id,
+                "WARC-Concurrent-To": resp.record_id,
+                "WARC-Target-URI": url,
+            },
+            meta_block,
+        )
         self.emit(meta, fields_payload(meta_block, "WARC-Metadata-Metadata"), when)
 
 
-def _response(ctype: str, body: bytes, when: datetime, status: str = "HTTP/1.1 200 OK",
-              extra: dict | None = None) -> tuple[str, dict, bytes]:
-    headers = {"Date": _http_date(when), "Server": "nginx/1.25.3", "Content-Type": ctype, **(extra or {}),
-               "Content-Length": str(len(body)), "Connection": "close"}
+def _response(
+    ctype: str, body: bytes, when: datetime, status: str = "HTTP/1.1 200 OK", extra: dict | None = None
+) -> tuple[str, dict, bytes]:
+    headers = {
+        "Date": _http_date(when),
+        "Server": "nginx/1.25.3",
+        "Content-Type": ctype,
+        **(extra or {}),
+        "Content-Length": str(len(body)),
+        "Connection": "close",
+    }
     return status, headers, body
 
 
-def write_crawl_file(fs: FileSpec, warc_path: str | None, wat_path: str,
-                     shared: list[SharedPair]) -> list[Occurrence]:
+def write_crawl_file(fs: FileSpec, warc_path: str | None, wat_path: str, shared: list[SharedPair]) -> list[Occurrence]:
     """Write the WAT (and, when `warc_path` is given, the WARC) of one file; return its `<img>` occurrences."""
     rng = random.Random(f"file:{fs.seed}:{fs.index}")
     builder = PageBuilder(fs.seed, fs.sites, fs.images, shared, rng, fs.links_per_page, fs.images_per_page)
@@ -146,9 +229,11 @@ def write_crawl_file(fs: FileSpec, warc_path: str | None, wat_path: str,
             if kind == "html" or i < 2:
                 page = builder.page(f"{fs.index:05d}-{i:05d}", showcase=i == 0, with_base=True if i == 1 else None)
                 body = page.html.encode(page.charset)
-                meta = (f"{fetch_ms}charset-detected: {page.charset.upper()}\r\n"
-                        f'languages-cld2: {{"reliable":true,"languages":[{{"code":"{page.language}",'
-                        f'"name":"{CLD2[page.language]}","text-covered":0.97}}]}}\r\n')
+                meta = (
+                    f"{fetch_ms}charset-detected: {page.charset.upper()}\r\n"
+                    f'languages-cld2: {{"reliable":true,"languages":[{{"code":"{page.language}",'
+                    f'"name":"{CLD2[page.language]}","text-covered":0.97}}]}}\r\n'
+                )
                 html_meta = {"Head": page.head, "Links": page.links}
                 out.fetch(page.url, when, _response(page.content_type, body, when), html_meta, meta)
                 occurrences.extend(page.images)
@@ -159,20 +244,29 @@ def write_crawl_file(fs: FileSpec, warc_path: str | None, wat_path: str,
                 image_id = rng.randrange(fs.images)
                 spec = image_spec(fs.seed, image_id)
                 data = encode_image(render_scene(spec.scene, (64, 64)), "jpg")
-                out.fetch(f"http://img.site-{site}.world.test/images/{image_id:06d}.jpg", when,
-                          _response("image/jpeg", data, when), None, fetch_ms)
+                out.fetch(
+                    f"http://img.site-{site}.world.test/images/{image_id:06d}.jpg",
+                    when,
+                    _response("image/jpeg", data, when),
+                    None,
+                    fetch_ms,
+                )
             elif kind == "pdf":
                 data = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
-                out.fetch(f"{base}/docs/report-{i}.pdf", when, _response("application/pdf", data, when), None,
-                          fetch_ms)
+                out.fetch(f"{base}/docs/report-{i}.pdf", when, _response("application/pdf", data, when), None, fetch_ms)
             elif kind == "json":
                 data = b'{"items": [1, 2, 3], "next": "/api/items?page=2"}'
-                out.fetch(f"{base}/api/items-{i}.json", when, _response("application/json", data, when), None,
-                          fetch_ms)
+                out.fetch(f"{base}/api/items-{i}.json", when, _response("application/json", data, when), None, fetch_ms)
             elif kind == "redirect":
-                out.fetch(f"{base}/old/{i}.html", when,
-                          _response("text/html", b"", when, "HTTP/1.1 301 Moved Permanently",
-                                    {"Location": f"{base}/new/{i}.html"}), None, fetch_ms)
+                out.fetch(
+                    f"{base}/old/{i}.html",
+                    when,
+                    _response(
+                        "text/html", b"", when, "HTTP/1.1 301 Moved Permanently", {"Location": f"{base}/new/{i}.html"}
+                    ),
+                    None,
+                    fetch_ms,
+                )
             else:
                 out.fetch(f"{base}/timeout/{i}.html", when, None, None, "")
     return occurrences

@@ -16,7 +16,7 @@ import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 
 import orjson
@@ -41,19 +41,19 @@ class WorldSpec:
     segments: int = 2
     files_per_segment: int = 2
     pages_per_file: int = 40
-    links_per_page: tuple[int, int] = (10, 40)   # <a> links besides navigation
-    images_per_page: tuple[int, int] = (1, 12)   # 10% of HTML pages have none
+    links_per_page: tuple[int, int] = (10, 40)  # <a> links besides navigation
+    images_per_page: tuple[int, int] = (1, 12)  # 10% of HTML pages have none
     sites: int = 8
-    images: int = 400                            # distinct images in the world (the first 35 misbehave, one way each)
-    shared_pairs: int = 20                       # (url, alt) pairs repeated across pages, files, segments
-    warc: bool = True                            # False: WAT files only (fast; WARC offsets estimated)
+    images: int = 400  # distinct images in the world (the first 35 misbehave, one way each)
+    shared_pairs: int = 20  # (url, alt) pairs repeated across pages, files, segments
+    warc: bool = True  # False: WAT files only (fast; WARC offsets estimated)
     compresslevel: int = 6
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "WorldSpec":
+    def from_dict(cls, d: dict) -> WorldSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -103,15 +103,20 @@ class World:
         `expected_status`); other settings recompute it from the behaviour table.
         """
         pairs = self.manifest_pairs().select(["url", "image_id", "status"]).to_pydict()
-        images = self.manifest_images().select(["image_id", "behaviour", "width", "height",
-                                                "expected_status"]).to_pylist()
+        images = (
+            self.manifest_images().select(["image_id", "behaviour", "width", "height", "expected_status"]).to_pylist()
+        )
         if settings is None:
             status = {i["image_id"]: i["expected_status"] for i in images}
         else:
-            status = {i["image_id"]: str(expected_status(i["behaviour"], (i["width"], i["height"]), settings))
-                      for i in images}
-        return {u: status[i] for u, i, s in zip(pairs["url"], pairs["image_id"], pairs["status"])
-                if s == PairStatus.KEPT and u.split("://", 1)[0] in ("http", "https")}
+            status = {
+                i["image_id"]: str(expected_status(i["behaviour"], (i["width"], i["height"]), settings)) for i in images
+            }
+        return {
+            u: status[i]
+            for u, i, s in zip(pairs["url"], pairs["image_id"], pairs["status"])
+            if s == PairStatus.KEPT and u.split("://", 1)[0] in ("http", "https")
+        }
 
     @cached_property
     def info(self) -> dict:
@@ -126,7 +131,7 @@ class World:
 def crawl_start(crawl_id: str) -> datetime:
     """CC-MAIN-YYYY-WW: the Monday of ISO week WW."""
     _, _, year, week = crawl_id.split("-")
-    return datetime.fromisocalendar(int(year), int(week), 1).replace(tzinfo=timezone.utc)
+    return datetime.fromisocalendar(int(year), int(week), 1).replace(tzinfo=UTC)
 
 
 def file_specs(spec: WorldSpec) -> list[FileSpec]:
@@ -139,9 +144,22 @@ def file_specs(spec: WorldSpec) -> list[FileSpec]:
             index = s * spec.files_per_segment + f
             t0 = seg_start + timedelta(minutes=7 * f)
             name = f"CC-MAIN-{t0:%Y%m%d%H%M%S}-{t0 + timedelta(hours=3):%Y%m%d%H%M%S}-{index:05d}"
-            files.append(FileSpec(spec.seed, spec.crawl_id, segment, index, name, t0, spec.pages_per_file,
-                                  spec.sites, spec.images, tuple(spec.links_per_page),
-                                  tuple(spec.images_per_page), spec.compresslevel))
+            files.append(
+                FileSpec(
+                    spec.seed,
+                    spec.crawl_id,
+                    segment,
+                    index,
+                    name,
+                    t0,
+                    spec.pages_per_file,
+                    spec.sites,
+                    spec.images,
+                    tuple(spec.links_per_page),
+                    tuple(spec.images_per_page),
+                    spec.compresslevel,
+                )
+            )
     return files
 
 
@@ -179,14 +197,23 @@ def _images_table(spec: WorldSpec, urls_by_image: dict[int, set[str]]) -> pa.Tab
     for image_id in sorted(urls_by_image):
         im = image_spec(spec.seed, image_id)
         size = served_size(im.behaviour, im.width, im.height)
-        rows.append({"image_id": image_id, "urls": sorted(urls_by_image[image_id]),
-                     "host": f"img.site-{image_id % spec.sites}.world.test", **im.scene.to_dict(),
-                     "flagged": im.scene.flagged, "caption": describe(im.scene, random.Random(f"cap:{image_id}")),
-                     "format": im.format, "width": size[0], "height": size[1],
-                     # What the image server does for it (tasks/world/behaviours.py), and the resulting
-                     # status of a correct downloader under ImageServer.download_settings().
-                     "behaviour": im.behaviour,
-                     "expected_status": str(expected_status(im.behaviour, size, settings))})
+        rows.append(
+            {
+                "image_id": image_id,
+                "urls": sorted(urls_by_image[image_id]),
+                "host": f"img.site-{image_id % spec.sites}.world.test",
+                **im.scene.to_dict(),
+                "flagged": im.scene.flagged,
+                "caption": describe(im.scene, random.Random(f"cap:{image_id}")),
+                "format": im.format,
+                "width": size[0],
+                "height": size[1],
+                # What the image server does for it (tasks/world/behaviours.py), and the resulting
+                # status of a correct downloader under ImageServer.download_settings().
+                "behaviour": im.behaviour,
+                "expected_status": str(expected_status(im.behaviour, size, settings)),
+            }
+        )
     return pa.Table.from_pylist(rows)
 
 
@@ -199,8 +226,10 @@ def generate_world(root: str, spec: WorldSpec = WorldSpec(), workers: int = 1, f
     if not force and os.path.exists(marker):
         with open(marker, "rb") as f:
             info = orjson.loads(f.read())
-        if info.get("spec") == orjson.loads(orjson.dumps(spec.to_dict())) and \
-                info.get("generator_version") == GENERATOR_VERSION:
+        if (
+            info.get("spec") == orjson.loads(orjson.dumps(spec.to_dict()))
+            and info.get("generator_version") == GENERATOR_VERSION
+        ):
             return world
     files = file_specs(spec)
     shared = shared_pairs(spec.seed, spec.shared_pairs, spec.images, spec.sites)
@@ -230,22 +259,36 @@ def generate_world(root: str, spec: WorldSpec = WorldSpec(), workers: int = 1, f
     _write_parquet(os.path.join(root, "manifest", "pairs.parquet"), pairs)
     _write_parquet(os.path.join(root, "manifest", "images.parquet"), _images_table(spec, urls_by_image))
     segments = sorted({fs.segment for fs in files})
-    _write_paths(os.path.join(crawl_dir, "segment.paths.gz"),
-                 [f"crawl-data/{spec.crawl_id}/segments/{s}" for s in segments])
+    _write_paths(
+        os.path.join(crawl_dir, "segment.paths.gz"), [f"crawl-data/{spec.crawl_id}/segments/{s}" for s in segments]
+    )
     _write_paths(os.path.join(crawl_dir, "wat.paths.gz"), [_rel(fs, "wat") for fs in files])
     _write_paths(os.path.join(crawl_dir, "warc.paths.gz"), [_rel(fs, "warc") for fs in files] if spec.warc else [])
     start = crawl_start(spec.crawl_id)
-    collinfo = [{"id": spec.crawl_id, "name": f"{start:%B %Y} Index (synthetic world)",
-                 "timegate": f"https://index.commoncrawl.org/{spec.crawl_id}/",
-                 "cdx-api": f"https://index.commoncrawl.org/{spec.crawl_id}-index",
-                 "from": f"{start:%Y-%m-%dT%H:%M:%S}", "to": f"{start + timedelta(days=12):%Y-%m-%dT%H:%M:%S}"}]
+    collinfo = [
+        {
+            "id": spec.crawl_id,
+            "name": f"{start:%B %Y} Index (synthetic world)",
+            "timegate": f"https://index.commoncrawl.org/{spec.crawl_id}/",
+            "cdx-api": f"https://index.commoncrawl.org/{spec.crawl_id}-index",
+            "from": f"{start:%Y-%m-%dT%H:%M:%S}",
+            "to": f"{start + timedelta(days=12):%Y-%m-%dT%H:%M:%S}",
+        }
+    ]
     with atomic_write(os.path.join(root, "collinfo.json")) as f:
         f.write(orjson.dumps(collinfo, option=orjson.OPT_INDENT_2))
     hosts = sorted({u.split("/")[2] for urls in urls_by_image.values() for u in urls})
-    info = {"spec": spec.to_dict(), "crawl_id": spec.crawl_id, "generator_version": GENERATOR_VERSION,
-            "files": [{"segment": fs.segment, "wat": _rel(fs, "wat"), "warc": _rel(fs, "warc") if spec.warc else None}
-                      for fs in files],
-            "image_hosts": hosts, "pairs": pairs.num_rows}
+    info = {
+        "spec": spec.to_dict(),
+        "crawl_id": spec.crawl_id,
+        "generator_version": GENERATOR_VERSION,
+        "files": [
+            {"segment": fs.segment, "wat": _rel(fs, "wat"), "warc": _rel(fs, "warc") if spec.warc else None}
+            for fs in files
+        ],
+        "image_hosts": hosts,
+        "pairs": pairs.num_rows,
+    }
     with atomic_write(marker) as f:
         f.write(orjson.dumps(info, option=orjson.OPT_INDENT_2))
     return world

@@ -38,8 +38,9 @@ def compare_pairs(world, out: str, examples: int = 5) -> dict:
         for url, page, license in zip(t["url"], t["page_url"], t["license"]):
             licensed += license is not None
             if license != page_licenses.get(page):
-                wrong_license.append({"url": url, "page_url": page, "license": license,
-                                      "expected": page_licenses.get(page)})
+                wrong_license.append(
+                    {"url": url, "page_url": page, "license": license, "expected": page_licenses.get(page)}
+                )
     missing, extra = sorted(expected - found), sorted(found - expected)
     return {
         "equal": not missing and not extra and rows == len(found) and not wrong_license,
@@ -98,8 +99,12 @@ def compare_embeddings(world, out: str, threshold: float = 0.3, examples: int = 
     image?), per alt case, and how the NSFW tag treats the world's flagged concept."""
     truth = world.manifest_pairs().select(["url", "text", "matches", "alt_case"]).to_pydict()
     matches = {(u, t): (m, c) for u, t, m, c in zip(truth["url"], truth["text"], truth["matches"], truth["alt_case"])}
-    flagged = {u for image in world.manifest_images().select(["urls", "flagged"]).to_pylist() if image["flagged"]
-               for u in image["urls"]}
+    flagged = {
+        u
+        for image in world.manifest_images().select(["urls", "flagged"]).to_pylist()
+        if image["flagged"]
+        for u in image["urls"]
+    }
     rows = read_embedded(out)
     cases: dict[str, list[int]] = {}
     wrong, nsfw = [], {"flagged_samples": 0, "flagged_tagged_nsfw": 0, "unflagged_tagged_nsfw": 0}
@@ -109,8 +114,14 @@ def compare_embeddings(world, out: str, threshold: float = 0.3, examples: int = 
         cases.setdefault(case, [0, 0])[0] += agree
         cases[case][1] += 1
         if not agree:
-            wrong.append({"url": row["url"], "text": row["text"][:80], "similarity": round(row["similarity"], 3),
-                          "matches": match})
+            wrong.append(
+                {
+                    "url": row["url"],
+                    "text": row["text"][:80],
+                    "similarity": round(row["similarity"], 3),
+                    "matches": match,
+                }
+            )
         is_flagged = row["url"] in flagged
         nsfw["flagged_samples"] += is_flagged
         nsfw["flagged_tagged_nsfw" if is_flagged else "unflagged_tagged_nsfw"] += row["NSFW"] == "NSFW"
@@ -145,8 +156,15 @@ def compare_search(world, searcher, k: int = 10) -> dict:
     top = min(k, held)
     results = searcher.search(text=query, k=top)
     hits = [(scenes[r["url"]]["colour"], scenes[r["url"]]["shape"]) == (colour, shape) for r in results]
-    return {"query": query, "concept_samples": held, "k": top, "of_concept": sum(hits), "hits": hits,
-            "precision": sum(hits) / top if top else 0.0, "first": [r["caption"][:60] for r in results[:3]]}
+    return {
+        "query": query,
+        "concept_samples": held,
+        "k": top,
+        "of_concept": sum(hits),
+        "hits": hits,
+        "precision": sum(hits) / top if top else 0.0,
+        "first": [r["caption"][:60] for r in results[:3]],
+    }
 
 
 def compare_near_duplicates(world, out: str) -> dict:
@@ -170,7 +188,11 @@ def compare_near_duplicates(world, out: str) -> dict:
                 both.add(i)
         first_of_image.setdefault(img, i)
         first_of_group.setdefault(grp, i)
-    return {"samples": len(image), "repeated_images": len(same_image), "marked": len(same_group),
-            "marked_correctly": len(both),
-            "recall": len(both) / len(same_image) if same_image else 1.0,
-            "precision": len(both) / len(same_group) if same_group else 1.0}
+    return {
+        "samples": len(image),
+        "repeated_images": len(same_image),
+        "marked": len(same_group),
+        "marked_correctly": len(both),
+        "recall": len(both) / len(same_image) if same_image else 1.0,
+        "precision": len(both) / len(same_group) if same_group else 1.0,
+    }

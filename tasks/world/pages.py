@@ -18,8 +18,13 @@ from clipcrawl.tasks.world.srcs import BAD_SRC_STATUS, SRC_CASES, Resolver, make
 
 MIN_ALT_LENGTH, MAX_ALT_LENGTH = 5, 4096  # ExtractSettings defaults (LAION-400M)
 # charset -> (page language, weight); non-UTF-8 pages hold text of their own script.
-CHARSETS = {"utf-8": ("en", 70), "windows-1251": ("ru", 8), "shift_jis": ("ja", 7),
-            "iso-8859-1": ("de", 5), "gb2312": ("zh", 5)}
+CHARSETS = {
+    "utf-8": ("en", 70),
+    "windows-1251": ("ru", 8),
+    "shift_jis": ("ja", 7),
+    "iso-8859-1": ("de", 5),
+    "gb2312": ("zh", 5),
+}
 LATIN1_LANGS = ("de", "fr")
 DECLARATIONS = ("header", "meta", "meta_http_equiv", "both")
 SECTIONS = ("news", "blog", "shop", "gallery", "travel", "wiki")
@@ -27,20 +32,38 @@ HOME = {"en": "Home", "de": "Startseite", "fr": "Accueil", "ru": "Главная
 # How a page shows its license -> weight: ~15% of pages have one, ~5% only links that are not one.
 # decoy_*, plain_anchor: a decoy (LICENSE_DECOYS) comes first; decoy_then_rel: then a license link
 # without rel=license, then the rel=license one that wins.
-LICENSE_CASES = {"none": 80, "footer_rel": 5, "head_link": 4, "plain_anchor": 3, "decoy_then_rel": 3,
-                 "decoy_only": 5}
-LICENSE_PATHS = {"licenses/by/4.0/": "CC BY 4.0", "licenses/by-sa/4.0/": "CC BY-SA 4.0",
-                 "licenses/by-nc/4.0/": "CC BY-NC 4.0", "licenses/by-nc-sa/3.0/": "CC BY-NC-SA 3.0",
-                 "licenses/by-nd/2.0/": "CC BY-ND 2.0", "licenses/by/4.0/deed.de": "CC BY 4.0 (Deutsch)",
-                 "publicdomain/zero/1.0/": "CC0 1.0", "publicdomain/mark/1.0/": "Public Domain Mark 1.0"}
-LICENSE_PREFIXES = ("https://creativecommons.org/", "http://creativecommons.org/", "//creativecommons.org/",
-                    "https://www.creativecommons.org/")
+LICENSE_CASES = {"none": 80, "footer_rel": 5, "head_link": 4, "plain_anchor": 3, "decoy_then_rel": 3, "decoy_only": 5}
+LICENSE_PATHS = {
+    "licenses/by/4.0/": "CC BY 4.0",
+    "licenses/by-sa/4.0/": "CC BY-SA 4.0",
+    "licenses/by-nc/4.0/": "CC BY-NC 4.0",
+    "licenses/by-nc-sa/3.0/": "CC BY-NC-SA 3.0",
+    "licenses/by-nd/2.0/": "CC BY-ND 2.0",
+    "licenses/by/4.0/deed.de": "CC BY 4.0 (Deutsch)",
+    "publicdomain/zero/1.0/": "CC0 1.0",
+    "publicdomain/mark/1.0/": "Public Domain Mark 1.0",
+}
+LICENSE_PREFIXES = (
+    "https://creativecommons.org/",
+    "http://creativecommons.org/",
+    "//creativecommons.org/",
+    "https://www.creativecommons.org/",
+)
 # Links that look like a license but are none: CC's own pages, another host with a CC-like path.
-LICENSE_DECOYS = {"https://creativecommons.org/": "Creative Commons", "https://creativecommons.org/about/": "About CC",
-                  "https://search.creativecommons.org/": "Find CC images",
-                  "https://example-licenses.world.test/licenses/by/4.0/": "License terms"}
-ANCHOR_WORDS = {"en": "Read more about {}", "de": "Mehr über {}", "fr": "En savoir plus sur {}",
-                "ru": "Подробнее о {}", "ja": "{}の詳細", "zh": "关于{}的更多信息"}
+LICENSE_DECOYS = {
+    "https://creativecommons.org/": "Creative Commons",
+    "https://creativecommons.org/about/": "About CC",
+    "https://search.creativecommons.org/": "Find CC images",
+    "https://example-licenses.world.test/licenses/by/4.0/": "License terms",
+}
+ANCHOR_WORDS = {
+    "en": "Read more about {}",
+    "de": "Mehr über {}",
+    "fr": "En savoir plus sur {}",
+    "ru": "Подробнее о {}",
+    "ja": "{}の詳細",
+    "zh": "关于{}的更多信息",
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +83,7 @@ class Occurrence:
     image_id: int
     matches: bool
     shared: bool
-    license: str | None        # the page's license URL a correct extractor finds (absolute), None when none
+    license: str | None  # the page's license URL a correct extractor finds (absolute), None when none
 
 
 @dataclass
@@ -99,10 +122,10 @@ class LicenseLinks:
     """A page's links to (or looking like) licenses, as WAT link entries, by where they are on the page."""
 
     case: str
-    url: str | None = None                                # the license an extractor must find
-    head: list[dict] = field(default_factory=list)        # <link> tags
-    nav: list[dict] = field(default_factory=list)         # <a> tags in <nav>, before the content
-    footer: list[dict] = field(default_factory=list)      # <a> tags in <footer>, after it
+    url: str | None = None  # the license an extractor must find
+    head: list[dict] = field(default_factory=list)  # <link> tags
+    nav: list[dict] = field(default_factory=list)  # <a> tags in <nav>, before the content
+    footer: list[dict] = field(default_factory=list)  # <a> tags in <footer>, after it
 
 
 def license_links(rng: random.Random, scheme: str) -> LicenseLinks:
@@ -172,8 +195,16 @@ def shared_pairs(seed: int, n: int, images: int, sites: int) -> list[SharedPair]
 class PageBuilder:
     """Builds pages of one WAT/WARC file; `rng` is the file's own, so files are independent."""
 
-    def __init__(self, seed: int, sites: int, images: int, shared: list[SharedPair], rng: random.Random,
-                 links_per_page: tuple[int, int], images_per_page: tuple[int, int]):
+    def __init__(
+        self,
+        seed: int,
+        sites: int,
+        images: int,
+        shared: list[SharedPair],
+        rng: random.Random,
+        links_per_page: tuple[int, int],
+        images_per_page: tuple[int, int],
+    ):
         self.seed, self.sites, self.images, self.shared, self.rng = seed, sites, images, shared, rng
         self.links_per_page, self.images_per_page = links_per_page, images_per_page
 
@@ -228,13 +259,20 @@ class PageBuilder:
             head.append(f'<base href="{base}">\n')
         head.append('<meta name="viewport" content="width=device-width, initial-scale=1">\n')
         metas.append({"name": "viewport", "content": "width=device-width, initial-scale=1"})
-        link = [{"path": "LINK@/href", "url": "/static/site.css", "rel": "stylesheet"},
-                {"path": "LINK@/href", "url": "/favicon.ico", "rel": "icon"},
-                {"path": "LINK@/href", "url": page.url, "rel": "canonical"}] + licenses.head
+        link = [
+            {"path": "LINK@/href", "url": "/static/site.css", "rel": "stylesheet"},
+            {"path": "LINK@/href", "url": "/favicon.ico", "rel": "icon"},
+            {"path": "LINK@/href", "url": page.url, "rel": "canonical"},
+        ] + licenses.head
         head += [f'<link rel="{x["rel"]}" href="{x["url"]}">\n' for x in link]
         head.append('<script src="/static/app.js"></script>\n<style>body { background: url(/static/bg.png) }</style>\n')
-        page.head = {"Title": title, **({"Base": base} if base else {}), "Metas": metas, "Link": link,
-                     "Scripts": [{"path": "SCRIPT@/src", "url": "/static/app.js"}]}
+        page.head = {
+            "Title": title,
+            **({"Base": base} if base else {}),
+            "Metas": metas,
+            "Link": link,
+            "Scripts": [{"path": "SCRIPT@/src", "url": "/static/app.js"}],
+        }
         links = [{"path": "STYLE/#text", "url": "/static/bg.png"}]
         body = ["</head>\n<body>\n<nav>"]
         for i, name in enumerate((HOME[lang], "About", "Contact", "Archive")):
@@ -272,8 +310,9 @@ class PageBuilder:
         page.html = "".join(head + body)
         page.links = links
 
-    def _behaviour_img(self, page: Page, image_id: int, behaviour: str, scheme: str,
-                       body: list[str], links: list[dict]) -> None:
+    def _behaviour_img(
+        self, page: Page, image_id: int, behaviour: str, scheme: str, body: list[str], links: list[dict]
+    ) -> None:
         """A showcase `<img>` of a reserved image, linked where its behaviour shows (its own host, if any)."""
         spec = image_spec(self.seed, image_id)
         host = BEHAVIOURS[behaviour].host or f"img.site-{image_id % self.sites}.world.test"
@@ -282,15 +321,34 @@ class PageBuilder:
         body.append(f'<img src="{url}" alt="{alt.written}" width="{spec.width}" height="{spec.height}">\n')
         links.append({"path": "IMG@/src", "url": url, "alt": alt.written})
         case = "abs_https" if scheme == "https" else "abs_http"
-        page.images.append(Occurrence(page.url, url, alt.written, url, alt.text, str(status_of(case, alt)),
-                                      f"{case}+caption+behaviour_{behaviour}", case, "caption", page.charset,
-                                      image_id, alt.matches, False, page.license))
+        page.images.append(
+            Occurrence(
+                page.url,
+                url,
+                alt.written,
+                url,
+                alt.text,
+                str(status_of(case, alt)),
+                f"{case}+caption+behaviour_{behaviour}",
+                case,
+                "caption",
+                page.charset,
+                image_id,
+                alt.matches,
+                False,
+                page.license,
+            )
+        )
 
-    def _img(self, page: Page, site: int, res: Resolver, src_case: str, alt_case: str,
-             body: list[str], links: list[dict]) -> None:
+    def _img(
+        self, page: Page, site: int, res: Resolver, src_case: str, alt_case: str, body: list[str], links: list[dict]
+    ) -> None:
         rng = self.rng
-        image_id = (rng.randrange(self.images // self.sites) * self.sites + site) % self.images \
-            if rng.random() < 0.85 else rng.randrange(self.images)
+        image_id = (
+            (rng.randrange(self.images // self.sites) * self.sites + site) % self.images
+            if rng.random() < 0.85
+            else rng.randrange(self.images)
+        )
         image_id = unreserved(image_id, self.images, self.sites)
         spec = image_spec(self.seed, image_id)
         src = make_src(src_case, image_id, spec.format, image_id % self.sites, res, rng)
@@ -316,16 +374,50 @@ class PageBuilder:
         labels = [src_case, alt_case] + ([f"charset_{page.charset}"] if page.charset != "utf-8" else [])
         if page.license_case != "none":
             labels.append(f"license_{page.license_case}")
-        if page.head.get("Base") and src_case in ("relative_parent", "relative_same", "root_relative",
-                                                  "protocol_relative"):
+        if page.head.get("Base") and src_case in (
+            "relative_parent",
+            "relative_same",
+            "root_relative",
+            "protocol_relative",
+        ):
             labels.append("base_href")
-        page.images.append(Occurrence(
-            page.url, src.written, written_alt, src.url, alt.text, str(status), "+".join(labels), src_case,
-            alt_case, page.charset, image_id, alt.matches, False, page.license))
+        page.images.append(
+            Occurrence(
+                page.url,
+                src.written,
+                written_alt,
+                src.url,
+                alt.text,
+                str(status),
+                "+".join(labels),
+                src_case,
+                alt_case,
+                page.charset,
+                image_id,
+                alt.matches,
+                False,
+                page.license,
+            )
+        )
 
     def _shared(self, page: Page, pair: SharedPair, body: list[str], links: list[dict]) -> None:
         body.append(f'<img src="{pair.src}" alt="{pair.alt}">\n')
         links.append({"path": "IMG@/src", "url": pair.src, "alt": pair.alt})
-        page.images.append(Occurrence(page.url, pair.src, pair.alt, pair.src, pair.alt, str(PairStatus.KEPT),
-                                      "abs_http+caption+shared", "abs_http", "caption", page.charset,
-                                      pair.image_id, pair.matches, True, page.license))
+        page.images.append(
+            Occurrence(
+                page.url,
+                pair.src,
+                pair.alt,
+                pair.src,
+                pair.alt,
+                str(PairStatus.KEPT),
+                "abs_http+caption+shared",
+                "abs_http",
+                "caption",
+                page.charset,
+                pair.image_id,
+                pair.matches,
+                True,
+                page.license,
+            )
+        )

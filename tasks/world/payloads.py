@@ -23,12 +23,16 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def pixel_bomb(size: tuple[int, int] = BOMB_SIZE) -> bytes:
     """A valid 1-bit greyscale PNG of `size` pixels, all black: ~110 KB for 30000x30000 (900 Mpx)."""
     w, h = size
-    row = b"\x00" * (1 + (w + 7) // 8)   # filter byte + packed bits
+    row = b"\x00" * (1 + (w + 7) // 8)  # filter byte + packed bits
     comp = zlib.compressobj(9)
     idat = b"".join(comp.compress(row * 1000) for _ in range(h // 1000)) + comp.compress(row * (h % 1000))
     idat += comp.flush()
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
-            + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0))
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _save(img: Image.Image, kind: str, **kw) -> bytes:
@@ -71,8 +75,13 @@ def webp_alpha(seed: int, image_id: int) -> bytes:
 
 def gif_animated(seed: int, image_id: int) -> bytes:
     spec = image_spec(seed, image_id)
-    frames = [render_scene(type(spec.scene)(**{**spec.scene.to_dict(), "layout_seed": spec.scene.layout_seed + k}),
-                           (spec.width, spec.height)) for k in range(3)]
+    frames = [
+        render_scene(
+            type(spec.scene)(**{**spec.scene.to_dict(), "layout_seed": spec.scene.layout_seed + k}),
+            (spec.width, spec.height),
+        )
+        for k in range(3)
+    ]
     return _save(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=300, loop=0)
 
 
@@ -94,34 +103,50 @@ def svg_document(seed: int, image_id: int) -> bytes:
     spec = image_spec(seed, image_id)
     rng = random.Random(f"svg:{seed}:{image_id}")
     w, h = spec.width, spec.height
-    parts = ['<?xml version="1.0" encoding="UTF-8"?>\n',
-             f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">\n',
-             f'<rect width="{w}" height="{h}" fill="{spec.scene.background}"/>\n']
+    parts = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}">\n',
+        f'<rect width="{w}" height="{h}" fill="{spec.scene.background}"/>\n',
+    ]
     while sum(map(len, parts)) < 8000:
-        parts.append(f'<circle cx="{rng.randrange(w)}" cy="{rng.randrange(h)}" r="{rng.randint(2, 20)}" '
-                     f'fill="{spec.scene.colour}" opacity="0.{rng.randint(1, 9)}"/>\n')
+        parts.append(
+            f'<circle cx="{rng.randrange(w)}" cy="{rng.randrange(h)}" r="{rng.randint(2, 20)}" '
+            f'fill="{spec.scene.colour}" opacity="0.{rng.randint(1, 9)}"/>\n'
+        )
     parts.append("</svg>\n")
     return "".join(parts).encode()
 
 
 def html_page(seed: int, image_id: int) -> bytes:
     """A 'soft 404': the CMS's error page, sent with status 200 and the image's content type."""
-    rows = "".join(f'<li><a href="/gallery/{i}.html">Gallery {i}: more pictures from our archive</a></li>\n'
-                   for i in range(120))
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>Page not found</title></head>\n'
-            f'<body>\n<h1>Sorry, image {image_id:06d} is no longer available</h1>\n<ul>\n{rows}</ul>\n'
-            f'</body>\n</html>\n').encode()
+    rows = "".join(
+        f'<li><a href="/gallery/{i}.html">Gallery {i}: more pictures from our archive</a></li>\n' for i in range(120)
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>Page not found</title></head>\n'
+        f"<body>\n<h1>Sorry, image {image_id:06d} is no longer available</h1>\n<ul>\n{rows}</ul>\n"
+        f"</body>\n</html>\n"
+    ).encode()
 
 
 def stream_chunk() -> bytes:
     """64 KiB of an endless body: a JPEG start of image, then filler."""
-    return (b"\xff\xd8\xff\xe0" + b"\x00" * 65532)
+    return b"\xff\xd8\xff\xe0" + b"\x00" * 65532
 
 
-BODIES = {"truncated_jpeg": truncated_jpeg, "cmyk_jpeg": cmyk_jpeg, "png_alpha": png_alpha,
-          "webp_alpha": webp_alpha, "gif_animated": gif_animated, "tiny_image": tiny_image,
-          "small_pixels": small_pixels, "svg_as_jpeg": svg_document, "html_as_jpeg": html_page,
-          "empty_body": lambda seed, image_id: b"", "pixel_bomb": lambda seed, image_id: pixel_bomb()}
+BODIES = {
+    "truncated_jpeg": truncated_jpeg,
+    "cmyk_jpeg": cmyk_jpeg,
+    "png_alpha": png_alpha,
+    "webp_alpha": webp_alpha,
+    "gif_animated": gif_animated,
+    "tiny_image": tiny_image,
+    "small_pixels": small_pixels,
+    "svg_as_jpeg": svg_document,
+    "html_as_jpeg": html_page,
+    "empty_body": lambda seed, image_id: b"",
+    "pixel_bomb": lambda seed, image_id: pixel_bomb(),
+}
 
 
 def body(seed: int, image_id: int, behaviour: str, fmt: str) -> bytes:

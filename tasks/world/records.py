@@ -68,25 +68,44 @@ def http_message(first_line: str, headers: dict[str, str], body: bytes) -> tuple
 
 def container(rec: Record, filename: str) -> dict:
     crc = zlib.crc32(rec.raw)
-    return {"IsParsed": "true", "Filename": filename, "Compressed": "true", "Offset": str(rec.offset),
-            "Gzip-Metadata": {"Deflate-Length": str(max(rec.member_length - 18, 0)), "Header-Length": "10",
-                              "Footer-Length": "8", "Inflated-CRC": str(java_int(crc)),
-                              "Inflated-Length": str(len(rec.raw))}}
+    return {
+        "IsParsed": "true",
+        "Filename": filename,
+        "Compressed": "true",
+        "Offset": str(rec.offset),
+        "Gzip-Metadata": {
+            "Deflate-Length": str(max(rec.member_length - 18, 0)),
+            "Header-Length": "10",
+            "Footer-Length": "8",
+            "Inflated-CRC": str(java_int(crc)),
+            "Inflated-Length": str(len(rec.raw)),
+        },
+    }
 
 
 def envelope(rec: Record, payload: dict) -> dict:
-    return {"Format": "WARC", "WARC-Header-Length": str(rec.header_length),
-            "Block-Digest": rec.headers.get("WARC-Block-Digest") or sha1_digest(rec.block),
-            "Actual-Content-Length": str(len(rec.block)), "WARC-Header-Metadata": dict(rec.headers),
-            "Payload-Metadata": payload}
+    return {
+        "Format": "WARC",
+        "WARC-Header-Length": str(rec.header_length),
+        "Block-Digest": rec.headers.get("WARC-Block-Digest") or sha1_digest(rec.block),
+        "Actual-Content-Length": str(len(rec.block)),
+        "WARC-Header-Metadata": dict(rec.headers),
+        "Payload-Metadata": payload,
+    }
 
 
-def http_payload(kind: str, first: dict, headers: dict[str, str], headers_length: int, body: bytes,
-                 html_metadata: dict | None = None) -> dict:
+def http_payload(
+    kind: str, first: dict, headers: dict[str, str], headers_length: int, body: bytes, html_metadata: dict | None = None
+) -> dict:
     """Payload-Metadata of a request or response record."""
-    meta = {f"{kind.capitalize()}-Message": first, "Headers": headers, "Headers-Length": str(headers_length),
-            "Entity-Length": str(len(body)), "Entity-Digest": sha1_digest(body),
-            "Entity-Trailing-Slop-Length": "0"}
+    meta = {
+        f"{kind.capitalize()}-Message": first,
+        "Headers": headers,
+        "Headers-Length": str(headers_length),
+        "Entity-Length": str(len(body)),
+        "Entity-Digest": sha1_digest(body),
+        "Entity-Trailing-Slop-Length": "0",
+    }
     if html_metadata is not None:
         meta["HTML-Metadata"] = html_metadata
     return {"Actual-Content-Type": f"application/http; msgtype={kind}", f"HTTP-{kind.capitalize()}-Metadata": meta}
@@ -97,17 +116,24 @@ def fields_payload(block: bytes, key: str) -> dict:
     pairs = [line.split(": ", 1) for line in block.decode().split(CRLF) if ": " in line]
     if key == "WARC-Info-Metadata":
         return {"Actual-Content-Type": "application/warc-fields", key: {k: v for k, v in pairs}}
-    return {"Actual-Content-Type": "application/warc-fields",
-            key: {"Metadata-Records": [{"Name": k, "Value": v} for k, v in pairs]}}
+    return {
+        "Actual-Content-Type": "application/warc-fields",
+        key: {"Metadata-Records": [{"Name": k, "Value": v} for k, v in pairs]},
+    }
 
 
 def wat_record(source: Record, warc_filename: str, payload: dict, record_id: str, date: str) -> Record:
     """The WAT metadata record describing `source` (already placed in its WARC file)."""
     doc = {"Container": container(source, warc_filename), "Envelope": envelope(source, payload)}
     target = source.headers.get("WARC-Target-URI") or source.headers.get("WARC-Filename", warc_filename)
-    headers = {"WARC-Type": "metadata", "WARC-Target-URI": target, "WARC-Date": date,
-               "WARC-Record-ID": record_id, "WARC-Refers-To": source.record_id,
-               "Content-Type": "application/json"}
+    headers = {
+        "WARC-Type": "metadata",
+        "WARC-Target-URI": target,
+        "WARC-Date": date,
+        "WARC-Record-ID": record_id,
+        "WARC-Refers-To": source.record_id,
+        "Content-Type": "application/json",
+    }
     return build_record(headers, orjson.dumps(doc), length_last=True)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import io
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -22,9 +22,18 @@ SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross", "ring", "h
 # The stand-in concept a later NSFW-tag stage detects; rare on purpose.
 FLAGGED_SHAPES = ("skull",)
 COLOURS = {
-    "red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 70, 220), "yellow": (240, 220, 30),
-    "purple": (140, 40, 180), "orange": (245, 140, 20), "black": (15, 15, 15), "white": (245, 245, 245),
-    "pink": (250, 140, 190), "brown": (130, 80, 30), "grey": (128, 128, 128), "cyan": (40, 210, 220),
+    "red": (220, 30, 30),
+    "green": (30, 170, 60),
+    "blue": (30, 70, 220),
+    "yellow": (240, 220, 30),
+    "purple": (140, 40, 180),
+    "orange": (245, 140, 20),
+    "black": (15, 15, 15),
+    "white": (245, 245, 245),
+    "pink": (250, 140, 190),
+    "brown": (130, 80, 30),
+    "grey": (128, 128, 128),
+    "cyan": (40, 210, 220),
 }
 SIZES = ("small", "large")
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
@@ -59,8 +68,13 @@ def random_scene(rng: random.Random, flagged_rate: float = 0.02) -> Scene:
 def _polygon(cx: float, cy: float, r: float, points: int, start: float = -math.pi / 2, inner: float = 1.0):
     step = math.pi / points if inner != 1.0 else 2 * math.pi / points
     n = points * 2 if inner != 1.0 else points
-    return [(cx + (r if i % 2 == 0 else r * inner) * math.cos(start + i * step),
-             cy + (r if i % 2 == 0 else r * inner) * math.sin(start + i * step)) for i in range(n)]
+    return [
+        (
+            cx + (r if i % 2 == 0 else r * inner) * math.cos(start + i * step),
+            cy + (r if i % 2 == 0 else r * inner) * math.sin(start + i * step),
+        )
+        for i in range(n)
+    ]
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill, bg) -> None:
@@ -147,16 +161,18 @@ def describe(scene: Scene, rng: random.Random) -> str:
     size = f"{scene.size} " if rng.random() < 0.6 else ""
     thing = f"{number} {size}{scene.colour} {_plural(scene)}"
     bg = f"{scene.background} background"
-    template = rng.choice([
-        "{thing} on a {bg}",
-        "a photo of {thing} on a {bg}",
-        "{thing} against a {bg}",
-        "an image of {thing}, {bg}",
-        "{Thing} on {bg}",
-        "picture showing {thing} over a {bg}",
-        "{thing}",
-        "a drawing of {thing} on a plain {bg}",
-    ])
+    template = rng.choice(
+        [
+            "{thing} on a {bg}",
+            "a photo of {thing} on a {bg}",
+            "{thing} against a {bg}",
+            "an image of {thing}, {bg}",
+            "{Thing} on {bg}",
+            "picture showing {thing} over a {bg}",
+            "{thing}",
+            "a drawing of {thing} on a plain {bg}",
+        ]
+    )
     return template.format(thing=thing, Thing=thing[0].upper() + thing[1:], bg=bg)
 
 
@@ -193,7 +209,7 @@ def image_spec(world_seed: int, image_id: int) -> ImageSpec:
     fmt = rng.choices(("jpg", "png", "webp", "gif"), weights=(60, 20, 12, 8))[0]
     width, height = rng.choice(IMAGE_SIZES)
     behaviour = behaviour_of(world_seed, image_id)
-    fmt = BEHAVIOURS[behaviour].format or fmt          # the URL extension a format-specific behaviour needs
+    fmt = BEHAVIOURS[behaviour].format or fmt  # the URL extension a format-specific behaviour needs
     width, height = FIXED_SIZES.get(behaviour, (width, height))
     return ImageSpec(image_id, scene_for_image(world_seed, image_id), fmt, width, height, behaviour)
 

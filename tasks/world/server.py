@@ -35,23 +35,38 @@ IMAGE_PATH = re.compile(r"/(\d{6})\.(jpg|png|webp|gif)$")
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
 ROBOTS = b"User-agent: otherbot\nDisallow: /\n\nUser-agent: *\nDisallow: /private/\nAllow: /\n"
 ROBOTS_CLOSED = b"User-agent: *\nDisallow: /\n"
-STATUS_BODIES = {403: b"forbidden\n", 404: b"not found\n", 410: b"gone\n", 429: b"slow down\n",
-                 500: b"internal server error\n", 503: b"service unavailable\n"}
+STATUS_BODIES = {
+    403: b"forbidden\n",
+    404: b"not found\n",
+    410: b"gone\n",
+    429: b"slow down\n",
+    500: b"internal server error\n",
+    503: b"service unavailable\n",
+}
 WARM_LIMIT = 4096  # bodies rendered before serving (a small world has ~300): see ImageServer.start
-X_ROBOTS = {"noai_header": "noai", "otherbot_noai_header": "otherbot: noai, noimageai",
-            "ourbot_noai_header": f"{bh.OUR_TOKEN}: noimageai"}
+X_ROBOTS = {
+    "noai_header": "noai",
+    "otherbot_noai_header": "otherbot: noai, noimageai",
+    "ourbot_noai_header": f"{bh.OUR_TOKEN}: noimageai",
+}
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_WorldHTTPServer"
+    server: _WorldHTTPServer
     protocol_version = "HTTP/1.1"
     timeout = 60  # an idle keep-alive connection is dropped after this
 
     def log_message(self, format, *args):  # noqa: A002 - quiet: tests and the demo run many requests
         pass
 
-    def _send(self, code: int, body: bytes = b"", ctype: str = "text/plain", headers: dict | None = None,
-              length: int | None = None) -> None:
+    def _send(
+        self,
+        code: int,
+        body: bytes = b"",
+        ctype: str = "text/plain",
+        headers: dict | None = None,
+        length: int | None = None,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body) if length is None else length))
@@ -79,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if drip:
                 for i in range(int(bh.DRIP_CAP_S / bh.DRIP_INTERVAL)):
-                    self.wfile.write(chunk[i % len(chunk): i % len(chunk) + 1])
+                    self.wfile.write(chunk[i % len(chunk) : i % len(chunk) + 1])
                     self.wfile.flush()
                     if stopping.wait(bh.DRIP_INTERVAL):
                         return
@@ -117,8 +132,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(302, b"", headers={"Location": f"{scheme}://{raw_host}/loop/{other}/{name}"})
         if path.startswith("/moved/") or bh.BEHAVIOURS[behaviour].host:
             behaviour = "ok"  # a redirect's target, or an image whose oddity is its host
-        self._respond(behaviour, image_id, fmt, name, f"{scheme}://{raw_host}", world.hit_count(
-            f"{scheme}://{host}{path}"))
+        self._respond(
+            behaviour, image_id, fmt, name, f"{scheme}://{raw_host}", world.hit_count(f"{scheme}://{host}{path}")
+        )
 
     def _respond(self, b: str, image_id: int, fmt: str, name: str, origin: str, nth: int) -> None:
         world = self.server.world
@@ -141,8 +157,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if b in ("endless_body", "endless_drip", "huge_content_length"):
-            return self._stream(CONTENT_TYPES[fmt], bh.HUGE_LENGTH if b == "huge_content_length" else None,
-                                drip=b == "endless_drip")
+            return self._stream(
+                CONTENT_TYPES[fmt], bh.HUGE_LENGTH if b == "huge_content_length" else None, drip=b == "endless_drip"
+            )
         ctype = {"text_plain": "text/plain", "octet_stream": "application/octet-stream"}.get(b, CONTENT_TYPES[fmt])
         headers = {"X-Robots-Tag": X_ROBOTS[b]} if b in X_ROBOTS else None
         self._send(200, world.body(image_id, b, fmt), ctype, headers)
@@ -211,8 +228,9 @@ def _tls_context(ca: trustme.CA, hosts: set[str]) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(*sorted(names)).configure_cert(ctx)
     expired = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(bh.BADCERT_HOST, not_before=datetime.datetime(2020, 1, 1),
-                  not_after=datetime.datetime(2020, 12, 31)).configure_cert(expired)
+    ca.issue_cert(
+        bh.BADCERT_HOST, not_before=datetime.datetime(2020, 1, 1), not_after=datetime.datetime(2020, 12, 31)
+    ).configure_cert(expired)
 
     def pick(sslobj, server_name, _ctx):
         if server_name == bh.BADCERT_HOST:
@@ -228,11 +246,17 @@ class ImageServer:
     def __init__(self, root: str, host: str = "127.0.0.1"):
         with open(os.path.join(root, "world.json"), "rb") as f:
             info = orjson.loads(f.read())
-        images = pq.read_table(os.path.join(root, "manifest", "images.parquet"),
-                               columns=["image_id", "behaviour", "urls"]).to_pylist()
+        images = pq.read_table(
+            os.path.join(root, "manifest", "images.parquet"), columns=["image_id", "behaviour", "urls"]
+        ).to_pylist()
         behaviours = {i["image_id"]: i["behaviour"] for i in images}
-        self._bodies = sorted({(i["image_id"], i["behaviour"], IMAGE_PATH.search(u.split("?")[0]).group(2))
-                               for i in images for u in i["urls"]})[:WARM_LIMIT]
+        self._bodies = sorted(
+            {
+                (i["image_id"], i["behaviour"], IMAGE_PATH.search(u.split("?")[0]).group(2))
+                for i in images
+                for u in i["urls"]
+            }
+        )[:WARM_LIMIT]
         self.host = host
         self.hosts = sorted(info["image_hosts"])
         self._world = _World(info["spec"]["seed"], set(self.hosts), behaviours)
@@ -240,8 +264,10 @@ class ImageServer:
         self._tmp = tempfile.mkdtemp(prefix="world-ca-")
         self.ca_pem_path = os.path.join(self._tmp, "ca.pem")
         self._ca.cert_pem.write_to_path(self.ca_pem_path)
-        self._servers = [_WorldHTTPServer(self._world, host),
-                         _WorldHTTPServer(self._world, host, _tls_context(self._ca, set(self.hosts)))]
+        self._servers = [
+            _WorldHTTPServer(self._world, host),
+            _WorldHTTPServer(self._world, host, _tls_context(self._ca, set(self.hosts))),
+        ]
         self._threads: list[threading.Thread] = []
 
     @property
@@ -289,18 +315,21 @@ class ImageServer:
 
         `World.expected_downloads()` is the ground truth for these settings (without overrides).
         """
-        return DownloadSettings(**{**bh.TEST_SETTINGS, "resolve": self.resolve, "ca_bundle": self.ca_pem_path,
-                                   **overrides})
+        return DownloadSettings(
+            **{**bh.TEST_SETTINGS, "resolve": self.resolve, "ca_bundle": self.ca_pem_path, **overrides}
+        )
 
-    def start(self, warm: bool = True) -> "ImageServer":
+    def start(self, warm: bool = True) -> ImageServer:
         """Serve; with `warm`, render every body first (~3 s for a small world, in parallel) so that no
         response waits behind others' rendering and a test's short read timeout never fires on an ok image."""
         if warm:
             with ThreadPoolExecutor(os.cpu_count() or 4) as pool:
                 list(pool.map(lambda key: self._world.body(*key), self._bodies))
         self._world.stopping.clear()
-        self._threads = [threading.Thread(target=s.serve_forever, name=f"world-image-server-{i}", daemon=True)
-                         for i, s in enumerate(self._servers)]
+        self._threads = [
+            threading.Thread(target=s.serve_forever, name=f"world-image-server-{i}", daemon=True)
+            for i, s in enumerate(self._servers)
+        ]
         for t in self._threads:
             t.start()
         return self
@@ -317,7 +346,7 @@ class ImageServer:
             s.server_close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def __enter__(self) -> "ImageServer":
+    def __enter__(self) -> ImageServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -13,17 +13,30 @@ from clipcrawl.tasks.core.status import PairStatus
 
 # case -> weight; every case also appears once on each file's showcase page.
 SRC_CASES = {
-    "abs_http": 40, "abs_https": 15, "relative_parent": 6, "relative_same": 6, "root_relative": 6,
-    "protocol_relative": 5, "entity_query": 5, "data_uri": 2, "javascript": 1, "ftp": 0.7, "file": 0.5,
-    "empty_src": 0.7, "no_host": 0.4,
+    "abs_http": 40,
+    "abs_https": 15,
+    "relative_parent": 6,
+    "relative_same": 6,
+    "root_relative": 6,
+    "protocol_relative": 5,
+    "entity_query": 5,
+    "data_uri": 2,
+    "javascript": 1,
+    "ftp": 0.7,
+    "file": 0.5,
+    "empty_src": 0.7,
+    "no_host": 0.4,
 }
 # Cases whose src a browser cannot fetch: the pair is dropped with this status whatever the alt.
 BAD_SRC_STATUS = {
-    "data_uri": PairStatus.UNSUPPORTED_SCHEME, "javascript": PairStatus.UNSUPPORTED_SCHEME,
-    "ftp": PairStatus.UNSUPPORTED_SCHEME, "file": PairStatus.UNSUPPORTED_SCHEME,
-    "empty_src": PairStatus.INVALID_URL, "no_host": PairStatus.INVALID_URL,
+    "data_uri": PairStatus.UNSUPPORTED_SCHEME,
+    "javascript": PairStatus.UNSUPPORTED_SCHEME,
+    "ftp": PairStatus.UNSUPPORTED_SCHEME,
+    "file": PairStatus.UNSUPPORTED_SCHEME,
+    "empty_src": PairStatus.INVALID_URL,
+    "no_host": PairStatus.INVALID_URL,
 }
-TINY_PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 
 @dataclass(frozen=True)
@@ -42,8 +55,8 @@ class Resolver:
 @dataclass(frozen=True)
 class Src:
     case: str
-    written: str       # as in the page source (entities not decoded)
-    url: str | None    # expected absolute URL; None when not http(s)
+    written: str  # as in the page source (entities not decoded)
+    url: str | None  # expected absolute URL; None when not http(s)
     host: str | None
 
 

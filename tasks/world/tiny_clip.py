@@ -14,17 +14,25 @@ from __future__ import annotations
 
 import io
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from clipcrawl.tasks.core.config import DownloadSettings, EmbedSettings
 from clipcrawl.tasks.world.captions import ALT_CASES, Alt, make_alt
 from clipcrawl.tasks.world.pages import CHARSETS, LATIN1_LANGS
-from clipcrawl.tasks.world.scenes import FLAGGED_SHAPES, IMAGE_SIZES, PLURALS, SHAPES, Scene, encode_image, \
-    random_scene, render_scene
+from clipcrawl.tasks.world.scenes import (
+    FLAGGED_SHAPES,
+    IMAGE_SIZES,
+    PLURALS,
+    SHAPES,
+    Scene,
+    encode_image,
+    random_scene,
+    render_scene,
+)
 
 TINY_CLIP_DIR = Path(__file__).parent / "clip"
 THRESHOLD = EmbedSettings().similarity_threshold  # LAION-400M: 0.3
@@ -52,8 +60,13 @@ def search_query(colour: str, shape: str) -> str:
 
 def embed_settings(**overrides) -> EmbedSettings:
     """EmbedSettings that use the tiny model and this world's NSFW categories."""
-    return EmbedSettings(checkpoint=str(TINY_CLIP_DIR), pretrained=None, neutral_prompts=NEUTRAL_PROMPTS,
-                         flagged_prompts=FLAGGED_PROMPTS, **overrides)
+    return EmbedSettings(
+        checkpoint=str(TINY_CLIP_DIR),
+        pretrained=None,
+        neutral_prompts=NEUTRAL_PROMPTS,
+        flagged_prompts=FLAGGED_PROMPTS,
+        **overrides,
+    )
 
 
 def world_language(rng: random.Random) -> str:
@@ -77,8 +90,8 @@ def downloaded_image(scene: Scene, rng: random.Random, settings: DownloadSetting
 @dataclass(frozen=True)
 class Sample:
     scene: Scene
-    image: bytes   # the downloaded image (jpg after process_image)
-    alt: Alt       # alt.text is the pair's text, alt.matches its label
+    image: bytes  # the downloaded image (jpg after process_image)
+    alt: Alt  # alt.text is the pair's text, alt.matches its label
 
 
 def held_out_samples(n: int, seed: int = 1) -> Iterator[Sample]:
@@ -99,10 +112,13 @@ def encode(model_dir: Path | str, images: list[bytes], texts: list[str], batch_s
     from clipcrawl.tasks.embed.clip_model import load_model
 
     model = load_model(embed_settings(device="cpu").model_copy(update={"checkpoint": str(model_dir)}))
-    img = [model.encode_images(torch.from_numpy(np.stack([model.prepare(Image.open(io.BytesIO(b)))
-                                                          for b in images[i:i + batch_size]])))
-           for i in range(0, len(images), batch_size)]
-    txt = [model.encode_texts(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    img = [
+        model.encode_images(
+            torch.from_numpy(np.stack([model.prepare(Image.open(io.BytesIO(b))) for b in images[i : i + batch_size]]))
+        )
+        for i in range(0, len(images), batch_size)
+    ]
+    txt = [model.encode_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
     return np.concatenate(img), np.concatenate(txt)
 
 
@@ -120,9 +136,12 @@ def evaluate(model_dir: Path | str = TINY_CLIP_DIR, n: int = 1200, seed: int = 1
     samples = list(held_out_samples(n, seed))
     prompts = NEUTRAL_PROMPTS + FLAGGED_PROMPTS
     concepts = sorted({(s.scene.colour, s.scene.shape) for s in samples})
-    img, txt = encode(model_dir, [s.image for s in samples],
-                      [s.alt.text for s in samples] + list(prompts) + [search_query(*c) for c in concepts])
-    txt, prompt_emb, query_emb = txt[:n], txt[n:n + len(prompts)], txt[n + len(prompts):]
+    img, txt = encode(
+        model_dir,
+        [s.image for s in samples],
+        [s.alt.text for s in samples] + list(prompts) + [search_query(*c) for c in concepts],
+    )
+    txt, prompt_emb, query_emb = txt[:n], txt[n : n + len(prompts)], txt[n + len(prompts) :]
     sim = (img * txt).sum(axis=1)
     matches = np.array([s.alt.matches for s in samples])
     correct = (sim >= THRESHOLD) == matches
@@ -136,14 +155,24 @@ def evaluate(model_dir: Path | str = TINY_CLIP_DIR, n: int = 1200, seed: int = 1
         k = min(10, int((concept_of == q).sum()))
         precision.append(float((concept_of[ranked[q, :k]] == q).mean()))
     return {
-        "n": n, "seed": seed, "accuracy": round(float(correct.mean()), 4),
-        "cases": {c: {"n": int((cases == c).sum()), "accuracy": round(float(correct[cases == c].mean()), 4)}
-                  for c in KEPT_CASES if (cases == c).any()},
+        "n": n,
+        "seed": seed,
+        "accuracy": round(float(correct.mean()), 4),
+        "cases": {
+            c: {"n": int((cases == c).sum()), "accuracy": round(float(correct[cases == c].mean()), 4)}
+            for c in KEPT_CASES
+            if (cases == c).any()
+        },
         "similarity": {"matched": _quantiles(sim[matches]), "mismatched": _quantiles(sim[~matches])},
-        "nsfw": {"flagged_images": int(flagged.sum()),
-                 "flagged_tagged_nsfw": round(float((tags[flagged] == NSFW).mean()), 4),
-                 "other_images": int((~flagged).sum()),
-                 "other_tagged_nsfw": round(float((tags[~flagged] == NSFW).mean()), 4)},
-        "search": {"concepts": len(concepts), "mean_precision": round(float(np.mean(precision)), 4),
-                   "min_precision": round(float(np.min(precision)), 4)},
+        "nsfw": {
+            "flagged_images": int(flagged.sum()),
+            "flagged_tagged_nsfw": round(float((tags[flagged] == NSFW).mean()), 4),
+            "other_images": int((~flagged).sum()),
+            "other_tagged_nsfw": round(float((tags[~flagged] == NSFW).mean()), 4),
+        },
+        "search": {
+            "concepts": len(concepts),
+            "mean_precision": round(float(np.mean(precision)), 4),
+            "min_precision": round(float(np.min(precision)), 4),
+        },
     }

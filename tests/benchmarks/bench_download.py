@@ -75,6 +75,7 @@ if __name__ == "__main__":
 
 # ------------------------------------------------------------------------------ measuring
 
+
 def become_subreaper() -> None:
     """Orphaned descendants (pool workers whose parent died first) get reparented to us, so that
     we reap them and their CPU time lands in our RUSAGE_CHILDREN."""
@@ -161,15 +162,34 @@ def measure(cmd: list[str], exclude: set[int], env: dict | None = None, log: str
     if proc.returncode != 0:
         tail = open(log).read()[-3000:] if log else ""
         raise SystemExit(f"{cmd[0]} exited with {proc.returncode}\n{tail}")
-    return {"wall": wall, "cpu": cpu, "cpu_sampled": sum(sampler.cpu.values()), "peak_rss": sampler.peak_rss,
-            "peak_procs": sampler.peak_procs, "stdout": stdout, "leaked": leaked}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "cpu_sampled": sum(sampler.cpu.values()),
+        "peak_rss": sampler.peak_rss,
+        "peak_procs": sampler.peak_procs,
+        "stdout": stdout,
+        "leaked": leaked,
+    }
 
 
 # ------------------------------------------------------------------------------ the runs
 
+
 def start_server(workdir: str, urls: int, pool_size: int) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "download_server.py"), "--pool", workdir,
-                             "--pool-size", str(pool_size), "--urls", str(urls)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(HERE, "download_server.py"),
+            "--pool",
+            workdir,
+            "--pool-size",
+            str(pool_size),
+            "--urls",
+            str(urls),
+        ],
+        stdout=subprocess.PIPE,
+    )
     line = proc.stdout.readline().decode()
     if not line.startswith("PORT "):
         proc.kill()
@@ -182,24 +202,38 @@ def write_pairs(path: str, port: int, urls: int) -> None:
     import pyarrow.parquet as pq
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    table = pa.table({"url": [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(urls)],
-                      "text": [f"a photo number {i} of a synthetic scene" for i in range(urls)]})
+    table = pa.table(
+        {
+            "url": [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(urls)],
+            "text": [f"a photo number {i} of a synthetic scene" for i in range(urls)],
+        }
+    )
     pq.write_table(table, path)
 
 
 def clipcrawl_settings(args) -> dict:
-    return {"shard_size": SHARD_SIZE, "image_size": IMAGE_SIZE, "resize_mode": RESIZE_MODE,
-            "encode_format": ENCODE_FORMAT, "encode_quality": ENCODE_QUALITY, "processes": args.processes,
-            "concurrency": args.concurrency, "per_host": args.concurrency,
-            "allow_addresses": ["127.0.0.1/32"]}
+    return {
+        "shard_size": SHARD_SIZE,
+        "image_size": IMAGE_SIZE,
+        "resize_mode": RESIZE_MODE,
+        "encode_format": ENCODE_FORMAT,
+        "encode_quality": ENCODE_QUALITY,
+        "processes": args.processes,
+        "concurrency": args.concurrency,
+        "per_host": args.concurrency,
+        "allow_addresses": ["127.0.0.1/32"],
+    }
 
 
 def run_engine(args, pairs: str, out: str, exclude: set[int]) -> dict:
     script = os.path.join(args.workdir, "engine.py")
     with open(script, "w") as f:
         f.write(ENGINE_SCRIPT.format(root=ROOT))
-    m = measure([sys.executable, script, pairs, out, json.dumps(clipcrawl_settings(args))], exclude,
-                log=os.path.join(args.workdir, "engine.log"))
+    m = measure(
+        [sys.executable, script, pairs, out, json.dumps(clipcrawl_settings(args))],
+        exclude,
+        log=os.path.join(args.workdir, "engine.log"),
+    )
     m["successes"] = sum(s["successes"] for s in json.loads(m["stdout"]))
     return m
 
@@ -210,20 +244,57 @@ def run_cli(args, pairs_dir: str, out: str, exclude: set[int]) -> dict:
     config = os.path.join(args.workdir, "clipcrawl.yaml")
     with open(config, "w") as f:
         yaml.safe_dump({"download": clipcrawl_settings(args)}, f)
-    m = measure([CLIPCRAWL, "download", "--pairs", pairs_dir, "--out", out, "--config", config], exclude,
-                log=os.path.join(args.workdir, "cli.log"))
-    m["successes"] = json.loads(m["stdout"][m["stdout"].index("{"):])["successes"]
+    m = measure(
+        [CLIPCRAWL, "download", "--pairs", pairs_dir, "--out", out, "--config", config],
+        exclude,
+        log=os.path.join(args.workdir, "cli.log"),
+    )
+    m["successes"] = json.loads(m["stdout"][m["stdout"].index("{") :])["successes"]
     return m
 
 
 def img2dataset_cmd(args, pairs: str, out: str) -> list[str]:
-    return [args.img2dataset, "--url_list", pairs, "--input_format", "parquet", "--url_col", "url",
-            "--caption_col", "text", "--output_format", "webdataset", "--output_folder", out,
-            "--processes_count", str(args.processes), "--thread_count", str(args.threads),
-            "--image_size", str(IMAGE_SIZE), "--resize_mode", RESIZE_MODE, "--encode_format", ENCODE_FORMAT,
-            "--encode_quality", str(ENCODE_QUALITY), "--number_sample_per_shard", str(SHARD_SIZE),
-            "--distributor", "multiprocessing", "--extract_exif", "False", "--compute_hash", "sha256",
-            "--timeout", "10", "--retries", "0", "--enable_wandb", "False"]
+    return [
+        args.img2dataset,
+        "--url_list",
+        pairs,
+        "--input_format",
+        "parquet",
+        "--url_col",
+        "url",
+        "--caption_col",
+        "text",
+        "--output_format",
+        "webdataset",
+        "--output_folder",
+        out,
+        "--processes_count",
+        str(args.processes),
+        "--thread_count",
+        str(args.threads),
+        "--image_size",
+        str(IMAGE_SIZE),
+        "--resize_mode",
+        RESIZE_MODE,
+        "--encode_format",
+        ENCODE_FORMAT,
+        "--encode_quality",
+        str(ENCODE_QUALITY),
+        "--number_sample_per_shard",
+        str(SHARD_SIZE),
+        "--distributor",
+        "multiprocessing",
+        "--extract_exif",
+        "False",
+        "--compute_hash",
+        "sha256",
+        "--timeout",
+        "10",
+        "--retries",
+        "0",
+        "--enable_wandb",
+        "False",
+    ]
 
 
 def run_img2dataset(args, pairs: str, out: str, exclude: set[int]) -> dict:
@@ -238,6 +309,7 @@ def run_img2dataset(args, pairs: str, out: str, exclude: set[int]) -> dict:
 
 
 # ------------------------------------------------------------------------------ checking
+
 
 def check_output(folder: str) -> dict:
     """Tar members per extension and every image's size, read from the tars themselves."""
@@ -259,6 +331,7 @@ def check_output(folder: str) -> dict:
 
 # ------------------------------------------------------------------------------ main
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--urls", type=int, default=20_000)
@@ -278,8 +351,11 @@ def main() -> None:
     become_subreaper()
     t = time.perf_counter()
     server, port = start_server(args.workdir, args.urls, args.pool_size)
-    print(f"image server on 127.0.0.1:{port} (pid {server.pid}, ready in {time.perf_counter() - t:.1f} s; "
-          f"its CPU is excluded)", flush=True)
+    print(
+        f"image server on 127.0.0.1:{port} (pid {server.pid}, ready in {time.perf_counter() - t:.1f} s; "
+        f"its CPU is excluded)",
+        flush=True,
+    )
     from download_server import make_pool
 
     pool = [len(b) for b in make_pool(args.workdir, args.pool_size)]
@@ -289,17 +365,26 @@ def main() -> None:
     write_pairs(pairs, port, args.urls)
     served = sum(pool[i % len(pool)] for i in range(args.urls))  # not sorted order, but same total per cycle
 
-    print(f"{args.urls} URLs over {len(pool)} distinct JPEGs of ~1000x800, {pool[0] / 1e3:.0f}-{pool[-1] / 1e3:.0f} KB "
-          f"(median {pool[len(pool) // 2] / 1e3:.0f} KB), ~{served / 1e9:.2f} GB served per run; "
-          f"{psutil.cpu_count()} cores")
-    print(f"common: image_size {IMAGE_SIZE}, resize_mode {RESIZE_MODE}, encode {ENCODE_FORMAT} q{ENCODE_QUALITY}, "
-          f"{SHARD_SIZE} samples/shard, sha256 per image, X-Robots-Tag checked, no retries needed")
-    print(f"clipcrawl: processes={args.processes} concurrency={args.concurrency} per_host={args.concurrency} "
-          f"(raised from 8: every URL is on 127.0.0.1) allow_addresses=[127.0.0.1/32], robots.txt fetched (404)")
+    print(
+        f"{args.urls} URLs over {len(pool)} distinct JPEGs of ~1000x800, {pool[0] / 1e3:.0f}-{pool[-1] / 1e3:.0f} KB "
+        f"(median {pool[len(pool) // 2] / 1e3:.0f} KB), ~{served / 1e9:.2f} GB served per run; "
+        f"{psutil.cpu_count()} cores"
+    )
+    print(
+        f"common: image_size {IMAGE_SIZE}, resize_mode {RESIZE_MODE}, encode {ENCODE_FORMAT} q{ENCODE_QUALITY}, "
+        f"{SHARD_SIZE} samples/shard, sha256 per image, X-Robots-Tag checked, no retries needed"
+    )
+    print(
+        f"clipcrawl: processes={args.processes} concurrency={args.concurrency} per_host={args.concurrency} "
+        f"(raised from 8: every URL is on 127.0.0.1) allow_addresses=[127.0.0.1/32], robots.txt fetched (404)"
+    )
     print(f"img2dataset: {' '.join(img2dataset_cmd(args, 'PAIRS', 'OUT')[1:])}")
     print("  (extract_exif False: clipcrawl stores no EXIF; img2dataset's default True would cost it CPU)")
-    print("img/s = successes / wall s; img/s/core = successes / CPU s of the tool's process tree "
-          "(user+sys, all descendants); RSS = peak of the tree's summed RSS", flush=True)
+    print(
+        "img/s = successes / wall s; img/s/core = successes / CPU s of the tool's process tree "
+        "(user+sys, all descendants); RSS = peak of the tree's summed RSS",
+        flush=True,
+    )
 
     runs: list[tuple[str, dict, str]] = []
     exclude = {server.pid}
@@ -315,10 +400,13 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 m = fn(args, source, out, exclude)
                 runs.append((name, m, out))
-                print(f"  run {r + 1} {name}: {m['successes']} ok, {m['wall']:.1f} s wall, {m['cpu']:.1f} s CPU "
-                      f"(sampled {m['cpu_sampled']:.1f}), peak RSS {m['peak_rss'] / 2**20:.0f} MiB "
-                      f"over {m['peak_procs']} processes"
-                      + (f"; {m['leaked']} processes outlived it >15 s (killed)" if m["leaked"] else ""), flush=True)
+                print(
+                    f"  run {r + 1} {name}: {m['successes']} ok, {m['wall']:.1f} s wall, {m['cpu']:.1f} s CPU "
+                    f"(sampled {m['cpu_sampled']:.1f}), peak RSS {m['peak_rss'] / 2**20:.0f} MiB "
+                    f"over {m['peak_procs']} processes"
+                    + (f"; {m['leaked']} processes outlived it >15 s (killed)" if m["leaked"] else ""),
+                    flush=True,
+                )
     finally:
         server.terminate()
         server.wait()
@@ -326,15 +414,19 @@ def main() -> None:
     base = {name: m for name, m, _ in runs if name == "img2dataset"}  # the last img2dataset run
     base_rate = base["img2dataset"]["successes"] / base["img2dataset"]["cpu"] if base else None
     print()
-    print(f"{'tool':<18} {'run':>3} {'ok':>6} {'wall s':>7} {'CPU s':>7} {'img/s':>7} {'img/s/core':>10} "
-          f"{'peak RSS MiB':>12} {'x img2dataset/core':>18}")
+    print(
+        f"{'tool':<18} {'run':>3} {'ok':>6} {'wall s':>7} {'CPU s':>7} {'img/s':>7} {'img/s/core':>10} "
+        f"{'peak RSS MiB':>12} {'x img2dataset/core':>18}"
+    )
     counts: dict[str, int] = {}
     for name, m, _ in runs:
         counts[name] = counts.get(name, 0) + 1
         per_core = m["successes"] / m["cpu"]
         ratio = f"{per_core / base_rate:.2f}x" if base_rate else "-"
-        print(f"{name:<18} {counts[name]:>3} {m['successes']:>6} {m['wall']:>7.1f} {m['cpu']:>7.1f} "
-              f"{m['successes'] / m['wall']:>7.0f} {per_core:>10.0f} {m['peak_rss'] / 2**20:>12.0f} {ratio:>18}")
+        print(
+            f"{name:<18} {counts[name]:>3} {m['successes']:>6} {m['wall']:>7.1f} {m['cpu']:>7.1f} "
+            f"{m['successes'] / m['wall']:>7.0f} {per_core:>10.0f} {m['peak_rss'] / 2**20:>12.0f} {ratio:>18}"
+        )
     totals = {m["successes"] for _, m, _ in runs}
     listed = ", ".join(f"{n} {m['successes']}" for n, m, _ in runs)
     print(f"success counts: {'all equal' if len(totals) == 1 else 'DIFFERENT'} ({listed})")
@@ -346,10 +438,13 @@ def main() -> None:
                 continue
             seen.add(name)
             c = check_output(out)
-            good = (c["members"].get("jpg", 0) == c["members"].get("txt", 0) == m["successes"]
-                    and set(c["sizes"]) == {(IMAGE_SIZE, IMAGE_SIZE)})
-            print(f"check {name}: {c['tars']} tars, members {c['members']}, image sizes "
-                  f"{ {f'{w}x{h}': n for (w, h), n in c['sizes'].items()} } -> {'OK' if good else 'MISMATCH'}")
+            good = c["members"].get("jpg", 0) == c["members"].get("txt", 0) == m["successes"] and set(c["sizes"]) == {
+                (IMAGE_SIZE, IMAGE_SIZE)
+            }
+            print(
+                f"check {name}: {c['tars']} tars, members {c['members']}, image sizes "
+                f"{ {f'{w}x{h}': n for (w, h), n in c['sizes'].items()} } -> {'OK' if good else 'MISMATCH'}"
+            )
 
 
 if __name__ == "__main__":

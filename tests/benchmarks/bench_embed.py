@@ -54,8 +54,13 @@ def model_settings(name: str, args, work: str):
     """EmbedSettings for a --models entry, and a line saying what it is."""
     from clipcrawl.tasks.core.config import EmbedSettings
 
-    common = {"batch_size": args.batch_size, "loader_threads": args.loader_threads, "device": args.device,
-              "precision": args.precision, "pretrained": None}
+    common = {
+        "batch_size": args.batch_size,
+        "loader_threads": args.loader_threads,
+        "device": args.device,
+        "precision": args.precision,
+        "pretrained": None,
+    }
     if name == "tiny":
         return EmbedSettings(checkpoint=TINY_DIR, **common), f"tiny: the world's trained model {TINY_DIR}"
     model = "ViT-B-32" if name == "vit-b-32" else name
@@ -66,14 +71,26 @@ def run_plain(clip, tars: list[str], batch_size: int, out: str) -> dict:
     results = []
     t, c = time.perf_counter(), time.process_time()
     for tar in tars:
-        results.append(plain_loop(tar, clip.model, clip.preprocess, clip.tokenizer, clip.device, clip.dtype,
-                                  batch_size, os.path.join(out, os.path.basename(tar)[:-4])))
+        results.append(
+            plain_loop(
+                tar,
+                clip.model,
+                clip.preprocess,
+                clip.tokenizer,
+                clip.device,
+                clip.dtype,
+                batch_size,
+                os.path.join(out, os.path.basename(tar)[:-4]),
+            )
+        )
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     import numpy as np
 
-    merged = {"keys": [k for r in results for k in r["keys"]],
-              "img_emb": np.concatenate([r["img_emb"] for r in results]),
-              "text_emb": np.concatenate([r["text_emb"] for r in results])}
+    merged = {
+        "keys": [k for r in results for k in r["keys"]],
+        "img_emb": np.concatenate([r["img_emb"] for r in results]),
+        "text_emb": np.concatenate([r["text_emb"] for r in results]),
+    }
     times = {k: sum(r["times"][k] for r in results) for k in results[0]["times"]}
     return {"wall": wall, "cpu": cpu, "times": times, "output": merged}
 
@@ -94,8 +111,15 @@ def stage_times(stats: list[dict]) -> dict:
     """Sum over shards of the stats' timing figures (a `timings` dict, or top-level *_s / *seconds keys)."""
     total: dict[str, float] = {}
     for s in stats:
-        timings = s.get("timings") if isinstance(s.get("timings"), dict) else {
-            k: v for k, v in s.items() if k.endswith(("_s", "seconds", "_time")) and k not in ("start_time", "end_time")}
+        timings = (
+            s.get("timings")
+            if isinstance(s.get("timings"), dict)
+            else {
+                k: v
+                for k, v in s.items()
+                if k.endswith(("_s", "seconds", "_time")) and k not in ("start_time", "end_time")
+            }
+        )
         for k, v in timings.items():
             if isinstance(v, (int, float)):
                 total[k] = total.get(k, 0.0) + v
@@ -110,9 +134,12 @@ def bench_model(name: str, args, work: str, tars: list[str], warm_tar: str, n: i
     settings, what = model_settings(name, args, work)
     t = time.perf_counter()
     clip = worker_model(settings)
-    print(f"\n== {what}\n   loaded in {time.perf_counter() - t:.1f} s on {clip.device} ({clip.dtype}), "
-          f"batch {settings.batch_size}, loader_threads {settings.loader_threads or 'default'}, "
-          f"torch threads {torch.get_num_threads()}", flush=True)
+    print(
+        f"\n== {what}\n   loaded in {time.perf_counter() - t:.1f} s on {clip.device} ({clip.dtype}), "
+        f"batch {settings.batch_size}, loader_threads {settings.loader_threads or 'default'}, "
+        f"torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
 
     scratch = os.path.join(work, "runs")
     t = time.perf_counter()
@@ -129,16 +156,23 @@ def bench_model(name: str, args, work: str, tars: list[str], warm_tar: str, n: i
                 m = run_plain(clip, tars, settings.batch_size, os.path.join(scratch, "plain"))
             else:
                 m = run_ours(tars, settings, os.path.join(scratch, "ours"))
-            note = f" (torch threads {threads} -> {torch.get_num_threads()})" if torch.get_num_threads() != threads else ""
-            print(f"   run {r + 1} {which:<9}: {n / m['wall']:8.1f} samples/s  {m['wall']:6.1f} s wall  "
-                  f"{m['cpu']:6.1f} s CPU{note}", flush=True)
+            note = (
+                f" (torch threads {threads} -> {torch.get_num_threads()})" if torch.get_num_threads() != threads else ""
+            )
+            print(
+                f"   run {r + 1} {which:<9}: {n / m['wall']:8.1f} samples/s  {m['wall']:6.1f} s wall  "
+                f"{m['cpu']:6.1f} s CPU{note}",
+                flush=True,
+            )
             if which not in best or m["wall"] < best[which]["wall"]:
                 best[which] = m
     plain, ours = best["plain"], best["clipcrawl"]
 
     print(f"   best of {args.repeat}:")
-    print(f"     plain loop : {n / plain['wall']:8.1f} samples/s  {n / plain['cpu']:8.1f} samples/CPU-s   parts (s): "
-          + "  ".join(f"{k} {v:.2f}" for k, v in plain["times"].items()))
+    print(
+        f"     plain loop : {n / plain['wall']:8.1f} samples/s  {n / plain['cpu']:8.1f} samples/CPU-s   parts (s): "
+        + "  ".join(f"{k} {v:.2f}" for k, v in plain["times"].items())
+    )
     print(f"     clipcrawl  : {n / ours['wall']:8.1f} samples/s  {n / ours['cpu']:8.1f} samples/CPU-s")
     stages = stage_times(ours["stats"])
     if stages:
@@ -146,36 +180,59 @@ def bench_model(name: str, args, work: str, tars: list[str], warm_tar: str, n: i
     rates = [s.get("samples_per_s") for s in ours["stats"] if s.get("samples_per_s")]
     if rates:
         print("     clipcrawl stats samples_per_s per shard: " + ", ".join(f"{r:.1f}" for r in rates))
-    print(f"     ratio clipcrawl / plain: {plain['wall'] / ours['wall']:.2f}x wall   "
-          f"{plain['cpu'] / ours['cpu']:.2f}x per CPU-s   (target >= 1.5x wall)")
+    print(
+        f"     ratio clipcrawl / plain: {plain['wall'] / ours['wall']:.2f}x wall   "
+        f"{plain['cpu'] / ours['cpu']:.2f}x per CPU-s   (target >= 1.5x wall)"
+    )
 
     diff = compare(plain["output"], read_embed_output(ours["out"]))
     same = diff["common"] == n and diff["img_emb"] < 1e-2 and diff["text_emb"] < 1e-2
-    print(f"   same embeddings: {'yes' if same else 'NO'} - {diff['common']} of {n} samples in both, "
-          f"max abs diff image {diff['img_emb']:.1e} text {diff['text_emb']:.1e}, "
-          f"min cosine image {diff['img_emb_cos_min']:.5f} text {diff['text_emb_cos_min']:.5f}")
+    print(
+        f"   same embeddings: {'yes' if same else 'NO'} - {diff['common']} of {n} samples in both, "
+        f"max abs diff image {diff['img_emb']:.1e} text {diff['text_emb']:.1e}, "
+        f"min cosine image {diff['img_emb_cos_min']:.5f} text {diff['text_emb_cos_min']:.5f}"
+    )
     print(f"   first shard's stats: {json.dumps(ours['stats'][0], default=str)[:1500]}")
-    return {"model": name, "samples": n, "plain_samples_per_s": n / plain["wall"],
-            "clipcrawl_samples_per_s": n / ours["wall"], "ratio": plain["wall"] / ours["wall"],
-            "ratio_cpu": plain["cpu"] / ours["cpu"], "stages": stages, "same": same,
-            "max_abs_diff": [diff["img_emb"], diff["text_emb"]]}
+    return {
+        "model": name,
+        "samples": n,
+        "plain_samples_per_s": n / plain["wall"],
+        "clipcrawl_samples_per_s": n / ours["wall"],
+        "ratio": plain["wall"] / ours["wall"],
+        "ratio_cpu": plain["cpu"] / ours["cpu"],
+        "stages": stages,
+        "same": same,
+        "max_abs_diff": [diff["img_emb"], diff["text_emb"]],
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--shard-size", type=int, default=1000)
-    ap.add_argument("--shard-size-large", type=int, default=128,
-                    help="shard size for the models other than tiny (ViT-B-32 embeds ~10 samples/s on 2 busy "
-                         "cores); 0: --shard-size")
+    ap.add_argument(
+        "--shard-size-large",
+        type=int,
+        default=128,
+        help="shard size for the models other than tiny (ViT-B-32 embeds ~10 samples/s on 2 busy "
+        "cores); 0: --shard-size",
+    )
     ap.add_argument("--models", default="tiny,vit-b-32", help="comma-separated: tiny, vit-b-32, or open_clip names")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--loader-threads", type=int, default=None, help="EmbedSettings.loader_threads (default: its own)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                    help="EmbedSettings.precision, for both paths (auto: fp32 on the CPU)")
-    ap.add_argument("--torch-threads", type=int, default=None,
-                    help="torch.set_num_threads for both paths (default: torch's own, the cores)")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="EmbedSettings.precision, for both paths (auto: fp32 on the CPU)",
+    )
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for both paths (default: torch's own, the cores)",
+    )
     ap.add_argument("--repeat", type=int, default=2, help="runs of each path; the best is kept")
     ap.add_argument("--work", help="keep shards (and the stand-in tiny model) here and reuse them across runs")
     ap.add_argument("--seed", type=int, default=0)
@@ -190,13 +247,16 @@ def main() -> None:
     sets = {}
     for size in sorted(set(sizes.values())):
         tars, made = make_shards(os.path.join(work, f"shards-{size}"), args.shards, size, args.seed)
-        warm = make_shards(os.path.join(work, f"warmup-{size}"), 1, min(size, 2 * args.batch_size + 17),
-                           args.seed + 1)[0][0]
+        warm = make_shards(os.path.join(work, f"warmup-{size}"), 1, min(size, 2 * args.batch_size + 17), args.seed + 1)[
+            0
+        ][0]
         n = sum(shard_count(t) for t in tars)
         mb = sum(os.path.getsize(t) for t in tars) / 1e6
-        print(f"shards: {len(tars)} x {size} samples ({n} in all, {mb:.0f} MB of tar) in "
-              f"{os.path.dirname(tars[0])}, {f'made in {made:.0f} s' if made else 'reused'}; for "
-              + ", ".join(m for m in models if sizes[m] == size))
+        print(
+            f"shards: {len(tars)} x {size} samples ({n} in all, {mb:.0f} MB of tar) in "
+            f"{os.path.dirname(tars[0])}, {f'made in {made:.0f} s' if made else 'reused'}; for "
+            + ", ".join(m for m in models if sizes[m] == size)
+        )
         sets[size] = (tars, warm, n)
     print(f"machine: {cores} usable cores, load average {os.getloadavg()[0]:.1f} (shared: figures are noisy)")
 
@@ -206,12 +266,26 @@ def main() -> None:
         torch.set_num_threads(args.torch_threads)
     results = [bench_model(m, args, work, *sets[sizes[m]]) for m in models]
 
-    print(f"\n{'model':<12} {'samples':>7} {'plain samples/s':>15} {'clipcrawl samples/s':>19} {'ratio':>6} {'per CPU-s':>9} {'same':>5}")
+    print(
+        f"\n{'model':<12} {'samples':>7} {'plain samples/s':>15} {'clipcrawl samples/s':>19} {'ratio':>6} {'per CPU-s':>9} {'same':>5}"
+    )
     for r in results:
-        print(f"{r['model']:<12} {r['samples']:>7} {r['plain_samples_per_s']:>15.1f} {r['clipcrawl_samples_per_s']:>19.1f} "
-              f"{r['ratio']:>5.2f}x {r['ratio_cpu']:>8.2f}x {'yes' if r['same'] else 'NO':>5}")
-    print(json.dumps({"bench": "embed", "cores": cores, "shards": len(tars), "shard_size": args.shard_size,
-                      "batch_size": args.batch_size, "results": results}))
+        print(
+            f"{r['model']:<12} {r['samples']:>7} {r['plain_samples_per_s']:>15.1f} {r['clipcrawl_samples_per_s']:>19.1f} "
+            f"{r['ratio']:>5.2f}x {r['ratio_cpu']:>8.2f}x {'yes' if r['same'] else 'NO':>5}"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "embed",
+                "cores": cores,
+                "shards": len(tars),
+                "shard_size": args.shard_size,
+                "batch_size": args.batch_size,
+                "results": results,
+            }
+        )
+    )
     if tmp:
         tmp.cleanup()
 

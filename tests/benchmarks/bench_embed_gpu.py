@@ -133,7 +133,7 @@ def parts(clip, tar: str, threads: int, batch_size: int, repeat: int, limit: int
     r["decode_preprocess_n"], _ = best_rate(lambda: threaded(lambda b: pre(decode(b)), blobs, threads), n, repeat)
     # what the consumer does with each batch on one thread before the model sees it
     r["stack_1"], _ = best_rate(lambda: torch.stack(one), len(one), repeat)
-    batches = [texts[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = [texts[i : i + batch_size] for i in range(0, n, batch_size)]
     r["tokenize_1"], _ = best_rate(lambda: [clip.tokenizer(b) for b in batches], n, repeat)
 
     device, dtype = clip.device, clip.dtype
@@ -156,6 +156,7 @@ def parts(clip, tar: str, threads: int, batch_size: int, repeat: int, limit: int
     r["model_image"], _ = best_rate(lambda: run(True, False), steps * batch_size, repeat)
     r["model_text"], _ = best_rate(lambda: run(False, True), steps * batch_size, repeat)
     r["model_both"], _ = best_rate(lambda: run(True, True), steps * batch_size, repeat)
+
     def trimmed(text):
         return encode_text_trimmed(model, text)
 
@@ -164,8 +165,13 @@ def parts(clip, tar: str, threads: int, batch_size: int, repeat: int, limit: int
     r["text_tokens_used"] = int(tokens.argmax(dim=-1).max()) + 1
 
     # the model's API as embed_shard calls it: uint8 (n, H, W, 3) CPU pixels in, numpy out (transfers included)
-    cpu_pixels = torch.randint(0, 256, (batch_size, *one[0].shape[1:], one[0].shape[0]), generator=torch.Generator(
-        ).manual_seed(0), dtype=torch.uint8)
+    cpu_pixels = torch.randint(
+        0,
+        256,
+        (batch_size, *one[0].shape[1:], one[0].shape[0]),
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.uint8,
+    )
 
     def api():
         for _ in range(steps):
@@ -199,38 +205,54 @@ def main() -> None:
     import torch
 
     if not torch.cuda.is_available() and not args.allow_cpu:
-        raise SystemExit(f"bench_embed_gpu: no CUDA device visible to torch {torch.__version__} "
-                         f"(built for CUDA {torch.version.cuda}; CUDA_VISIBLE_DEVICES="
-                         f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run it on a machine with a GPU whose driver "
-                         f"supports that CUDA version")
+        raise SystemExit(
+            f"bench_embed_gpu: no CUDA device visible to torch {torch.__version__} "
+            f"(built for CUDA {torch.version.cuda}; CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): run it on a machine with a GPU whose driver "
+            f"supports that CUDA version"
+        )
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     work, tmp = work_dir(args.work, "clipcrawl-bench-embed-gpu-")
     cores = len(os.sched_getaffinity(0))
     # the pool forks: torch is imported but CUDA is not initialised yet, and the children never touch it
     tars, made = make_shards(os.path.join(work, "shards"), args.shards, args.shard_size, args.seed, workers=cores)
-    warm_tar = make_shards(os.path.join(work, "warmup"), 1, min(args.shard_size, 2 * args.batch_size + 17),
-                           args.seed + 1, workers=cores)[0][0]
+    warm_tar = make_shards(
+        os.path.join(work, "warmup"), 1, min(args.shard_size, 2 * args.batch_size + 17), args.seed + 1, workers=cores
+    )[0][0]
     n = sum(shard_count(t) for t in tars)
     size = sum(os.path.getsize(t) for t in tars)
-    print(f"shards: {len(tars)} x {args.shard_size} samples ({n} in all, {size / 1e6:.0f} MB of tar) in "
-          f"{os.path.dirname(tars[0])}, {f'made in {made:.0f} s' if made else 'reused'}", flush=True)
+    print(
+        f"shards: {len(tars)} x {args.shard_size} samples ({n} in all, {size / 1e6:.0f} MB of tar) in "
+        f"{os.path.dirname(tars[0])}, {f'made in {made:.0f} s' if made else 'reused'}",
+        flush=True,
+    )
 
-    from clipcrawl.tasks.embed.clip_model import worker_model
     from clipcrawl.tasks.core.config import EmbedSettings
+    from clipcrawl.tasks.embed.clip_model import worker_model
     from clipcrawl.tasks.embed.stage import embed_shard
 
     precision = args.precision if device == "cuda" else "fp32"
-    settings = EmbedSettings(model=args.model, pretrained=args.pretrained, checkpoint=args.checkpoint, device=device,
-                             precision=precision, batch_size=args.batch_size, loader_threads=args.loader_threads)
+    settings = EmbedSettings(
+        model=args.model,
+        pretrained=args.pretrained,
+        checkpoint=args.checkpoint,
+        device=device,
+        precision=precision,
+        batch_size=args.batch_size,
+        loader_threads=args.loader_threads,
+    )
     t = time.perf_counter()
     clip = worker_model(settings)
     load_s = time.perf_counter() - t
     threads = args.loader_threads or min(16, os.cpu_count() or 1)  # embed_shard's default
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else "none (--allow-cpu smoke run)"
-    print(f"machine: {gpu}, {cores} usable cores (os.cpu_count {os.cpu_count()}), {cpu_model()}; torch {torch.__version__}"
-          f" (CUDA {torch.version.cuda}), model {clip.name} {clip.dtype} "
-          f"loaded in {load_s:.1f} s; batch {args.batch_size}, loader threads {threads}", flush=True)
+    print(
+        f"machine: {gpu}, {cores} usable cores (os.cpu_count {os.cpu_count()}), {cpu_model()}; torch {torch.__version__}"
+        f" (CUDA {torch.version.cuda}), model {clip.name} {clip.dtype} "
+        f"loaded in {load_s:.1f} s; batch {args.batch_size}, loader threads {threads}",
+        flush=True,
+    )
 
     runs = os.path.join(work, "runs")
     t = time.perf_counter()
@@ -247,8 +269,11 @@ def main() -> None:
         for tar in tars:
             stats.append(embed_shard(tar, out, settings))
         wall = time.perf_counter() - t
-        print(f"end to end run {r + 1}: {n / wall:.0f} images/s ({wall:.1f} s for {n}); per shard "
-              + ", ".join(f"{s.get('samples_per_s', 0):.0f}" for s in stats), flush=True)
+        print(
+            f"end to end run {r + 1}: {n / wall:.0f} images/s ({wall:.1f} s for {n}); per shard "
+            + ", ".join(f"{s.get('samples_per_s', 0):.0f}" for s in stats),
+            flush=True,
+        )
         if wall < best:
             best, best_stats = wall, stats
     peak_mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
@@ -264,44 +289,86 @@ def main() -> None:
     plain = None
     if not args.no_plain:
         t = time.perf_counter()
-        res = plain_loop(tars[0], clip.model, clip.preprocess, clip.tokenizer, clip.device, clip.dtype,
-                         args.batch_size, os.path.join(runs, "plain"))
+        res = plain_loop(
+            tars[0],
+            clip.model,
+            clip.preprocess,
+            clip.tokenizer,
+            clip.device,
+            clip.dtype,
+            args.batch_size,
+            os.path.join(runs, "plain"),
+        )
         wall = time.perf_counter() - t
-        plain = {"images_per_s": len(res["keys"]) / wall, "seconds": wall, "samples": len(res["keys"]),
-                 "parts_s": res["times"]}
+        plain = {
+            "images_per_s": len(res["keys"]) / wall,
+            "seconds": wall,
+            "samples": len(res["keys"]),
+            "parts_s": res["times"],
+        }
 
     e2e = n / best
     print(f"\n{'measure':<34} {'images/s':>10}")
-    print(f"{'end to end (embed_shard)':<34} {e2e:>10.0f}   best of {args.repeat}, {n} images, "
-          f"peak GPU memory {peak_mem:.1f} GiB")
+    print(
+        f"{'end to end (embed_shard)':<34} {e2e:>10.0f}   best of {args.repeat}, {n} images, "
+        f"peak GPU memory {peak_mem:.1f} GiB"
+    )
     if stages:
         print(f"{'  its stages, s summed over shards':<34} " + "  ".join(f"{k} {v:.1f}" for k, v in stages.items()))
-    rows = [("decode, 1 thread", "decode_1"), (f"decode, {threads} threads", "decode_n"),
-            ("preprocess, 1 thread", "preprocess_1"), (f"preprocess, {threads} threads", "preprocess_n"),
-            ("decode+preprocess, 1 thread", "decode_preprocess_1"),
-            (f"decode+preprocess, {threads} threads", "decode_preprocess_n"),
-            ("torch.stack of a batch, 1 thread", "stack_1"), ("tokenize, 1 thread", "tokenize_1"),
-            ("model image tower (GPU tensors)", "model_image"), ("model text tower (GPU tensors)", "model_text"),
-            ("model both towers (GPU tensors)", "model_both"), ("clip.encode_images (CPU in, np out)", "encode_images_api"),
-            (f"text tower, {p.get('text_tokens_used')} tokens not 77", "model_text_trimmed")]
+    rows = [
+        ("decode, 1 thread", "decode_1"),
+        (f"decode, {threads} threads", "decode_n"),
+        ("preprocess, 1 thread", "preprocess_1"),
+        (f"preprocess, {threads} threads", "preprocess_n"),
+        ("decode+preprocess, 1 thread", "decode_preprocess_1"),
+        (f"decode+preprocess, {threads} threads", "decode_preprocess_n"),
+        ("torch.stack of a batch, 1 thread", "stack_1"),
+        ("tokenize, 1 thread", "tokenize_1"),
+        ("model image tower (GPU tensors)", "model_image"),
+        ("model text tower (GPU tensors)", "model_text"),
+        ("model both towers (GPU tensors)", "model_both"),
+        ("clip.encode_images (CPU in, np out)", "encode_images_api"),
+        (f"text tower, {p.get('text_tokens_used')} tokens not 77", "model_text_trimmed"),
+    ]
     for label, key in rows:
         if key in p:
             print(f"{label:<34} {p[key]:>10.0f}")
     print(f"  (parts measured on {p['samples']} samples of shard 0; model rows: {args.batch_size} per batch)")
     if plain:
-        print(f"{'plain open_clip loop, 1 shard':<34} {plain['images_per_s']:>10.0f}   parts (s): "
-              + "  ".join(f"{k} {v:.1f}" for k, v in plain["parts_s"].items()))
+        print(
+            f"{'plain open_clip loop, 1 shard':<34} {plain['images_per_s']:>10.0f}   parts (s): "
+            + "  ".join(f"{k} {v:.1f}" for k, v in plain["parts_s"].items())
+        )
         print(f"ratio end to end / plain loop: {e2e / plain['images_per_s']:.2f}x")
     limit = min(p["decode_preprocess_n"], p["model_both"])
-    print(f"end to end / min(decode+preprocess, model both): {e2e / limit:.2f} "
-          f"(the pipeline's ceiling is {'the CPU side' if p['decode_preprocess_n'] < p['model_both'] else 'the GPU'})")
+    print(
+        f"end to end / min(decode+preprocess, model both): {e2e / limit:.2f} "
+        f"(the pipeline's ceiling is {'the CPU side' if p['decode_preprocess_n'] < p['model_both'] else 'the GPU'})"
+    )
     print(f"GPU busy (at the measured model-both rate) for {e2e / p['model_both']:.0%} of the end-to-end wall time")
     print(f"target >= 5,000 images/s on one H100: {'met' if e2e >= 5000 else 'NOT met'} ({e2e:.0f}, on {gpu})")
-    print(json.dumps({"bench": "embed_gpu", "gpu": gpu, "cpu": cpu_model(), "cores": cores, "model": clip.name,
-                      "pretrained": args.pretrained, "dtype": str(clip.dtype), "batch_size": args.batch_size,
-                      "loader_threads": threads, "shards": len(tars), "shard_size": args.shard_size,
-                      "end_to_end_images_per_s": e2e, "stages_s": stages, "parts_images_per_s": p,
-                      "plain_loop": plain, "peak_gpu_mem_gib": peak_mem}))
+    print(
+        json.dumps(
+            {
+                "bench": "embed_gpu",
+                "gpu": gpu,
+                "cpu": cpu_model(),
+                "cores": cores,
+                "model": clip.name,
+                "pretrained": args.pretrained,
+                "dtype": str(clip.dtype),
+                "batch_size": args.batch_size,
+                "loader_threads": threads,
+                "shards": len(tars),
+                "shard_size": args.shard_size,
+                "end_to_end_images_per_s": e2e,
+                "stages_s": stages,
+                "parts_images_per_s": p,
+                "plain_loop": plain,
+                "peak_gpu_mem_gib": peak_mem,
+            }
+        )
+    )
     if tmp:
         tmp.cleanup()
 

@@ -88,8 +88,12 @@ def normalised_cc2(raw: list[tuple[str, str]], settings: ExtractSettings) -> tup
     for url, alt in raw:
         text = normalize_text(unescape_attribute(alt))
         if not settings.min_alt_length <= len(text) <= settings.max_alt_length:
-            why["alt length outside [min, max] after decoding/whitespace (cc2dataset keeps any non-empty alt)"] = \
-                why.get("alt length outside [min, max] after decoding/whitespace (cc2dataset keeps any non-empty alt)", 0) + 1
+            why["alt length outside [min, max] after decoding/whitespace (cc2dataset keeps any non-empty alt)"] = (
+                why.get(
+                    "alt length outside [min, max] after decoding/whitespace (cc2dataset keeps any non-empty alt)", 0
+                )
+                + 1
+            )
             continue
         fixed, status = resolve_url(unescape_attribute(url), url)
         if fixed is None:
@@ -111,8 +115,15 @@ def main() -> None:
     from clipcrawl.tasks.world import WorldSpec, generate_world
 
     t = time.perf_counter()
-    spec = WorldSpec(seed=7, segments=1, files_per_segment=1, pages_per_file=args.pages, warc=False,
-                     images=max(400, args.pages * 4), sites=max(8, args.pages // 50))
+    spec = WorldSpec(
+        seed=7,
+        segments=1,
+        files_per_segment=1,
+        pages_per_file=args.pages,
+        warc=False,
+        images=max(400, args.pages * 4),
+        sites=max(8, args.pages // 50),
+    )
     world = generate_world(args.world_dir, spec, workers=1)
     path = world.wat_uris()[0]
     mb = os.path.getsize(path) / 1e6
@@ -132,14 +143,20 @@ def main() -> None:
     c_ours, c_lang = cpu
     n = len(pairs_ours)
     print("\nclipcrawl iter_pairs:")
-    print(f"  language off       : {mb / t_ours:7.1f} MB/s  {n / t_ours:9.0f} pairs/s  ({t_ours:.2f} s, {n} pairs; CPU {c_ours:.2f} s)")
-    print(f"  language on        : {mb / t_lang:7.1f} MB/s  {n / t_lang:9.0f} pairs/s  ({t_lang:.2f} s; CPU {c_lang:.2f} s)")
+    print(
+        f"  language off       : {mb / t_ours:7.1f} MB/s  {n / t_ours:9.0f} pairs/s  ({t_ours:.2f} s, {n} pairs; CPU {c_ours:.2f} s)"
+    )
+    print(
+        f"  language on        : {mb / t_lang:7.1f} MB/s  {n / t_lang:9.0f} pairs/s  ({t_lang:.2f} s; CPU {c_lang:.2f} s)"
+    )
     print(f"  time vs isal inflate: {t_ours / t_isal:.2f}x (language off)")
     print(f"  stats: {json.dumps({k: v for k, v in stats.to_dict().items() if k not in ('uri', 'error')})}")
 
     expected = world.expected_pairs()
-    print(f"  vs world ground truth: {len(pairs_ours & expected)} of {len(expected)} expected, "
-          f"{len(pairs_ours - expected)} unexpected")
+    print(
+        f"  vs world ground truth: {len(pairs_ours & expected)} of {len(expected)} expected, "
+        f"{len(pairs_ours - expected)} unexpected"
+    )
 
     if not os.path.exists(args.cc2dataset_python):
         print(f"\ncc2dataset: {args.cc2dataset_python} not found, skipped")
@@ -147,20 +164,28 @@ def main() -> None:
     t_cc2, c_cc2, raw = cc2dataset(args.cc2dataset_python, path, args.repeat)
     n_raw = len(raw)
     print("\ncc2dataset process_wat (fastwarc + simdjson, no dedup, no language):")
-    print(f"  {mb / t_cc2:7.1f} MB/s  {n_raw / t_cc2:9.0f} raw pairs/s  ({t_cc2:.2f} s, {n_raw} raw rows, "
-          f"{len(set(raw))} distinct; CPU {c_cc2:.2f} s)")
+    print(
+        f"  {mb / t_cc2:7.1f} MB/s  {n_raw / t_cc2:9.0f} raw pairs/s  ({t_cc2:.2f} s, {n_raw} raw rows, "
+        f"{len(set(raw))} distinct; CPU {c_cc2:.2f} s)"
+    )
     print("\nratio ours/cc2dataset, time on the same file:")
     print(f"  language off: {t_cc2 / t_ours:.2f}x    language on: {t_cc2 / t_lang:.2f}x")
-    print(f"  per core (CPU time, all threads): language off: {c_cc2 / c_ours:.2f}x    language on: {c_cc2 / c_lang:.2f}x")
-    print(f"  pairs/s (each counted as emitted: ours deduplicated + filtered, cc2dataset raw): "
-          f"{(n / t_ours) / (n_raw / t_cc2):.2f}x")
+    print(
+        f"  per core (CPU time, all threads): language off: {c_cc2 / c_ours:.2f}x    language on: {c_cc2 / c_lang:.2f}x"
+    )
+    print(
+        f"  pairs/s (each counted as emitted: ours deduplicated + filtered, cc2dataset raw): "
+        f"{(n / t_ours) / (n_raw / t_cc2):.2f}x"
+    )
 
     cc2_norm, why = normalised_cc2(raw, ExtractSettings())
     print("\npair sets (cc2dataset's output passed through our rules):")
     for reason, k in sorted(why.items(), key=lambda kv: -kv[1]):
         print(f"  cc2dataset rows dropped by our rules: {k:7d}  {reason}")
-    print(f"  same pairs: {len(cc2_norm & pairs_ours)}; only cc2dataset: {len(cc2_norm - pairs_ours)}; "
-          f"only ours: {len(pairs_ours - cc2_norm)}")
+    print(
+        f"  same pairs: {len(cc2_norm & pairs_ours)}; only cc2dataset: {len(cc2_norm - pairs_ours)}; "
+        f"only ours: {len(pairs_ours - cc2_norm)}"
+    )
     for label, diff in (("only cc2dataset", cc2_norm - pairs_ours), ("only ours", pairs_ours - cc2_norm)):
         for pair in sorted(diff)[:5]:
             print(f"    {label}: {pair}")

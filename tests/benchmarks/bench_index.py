@@ -63,15 +63,23 @@ DIM, SHARD_ROWS, K = 512, 100_000, 10
 
 # ------------------------------------------------------------------------------ data
 
+
 class ClipLikeVectors:
     """A deterministic mixture of anisotropic clusters on the sphere, shaped like CLIP image embeddings."""
 
-    def __init__(self, seed: int, clusters: int = 4000, alpha: float = 0.6, mean_weight: float = 0.9,
-                 spread: float = 0.6, duplicates: float = 0.02):
+    def __init__(
+        self,
+        seed: int,
+        clusters: int = 4000,
+        alpha: float = 0.6,
+        mean_weight: float = 0.9,
+        spread: float = 0.6,
+        duplicates: float = 0.02,
+    ):
         rng = np.random.default_rng([seed, 0])
         q, _ = np.linalg.qr(rng.standard_normal((DIM, DIM)))
         spectrum = np.arange(1, DIM + 1) ** -alpha  # power-law variances: a low effective dimension
-        spectrum /= np.sqrt((spectrum ** 2).sum())
+        spectrum /= np.sqrt((spectrum**2).sum())
         self.basis = (spectrum[:, None] * q).astype(np.float32)  # z @ basis: noise of norm ~1
         mean = rng.standard_normal(DIM)
         g = rng.standard_normal((clusters, DIM)).astype(np.float32) @ self.basis
@@ -104,9 +112,12 @@ def write_npy(path: str, x: np.ndarray) -> None:
 def make_data(work: str, n: int, queries: int, seed: int) -> dict:
     """The shards, the extra shard and the query sets under work/data-{n}-{seed}/ (made once)."""
     root = os.path.join(work, f"data-{n}-{seed}")
-    paths = {"dir": os.path.join(root, "img_emb"), "extra_dir": os.path.join(root, "extra"),
-             "queries": os.path.join(root, f"queries-{queries}.npy"),
-             "tune_queries": os.path.join(root, f"tune-queries-{queries}.npy")}
+    paths = {
+        "dir": os.path.join(root, "img_emb"),
+        "extra_dir": os.path.join(root, "extra"),
+        "queries": os.path.join(root, f"queries-{queries}.npy"),
+        "tune_queries": os.path.join(root, f"tune-queries-{queries}.npy"),
+    }
     os.makedirs(paths["dir"], exist_ok=True)
     os.makedirs(paths["extra_dir"], exist_ok=True)
     shards = (n + SHARD_ROWS - 1) // SHARD_ROWS
@@ -114,8 +125,11 @@ def make_data(work: str, n: int, queries: int, seed: int) -> dict:
     paths["extra"] = os.path.join(paths["extra_dir"], f"img_emb_{shards:05d}.npy")
     model, started, made = None, time.perf_counter(), 0
     todo = [(p, min(SHARD_ROWS, n - i * SHARD_ROWS), [seed, 1, i]) for i, p in enumerate(paths["shards"])]
-    todo += [(paths["extra"], n // 10, [seed, 2]), (paths["queries"], queries, [seed, 3]),
-             (paths["tune_queries"], queries, [seed, 4])]
+    todo += [
+        (paths["extra"], n // 10, [seed, 2]),
+        (paths["queries"], queries, [seed, 3]),
+        (paths["tune_queries"], queries, [seed, 4]),
+    ]
     for path, rows, stream in todo:
         if not os.path.exists(path):
             model = model or ClipLikeVectors(seed)
@@ -135,7 +149,7 @@ def ground_truth(paths: list[str], queries: np.ndarray, cache: str) -> np.ndarra
         for p in paths:
             x = np.load(p, mmap_mode="r")
             for i in range(0, len(x), 50_000):
-                yield np.ascontiguousarray(x[i:i + 50_000], dtype=np.float32)
+                yield np.ascontiguousarray(x[i : i + 50_000], dtype=np.float32)
 
     _, ids = knn_ground_truth(queries, blocks(), K, metric_type=__import__("faiss").METRIC_INNER_PRODUCT)
     write_npy(cache, ids)
@@ -143,6 +157,7 @@ def ground_truth(paths: list[str], queries: np.ndarray, cache: str) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------ measuring
+
 
 def memory_bytes(text: str) -> int:
     """'2G', '512M', '1.5G' -> bytes (binary units, as autofaiss reads them)."""
@@ -195,8 +210,12 @@ def measure(cmd: list[str], log: str) -> dict:
         with open(log, errors="replace") as f:
             tail = f.read()[-4000:]
         raise SystemExit(f"{' '.join(cmd[:3])} ... exited with {proc.returncode}; log {log}:\n{tail}")
-    return {"wall": wall, "peak_rss": peak["VmHWM"], "peak_anon": peak["RssAnon"],
-            "cpu": usage.ru_utime + usage.ru_stime}
+    return {
+        "wall": wall,
+        "peak_rss": peak["VmHWM"],
+        "peak_anon": peak["RssAnon"],
+        "cpu": usage.ru_utime + usage.ru_stime,
+    }
 
 
 def finish(m: dict, result: dict) -> dict:
@@ -221,16 +240,21 @@ def evaluate(index_path: str, params: str, queries: np.ndarray, truth: np.ndarra
         found[i] = index.search(q[None], K)[1][0]
         times[i] = time.perf_counter() - t
     recall = float(np.mean([len(set(f) & set(t)) for f, t in zip(found, truth)]) / K)
-    return {"recall": recall, "p50_ms": float(np.percentile(times, 50) * 1e3),
-            "p99_ms": float(np.percentile(times, 99) * 1e3), "disk_bytes": os.path.getsize(index_path),
-            "ntotal": index.ntotal}
+    return {
+        "recall": recall,
+        "p50_ms": float(np.percentile(times, 50) * 1e3),
+        "p99_ms": float(np.percentile(times, 99) * 1e3),
+        "disk_bytes": os.path.getsize(index_path),
+        "ntotal": index.ntotal,
+    }
 
 
 # ------------------------------------------------------------------------------ our side (own processes)
 
+
 def ours_budget_gb(budget: int) -> float:
     """The byte budget in IndexSettings.max_index_memory_gb's unit."""
-    return budget / 2 ** 30
+    return budget / 2**30
 
 
 def worker_build(spec: dict) -> None:
@@ -250,9 +274,17 @@ def worker_build(spec: dict) -> None:
     t2 = time.perf_counter()
     write_index(index, spec["index"])
     t3 = time.perf_counter()
-    result = {"index_key": key, "params": tuned["params"], "build_s": t1 - t0, "tune_s": t2 - t1,
-              "write_s": t3 - t2, "tuned": {k: v for k, v in tuned.items() if k != "tuning"},
-              "tuning": tuned.get("tuning"), "ntotal": index.ntotal, "vm_hwm": peak_memory().get("VmHWM", 0)}
+    result = {
+        "index_key": key,
+        "params": tuned["params"],
+        "build_s": t1 - t0,
+        "tune_s": t2 - t1,
+        "write_s": t3 - t2,
+        "tuned": {k: v for k, v in tuned.items() if k != "tuning"},
+        "tuning": tuned.get("tuning"),
+        "ntotal": index.ntotal,
+        "vm_hwm": peak_memory().get("VmHWM", 0),
+    }
     with open(spec["result"], "w") as f:
         json.dump(result, f, default=str)
 
@@ -272,8 +304,17 @@ def worker_add(spec: dict) -> None:
     write_index(index, spec["out"])
     t3 = time.perf_counter()
     with open(spec["result"], "w") as f:
-        json.dump({"read_s": t1 - t0, "add_s": t2 - t1, "write_s": t3 - t2, "added": added,
-                   "ntotal": index.ntotal, "vm_hwm": peak_memory().get("VmHWM", 0)}, f)
+        json.dump(
+            {
+                "read_s": t1 - t0,
+                "add_s": t2 - t1,
+                "write_s": t3 - t2,
+                "added": added,
+                "ntotal": index.ntotal,
+                "vm_hwm": peak_memory().get("VmHWM", 0),
+            },
+            f,
+        )
 
 
 def run_worker(kind: str, spec: dict, runs: str, name: str) -> dict:
@@ -281,104 +322,178 @@ def run_worker(kind: str, spec: dict, runs: str, name: str) -> dict:
     spec_path = os.path.join(runs, f"{name}.spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    m = measure([sys.executable, os.path.abspath(__file__), "--worker", kind, spec_path],
-                os.path.join(runs, f"{name}.log"))
+    m = measure(
+        [sys.executable, os.path.abspath(__file__), "--worker", kind, spec_path], os.path.join(runs, f"{name}.log")
+    )
     with open(spec["result"]) as f:
         return finish(m, json.load(f))
 
 
 def run_autofaiss(args, data: dict, budget: str, runs: str, name: str) -> dict:
     result = os.path.join(runs, f"{name}.json")
-    m = measure([args.autofaiss_python, os.path.join(HERE, "index_peer.py"), "--embeddings", data["dir"],
-                 "--index", os.path.join(runs, f"{name}.index"), "--infos", os.path.join(runs, f"{name}.infos.json"),
-                 "--max-index-memory", budget, "--memory-available", args.memory_available,
-                 "--threads", str(args.threads), "--result", result], os.path.join(runs, f"{name}.log"))
+    m = measure(
+        [
+            args.autofaiss_python,
+            os.path.join(HERE, "index_peer.py"),
+            "--embeddings",
+            data["dir"],
+            "--index",
+            os.path.join(runs, f"{name}.index"),
+            "--infos",
+            os.path.join(runs, f"{name}.infos.json"),
+            "--max-index-memory",
+            budget,
+            "--memory-available",
+            args.memory_available,
+            "--threads",
+            str(args.threads),
+            "--result",
+            result,
+        ],
+        os.path.join(runs, f"{name}.log"),
+    )
     with open(result) as f:
         return finish(m, json.load(f))
 
 
 # ------------------------------------------------------------------------------ report
 
+
 def gb(b: float) -> str:
-    return f"{b / 2 ** 30:.2f}"
+    return f"{b / 2**30:.2f}"
 
 
 def row(name: str, r: dict) -> str:
-    return (f"{name:<17} {r['index_key']:<34} {r['params'] or '-':<32} {r['wall']:>7.1f} "
-            f"{gb(r['peak_rss']):>6} ({gb(r['peak_anon'])}) {r['recall']:>9.4f} {r['p50_ms']:>7.2f} "
-            f"{r['p99_ms']:>7.2f} {r['disk_bytes'] / 1e6:>8.0f}")
+    return (
+        f"{name:<17} {r['index_key']:<34} {r['params'] or '-':<32} {r['wall']:>7.1f} "
+        f"{gb(r['peak_rss']):>6} ({gb(r['peak_anon'])}) {r['recall']:>9.4f} {r['p50_ms']:>7.2f} "
+        f"{r['p99_ms']:>7.2f} {r['disk_bytes'] / 1e6:>8.0f}"
+    )
 
 
-def bench_budget(args, data: dict, budget: str, queries: np.ndarray, truth: np.ndarray, runs: str,
-                 incremental: bool) -> dict:
-    settings = {"max_index_memory_gb": ours_budget_gb(memory_bytes(budget)), "threads": args.threads,
-                "queries": args.queries, "k": K, "seed": args.seed}
+def bench_budget(
+    args, data: dict, budget: str, queries: np.ndarray, truth: np.ndarray, runs: str, incremental: bool
+) -> dict:
+    settings = {
+        "max_index_memory_gb": ours_budget_gb(memory_bytes(budget)),
+        "threads": args.threads,
+        "queries": args.queries,
+        "k": K,
+        "seed": args.seed,
+    }
     if args.target_recall:
         settings["target_recall"] = args.target_recall
     tag = budget.replace(".", "_")
     print(f"\n== budget {budget}: building (one process at a time) ...", flush=True)
-    ours = run_worker("build", {"settings": settings, "shards": data["shards"], "tune_queries": data["tune_queries"],
-                                "index": os.path.join(runs, f"ours-{tag}.index")}, runs, f"ours-{tag}")
-    print(f"   clipcrawl: {ours['index_key']} {ours['params']} in {ours['wall']:.1f} s (build {ours['build_s']:.1f}, "
-          f"tune {ours['tune_s']:.1f}, write {ours['write_s']:.1f}), peak RSS {gb(ours['peak_rss'])} GB", flush=True)
+    ours = run_worker(
+        "build",
+        {
+            "settings": settings,
+            "shards": data["shards"],
+            "tune_queries": data["tune_queries"],
+            "index": os.path.join(runs, f"ours-{tag}.index"),
+        },
+        runs,
+        f"ours-{tag}",
+    )
+    print(
+        f"   clipcrawl: {ours['index_key']} {ours['params']} in {ours['wall']:.1f} s (build {ours['build_s']:.1f}, "
+        f"tune {ours['tune_s']:.1f}, write {ours['write_s']:.1f}), peak RSS {gb(ours['peak_rss'])} GB",
+        flush=True,
+    )
     peer = run_autofaiss(args, data, budget, runs, f"autofaiss-{tag}")
-    print(f"   autofaiss: {peer['index_key']} {peer['params']} in {peer['wall']:.1f} s "
-          f"(build_index {peer['build_s']:.1f}), peak RSS {gb(peer['peak_rss'])} GB", flush=True)
+    print(
+        f"   autofaiss: {peer['index_key']} {peer['params']} in {peer['wall']:.1f} s "
+        f"(build_index {peer['build_s']:.1f}), peak RSS {gb(peer['peak_rss'])} GB",
+        flush=True,
+    )
     ours.update(evaluate(os.path.join(runs, f"ours-{tag}.index"), ours["params"], queries, truth))
     peer.update(evaluate(os.path.join(runs, f"autofaiss-{tag}.index"), peer["params"], queries, truth))
     result = {"budget": budget, "clipcrawl": ours, "autofaiss": peer}
     # the cheapest of our tuning sweep's settings that reached autofaiss's recall (on the tuning queries)
     matched = [t for t in ours.get("tuning") or [] if t["recall_at_k"] >= peer["recall"]]
     if matched and matched[0]["params"] != ours["params"]:
-        result["matched"] = {**ours, "params": matched[0]["params"],
-                             **evaluate(os.path.join(runs, f"ours-{tag}.index"), matched[0]["params"], queries, truth)}
+        result["matched"] = {
+            **ours,
+            "params": matched[0]["params"],
+            **evaluate(os.path.join(runs, f"ours-{tag}.index"), matched[0]["params"], queries, truth),
+        }
 
     if incremental:
         print("   incremental: add the extra shard to ours, and rebuild ours on all ...", flush=True)
-        added = run_worker("add", {"settings": settings, "shards": [data["extra"]],
-                                   "index": os.path.join(runs, f"ours-{tag}.index"),
-                                   "out": os.path.join(runs, f"ours-{tag}-added.index")}, runs, f"ours-{tag}-add")
-        rebuilt = run_worker("build", {"settings": settings, "shards": data["shards"] + [data["extra"]],
-                                       "tune_queries": data["tune_queries"],
-                                       "index": os.path.join(runs, f"ours-{tag}-rebuilt.index")},
-                             runs, f"ours-{tag}-rebuild")
-        all_truth = ground_truth(data["shards"] + [data["extra"]], queries,
-                                 os.path.join(os.path.dirname(data["dir"]), f"truth-all-{len(queries)}.npy"))
+        added = run_worker(
+            "add",
+            {
+                "settings": settings,
+                "shards": [data["extra"]],
+                "index": os.path.join(runs, f"ours-{tag}.index"),
+                "out": os.path.join(runs, f"ours-{tag}-added.index"),
+            },
+            runs,
+            f"ours-{tag}-add",
+        )
+        rebuilt = run_worker(
+            "build",
+            {
+                "settings": settings,
+                "shards": data["shards"] + [data["extra"]],
+                "tune_queries": data["tune_queries"],
+                "index": os.path.join(runs, f"ours-{tag}-rebuilt.index"),
+            },
+            runs,
+            f"ours-{tag}-rebuild",
+        )
+        all_truth = ground_truth(
+            data["shards"] + [data["extra"]],
+            queries,
+            os.path.join(os.path.dirname(data["dir"]), f"truth-all-{len(queries)}.npy"),
+        )
         added.update(evaluate(os.path.join(runs, f"ours-{tag}-added.index"), ours["params"], queries, all_truth))
         added.update(index_key=ours["index_key"], params=ours["params"])
-        rebuilt.update(evaluate(os.path.join(runs, f"ours-{tag}-rebuilt.index"), rebuilt["params"], queries,
-                                all_truth))
+        rebuilt.update(evaluate(os.path.join(runs, f"ours-{tag}-rebuilt.index"), rebuilt["params"], queries, all_truth))
         result.update(added=added, rebuilt=rebuilt)
     return result
 
 
 def report(args, n: int, results: list[dict]) -> None:
-    print(f"\n{n:,} x {DIM} float16 vectors, {args.queries} held-out queries, recall@{K} against exact search; "
-          f"builds on {args.threads} threads, latency on 1 thread, one query at a time")
-    head = (f"{'':<17} {'index key':<34} {'params':<32} {'wall s':>7} {'peak RSS GB (anon)':>18} "
-            f"{'recall@10':>9} {'p50 ms':>7} {'p99 ms':>7} {'disk MB':>8}")
+    print(
+        f"\n{n:,} x {DIM} float16 vectors, {args.queries} held-out queries, recall@{K} against exact search; "
+        f"builds on {args.threads} threads, latency on 1 thread, one query at a time"
+    )
+    head = (
+        f"{'':<17} {'index key':<34} {'params':<32} {'wall s':>7} {'peak RSS GB (anon)':>18} "
+        f"{'recall@10':>9} {'p50 ms':>7} {'p99 ms':>7} {'disk MB':>8}"
+    )
     for r in results:
         ours, peer = r["clipcrawl"], r["autofaiss"]
         print(f"\nbudget {r['budget']}\n{head}")
         if ours.get("tuning"):
-            print("clipcrawl tuning sweep (tuning queries; recall@10 / p99 ms): " + ", ".join(
-                f"{t['params']} {t['recall_at_k']:.3f}/{t['p99_ms']:.2f}" for t in ours["tuning"]))
+            print(
+                "clipcrawl tuning sweep (tuning queries; recall@10 / p99 ms): "
+                + ", ".join(f"{t['params']} {t['recall_at_k']:.3f}/{t['p99_ms']:.2f}" for t in ours["tuning"])
+            )
         print(row("clipcrawl", ours))
         print(row(f"autofaiss {peer['autofaiss']}", peer))
         if "matched" in r:
-            print(row("clipcrawl matched", r["matched"]) + "   <- our tuning sweep's cheapest setting at "
-                  "autofaiss's recall (same build)")
+            print(
+                row("clipcrawl matched", r["matched"]) + "   <- our tuning sweep's cheapest setting at "
+                "autofaiss's recall (same build)"
+            )
         anon = ours["peak_anon"] / max(peer["peak_anon"], 1)
-        print(f"clipcrawl / autofaiss: build wall {ours['wall'] / peer['wall']:.2f}x, peak RSS "
-              f"{ours['peak_rss'] / peer['peak_rss']:.2f}x (anon {anon:.2f}x), CPU {ours['cpu'] / peer['cpu']:.2f}x, "
-              f"recall@10 {ours['recall'] - peer['recall']:+.4f}, p99 {ours['p99_ms'] / peer['p99_ms']:.2f}x  "
-              f"(target: wall <= 1x, RSS <= 1x, recall >= +0)")
+        print(
+            f"clipcrawl / autofaiss: build wall {ours['wall'] / peer['wall']:.2f}x, peak RSS "
+            f"{ours['peak_rss'] / peer['peak_rss']:.2f}x (anon {anon:.2f}x), CPU {ours['cpu'] / peer['cpu']:.2f}x, "
+            f"recall@10 {ours['recall'] - peer['recall']:+.4f}, p99 {ours['p99_ms'] / peer['p99_ms']:.2f}x  "
+            f"(target: wall <= 1x, RSS <= 1x, recall >= +0)"
+        )
         if "added" in r:
             added, rebuilt = r["added"], r["rebuilt"]
-            print(f"incremental +{added['added']:,} vectors ({added['added'] / ours['ntotal']:.0%}): "
-                  f"add() {added['add_s']:.1f} s ({added['wall']:.1f} s process: read, add, write) vs rebuild "
-                  f"build() {rebuilt['build_s']:.1f} s ({rebuilt['wall']:.1f} s process with tune and write): "
-                  f"{added['add_s'] / rebuilt['build_s']:.2f}x, process {added['wall'] / rebuilt['wall']:.2f}x")
+            print(
+                f"incremental +{added['added']:,} vectors ({added['added'] / ours['ntotal']:.0%}): "
+                f"add() {added['add_s']:.1f} s ({added['wall']:.1f} s process: read, add, write) vs rebuild "
+                f"build() {rebuilt['build_s']:.1f} s ({rebuilt['wall']:.1f} s process with tune and write): "
+                f"{added['add_s'] / rebuilt['build_s']:.2f}x, process {added['wall'] / rebuilt['wall']:.2f}x"
+            )
             print(row("  after add", added))
             print(row("  rebuilt", rebuilt))
 
@@ -386,16 +501,26 @@ def report(args, n: int, results: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000, help="vectors indexed")
-    ap.add_argument("--max-index-memory", default="2G",
-                    help="memory budget(s) of the index, comma-separated (autofaiss's units: 2G, 512M); "
-                         "a budget under N*512*4 bytes makes autofaiss quantize (OPQ+PQ)")
+    ap.add_argument(
+        "--max-index-memory",
+        default="2G",
+        help="memory budget(s) of the index, comma-separated (autofaiss's units: 2G, 512M); "
+        "a budget under N*512*4 bytes makes autofaiss quantize (OPQ+PQ)",
+    )
     ap.add_argument("--memory-available", default="16G", help="autofaiss's current_memory_available")
     ap.add_argument("--queries", type=int, default=1000, help="held-out queries (and as many tuning queries)")
-    ap.add_argument("--target-recall", type=float, default=None,
-                    help="IndexSettings.target_recall of our tune() (default: IndexSettings' own)")
+    ap.add_argument(
+        "--target-recall",
+        type=float,
+        default=None,
+        help="IndexSettings.target_recall of our tune() (default: IndexSettings' own)",
+    )
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="threads of both builders")
-    ap.add_argument("--no-incremental", action="store_true",
-                    help="skip the add-versus-rebuild test (otherwise run with the first budget)")
+    ap.add_argument(
+        "--no-incremental",
+        action="store_true",
+        help="skip the add-versus-rebuild test (otherwise run with the first budget)",
+    )
     ap.add_argument("--autofaiss-python", default=AUTOFAISS_PYTHON)
     ap.add_argument("--work", help="keep the data (and the indices) here and reuse the data across runs")
     ap.add_argument("--seed", type=int, default=0)
@@ -410,34 +535,60 @@ def main() -> None:
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="clipcrawl-bench-index-")
     work = args.work or tmp.name
     data = make_data(work, args.n, args.queries, args.seed)
-    print(f"data: {args.n:,} x {DIM} float16 in {len(data['shards'])} shards under {data['dir']} "
-          f"({sum(os.path.getsize(p) for p in data['shards']) / 1e9:.2f} GB), extra shard {data['extra']}, "
-          + (f"made in {data['made_s']:.0f} s" if data['made_s'] else "reused"))
+    print(
+        f"data: {args.n:,} x {DIM} float16 in {len(data['shards'])} shards under {data['dir']} "
+        f"({sum(os.path.getsize(p) for p in data['shards']) / 1e9:.2f} GB), extra shard {data['extra']}, "
+        + (f"made in {data['made_s']:.0f} s" if data["made_s"] else "reused")
+    )
     queries = np.load(data["queries"]).astype(np.float32)
     t = time.perf_counter()
-    truth = ground_truth(data["shards"], queries, os.path.join(os.path.dirname(data["dir"]),
-                                                                f"truth-{len(queries)}.npy"))
+    truth = ground_truth(
+        data["shards"], queries, os.path.join(os.path.dirname(data["dir"]), f"truth-{len(queries)}.npy")
+    )
     print(f"exact top-{K} of {len(queries)} held-out queries in {time.perf_counter() - t:.1f} s")
     probe = "import autofaiss, faiss; print(autofaiss.__version__, faiss.__version__)"
-    peer_versions = subprocess.run([args.autofaiss_python, "-c", probe], capture_output=True, text=True,
-                                   check=True).stdout.split()
+    peer_versions = subprocess.run(
+        [args.autofaiss_python, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
     import faiss
 
-    print(f"autofaiss {peer_versions[0]} (faiss {peer_versions[1]}), clipcrawl's faiss {faiss.__version__}; "
-          f"machine: {len(os.sched_getaffinity(0))} usable cores, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"autofaiss {peer_versions[0]} (faiss {peer_versions[1]}), clipcrawl's faiss {faiss.__version__}; "
+        f"machine: {len(os.sched_getaffinity(0))} usable cores, load average {os.getloadavg()[0]:.1f}"
+    )
 
     runs = os.path.join(work, f"runs-{args.n}-{args.seed}")
     os.makedirs(runs, exist_ok=True)
     budgets = [b.strip() for b in args.max_index_memory.split(",")]
-    results = [bench_budget(args, data, b, queries, truth, runs, i == 0 and not args.no_incremental)
-               for i, b in enumerate(budgets)]
+    results = [
+        bench_budget(args, data, b, queries, truth, runs, i == 0 and not args.no_incremental)
+        for i, b in enumerate(budgets)
+    ]
     report(args, args.n, results)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
-    print(json.dumps({"bench": "index", "n": args.n, "dim": DIM, "queries": args.queries, "threads": args.threads,
-                      "autofaiss": peer_versions[0], "autofaiss_faiss": peer_versions[1],
-                      "results": [{name: {k: v for k, v in r[name].items() if k not in ("infos", "tuning")}
-                                   if isinstance(r[name], dict) else r[name] for name in r} for r in results]},
-                     default=str))
+    print(
+        json.dumps(
+            {
+                "bench": "index",
+                "n": args.n,
+                "dim": DIM,
+                "queries": args.queries,
+                "threads": args.threads,
+                "autofaiss": peer_versions[0],
+                "autofaiss_faiss": peer_versions[1],
+                "results": [
+                    {
+                        name: {k: v for k, v in r[name].items() if k not in ("infos", "tuning")}
+                        if isinstance(r[name], dict)
+                        else r[name]
+                        for name in r
+                    }
+                    for r in results
+                ],
+            },
+            default=str,
+        )
+    )
     if tmp:
         tmp.cleanup()
 

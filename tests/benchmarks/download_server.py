@@ -28,9 +28,18 @@ def _photo(rng: np.random.Generator, width: int, height: int, noise: float) -> n
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     img = np.empty((height, width, 3), np.float32)
     for c in range(3):
-        a, b, f1, f2, p = rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(1, 4), rng.uniform(1, 4), rng.uniform(0, 6.3)
-        img[..., c] = 128 + 60 * (a * x / width + b * y / height) + 40 * np.sin(f1 * x / width * 6.28 + p) * np.cos(
-            f2 * y / height * 6.28)
+        a, b, f1, f2, p = (
+            rng.uniform(-1, 1),
+            rng.uniform(-1, 1),
+            rng.uniform(1, 4),
+            rng.uniform(1, 4),
+            rng.uniform(0, 6.3),
+        )
+        img[..., c] = (
+            128
+            + 60 * (a * x / width + b * y / height)
+            + 40 * np.sin(f1 * x / width * 6.28 + p) * np.cos(f2 * y / height * 6.28)
+        )
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
     for _ in range(int(rng.integers(8, 30))):
@@ -126,6 +135,7 @@ def serve(pool: list[bytes], urls: int, port: int = 0) -> None:
 
     try:
         import uvloop  # noqa: F401
+
         uvloop.run(main())
     except ImportError:
         asyncio.run(main())

@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.download.images import process_image
-from clipcrawl.tasks.ingest.normalize import pair_uid
 from clipcrawl.tasks.download.shards import ShardWriter, sample_key, shard_name
+from clipcrawl.tasks.ingest.normalize import pair_uid
 from clipcrawl.tasks.world.scenes import (
     IMAGE_SIZES,
     describe,
@@ -43,6 +43,7 @@ MARKER = "bench_shards.json"
 
 # ------------------------------------------------------------------------------ shards
 
+
 def _samples(job: tuple[int, int, int, int, int]) -> list[tuple[dict, object]]:
     seed, shard, start, end, shard_size = job
     settings = DownloadSettings()
@@ -54,15 +55,24 @@ def _samples(job: tuple[int, int, int, int, int]) -> list[tuple[dict, object]]:
         image = process_image(body, settings)
         text = describe(scene, rng)
         url = f"http://images.bench.invalid/{shard}/{index}.jpg"
-        row = {"key": sample_key(shard, index, shard_size), "uid": pair_uid(url, text), "url": url, "text": text,
-               "status": image.status, "error_message": image.error_message, "http_status": 200, "bytes": len(body),
-               "language": "en"}
+        row = {
+            "key": sample_key(shard, index, shard_size),
+            "uid": pair_uid(url, text),
+            "url": url,
+            "text": text,
+            "status": image.status,
+            "error_message": image.error_message,
+            "http_status": 200,
+            "bytes": len(body),
+            "language": "en",
+        }
         out.append((row, image))
     return out
 
 
-def make_shards(folder: str, shards: int, shard_size: int, seed: int = 0, workers: int | None = None,
-                first: int = 0) -> tuple[list[str], float]:
+def make_shards(
+    folder: str, shards: int, shard_size: int, seed: int = 0, workers: int | None = None, first: int = 0
+) -> tuple[list[str], float]:
     """Write (or reuse) shards first..first+shards-1 under FOLDER/images/; their tar paths and the seconds spent.
 
     A shard is reused when its _stats.json is there and FOLDER/bench_shards.json says it was made
@@ -76,8 +86,11 @@ def make_shards(folder: str, shards: int, shard_size: int, seed: int = 0, worker
         with open(marker) as f:
             made = json.load(f)
     recipe = {"seed": seed, "shard_size": shard_size}
-    todo = [s for s in wanted if made.get(shard_name(s)) != recipe
-            or not os.path.exists(os.path.join(images, f"{shard_name(s)}_stats.json"))]
+    todo = [
+        s
+        for s in wanted
+        if made.get(shard_name(s)) != recipe or not os.path.exists(os.path.join(images, f"{shard_name(s)}_stats.json"))
+    ]
     tars = [os.path.join(images, f"{shard_name(s)}.tar") for s in wanted]
     if not todo:
         return tars, 0.0
@@ -95,7 +108,9 @@ def make_shards(folder: str, shards: int, shard_size: int, seed: int = 0, worker
                         writer.add(row, image)
                 stats = writer.close()
             if stats["successes"] != shard_size:
-                raise SystemExit(f"shard {shard}: {stats['successes']} of {shard_size} samples made it: {stats['status']}")
+                raise SystemExit(
+                    f"shard {shard}: {stats['successes']} of {shard_size} samples made it: {stats['status']}"
+                )
             made[shard_name(shard)] = recipe
             with open(marker, "w") as f:
                 json.dump(made, f)
@@ -120,6 +135,7 @@ def shard_count(tar_path: str) -> int:
 
 
 # ------------------------------------------------------------------------------ the plain loop
+
 
 def plain_loop(tar_path: str, model, preprocess, tokenizer, device, dtype, batch_size: int, out_dir: str) -> dict:
     """What a user writes with open_clip: read the tar in order, decode and preprocess one image at a
@@ -187,6 +203,7 @@ def plain_loop(tar_path: str, model, preprocess, tokenizer, device, dtype, batch
 
 # ------------------------------------------------------------------------------ embed_shard's output
 
+
 def read_embed_output(out: str) -> dict:
     """Every key and both embeddings embed_shard wrote under OUT/embeddings/, row order = metadata."""
     import numpy as np
@@ -197,7 +214,7 @@ def read_embed_output(out: str) -> dict:
     for name in sorted(os.listdir(meta_dir)):
         if not name.endswith(".parquet"):
             continue
-        shard = name[len("metadata_"): -len(".parquet")]
+        shard = name[len("metadata_") : -len(".parquet")]
         keys += pq.read_table(os.path.join(meta_dir, name), columns=["key"]).column("key").to_pylist()
         img.append(np.load(os.path.join(out, "embeddings", "img_emb", f"img_emb_{shard}.npy")))
         txt.append(np.load(os.path.join(out, "embeddings", "text_emb", f"text_emb_{shard}.npy")))

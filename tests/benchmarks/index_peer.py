@@ -46,16 +46,28 @@ def main() -> None:
     from autofaiss import build_index
 
     started = time.perf_counter()
-    index, infos = build_index(embeddings=args.embeddings, index_path=args.index, index_infos_path=args.infos,
-                               max_index_memory_usage=args.max_index_memory,
-                               current_memory_available=args.memory_available, metric_type="ip",
-                               nb_cores=args.threads)
+    index, infos = build_index(
+        embeddings=args.embeddings,
+        index_path=args.index,
+        index_infos_path=args.infos,
+        max_index_memory_usage=args.max_index_memory,
+        current_memory_available=args.memory_available,
+        metric_type="ip",
+        nb_cores=args.threads,
+    )
     build_s = time.perf_counter() - started
     if index is None:
         raise SystemExit(f"autofaiss build_index built nothing for {args.embeddings} (see its log above)")
-    result = {"autofaiss": autofaiss.__version__, "faiss": faiss.__version__, "index_key": infos["index_key"],
-              "params": infos.get("index_param") or "", "build_s": build_s, "ntotal": index.ntotal,
-              "infos": infos, "vm_hwm": vm_hwm()}
+    result = {
+        "autofaiss": autofaiss.__version__,
+        "faiss": faiss.__version__,
+        "index_key": infos["index_key"],
+        "params": infos.get("index_param") or "",
+        "build_s": build_s,
+        "ntotal": index.ntotal,
+        "infos": infos,
+        "vm_hwm": vm_hwm(),
+    }
     with open(args.result, "w") as f:
         json.dump(result, f, default=str)
 
