@@ -1,267 +1,266 @@
 """The `clipcrawl` command: each subcommand runs its flow (visible in the Prefect UI when
-PREFECT_API_URL points at a server), exits non-zero with a one-line reason on failure."""
+PREFECT_API_URL points at a server) and exits non-zero with a one-line reason on failure.
+
+Every field of the stage settings (clipcrawl.tasks.core.config) is a flag, an environment variable
+CLIPCRAWL_<STAGE>__<FIELD> and a key of the config file's <stage>: section; a flag beats the
+environment, which beats the config file, which beats the field's default. The options are generated
+from the models (clipcrawl.flows.options), so a field's default and description are written once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-from clipcrawl.tasks.core.config import (
-    COMMON_CRAWL_HTTPS,
-    DownloadSettings,
-    EmbedSettings,
-    ExtractSettings,
-    IndexSettings,
-    IngestSettings,
-    ReportSettings,
-    load_config,
-)
+from clipcrawl.flows import options
+
+# The stages whose settings a command builds, in pipeline order.
+STAGES_OF = {
+    "demo": ("ingest", "extract", "report"),
+    "run": tuple(options.STAGES),
+    "extract": ("ingest", "extract"),
+    "ingest": ("ingest", "extract"),
+    "download": ("download",),
+    "embed": ("embed",),
+    "index": ("index",),
+    "report": ("report",),
+}
+# Ingest fields that choose a crawl's files: `extract` takes explicit files instead.
+CRAWL_SELECTION = ("crawl", "source", "kind", "segments", "segment_list", "sample_seed", "files_per_segment")
+
+
+def _version() -> str:
+    try:
+        return version("clipcrawl")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _stage_command(sub, name: str, summary: str, examples: str, source: tuple[str, str], out_help: str):
+    """A stage's command: its input folder, --out, the common options and every field of its settings."""
+    flag, source_help = source
+    p = _command(sub, name, summary, examples, usage=f"{flag} DIR --out OUT")
+    p.add_argument(flag, required=True, metavar="DIR", help=source_help)
+    _out(p, out_help)
+    _common(p)
+    options.add_options(p, name)
+    return p
+
+
+def _command(
+    sub, name: str, help: str, examples: str, settings: bool = True, usage: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with examples (and the settings rules, where it has settings);
+    `usage` replaces argparse's, which lists every settings flag."""
+    epilog = "examples:\n" + "\n".join("  " + line for line in examples.strip().splitlines())
+    return sub.add_parser(
+        name,
+        help=help,
+        usage=usage and f"clipcrawl {name} {usage} [options]",
+        description=help[0].upper() + help[1:] + ".",
+        epilog=epilog + ("\n\n" + options.EPILOG if settings else ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dask-address",
-        help="use an existing Dask scheduler (tcp://host:8786; default: $CLIPCRAWL_DASK_ADDRESS) instead of a local cluster",
+        metavar="URI",
+        help="an existing Dask scheduler (tcp://host:8786) instead of a local cluster. "
+        "Default: $CLIPCRAWL_DASK_ADDRESS, else a local cluster for the run.",
     )
-    p.add_argument("--results", help="Prefect result storage URI shared by all workers (default OUT/_results)")
+    p.add_argument(
+        "--results", metavar="URI", help="Prefect result storage shared by all workers. Default: OUT/_results."
+    )
     p.add_argument(
         "--config",
-        help="YAML or TOML file with per-stage settings sections (ingest:, extract:, download:, "
-        "embed:, index:, report:)",
+        metavar="FILE",
+        help="YAML or TOML file with a section per stage (ingest:, extract:, download:, embed:, index:, "
+        "report:) holding fields of its settings.",
     )
 
 
-def _extract_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--min-alt-length", type=int, help="drop pairs whose alt text is shorter (default 5)")
-    p.add_argument("--no-language", action="store_true", help="do not detect the caption language")
+def _out(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--out", required=True, metavar="OUT", help=f"the run's output location (local path or URI): {what}")
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="clipcrawl", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+    ap = argparse.ArgumentParser(
+        prog="clipcrawl",
+        description=__doc__.split("\n\n")[0],
+        epilog="clipcrawl COMMAND --help shows a command's options and examples.\n\n" + options.EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--version", action="version", version=f"clipcrawl {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="the whole pipeline on the synthetic crawl world")
-    p.add_argument("--out", default="clipcrawl-demo", help="output directory (default ./clipcrawl-demo)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic world")
-    p.add_argument("--segments", type=int, default=2, help="segments in the synthetic crawl")
+    p = _command(
+        sub,
+        "demo",
+        "the whole pipeline on the synthetic crawl world, each stage checked against its ground truth",
+        "clipcrawl demo --out ./clipcrawl-demo",
+        settings=False,
+    )
+    p.add_argument("--out", default="clipcrawl-demo", metavar="OUT", help="output directory. Default: clipcrawl-demo.")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the synthetic world. Default: 0.")
+    p.add_argument("--segments", type=int, default=2, metavar="N", help="segments in the synthetic crawl. Default: 2.")
     _common(p)
 
-    p = sub.add_parser(
-        "run", help="the whole pipeline (flow `pipeline`): crawl -> pairs, images, embeddings, dataset, index, report"
+    p = _command(
+        sub,
+        "run",
+        "the whole pipeline (flow `pipeline`): crawl -> pairs, images, embeddings, dataset, index, report",
+        """
+clipcrawl run --crawl CC-MAIN-2024-10 --segments 2 --out s3://bucket/cc-2024-10 --config run.yaml
+clipcrawl run --inputs ./a.warc.wat.gz ./b.warc.wat.gz --out ./run --download.image-size 384 \\
+    --embed.similarity-threshold 0.28 --report.gates.min-clip-pass-rate.threshold 0.1""",
+        usage="(--crawl ID | --inputs URI [URI ...]) --out OUT",
     )
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--crawl", help="crawl id, e.g. CC-MAIN-2024-10 (its WAT files, from --source)")
-    what.add_argument("--inputs", nargs="+", metavar="URI", help="explicit WAT/WARC URIs instead of a crawl")
-    p.add_argument("--source", help="https://data.commoncrawl.org (default), s3://commoncrawl or a mirror")
-    p.add_argument("--segments", type=int, help="take the first N segments of the crawl")
-    p.add_argument("--out", required=True)
-    p.add_argument("--ground-truth", help="manifest pairs.parquet the report measures the CLIP filter against")
-    _common(p)
-
-    p = sub.add_parser("download", help="OUT/pairs/ -> OUT/images/ webdataset shards")
-    p.add_argument("--pairs", required=True, help="directory of pair parquet files (or one parquet file)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--shard-size", type=int, help="samples per shard (default 10000)")
-    p.add_argument("--image-size", type=int, help="output size in pixels (default 256)")
-    p.add_argument("--resize-mode", choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"])
-    p.add_argument("--encode-format", choices=["jpg", "webp", "png"])
-    p.add_argument("--processes", type=int, help="image worker processes per shard task (default: cores)")
-    p.add_argument("--concurrency", type=int, help="requests in flight per shard task (default 256)")
-    p.add_argument("--user-agent-token", help="token in the User-Agent, matched by robots.txt and X-Robots-Tag")
-    p.add_argument("--ignore-opt-outs", action="store_true", help="do not honour X-Robots-Tag noai/noindex headers")
-    p.add_argument("--ignore-robots", action="store_true", help="do not honour the image hosts' robots.txt")
-    p.add_argument("--allow-address", action="append", default=[], help="CIDR exempt from the SSRF guard (repeatable)")
-    _common(p)
-
-    p = sub.add_parser("embed", help="OUT/images/ shards -> OUT/embeddings/ and the filtered OUT/dataset/")
-    p.add_argument("--images", required=True, help="directory of webdataset shards written by `clipcrawl download`")
-    p.add_argument("--out", required=True)
-    model = p.add_mutually_exclusive_group()
-    model.add_argument("--pretrained", help="open_clip pretrained tag of --model (default openai)")
-    model.add_argument(
-        "--checkpoint", help="local weights: a file for --model, or a directory with open_clip_config.json"
-    )
-    p.add_argument("--model", help="open_clip model name (default ViT-B-32)")
-    p.add_argument("--cache-dir", help="where pretrained weights are cached (default: open_clip's)")
-    p.add_argument("--device", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--batch-size", type=int, help="images per forward pass (default 256)")
-    p.add_argument(
-        "--threshold", type=float, dest="similarity_threshold", help="keep pairs with similarity >= this (default 0.3)"
-    )
-    p.add_argument("--drop-nsfw", action="store_true", help="leave pairs tagged NSFW out of dataset/")
-    _common(p)
-
-    p = sub.add_parser("index", help="OUT/embeddings/ -> OUT/index/: image and text kNN indices, near-duplicates")
-    p.add_argument("--embeddings", required=True, help="embeddings folder written by `clipcrawl embed`")
-    p.add_argument("--out", required=True, help="OUT: the index goes to OUT/index/ (added to when it exists)")
-    p.add_argument("--dataset", help="dataset folder listing the kept samples (default: beside --embeddings)")
-    p.add_argument("--rebuild", action="store_true", help="build from scratch instead of adding to OUT/index/")
-    p.add_argument("--index-key", help="faiss index_factory string (default: chosen from the count and memory)")
-    p.add_argument("--max-index-memory", type=float, dest="max_index_memory_gb", help="GiB (default 16)")
-    p.add_argument("--target-recall", type=float, help="recall@10 the search parameters are tuned to (default 0.98)")
-    p.add_argument(
-        "--device",
-        choices=["auto", "cuda", "cpu"],
-        help="train IVF k-means and measure recall on the GPUs (auto: when faiss-gpu sees one)",
-    )
-    p.add_argument("--near-duplicate-threshold", type=float, help="cosine similarity of near-duplicates (default 0.96)")
-    p.add_argument(
-        "--drop-near-duplicates",
-        action="store_true",
-        help="keep one sample per near-duplicate group in the dataset (default: mark them)",
-    )
-    _common(p)
-
-    for name, what in (
-        ("search", "query the index from the command line"),
-        ("serve", "an HTTP search service and web page over the index"),
-    ):
-        p = sub.add_parser(name, help=what)
-        p.add_argument("--index", required=True, help="the index folder (OUT/index)")
-        if name == "search":
-            p.add_argument("text", nargs="?", help="text query")
-            p.add_argument("--image", help="image query: a file path")
-            p.add_argument("-k", type=int, default=10, help="results (default 10)")
-            p.add_argument(
-                "--modality",
-                choices=["image", "text"],
-                default="image",
-                help="search the image index (default) or the caption index",
-            )
-            p.add_argument("--deduplicate", action="store_true", help="one result per near-duplicate group")
-            p.add_argument("--json", action="store_true", help="machine output: a JSON list")
-        else:
-            p.add_argument("--host", default="127.0.0.1")
-            p.add_argument("--port", type=int, default=1234)
-
-    p = sub.add_parser("report", help="OUT's outputs -> OUT/report/index.html and stats.json; quality gates")
-    p.add_argument("out", metavar="DIR", help="the output location of a run (OUT)")
+    _out(p, "pairs/, images/, embeddings/, dataset/, index/, report/")
     p.add_argument(
         "--ground-truth",
-        help="manifest pairs.parquet (url, text, matches) to measure the CLIP filter "
-        "against (the synthetic world's manifest/pairs.parquet)",
-    )
-    p.add_argument(
-        "--gate",
-        action="append",
-        default=[],
-        metavar="NAME=THRESHOLD[:warn|:fail]",
-        help="set a quality gate, e.g. min_download_success_rate=0.5 or max_clip_pass_rate=0.9:warn; "
-        "NAME=off turns one off (repeatable)",
+        metavar="MANIFEST",
+        help="manifest pairs.parquet (url, text, matches) the report measures the CLIP filter against",
     )
     _common(p)
+    options.add_options(p, "ingest")
+    options.add_options(p, "extract")
+    for stage in ("download", "embed", "index", "report"):
+        options.add_options(p, stage, namespaced=True)
 
-    p = sub.add_parser("extract", help="WAT or WARC files -> OUT/pairs/")
+    p = _command(
+        sub,
+        "extract",
+        "WAT or WARC files -> OUT/pairs/",
+        "clipcrawl extract ./CC-MAIN-*.warc.wat.gz https://example.org/x.warc.gz --out ./run --min-alt-length 5",
+        usage="INPUT [INPUT ...] --out OUT",
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="WAT/WARC URIs: local path, file://, https://, s3://")
-    p.add_argument("--out", required=True)
-    _extract_options(p)
+    _out(p, "pairs go to OUT/pairs/")
     _common(p)
+    options.add_options(p, "ingest", exclude=(*CRAWL_SELECTION, "inputs"))
+    options.add_options(p, "extract")
 
-    p = sub.add_parser("ingest", help="a Common Crawl crawl's WAT (or WARC) files -> OUT/pairs/")
-    p.add_argument("--crawl", required=True, help="crawl id, e.g. CC-MAIN-2024-10")
-    p.add_argument(
-        "--source", default=COMMON_CRAWL_HTTPS, help="https://data.commoncrawl.org, s3://commoncrawl or a mirror"
+    p = _command(
+        sub,
+        "ingest",
+        "a Common Crawl crawl's WAT (or WARC) files -> OUT/pairs/",
+        """
+clipcrawl ingest --crawl CC-MAIN-2024-10 --segments 2 --out s3://bucket/run
+clipcrawl ingest --crawl CC-MAIN-2024-10 --source s3://commoncrawl --segments 4 --sample-seed 1 --out ./run""",
+        usage="--crawl ID --out OUT",
     )
-    p.add_argument("--segments", type=int, help="take the first N segments (or N sampled with --sample-seed)")
-    p.add_argument("--segment", action="append", default=[], dest="segment_list", help="take this segment (repeatable)")
-    p.add_argument("--sample-seed", type=int, help="sample --segments at random with this seed")
-    p.add_argument("--files-per-segment", type=int, help="cap the files taken from each segment")
-    p.add_argument("--kind", choices=["wat", "warc"], default="wat", help="read WAT files (default) or WARC files")
-    p.add_argument("--out", required=True)
-    _extract_options(p)
+    _out(p, "pairs go to OUT/pairs/")
     _common(p)
+    options.add_options(p, "ingest", exclude=("inputs",))
+    options.add_options(p, "extract")
+
+    _stage_command(
+        sub,
+        "download",
+        "OUT/pairs/ -> OUT/images/ webdataset shards",
+        "clipcrawl download --pairs ./run/pairs --out ./run --image-size 384 --resize-mode center_crop",
+        ("--pairs", "directory of pair parquet files (or one parquet file)"),
+        "shards go to OUT/images/",
+    )
+    _stage_command(
+        sub,
+        "embed",
+        "OUT/images/ shards -> OUT/embeddings/ and the filtered OUT/dataset/",
+        """
+clipcrawl embed --images ./run/images --out ./run --model ViT-L-14 --pretrained openai --batch-size 128
+clipcrawl embed --images ./run/images --out ./run --checkpoint ./my-clip --similarity-threshold 0.28""",
+        ("--images", "directory of webdataset shards written by `clipcrawl download`"),
+        "OUT/embeddings/ and OUT/dataset/",
+    )
+    p = _stage_command(
+        sub,
+        "index",
+        "OUT/embeddings/ -> OUT/index/: image and text kNN indices, near-duplicates",
+        "clipcrawl index --embeddings ./run/embeddings --out ./run --max-index-memory-gb 4 --drop-near-duplicates",
+        ("--embeddings", "embeddings folder written by `clipcrawl embed`"),
+        "the index goes to OUT/index/ (added to when it exists)",
+    )
+    p.add_argument("--dataset", metavar="DIR", help="dataset folder listing the kept samples. Default: OUT/dataset.")
+    p.add_argument("--rebuild", action="store_true", help="build from scratch instead of adding to OUT/index/")
+
+    p = _command(
+        sub,
+        "search",
+        "query the index from the command line (in-process: no flow, no cluster)",
+        """
+clipcrawl search --index ./run/index "a photo of pink rings" -k 5
+clipcrawl search --index ./run/index --image some.jpg --json""",
+        settings=False,
+    )
+    p.add_argument("--index", required=True, metavar="DIR", help="the index folder (OUT/index)")
+    p.add_argument("text", nargs="?", help="text query")
+    p.add_argument("--image", metavar="PATH", help="image query: a file path")
+    p.add_argument("-k", type=int, default=10, help="results. Default: 10.")
+    p.add_argument(
+        "--modality",
+        choices=["image", "text"],
+        default="image",
+        help="search the image index or the caption index. Default: image.",
+    )
+    p.add_argument("--deduplicate", action="store_true", help="one result per near-duplicate group")
+    p.add_argument("--json", action="store_true", help="machine output: a JSON list")
+
+    p = _command(
+        sub,
+        "serve",
+        "an HTTP search service and web page over the index (in-process: no flow, no cluster)",
+        "clipcrawl serve --index ./run/index --host 0.0.0.0 --port 1234",
+        settings=False,
+    )
+    p.add_argument("--index", required=True, metavar="DIR", help="the index folder (OUT/index)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on. Default: 127.0.0.1.")
+    p.add_argument("--port", type=int, default=1234, help="port to listen on. Default: 1234.")
+
+    p = _command(
+        sub,
+        "report",
+        "OUT's outputs -> OUT/report/index.html and stats.json; quality gates",
+        """
+clipcrawl report ./run
+clipcrawl report ./run --gates.max-clip-pass-rate.threshold 0.9 --gates.max-clip-pass-rate.action fail \\
+    --gates.max-failed-file-share.threshold none""",
+        usage="OUT",
+    )
+    p.add_argument("out", metavar="OUT", help="the output location of a run")
+    p.add_argument(
+        "--ground-truth",
+        metavar="MANIFEST",
+        help="manifest pairs.parquet (url, text, matches) to measure the CLIP filter against "
+        "(the synthetic world's manifest/pairs.parquet)",
+    )
+    _common(p)
+    options.add_options(p, "report")
     return ap
 
 
-def ingest_settings(args: argparse.Namespace, **fields) -> IngestSettings:
-    """Settings from the config file, overridden by the flags that were given."""
-    config = load_config(args.config) if args.config else {}
-    extract = dict(config.get("extract", {}))
-    if getattr(args, "min_alt_length", None) is not None:
-        extract["min_alt_length"] = args.min_alt_length
-    if getattr(args, "no_language", False):
-        extract["detect_language"] = False
-    ingest = dict(config.get("ingest", {})) | {k: v for k, v in fields.items() if v not in (None, [])}
-    return IngestSettings(**ingest, extract=ExtractSettings(**extract))
-
-
-def download_settings(args: argparse.Namespace, **fields) -> DownloadSettings:
-    config = dict(load_config(args.config).get("download", {})) if args.config else {}
-    flags = (
-        {
-            "shard_size": args.shard_size,
-            "image_size": args.image_size,
-            "resize_mode": args.resize_mode,
-            "encode_format": args.encode_format,
-            "processes": args.processes,
-            "concurrency": args.concurrency,
-            "user_agent_token": args.user_agent_token,
-            "allow_addresses": args.allow_address or None,
-            "respect_optouts": False if args.ignore_opt_outs else None,
-            "respect_robots": False if args.ignore_robots else None,
-        }
-        if args.command == "download"
-        else {}
-    )
-    return DownloadSettings(**config | {k: v for k, v in (flags | fields).items() if v is not None})
-
-
-def embed_settings(args: argparse.Namespace, **fields) -> EmbedSettings:
-    config = dict(load_config(args.config).get("embed", {})) if args.config else {}
-    flags = (
-        {
-            "model": args.model,
-            "pretrained": args.pretrained,
-            "checkpoint": args.checkpoint,
-            "cache_dir": args.cache_dir,
-            "device": args.device,
-            "batch_size": args.batch_size,
-            "similarity_threshold": args.similarity_threshold,
-            "drop_nsfw": True if args.drop_nsfw else None,
-        }
-        if args.command == "embed"
-        else {}
-    )
-    settings = config | {k: v for k, v in (flags | fields).items() if v is not None}
-    if flags.get("checkpoint"):
-        settings["pretrained"] = None  # local weights replace the pretrained tag
-    return EmbedSettings(**settings)
-
-
-def index_settings(args: argparse.Namespace, **fields) -> IndexSettings:
-    config = dict(load_config(args.config).get("index", {})) if args.config else {}
-    flags = (
-        {
-            "index_key": args.index_key,
-            "max_index_memory_gb": args.max_index_memory_gb,
-            "target_recall": args.target_recall,
-            "near_duplicate_threshold": args.near_duplicate_threshold,
-            "device": args.device,
-            "drop_near_duplicates": True if args.drop_near_duplicates else None,
-        }
-        if args.command == "index"
-        else {}
-    )
-    return IndexSettings(**config | {k: v for k, v in (flags | fields).items() if v is not None})
-
-
-def report_settings(args: argparse.Namespace) -> ReportSettings:
-    """Settings from the config file's report: section, with --gate NAME=THRESHOLD[:ACTION] over them."""
-    config = dict(load_config(args.config).get("report", {})) if args.config else {}
-    gates = dict(config.get("gates", {}))
-    for spec in getattr(args, "gate", []):
-        name, _, value = spec.partition("=")
-        threshold, _, action = value.partition(":")
-        if not name or not threshold:
-            raise SystemExit(f"clipcrawl report: --gate {spec!r}: want NAME=THRESHOLD[:warn|:fail] or NAME=off")
-        gate = dict(gates.get(name, {}))
-        gate["threshold"] = None if threshold == "off" else threshold
-        if action:
-            gate["action"] = action
-        gates[name] = gate
-    return ReportSettings(**config | {"gates": gates})
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with `settings`: the stage settings models built from flags, environment and
+    config file (ingest's holds extract's)."""
+    args = parser().parse_args(argv)
+    flags = options.given(args)
+    if args.command == "extract":
+        flags.setdefault("ingest", {})["inputs"] = args.inputs
+    try:
+        args.settings = options.build(STAGES_OF.get(args.command, ()), flags, getattr(args, "config", None))
+    except options.SettingsError as exc:
+        raise SystemExit(f"clipcrawl {args.command}: {exc}") from None
+    ingest = args.settings.get("ingest")
+    if args.command == "run" and bool(ingest.crawl) == bool(ingest.inputs):
+        raise SystemExit("clipcrawl run: give --crawl ID or --inputs URI... (one of them)")
+    if args.command == "ingest" and not ingest.crawl:
+        raise SystemExit("clipcrawl ingest: give --crawl ID (e.g. CC-MAIN-2024-10)")
+    return args
 
 
 def run_flow(flow, address: str, **parameters):
@@ -274,74 +273,22 @@ def run_flow(flow, address: str, **parameters):
     return state.result()
 
 
-def run_pipeline(
-    args: argparse.Namespace,
-    address: str,
-    ingest: IngestSettings,
-    download: DownloadSettings,
-    embed: EmbedSettings,
-    index: IndexSettings,
-    ground_truth: str | None = None,
-) -> dict:
+def run_pipeline(args: argparse.Namespace, address: str, settings: dict, ground_truth: str | None) -> dict:
     from clipcrawl.flows.pipeline import pipeline
 
     return run_flow(
         pipeline,
         address,
         out=args.out,
-        ingest=ingest,
-        download=download,
-        embed=embed,
-        index=index,
-        report=report_settings(args),
+        **settings,
         ground_truth=ground_truth,
         results=args.results,
         dask_address=address,
     )
 
 
-def run_ingest(args: argparse.Namespace, address: str, settings: IngestSettings) -> dict:
-    from clipcrawl.flows.ingest import ingest_crawl
-
-    return run_flow(ingest_crawl, address, out=args.out, settings=settings, results=args.results)
-
-
-def run_download(args: argparse.Namespace, address: str, pairs: str, settings: DownloadSettings) -> dict:
-    from clipcrawl.flows.download import download_images
-
-    return run_flow(download_images, address, pairs=pairs, out=args.out, settings=settings, results=args.results)
-
-
-def run_embed(args: argparse.Namespace, address: str, images: str, settings: EmbedSettings) -> dict:
-    from clipcrawl.flows.embed import embed_and_filter
-
-    return run_flow(embed_and_filter, address, images=images, out=args.out, settings=settings, results=args.results)
-
-
-def run_index(args: argparse.Namespace, address: str, embeddings: str, settings: IndexSettings) -> dict:
-    from clipcrawl.flows.index import build_index
-
-    return run_flow(
-        build_index,
-        address,
-        embeddings=embeddings,
-        out=args.out,
-        settings=settings,
-        dataset=getattr(args, "dataset", None),
-        rebuild=getattr(args, "rebuild", False),
-    )
-
-
-def run_report(
-    args: argparse.Namespace, address: str, out: str, settings: ReportSettings, ground_truth: str | None = None
-) -> dict:
-    from clipcrawl.flows.report import build_report
-
-    return run_flow(build_report, address, out=out, settings=settings, ground_truth=ground_truth)
-
-
 def search(args: argparse.Namespace) -> None:
-    """A query from the command line: no flow, no cluster (a flow would add ~15 s to a ~5 s query)."""
+    """A query from the command line: no flow, no cluster (a flow would add seconds to every query)."""
     from clipcrawl.tasks.search.search import Searcher, format_results
 
     if (args.text is None) == (args.image is None):
@@ -358,6 +305,8 @@ def search(args: argparse.Namespace) -> None:
 
 def demo(args: argparse.Namespace, address: str) -> None:
     """The pipeline flow on a synthetic crawl, then every stage checked against the world's ground truth."""
+    from clipcrawl.tasks.core.config import IndexSettings
+    from clipcrawl.tasks.core.layout import index_dir
     from clipcrawl.tasks.search.search import Searcher
     from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world, tiny_clip
     from clipcrawl.tasks.world.groundtruth import (
@@ -370,22 +319,22 @@ def demo(args: argparse.Namespace, address: str) -> None:
 
     world = generate_world(os.path.join(args.out, "world"), WorldSpec(seed=args.seed, segments=args.segments))
     print(f"synthetic crawl {world.crawl_id} at {world.root}")
+    ingest = args.settings["ingest"].model_copy(update={"crawl": world.crawl_id, "source": str(world.root)})
     with ImageServer(world.root) as server:
-        result = run_pipeline(
-            args,
-            address,
-            ingest_settings(args, crawl=world.crawl_id, source=str(world.root)),
-            server.download_settings(),
-            tiny_clip.embed_settings(),
-            IndexSettings(near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD),
-            ground_truth=os.path.join(world.root, "manifest", "pairs.parquet"),
-        )
+        settings = {
+            "ingest": ingest,
+            "download": server.download_settings(),
+            "embed": tiny_clip.embed_settings(),
+            "index": IndexSettings(near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD),
+            "report": args.settings["report"],
+        }
+        result = run_pipeline(args, address, settings, os.path.join(world.root, "manifest", "pairs.parquet"))
     checks = {
         "pairs": compare_pairs(world, args.out),
         "images": compare_downloads(world, args.out),
         "dataset": compare_embeddings(world, args.out),
     }
-    searcher = Searcher(os.path.join(args.out, "index"))
+    searcher = Searcher(index_dir(args.out))
     checks["index"] = {
         "search": compare_search(world, searcher),
         "near_duplicates": compare_near_duplicates(world, args.out),
@@ -401,7 +350,7 @@ def demo(args: argparse.Namespace, address: str) -> None:
             f"{checks['dataset']['accuracy']:.1%} of samples (want >= 95%)"
         )
     search = checks["index"]["search"]
-    # chance: ~5% of the results; the tiny model ranks a concept's images first (README, Search)
+    # chance: ~5% of the results; the tiny model ranks a concept's images first (docs/indexing.md, Search)
     if not search["hits"][:1] == [True] or search["precision"] < 0.8:
         raise SystemExit(
             f"clipcrawl: demo: {search['of_concept']} of the first {search['k']} results for "
@@ -409,16 +358,45 @@ def demo(args: argparse.Namespace, address: str) -> None:
         )
     print(f"outputs in {os.path.abspath(args.out)}: pairs/, images/, embeddings/, dataset/, index/, report/")
     print(
-        f"search them: clipcrawl search --index {os.path.join(args.out, 'index')} "
+        f"search them: clipcrawl search --index {index_dir(args.out)} "
         f'"{search["query"]}"  (or clipcrawl serve --index ... for the web page)'
     )
     print(f"report: {result['report']}")
 
 
+# command: (module in clipcrawl.flows, its flow, the stage whose settings it takes, the flow's other
+# parameters that come from the command line)
+FLOWS = {
+    "extract": ("ingest", "ingest_crawl", "ingest", ("results",)),
+    "ingest": ("ingest", "ingest_crawl", "ingest", ("results",)),
+    "download": ("download", "download_images", "download", ("pairs", "results")),
+    "embed": ("embed", "embed_and_filter", "embed", ("images", "results")),
+    "index": ("index", "build_index", "index", ("embeddings", "dataset", "rebuild")),
+    "report": ("report", "build_report", "report", ("ground_truth",)),
+}
+
+
+def run_command(args: argparse.Namespace, address: str) -> None:
+    """The flow of a command that runs one, its summary printed as JSON."""
+    if args.command == "demo":
+        return demo(args, address)
+    if args.command == "run":
+        result = run_pipeline(args, address, args.settings, args.ground_truth)
+    else:
+        module, name, stage, parameters = FLOWS[args.command]
+        flow = getattr(importlib.import_module(f"clipcrawl.flows.{module}"), name)
+        result = run_flow(
+            flow, address, out=args.out, settings=args.settings[stage], **{p: getattr(args, p) for p in parameters}
+        )
+    print(json.dumps(result, indent=2))
+    if args.command == "report":
+        print(f"report: {result['report']}")
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    args = parse(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home from crawl machines
-    # the temporary API's first start on a machine creates its database: ~40 s on 2 cores, over Prefect's 20 s
+    # the temporary API's first start on a machine creates its database, which can outlast Prefect's 20 s
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     try:
         if args.command == "search":
@@ -430,50 +408,7 @@ def main(argv: list[str] | None = None) -> None:
         from clipcrawl.flows.runner import cluster
 
         with cluster(args.dask_address) as address:
-            if args.command == "demo":
-                demo(args, address)
-            elif args.command == "run":
-                ingest = ingest_settings(
-                    args, crawl=args.crawl, source=args.source, segments=args.segments, inputs=args.inputs
-                )
-                print(
-                    json.dumps(
-                        run_pipeline(
-                            args,
-                            address,
-                            ingest,
-                            download_settings(args),
-                            embed_settings(args),
-                            index_settings(args),
-                            args.ground_truth,
-                        ),
-                        indent=2,
-                    )
-                )
-            elif args.command == "extract":
-                print(json.dumps(run_ingest(args, address, ingest_settings(args, inputs=args.inputs)), indent=2))
-            elif args.command == "ingest":
-                settings = ingest_settings(
-                    args,
-                    crawl=args.crawl,
-                    source=args.source,
-                    segments=args.segments,
-                    segment_list=args.segment_list,
-                    sample_seed=args.sample_seed,
-                    files_per_segment=args.files_per_segment,
-                    kind=args.kind,
-                )
-                print(json.dumps(run_ingest(args, address, settings), indent=2))
-            elif args.command == "download":
-                print(json.dumps(run_download(args, address, args.pairs, download_settings(args)), indent=2))
-            elif args.command == "embed":
-                print(json.dumps(run_embed(args, address, args.images, embed_settings(args)), indent=2))
-            elif args.command == "index":
-                print(json.dumps(run_index(args, address, args.embeddings, index_settings(args)), indent=2))
-            elif args.command == "report":
-                report = run_report(args, address, args.out, report_settings(args), args.ground_truth)
-                print(json.dumps(report, indent=2))
-                print(f"report: {report['report']}")
+            run_command(args, address)
     except KeyboardInterrupt:
         raise SystemExit("clipcrawl: interrupted") from None
     except SystemExit:

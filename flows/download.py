@@ -8,9 +8,10 @@ from prefect.tasks import exponential_backoff
 from clipcrawl.flows.artifacts import publish_stage
 from clipcrawl.flows.runner import cpu_work, gather, result_storage, stopwatch, task_runner
 from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.core.layout import images_dir, summary_file
 from clipcrawl.tasks.core.stats import run_label
-from clipcrawl.tasks.core.uri import join, listdir, write_json
-from clipcrawl.tasks.download.shards import plan_shards
+from clipcrawl.tasks.core.uri import write_json
+from clipcrawl.tasks.download.shards import pairs_files, plan_shards
 from clipcrawl.tasks.download.stage import download_shard_task, summarize
 
 
@@ -24,7 +25,7 @@ def download_images(
 ) -> dict:
     """Download the images of OUT/pairs/ (or any parquet with url and text columns) into OUT/images/."""
     logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
-    inputs = [pairs] if pairs.endswith(".parquet") else listdir(pairs, ".parquet")
+    inputs = pairs_files(pairs)
     specs = plan_shards(inputs, settings.shard_size)
     logger.info(
         "downloading %d shards of up to %d samples from %d pair files", len(specs), settings.shard_size, len(inputs)
@@ -40,8 +41,8 @@ def download_images(
         futures = {spec.shard: download.submit(spec, out, settings) for spec in specs}
     done, failed = gather(futures, "download", label)
     summary = summarize(list(done.values()), failed) | {"wall_seconds": elapsed()}
-    write_json(join(out, "images", "_summary.json"), summary)
-    publish_stage("download", label, join(out, "images"), futures, done, failed, summary["wall_seconds"])
+    write_json(summary_file(images_dir(out)), summary)
+    publish_stage("download", label, images_dir(out), futures, done, failed, summary["wall_seconds"])
     logger.info(
         "images: %d of %d samples downloaded (%s)",
         summary["successes"],

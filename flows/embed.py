@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
-from prefect.tasks import exponential_backoff
 
 from clipcrawl.flows.artifacts import publish_stage
 from clipcrawl.flows.runner import gather, gpu_work, result_storage, stopwatch, task_runner
-from clipcrawl.tasks.core.cache import retry_transient
+from clipcrawl.tasks.core.cache import transient_retries
 from clipcrawl.tasks.core.config import EmbedSettings
+from clipcrawl.tasks.core.errors import InputError
+from clipcrawl.tasks.core.layout import dataset_dir, published_shards, summary_file
 from clipcrawl.tasks.core.stats import run_label
-from clipcrawl.tasks.core.uri import join, name_of, write_json
-from clipcrawl.tasks.embed.stage import embed_shard_task, published_shards, summarize
+from clipcrawl.tasks.core.uri import name_of, write_json
+from clipcrawl.tasks.embed.stage import embed_shard_task, summarize
 
 
 class EmbedFailed(RuntimeError):
@@ -26,7 +27,7 @@ def embed_and_filter(
     logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
     tars = published_shards(images)
     if not tars:
-        raise EmbedFailed(
+        raise InputError(
             f"no published image shards under {images} (a shard is N.tar with N_stats.json beside it, "
             "as `clipcrawl download` writes them)"
         )
@@ -37,10 +38,7 @@ def embed_and_filter(
         settings.checkpoint or f"{settings.model}/{settings.pretrained}",
     )
     embed = embed_shard_task.with_options(
-        retries=2,
-        retry_delay_seconds=exponential_backoff(backoff_factor=10),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_transient,
+        **transient_retries(),
         timeout_seconds=settings.shard_timeout,
         result_storage=result_storage(out, results),
     )
@@ -48,8 +46,8 @@ def embed_and_filter(
         futures = {name_of(tar): embed.submit(tar, out, settings) for tar in tars}
     done, failed = gather(futures, "embed", label)
     summary = summarize(list(done.values()), failed) | {"wall_seconds": elapsed()}
-    write_json(join(out, "dataset", "_summary.json"), summary)
-    publish_stage("embed", label, join(out, "dataset"), futures, done, failed, summary["wall_seconds"])
+    write_json(summary_file(dataset_dir(out)), summary)
+    publish_stage("embed", label, dataset_dir(out), futures, done, failed, summary["wall_seconds"])
     logger.info(
         "dataset: %d of %d embedded samples kept (similarity >= %s), NSFW %s",
         summary["kept"],

@@ -7,8 +7,9 @@ from prefect import flow, get_run_logger
 from clipcrawl.flows.artifacts import publish_index
 from clipcrawl.flows.runner import cpu_work, gather, gpu_work, stopwatch, task_runner
 from clipcrawl.tasks.core.config import IndexSettings
+from clipcrawl.tasks.core.errors import InputError
+from clipcrawl.tasks.core.layout import index_dir
 from clipcrawl.tasks.core.stats import run_label
-from clipcrawl.tasks.core.uri import join
 from clipcrawl.tasks.index.stage import finish_index_task, index_modality_task, plan_index_task
 
 
@@ -48,7 +49,7 @@ def build_index(
         plan = plan_index_task.submit(embeddings, out, settings, dataset, rebuild).result()
     if plan.mode == "none":
         if plan.existing is None:
-            raise IndexFailed(
+            raise InputError(
                 f"no embeddings under {embeddings} (want metadata/metadata_S.parquet with "
                 "img_emb/img_emb_S.npy and text_emb/text_emb_S.npy, as `clipcrawl embed` writes)"
             )
@@ -63,15 +64,15 @@ def build_index(
         plan.old_count,
     )
     # device=cuda: the two index tasks go to GPU-tagged workers (auto: CPU workers, which use a GPU they see)
-    with gpu_work() if settings.device == "cuda" else cpu_work():
-        futures = {m: index_modality_task.submit(plan, m, settings) for m in ("image", "text")}
+    with gpu_work() if plan.settings.device == "cuda" else cpu_work():
+        futures = {m: index_modality_task.submit(plan, m) for m in ("image", "text")}
     done, failed = gather(futures, "index", label)
     if failed:
         raise IndexFailed("; ".join(f"{m} index: {why}" for m, why in sorted(failed.items())))
     with cpu_work():
-        infos = finish_index_task.submit(plan, settings, done["image"], done["text"]).result()
+        infos = finish_index_task.submit(plan, done["image"], done["text"]).result()
     result = summary(infos)
-    publish_index(label, join(out, "index"), infos, elapsed())
+    publish_index(label, index_dir(out), infos, elapsed())
     for m in ("image", "text"):
         logger.info(
             "%s index %s (%s): recall@%d %.3f, p50 %.2f ms, p99 %.2f ms",

@@ -16,7 +16,8 @@ from clipcrawl.flows.runner import (
     task_runner,
 )
 from clipcrawl.tasks.core.config import IngestSettings
-from clipcrawl.tasks.core.stats import run_label
+from clipcrawl.tasks.core.layout import pairs_dir, summary_file
+from clipcrawl.tasks.core.stats import run_label, segment_of
 from clipcrawl.tasks.core.uri import join, write_json
 from clipcrawl.tasks.ingest import dedup
 from clipcrawl.tasks.ingest import stage as pairs
@@ -28,7 +29,6 @@ from clipcrawl.tasks.ingest.crawl import (
     list_crawls,
     list_segments,
     plan_new_segments,
-    segment_of,
 )
 
 
@@ -96,8 +96,8 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
         "segments": segments,
         "wall_seconds": elapsed(),
     }
-    write_json(join(out, "pairs", "_summary.json"), summary)
-    publish_stage("ingest", label, join(out, "pairs"), futures, published, failed, summary["wall_seconds"])
+    write_json(summary_file(pairs_dir(out)), summary)
+    publish_stage("ingest", label, pairs_dir(out), futures, published, failed, summary["wall_seconds"])
     logger.info(
         "pairs: %d kept from %d files (%d partial, %d failed)",
         summary["kept"],

@@ -22,7 +22,7 @@ from clipcrawl.tasks.core.config import (
     IngestSettings,
     ReportSettings,
 )
-from clipcrawl.tasks.core.uri import join
+from clipcrawl.tasks.core.layout import embeddings_dir, images_dir, pairs_dir
 
 
 @flow(name="pipeline", log_prints=True)
@@ -59,9 +59,9 @@ def pipeline(
             return subflow.with_options(**options)(**parameters)
 
         pairs = stage(ingest_crawl, out=out, settings=ingest, results=results)
-        images = stage(download_images, pairs=join(out, "pairs"), out=out, settings=download, results=results)
-        dataset = stage(embed_and_filter, images=join(out, "images"), out=out, settings=embed, results=results)
-        kept = stage(build_index, embeddings=join(out, "embeddings"), out=out, settings=index)
+        images = stage(download_images, pairs=pairs_dir(out), out=out, settings=download, results=results)
+        dataset = stage(embed_and_filter, images=images_dir(out), out=out, settings=embed, results=results)
+        kept = stage(build_index, embeddings=embeddings_dir(out), out=out, settings=index)
         quality = stage(build_report, out=out, settings=report, ground_truth=ground_truth)
     logger.info(
         "pipeline done: %d pairs, %d images, %d kept, %d indexed; report %s",

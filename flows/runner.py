@@ -22,7 +22,8 @@ from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
 from clipcrawl.flows.artifacts import Progress
-from clipcrawl.tasks.core.uri import is_local, join
+from clipcrawl.tasks.core.layout import results_dir
+from clipcrawl.tasks.core.uri import is_local
 
 GPU_PRELOAD = (
     "clipcrawl.tasks.embed.clip_model",
@@ -117,7 +118,7 @@ def result_storage(out: str, results: str | None = None):
     Prefect wants result storage blocks saved server-side; the block's name is derived
     from its location, so every run writing to the same place shares one block.
     """
-    uri = results or join(out, "_results")
+    uri = results or results_dir(out)
     if is_local(uri):
         uri = os.path.abspath(uri.removeprefix("file://"))
         block = LocalFileSystem(basepath=uri)

@@ -17,6 +17,31 @@ for _name in ("CLIPCRAWL_DASK_ADDRESS", "PREFECT_API_URL", "PREFECT_API_AUTH_STR
     os.environ.pop(_name, None)
 
 
+# Under pytest-xdist (`-n auto --dist loadfile` in pyproject.toml's pytest options) each module runs whole on one
+# worker process, and each worker has session fixtures of its own. The modules that take minutes start first, so
+# that no worker is left alone with one at the end; then those on the session's cluster, the next longest.
+LONGEST_FIRST = ("tests/test_integration.py", "tests/test_faults.py", "tests/test_load.py")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):  # not an xdist worker: nothing to distribute
+        return
+
+    def module(item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    # "dask_address" in fixturenames: requested directly or through another fixture (`pipeline`)
+    on_cluster = {module(item) for item in items if "dask_address" in item.fixturenames}
+
+    def rank(item) -> int:
+        if module(item) in LONGEST_FIRST:
+            return LONGEST_FIRST.index(module(item))
+        return len(LONGEST_FIRST) + (module(item) not in on_cluster)
+
+    items.sort(key=rank)  # stable: the order within each module is kept; xdist hands modules out in this order
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     from prefect.testing.utilities import prefect_test_harness

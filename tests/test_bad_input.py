@@ -1,10 +1,11 @@
 """Bad input, end to end: hostile crawl files through ingest_crawl and hostile image URLs through download_images
 on the session cluster. Each bad input ends as a recorded status or error that names its file or URL; neither run
-crashes on one or hangs past its timeouts. README.md's "Bad input" table must say what these runs observed."""
+crashes on one or hangs past its timeouts. The table of docs/bad-input.md must say what these runs observed."""
 
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 import shutil
@@ -24,7 +25,7 @@ from tests.test_extract import html_page, wat_json, write_warc
 
 pytestmark = pytest.mark.timeout(600)  # a hang fails the module instead of stalling CI
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+BAD_INPUT_DOC = Path(__file__).resolve().parent.parent / "docs" / "bad-input.md"
 PAGE = "http://bad.example/dir/page.html"
 SCHEME_SRCS = (
     "data:image/png;base64,iVBORw0KGgo=",
@@ -39,7 +40,7 @@ NON_UTF8 = {  # alt text -> (how the page is encoded, the Content-Type it is ser
 MANY_IMGS = 10_000
 CUT_PAGES = 200  # ~800 KB of WAT records: the cut falls well past the reader's first chunk
 HUGE_ALT = "a" * (1 << 20)
-# README row (input) -> behaviour of the world's image server
+# the table's row (input) -> behaviour of the world's image server
 SERVED = {
     "host name resolving to a private address": "blocked_address",
     "redirect loop": "redirect_loop",
@@ -174,7 +175,7 @@ def urls_by_behaviour(world) -> dict[str, set[str]]:
 
 
 def one(values) -> str:
-    """The one outcome of several items, or all of them (which no README row names) when they disagree."""
+    """The one outcome of several items, or all of them (which no row of the table names) when they disagree."""
     values = sorted(set(values))
     return values[0] if len(values) == 1 else repr(values)
 
@@ -198,7 +199,7 @@ def page_outcome(runs, name: str) -> str:
 
 
 def observed(runs) -> dict[str, str]:
-    """README row (input) -> the outcome the runs recorded for it."""
+    """The table's row (input) -> the outcome the runs recorded for it."""
     rows = image_rows(runs)
     served = urls_by_behaviour(runs["world"])
     return {
@@ -290,11 +291,13 @@ def test_no_download_outlasts_its_timeouts(runs):
     assert runs["download"].result()["wall_seconds"] < bound + DRIP_SLACK_S  # the whole flow run
 
 
-def readme_table() -> dict[str, str]:
-    """README's "Bad input" table: input (code marks dropped) -> the first code span of the second column."""
-    section = README.read_text().split("\n## Bad input\n", 1)[1].split("\n## ", 1)[0]
+def documented_table() -> dict[str, str]:
+    """docs/bad-input.md's table: input (code marks dropped) -> the first code span of the second column."""
+    lines = BAD_INPUT_DOC.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| input |"))
+    table = itertools.takewhile(lambda line: line.startswith("|"), lines[start:])
     rows = {}
-    for line in filter(lambda line: line.startswith("|"), section.splitlines()):
+    for line in table:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) >= 2 and not set(cells[0]) <= set("-: ") and cells[0] != "input":
             claim = re.search(r"`([^`]+)`", cells[1])
@@ -302,5 +305,5 @@ def readme_table() -> dict[str, str]:
     return rows
 
 
-def test_readme_bad_input_table_says_what_the_runs_observed(runs):
-    assert readme_table() == observed(runs)
+def test_documented_bad_input_table_says_what_the_runs_observed(runs):
+    assert documented_table() == observed(runs)

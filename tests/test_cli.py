@@ -1,11 +1,19 @@
 """The clipcrawl command: flags and config files reach the flow; failures exit with one line."""
 
+import argparse
+import functools
 import json
+import subprocess
+import sys
+import typing
+from importlib.metadata import version
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from clipcrawl.flows.cli import main
+from clipcrawl.tasks.core.config import DownloadSettings, Gate
 
 
 def test_extract_command_writes_pairs(dask_address, small_world, tmp_path, capsys):
@@ -85,7 +93,7 @@ def test_embed_command_takes_model_and_filter_flags(dask_address, tmp_path, caps
             str(tmp_path),
             "--checkpoint",
             str(tiny_clip.TINY_CLIP_DIR),
-            "--threshold",
+            "--similarity-threshold",
             "-1",
             "--batch-size",
             "5",
@@ -141,3 +149,222 @@ def test_search_needs_one_query(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["search", "--index", str(tmp_path / "missing"), "red circles"])
     assert str(exit_info.value.code).startswith("clipcrawl search:") and "missing" in str(exit_info.value.code)
+
+
+# ---------------------------------------------------------------- options generated from the settings models
+
+BASE = {  # the least each command needs besides settings
+    "run": ["run", "--out", "o"],
+    "extract": ["extract", "in.warc.wat.gz", "--out", "o"],
+    "ingest": ["ingest", "--out", "o"],
+    "download": ["download", "--pairs", "p", "--out", "o"],
+    "embed": ["embed", "--images", "i", "--out", "o"],
+    "index": ["index", "--embeddings", "e", "--out", "o"],
+    "report": ["report", "o"],
+}
+CRAWL = ["--crawl", "CC-MAIN-2024-10"]
+
+
+def every_leaf():
+    from clipcrawl.flows.options import STAGES, leaves
+
+    return [leaf for stage in STAGES for leaf in leaves(stage)]
+
+
+def base(command, leaf=None):
+    """The command's required arguments; a crawl where it needs one and the leaf does not set it."""
+    argv = list(BASE[command])
+    if command in ("run", "ingest") and not (leaf and leaf.stage == "ingest" and leaf.path[0] in ("crawl", "inputs")):
+        argv += CRAWL
+    return argv
+
+
+def other_value(leaf):
+    """A valid value of the setting that is not its default."""
+    from clipcrawl.flows.options import _split_optional
+
+    annotation, optional = _split_optional(leaf.field.annotation)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    default = leaf.default
+    if optional and default is not None:
+        return None
+    if annotation is bool:
+        return not default
+    if origin is typing.Literal:
+        return next(choice for choice in args if choice != default)
+    if origin is dict:
+        return {"host.test:443": "127.0.0.1:8443"}
+    if origin in (list, tuple):
+        items = [0.2, 0.8] if args[0] is float else ["one", "two"]
+        return tuple(items) if origin is tuple else items
+    if annotation is int:
+        return 2 if default is None else default + 1
+    if annotation is float:
+        return 0.5 if default is None else default / 2
+    return "other" if default is None else f"{default}-other"
+
+
+def flag_argv(leaf, value, namespaced):
+    if isinstance(value, bool):
+        return [leaf.flag(namespaced, negative=not value)]
+    if value is None:
+        return [leaf.flag(namespaced), "none"]
+    if isinstance(value, dict):
+        return [leaf.flag(namespaced), *(f"{k}={v}" for k, v in value.items())]
+    if isinstance(value, (list, tuple)):
+        return [leaf.flag(namespaced), *map(str, value)]
+    return [leaf.flag(namespaced), str(value)]
+
+
+def env_text(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (bool, list, tuple, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+def built(settings, leaf):
+    node = settings["ingest"].extract if leaf.stage == "extract" else settings[leaf.stage]
+    for name in leaf.path:
+        node = getattr(node, name)
+    return node
+
+
+@functools.cache
+def flags_of(command) -> set[str]:
+    from clipcrawl.flows.cli import parser
+
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    return {option for action in sub._actions for option in action.option_strings}
+
+
+def test_every_setting_is_a_flag_in_run_and_in_its_stages_command():
+    from clipcrawl.flows.cli import STAGES_OF, parse
+
+    run_flags, namespaced = flags_of("run"), ("download", "embed", "index", "report")
+    for leaf in every_leaf():
+        value = other_value(leaf)
+        assert leaf.flag(leaf.stage in namespaced) in run_flags, leaf
+        commands = [("run", leaf.stage in namespaced)] + [
+            (command, False)
+            for command, stages in STAGES_OF.items()
+            if command in BASE and command != "run" and leaf.stage in stages and leaf.flag(False) in flags_of(command)
+        ]
+        assert len(commands) > 1 or leaf.path[0] == "inputs", f"{leaf.dest}: only `run` has a flag for it"
+        for command, spaced in commands:
+            args = parse(base(command, leaf) + flag_argv(leaf, value, spaced))
+            assert built(args.settings, leaf) == value, (command, leaf.dest)
+
+
+def test_every_setting_is_an_environment_variable(monkeypatch):
+    from clipcrawl.flows.cli import parse
+
+    for leaf in every_leaf():
+        value = other_value(leaf)
+        with monkeypatch.context() as env:
+            env.setenv(leaf.env, env_text(value))
+            assert built(parse(base("run", leaf)).settings, leaf) == value, leaf.env
+
+
+def test_every_setting_is_a_config_file_key(tmp_path):
+    from clipcrawl.flows.cli import parse
+
+    config = tmp_path / "clipcrawl.yaml"
+    for leaf in every_leaf():
+        value = other_value(leaf)
+        section = node = {}
+        for name in leaf.path[:-1]:
+            node = node.setdefault(name, {})
+        node[leaf.path[-1]] = list(value) if isinstance(value, tuple) else value
+        config.write_text(yaml.safe_dump({leaf.stage: section}))
+        assert built(parse(base("run", leaf) + ["--config", str(config)]).settings, leaf) == value, leaf.dest
+
+
+def test_a_toml_config_file_sets_nested_settings(tmp_path):
+    from clipcrawl.flows.cli import parse
+
+    config = tmp_path / "clipcrawl.toml"
+    config.write_text(
+        '[extract]\nmin_alt_length = 9\n[download]\nresolve = {"a.test:80" = "127.0.0.1:8080"}\n'
+        '[report.gates.max_clip_pass_rate]\naction = "fail"\n'
+    )
+    settings = parse(base("run") + ["--config", str(config)]).settings
+    assert settings["ingest"].extract.min_alt_length == 9
+    assert settings["download"].resolve == {"a.test:80": "127.0.0.1:8080"}
+    assert settings["report"].gates.max_clip_pass_rate == Gate(threshold=0.95, action="fail")
+
+
+def test_a_flag_beats_the_environment_which_beats_the_config_file(tmp_path, monkeypatch):
+    from clipcrawl.flows.cli import parse
+
+    config = tmp_path / "clipcrawl.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "download": {"shard_size": 11, "per_host": 3},
+                "report": {"gates": {"min_clip_pass_rate": {"action": "warn"}}},
+            }
+        )
+    )
+    argv = BASE["download"] + ["--config", str(config)]
+    monkeypatch.setenv("CLIPCRAWL_DOWNLOAD__SHARD_SIZE", "12")
+    settings = parse([*argv, "--shard-size", "13"]).settings["download"]
+    assert (settings.shard_size, settings.per_host, settings.concurrency) == (13, 3, 256)
+    assert parse(argv).settings["download"].shard_size == 12
+    monkeypatch.delenv("CLIPCRAWL_DOWNLOAD__SHARD_SIZE")
+    assert parse(argv).settings["download"].shard_size == 11
+    assert parse(BASE["download"]).settings["download"].shard_size == DownloadSettings().shard_size
+    # nested settings merge field by field across the sources
+    monkeypatch.setenv("CLIPCRAWL_REPORT__GATES__MIN_CLIP_PASS_RATE__THRESHOLD", "0.2")
+    gates = parse(["report", "o", "--config", str(config)]).settings["report"].gates
+    assert gates.min_clip_pass_rate == Gate(threshold=0.2, action="warn")
+    gates = parse(["report", "o", "--config", str(config), "--gates.min-clip-pass-rate.threshold", "none"])
+    assert gates.settings["report"].gates.min_clip_pass_rate == Gate(threshold=None, action="warn")
+
+
+def test_bad_settings_exit_with_one_line_naming_the_setting(tmp_path, monkeypatch):
+    from clipcrawl.flows.cli import parse
+
+    monkeypatch.setenv("CLIPCRAWL_DOWNLOAD__SHARD_SIZE", "0")
+    with pytest.raises(SystemExit) as exit_info:
+        parse(BASE["download"])
+    message = str(exit_info.value.code)
+    assert message.startswith("clipcrawl download: download.shard_size: ") and "\n" not in message
+    monkeypatch.delenv("CLIPCRAWL_DOWNLOAD__SHARD_SIZE")
+    config = tmp_path / "clipcrawl.yaml"
+    config.write_text("downlaod:\n  shard_size: 5\n")
+    with pytest.raises(SystemExit) as exit_info:
+        parse(BASE["embed"] + ["--config", str(config)])
+    assert "unknown section(s) downlaod" in str(exit_info.value.code)
+    with pytest.raises(SystemExit) as exit_info:
+        parse(BASE["run"])
+    assert "give --crawl ID or --inputs URI" in str(exit_info.value.code)
+
+
+def test_version(capsys):
+    from clipcrawl.flows.cli import parse
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"clipcrawl {version('clipcrawl')}"
+
+
+def test_commands_in_pipeline_order_each_option_with_help_each_command_with_an_example():
+    from clipcrawl.flows.cli import parser
+
+    subparsers = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(subparsers.choices) == [
+        "demo", "run", "extract", "ingest", "download", "embed", "index", "search", "serve", "report"
+    ]  # fmt: skip
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            assert action.help and action.help.strip(), f"clipcrawl {name} {action.option_strings or action.dest}"
+        text = sub.format_help()
+        assert f"examples:\n  clipcrawl {name} " in text, name
+
+
+def test_help_imports_no_heavy_module():
+    code = "import sys, clipcrawl.flows.cli as cli; cli.parser().format_help(); print(sorted(m for m in ('torch', 'prefect', 'faiss', 'open_clip', 'dask') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

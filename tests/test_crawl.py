@@ -2,13 +2,13 @@ import gzip
 
 import pytest
 
+from clipcrawl.tasks.core.stats import segment_of
 from clipcrawl.tasks.ingest.crawl import (
     ListingError,
     crawl_files,
     is_common_crawl,
     list_segments,
     plan_new_segments,
-    segment_of,
     select_segments,
 )
 
@@ -82,3 +82,14 @@ def test_ingested_segments_leave_out_those_with_a_failed_file(tmp_path):
         {"segments": ["100.1", "100.2", "100.3"], "failed": [{"uri": failed, "error": "gone"}]},
     )
     assert ingested_segments(str(tmp_path)) == ["100.1", "100.3"]
+
+
+def test_segment_of_a_crawl_file_and_of_any_other_file(tmp_path):
+    assert segment_of("s3://commoncrawl/crawl-data/CC-MAIN-2099-01/segments/100.2/wat/f1.warc.wat.gz") == "100.2"
+    assert segment_of("crawl-data/CC-MAIN-2099-01/segments/100.2/warc/f1.warc.gz") == "100.2"
+    assert segment_of("file:///data/my-crawl/f1.warc.gz") is None  # an explicit input: no segment
+    crawl = tmp_path / "crawl-data" / "CC-MAIN-2099-01"
+    crawl.mkdir(parents=True)
+    (crawl / "wat.paths.gz").write_bytes(gzip.compress(b"crawl-data/CC-MAIN-2099-01/f1.warc.wat.gz\n"))
+    with pytest.raises(ListingError, match="f1.warc.wat.gz: not a crawl-data/<crawl>/segments/<segment>"):
+        crawl_files(str(tmp_path), "CC-MAIN-2099-01")

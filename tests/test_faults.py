@@ -45,10 +45,11 @@ from clipcrawl.tasks.core.config import (
     ReportSettings,
     load_config,
 )
+from clipcrawl.tasks.core.layout import published_shards, shard_stem
 from clipcrawl.tasks.core.uri import listdir
 from clipcrawl.tasks.download.shards import plan_shards, tar_members
 from clipcrawl.tasks.download.stage import download_shard, download_shard_task
-from clipcrawl.tasks.embed.stage import embed_shard, embed_shard_task, published_shards, shard_stem
+from clipcrawl.tasks.embed.stage import embed_shard, embed_shard_task
 from clipcrawl.tasks.index.stage import find_shards
 from clipcrawl.tasks.ingest.stage import extract_file, publish_file
 from clipcrawl.tasks.report.stage import report_shards

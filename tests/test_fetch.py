@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import ssl
 import threading
 import time
@@ -17,7 +18,8 @@ from aiohttp import web
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus as S
-from clipcrawl.tasks.download.fetch import Fetcher, blocked_reason, literal_ip, parse_retry_after
+from clipcrawl.tasks.download.fetch import Fetcher, blocked_reason, literal_ip, parse_retry_after, request_url
+from tests.replay import RawServer, Request, response
 
 BODY = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 24  # 6 KiB: over min_bytes
 ROBOTS = {
@@ -306,6 +308,12 @@ def test_4xx_is_not_retried(server, code):
     assert r.error_message.startswith(f"HTTP {code}")
 
 
+@pytest.mark.parametrize("code", [408, 425])
+def test_request_timeout_and_too_early_are_retried(server, code):
+    r = fetch(server, f"http://site.test/status/{code}", retries=1)
+    assert (r.status, r.http_status, r.attempts) == (S.HTTP_4XX, code, 2)
+
+
 def test_5xx_forever_gives_http_5xx_after_retries(server):
     before = server.hits["/status/500"]
     r = fetch(server, "http://site.test/status/500", retries=3)
@@ -540,3 +548,236 @@ def test_parse_retry_after():
     assert parse_retry_after(formatdate(1000 + 30, usegmt=True), now=1000) == 30
     assert parse_retry_after(formatdate(1000 - 30, usegmt=True), now=1000) == 0
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+# -- URLs requested exactly as given (the wire, as a raw-socket server saw it)
+
+
+def answer_exact(request: Request) -> bytes:
+    if request.target == b"/robots.txt":
+        return response(404)
+    if request.target.startswith(b"/hop/"):
+        return response(302, headers={"Location": HOPS[request.target.decode()]})
+    return response(200, BODY, {"Content-Type": "image/png"})
+
+
+HOPS = {  # redirect -> its Location header as sent (a str holding raw bytes as surrogates)
+    "/hop/escaped": "/a%28b%29.jpg?sig=%2F%3D",
+    "/hop/utf8": "http://site.test/K\udcc3\udca4se%28x%29.jpg",  # raw UTF-8 bytes in the header
+    "/hop/relative": "../img/b%2Fc%7e.jpg?q=a+b c",
+    "/hop/idn": "//bücher.test/x%7E.jpg",
+}
+
+
+@pytest.fixture(scope="module")
+def raw_server():
+    with RawServer(answer_exact) as srv:
+        yield srv
+
+
+def exact_settings(srv, **overrides) -> DownloadSettings:
+    hosts = ["site.test", "bücher.test"]
+    base = {
+        "allow_addresses": ["127.0.0.1/32"],
+        "resolve": {f"{host}:80": f"127.0.0.1:{srv.port}" for host in hosts},
+        "min_bytes": 1000,
+        "retries": 0,
+    }
+    return DownloadSettings(**(base | overrides))
+
+
+def fetch_seen(srv, url, **overrides):
+    """The fetch result and the requests (robots.txt aside) that reached the server."""
+    before = len(srv.requests)
+
+    async def go():
+        async with Fetcher(exact_settings(srv, **overrides)) as fetcher:
+            return await fetcher.fetch(url)
+
+    result = asyncio.run(go())
+    return result, [r for r in srv.requests[before:] if r.target != b"/robots.txt"]
+
+
+@pytest.mark.parametrize(
+    "url, target",
+    [
+        # the form of a real Wikipedia thumbnail: yarl used to send /a(b).jpg, which the server 404s
+        ("http://site.test/a%28b%29.jpg", "/a%28b%29.jpg"),
+        # reserved characters, as they are and escaped: both stay
+        (
+            "http://site.test/p/a:b@c!$&'()*+,;=.jpg?x=a:b/c?d&y=(1)&z=%3A%40%21%24%26%2A%2B%2C%3B%3D",
+            "/p/a:b@c!$&'()*+,;=.jpg?x=a:b/c?d&y=(1)&z=%3A%40%21%24%26%2A%2B%2C%3B%3D",
+        ),
+        ("http://site.test/dir%2fname%2F.jpg?sig=a%2Fb", "/dir%2fname%2F.jpg?sig=a%2Fb"),  # %2F, lower case too
+        ("http://site.test/100%25.jpg?p=50%25&sig=%25%32", "/100%25.jpg?p=50%25&sig=%25%32"),
+        ("http://site.test/%7e%7E.jpg", "/%7e%7E.jpg"),  # escaped unreserved characters stay escaped
+        # non-ASCII as UTF-8 escapes, as browsers send it; the escapes already there untouched
+        ("http://site.test/Käse%28alt%29 ü.jpg?q=über", "/K%C3%A4se%28alt%29%20%C3%BC.jpg?q=%C3%BCber"),
+        # spaces in a query are %20, a + stays a + (it is not a space on the wire)
+        ("http://site.test/i.jpg?q=a+b c&sig=x%2By", "/i.jpg?q=a+b%20c&sig=x%2By"),
+    ],
+)
+def test_url_is_requested_exactly_as_given(raw_server, url, target):
+    r, seen = fetch_seen(raw_server, url)
+    assert r.status == S.SUCCESS, r
+    assert [s.line for s in seen] == [f"GET {target} HTTP/1.1".encode()]
+    assert seen[0].host == "site.test" and r.final_url == f"http://site.test{target}"
+
+
+def test_idn_host_goes_out_in_its_ascii_form(raw_server):
+    r, seen = fetch_seen(raw_server, "http://bücher.test/a%28b%29.jpg")
+    assert r.status == S.SUCCESS, r
+    assert [(s.host, s.target) for s in seen] == [("xn--bcher-kva.test", b"/a%28b%29.jpg")]
+    assert r.final_url == "http://xn--bcher-kva.test/a%28b%29.jpg"
+
+
+@pytest.mark.parametrize(
+    "hop, host, target",
+    [
+        ("escaped", "site.test", "/a%28b%29.jpg?sig=%2F%3D"),
+        ("utf8", "site.test", "/K%C3%A4se%28x%29.jpg"),
+        ("relative", "site.test", "/img/b%2Fc%7e.jpg?q=a+b%20c"),
+        ("idn", "xn--bcher-kva.test", "/x%7E.jpg"),
+    ],
+)
+def test_redirect_target_is_requested_exactly_as_given(raw_server, hop, host, target):
+    r, seen = fetch_seen(raw_server, f"http://site.test/hop/{hop}")
+    assert r.status == S.SUCCESS and r.attempts == 2, r
+    assert [(s.host, s.target.decode()) for s in seen] == [("site.test", f"/hop/{hop}"), (host, target)]
+    assert r.final_url == f"http://{host}{target}"
+
+
+@pytest.mark.parametrize(
+    "url, target",
+    [
+        ("http://Site.TEST:80/a%28b%29.jpg#frag", "http://site.test/a%28b%29.jpg"),
+        ("http://site.test", "http://site.test/"),
+        # a backslash is a slash, as browsers read it; an empty query is lost (yarl has no empty query)
+        ("http://site.test/a b\\c.jpg?", "http://site.test/a%20b/c.jpg"),
+        ("https://[::1]:8443/x?y='z'", "https://[::1]:8443/x?y=%27z%27"),
+        ('http://site.test/{a}^`|"<>.jpg?{a}^`|"<>', "http://site.test/%7Ba%7D%5E%60|%22%3C%3E.jpg?{a}^`|%22%3C%3E"),
+        ("http://site.test/100%.jpg", "http://site.test/100%.jpg"),  # a lone % goes out as it is, as browsers send it
+    ],
+)
+def test_request_url(url, target):
+    assert str(request_url(url)) == target
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://exa mple.test/a.jpg", "invalid host"),
+        ("http://evil.test\\@site.test/", "invalid host"),
+        ("http:///a.jpg", "no host"),
+        ("http://site.test:99999/", "Port out of range"),
+        ("ftp://site.test/a.jpg", "unsupported scheme 'ftp'"),
+    ],
+)
+def test_request_url_refuses(url, reason):
+    with pytest.raises(ValueError, match=reason):
+        request_url(url)
+
+
+# -- every request passes the SSRF guard: robots.txt, and the redirects of both
+
+
+class Redirector:
+    """An image host on 127.0.0.2 (the one address allowed) whose robots.txt or image redirects where a test says,
+    and a victim server on other loopback addresses that no request may reach."""
+
+    def __init__(self):
+        self.locations: dict[str, str] = {}  # "host path" -> Location
+        self.host = RawServer(self.answer, addresses=["127.0.0.2"])
+        addresses = ["127.0.0.1", "127.0.0.3"] + (["::1"] if socket.has_ipv6 and _can_bind("::1") else [])
+        self.victim = RawServer(lambda request: response(200, BODY, {"Content-Type": "image/png"}), addresses)
+
+    def answer(self, request: Request) -> bytes:
+        where = f"{request.host} {request.target.decode()}"
+        if where in self.locations:
+            return response(302, headers={"Location": self.locations[where]})
+        if request.target == b"/robots.txt":
+            return response(404)
+        if request.target == b"/rules.txt":
+            return response(200, b"User-agent: *\nDisallow: /private/\n", {"Content-Type": "text/plain"})
+        return response(200, BODY, {"Content-Type": "image/png"})
+
+    def settings(self, host: str) -> DownloadSettings:
+        return DownloadSettings(
+            allow_addresses=["127.0.0.2/32"],
+            resolve={f"{host}:80": f"127.0.0.2:{self.host.port}"},
+            min_bytes=1000,
+            retries=0,
+            connect_timeout=1.0,
+            total_timeout=2.0,
+        )
+
+
+def _can_bind(address: str) -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def redirector():
+    r = Redirector()
+    yield r
+    r.host.stop()
+    r.victim.stop()
+
+
+GUARDED = [  # a Location to a refused address, and the reason given ({v1} etc.: the victim's ports)
+    ("http://127.0.0.3:{v3}/x", "127.0.0.3 is loopback"),  # issue 19's reproduction
+    ("http://127.0.0.1:{v1}/x", "127.0.0.1 is loopback"),
+    ("http://0.0.0.0:{v1}/x", "0.0.0.0 is unspecified"),  # Linux connects 0.0.0.0 to the local host
+    ("http://[::ffff:127.0.0.1]:{v1}/x", "::ffff:7f00:1 is loopback"),  # IPv4-mapped IPv6
+    ("http://2130706433:{v1}/x", "2130706433 = 127.0.0.1 is loopback"),  # decimal
+    ("http://0177.0.0.1:{v1}/x", "0177.0.0.1 = 127.0.0.1 is loopback"),  # octal
+    ("http://0x7f.1:{v1}/x", "0x7f.1 = 127.0.0.1 is loopback"),  # hex, short form
+    ("http://[::1]:{v6}/x", "::1 is loopback"),
+    ("http://10.0.0.7/x", "10.0.0.7 is private"),
+    ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is link-local"),
+    ("http://[fd00::1]/x", "fd00::1 is private"),
+    ("http://[fe80::1]/x", "fe80::1 is link-local"),
+]
+
+
+@pytest.mark.parametrize("via", ["robots.txt", "image"])
+@pytest.mark.parametrize("location, reason", GUARDED)
+def test_redirect_to_a_refused_address_is_never_requested(redirector, via, location, reason):
+    names = {"127.0.0.1": "v1", "127.0.0.3": "v3", "::1": "v6"}
+    ports = {names[address]: port for address, port in redirector.victim.ports.items()}
+    if "{v6}" in location and "v6" not in ports:
+        pytest.skip("no IPv6 loopback here")
+    host = f"{via.replace('.', '-')}-{GUARDED.index((location, reason))}.test"
+    location = location.format(**ports)
+    redirector.locations[f"{host} {'/robots.txt' if via == 'robots.txt' else '/img.png'}"] = location
+    before, seen = redirector.victim.connections, len(redirector.host.requests)
+
+    async def go():
+        async with Fetcher(redirector.settings(host)) as fetcher:
+            return await fetcher.fetch(f"http://{host}/img.png")
+
+    r = asyncio.run(go())
+    assert redirector.victim.connections == before  # nothing reached the refused address, not even a connection
+    assert r.status == S.BLOCKED_ADDRESS and reason in r.error_message, r
+    asked = [q.target for q in redirector.host.requests[seen:]]
+    if via == "robots.txt":  # the image is refused with the host's robots.txt, and says so
+        assert r.error_message.startswith(f"http://{host}/robots.txt redirects: ") and asked == [b"/robots.txt"]
+    else:
+        assert asked == [b"/robots.txt", b"/img.png"] and r.final_url == location
+
+
+def test_robots_txt_redirect_within_the_guard_is_followed(redirector):
+    host = "moved.test"
+    redirector.locations[f"{host} /robots.txt"] = "/rules.txt"
+
+    async def go():
+        async with Fetcher(redirector.settings(host)) as fetcher:
+            return await asyncio.gather(*(fetcher.fetch(f"http://{host}/{p}/1.png") for p in ("private", "public")))
+
+    private, public = asyncio.run(go())
+    assert (private.status, public.status) == (S.ROBOTS_DISALLOWED, S.SUCCESS)

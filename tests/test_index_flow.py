@@ -153,3 +153,11 @@ def test_dropping_near_duplicates_keeps_one_per_group(dask_address, pipeline, tm
     assert len(dataset_keys(out)) == before - dropped
     for p in (out / "dataset").glob("part-*.parquet"):
         assert not pq.read_table(p)["near_duplicate"].to_numpy().any()
+
+
+def test_index_tasks_retry_transient_errors_only():
+    from clipcrawl.tasks.core.cache import retry_transient
+    from clipcrawl.tasks.index import stage
+
+    for task in (stage.plan_index_task, stage.index_modality_task, stage.finish_index_task):
+        assert task.retries == 2 and task.retry_condition_fn is retry_transient, task.name

@@ -47,11 +47,11 @@ SECRETISH = re.compile(r"AUTH_STRING|PASSWORD|SECRET|TOKEN|API_KEY", re.I)
 
 
 def tool(name: str) -> str:
-    """A validator binary: installed by requirements.lock into this environment's scripts folder."""
+    """A validator binary: installed by requirements-test.lock into this environment's scripts folder."""
     for folder in (sysconfig.get_path("scripts"), *os.environ.get("PATH", "").split(os.pathsep)):
         if folder and (path := Path(folder) / name).is_file():
             return str(path)
-    pytest.fail(f"{name} is not installed (it comes with requirements.lock)")
+    pytest.fail(f"{name} is not installed (it comes with requirements-test.lock)")
 
 
 def run(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -355,7 +355,7 @@ def pod_specs(dask_docs) -> dict:
 
 
 def test_dask_pod_specs_and_service_validate_as_kubernetes_objects(dask_docs):
-    for name, spec in pod_specs(dask_docs).items():
+    for spec in pod_specs(dask_docs).values():
         kubernetes_validate.validate(as_pod(spec), K8S_VERSION, strict=True)
     service = {
         "apiVersion": "v1",

@@ -8,6 +8,7 @@ import json
 import shutil
 import threading
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
@@ -70,7 +71,7 @@ def test_warc_files_give_the_same_pairs_as_wat(dask_address, small_world, tmp_pa
 def test_bad_files_fail_alone_and_are_listed(dask_address, small_world, tmp_path):
     good, other = small_world.wat_uris()[:2]
     truncated = tmp_path / "truncated.warc.wat.gz"
-    data = open(other, "rb").read()
+    data = Path(other).read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     not_warc = tmp_path / "notes.warc.wat.gz"
     not_warc.write_bytes(gzip.compress(b"this is not a WARC file\n" * 100))
@@ -185,7 +186,7 @@ class Drip(http.server.BaseHTTPRequestHandler):
     path_on_disk = ""
 
     def do_GET(self):
-        data = open(Drip.path_on_disk, "rb").read()
+        data = Path(Drip.path_on_disk).read_bytes()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

@@ -2,7 +2,7 @@
 workers, one GPU-tagged worker, each a process under a Dask nanny). Every worker's peak memory, and that of the
 image processes it starts, is reported and bounded; no task runs past its timeout; the outputs are still right.
 
-    pytest -s tests/test_load.py     # prints the peak memory table and the slowest task of each stage
+    pytest -s -n0 tests/test_load.py     # prints the peak memory table and the slowest task of each stage
 """
 
 from __future__ import annotations

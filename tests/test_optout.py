@@ -100,8 +100,72 @@ def test_path_matches_agrees_with_a_regex_on_random_patterns():
 
 
 def test_a_hostile_robots_pattern_costs_no_more_than_a_plain_one():
-    # as a regex, /*a*a*a*a*a*a*a*a*X backtracks for hours on a path of 200 a's
-    rules = parse_robots("User-agent: *\nDisallow: /" + "*a" * 40 + "*X\n", TOKEN)
+    # as a regex, /*a*a*a*a*a*a*a*a*X backtracks for hours on a path of 200 a's; escapes and a `$`
+    # anchor must not bring the backtracking back, nor may a robots.txt holding many such rules
+    hostile = "/" + "*a" * 40 + "*X"
+    text = "User-agent: *\n" + "".join(f"Disallow: {hostile}{i}\nDisallow: /*%61*%41{i}*$\n" for i in range(50))
+    rules = parse_robots(text + f"Disallow: {hostile}\n", TOKEN)
     started = time.perf_counter()
-    assert rules.allows("/" + "a" * 5000) and not rules.allows("/" + "a" * 5000 + "X")
-    assert time.perf_counter() - started < 0.5
+    assert rules.allows("/" + "a" * 20_000) and not rules.allows("/" + "a" * 20_000 + "X")
+    assert rules.allows("/" + "%61" * 5000 + "?" + "A" * 5000)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_percent_encoded_reserved_characters_stay_encoded():
+    # RFC 9309 §2.2.2: an escaped reserved character is not unencoded before comparison, so %2F is no
+    # path separator; escapes of unreserved characters are, and hex digits compare case-insensitively
+    rules = parse_robots("User-agent: *\nDisallow: /a%2Fb\nDisallow: /c/d\nDisallow: /q?u=%3A\n", TOKEN)
+    assert not rules.allows("/a%2Fb.jpg") and not rules.allows("/a%2fb.jpg")
+    assert rules.allows("/a/b.jpg")
+    assert not rules.allows("/c/d.jpg") and rules.allows("/c%2Fd.jpg")
+    assert not rules.allows("/q?u=%3a1") and rules.allows("/q?u=:1")
+    assert path_matches("/%41%7e", "/A~") and path_matches("/A~", "/%41%7E") and path_matches("/a%2f", "/a%2F")
+    # octets outside ASCII compare in their %XX form, whichever way either side writes them
+    assert path_matches("/ツ", "/%E3%83%84") and path_matches("/%e3%83%84", "/ツ")
+    assert not path_matches("/%", "/%41") and path_matches("/%", "/%25")  # a stray % is the octet %25
+
+
+def test_escaped_star_and_dollar_in_a_pattern_are_literal():
+    # RFC 9309 §2.2.3: a pattern writes a literal * or $ as %2A or %24
+    rules = parse_robots("User-agent: *\nDisallow: /path/file-with-a-%2A.html\nDisallow: /path/foo-%24\n", TOKEN)
+    assert not rules.allows("/path/file-with-a-*.html") and rules.allows("/path/file-with-a-b.html")
+    assert not rules.allows("/path/foo-$") and not rules.allows("/path/foo-$1") and rules.allows("/path/foo-")
+
+
+def test_robots_txt_itself_is_always_allowed():
+    rules = parse_robots("User-agent: *\nDisallow: /\nDisallow: /robots.txt$\n", TOKEN)
+    assert not rules.allows("/a.jpg") and not rules.allows("/robots.txt.jpg")
+    assert rules.allows("/robots.txt") and rules.allows("/robots.txt?v=2") and rules.allows("/%72obots.txt")
+
+
+def test_the_longest_match_counts_octets_and_a_tie_goes_to_allow():
+    # RFC 9309 §2.2.2: the most specific match has the most octets, counted as compared (é is %C3%A9)
+    rules = parse_robots("User-agent: *\nDisallow: /éé\nAllow: /*abcd\n", TOKEN)
+    assert not rules.allows("/éé-abcd")
+    # equivalent spellings are one pattern: the tie goes to the Allow, in either order
+    for text in ("Allow: /%61b\nDisallow: /ab\n", "Disallow: /%61b\nAllow: /ab\n"):
+        assert parse_robots("User-agent: *\n" + text, TOKEN).allows("/abc")
+    assert not parse_robots("User-agent: *\nAllow: /ab\nDisallow: /ab*\n", TOKEN).allows("/abc")
+
+
+@pytest.mark.parametrize(
+    "agent_line, applies",
+    [
+        ("clipcrawl", True),
+        ("CLIPCRAWL", True),
+        ("ClipCrawl/2.1", True),
+        ("clipcrawl 1.0", True),
+        ("clipcrawl (+https://example.test/bot)", True),
+        ("clipcrawl-images", False),
+        ("clip", False),
+        ("crawl", False),
+        ("*clipcrawl", False),
+        ("otherbot", False),
+    ],
+)
+def test_user_agent_product_token(agent_line, applies):
+    # RFC 9309 §2.2.1: the product token (the name without version) matched case-insensitively
+    text = f"User-agent: *\nDisallow: /star/\n\nUser-agent: {agent_line}\nDisallow: /ours/\n"
+    for token in (TOKEN, "ClipCrawl/1.0"):
+        rules = parse_robots(text, token)
+        assert rules.allows("/star/a.jpg") is applies and rules.allows("/ours/a.jpg") is not applies

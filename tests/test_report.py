@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 
 import pyarrow as pa
@@ -582,3 +583,27 @@ def test_stats_are_written_atomically(out, stats, monkeypatch):
     with open(written) as f:
         assert json.load(f)["version"] == 1  # the old file is whole
     assert os.listdir(os.path.join(out, "report")) == ["stats.json"]  # no temporary file left
+
+
+def test_a_segment_is_shown_by_its_name_though_it_looks_like_a_number(tmp_path):
+    """Common Crawl names a segment <start ms>.<n> ('1700000000000.50'): the report keeps the name, in stats.json
+    and on the page (read as a number it would become 1700000000000.5)."""
+    out = tmp_path / "out"
+    segments = ["1700000000000.50", "1700000000347.1"]
+    for name, segment in zip("ab", segments):
+        write_pairs(out, name, segment, 3, 2, {"no_alt": 1}, 1.0)
+    rows = [image_row(f"00{i}", f"https://example.com/{i}.jpg", "timeout", s, "a cat") for i, s in enumerate(segments)]
+    write_images(out, 0, rows)
+    report.finish_report(str(out), [report.shard_summary(str(out), "00000", SETTINGS)], SETTINGS)
+    stats = json.loads((out / "report" / "stats.json").read_text())
+    assert [s["segment"] for s in stats["segments"]] == segments
+    page = (out / "report" / "index.html").read_text()
+    table = page[page.index('<section id="segments"') :].split("</table>")[0]
+    assert re.findall(r"<tr><td[^>]*>([^<]*)</td>", table) == segments  # the first cell of each row
+
+
+def test_report_tasks_retry_transient_errors_only():
+    from clipcrawl.tasks.core.cache import retry_transient
+
+    for task in (report.report_shard_task, report.finish_report_task):
+        assert task.retries == 2 and task.retry_condition_fn is retry_transient, task.name

@@ -156,17 +156,17 @@ def test_a_warning_gate_lets_the_run_complete(dask_address, reported):
     assert [g["gate"] for g in state.result()["gates"] if not g["passed"]] == ["max_clip_pass_rate"]
 
 
-def test_report_command_takes_gate_flags(dask_address, reported):
+def test_report_command_takes_gate_flags(dask_address, reported, capsys):
     out = reported[0]
     with pytest.raises(SystemExit) as exit_info:
         main(
             [
                 "report",
                 str(out),
-                "--gate",
-                "max_failed_file_share=off",
-                "--gate",
-                "min_clip_pass_rate=0.999",
+                "--gates.max-failed-file-share.threshold",
+                "none",
+                "--gates.min-clip-pass-rate.threshold",
+                "0.999",
                 "--dask-address",
                 dask_address,
             ]
@@ -175,5 +175,5 @@ def test_report_command_takes_gate_flags(dask_address, reported):
     assert message.startswith("clipcrawl: build_report Failed") and "min_clip_pass_rate" in message
     assert "\n" not in message
     with pytest.raises(SystemExit) as exit_info:
-        main(["report", str(out), "--gate", "min_clip_pass_rate", "--dask-address", dask_address])
-    assert "NAME=THRESHOLD" in str(exit_info.value.code)
+        main(["report", str(out), "--gates.min-clip-pass-rate.threshold", "high", "--dask-address", dask_address])
+    assert exit_info.value.code == 2 and "--gates.min-clip-pass-rate.threshold" in capsys.readouterr().err

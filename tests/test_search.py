@@ -1,53 +1,70 @@
-"""tasks/search/search.py on a tiny index of the synthetic world: two webdataset shards of scenes with known
-concepts, embedded by the world's tiny CLIP model, indexed exactly with faiss."""
+"""tasks/search/search.py on a tiny index built by the real stages: scenes of the synthetic world with known
+concepts, written as webdataset shards by the download stage's writer, embedded by the embed stage with the world's
+tiny CLIP model, indexed by the index stage; a second crawl's embeddings folder is then added to the index."""
 
 from __future__ import annotations
 
 import io
-import json
 import random
 import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import faiss
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 from PIL import Image
 
+from clipcrawl.tasks.core.config import DownloadSettings, IndexSettings
+from clipcrawl.tasks.core.uri import read_json, write_json
+from clipcrawl.tasks.download.images import process_image
+from clipcrawl.tasks.download.shards import ShardWriter, sample_key
 from clipcrawl.tasks.embed.clip_model import load_model
+from clipcrawl.tasks.embed.stage import embed_shard
 from clipcrawl.tasks.index.ids import write_ids
+from clipcrawl.tasks.index.stage import SettingsMismatch, finish_index, index_modality, plan_index
 from clipcrawl.tasks.search.search import NotFound, Searcher, format_results
+from clipcrawl.tasks.world import tiny_clip
 from clipcrawl.tasks.world.scenes import Scene, describe, encode_image, random_scene, render_scene
 from clipcrawl.tasks.world.tiny_clip import embed_settings
 
 RED_CIRCLES, BLUE_STARS, OTHERS = 12, 12, 32
-DUPLICATES = 4  # the last rows: re-encodings of the first red circles, in their duplicate groups
-SHARD_ROWS = 30
-FORMATS = ("jpg", "jpg", "jpg", "png", "webp")  # member extension by id % 5
+DUPLICATES = 4  # crawl A's last rows: its first images again, under other URLs (stored in another format)
+SHARD_SIZE = 30  # crawl A: two shards
+SECOND_CRAWL = 16  # crawl B: one shard, whose keys are those of crawl A's first shard
+FORMATS = ("jpg", "png", "webp")  # encode_format of the shards A/00000, A/00001, B/00000
+EMBED = embed_settings(similarity_threshold=-1.0)  # every image is kept: ids follow the scenes
+SETTINGS = IndexSettings(
+    index_key="IVF4,Flat",  # exercises the tuned search "params"
+    target_recall=1.0,
+    queries=50,
+    near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD,
+)
 
 
 @dataclass
 class Fixture:
-    """What the test index holds, by id."""
+    """What the test index holds, by id: crawl A's samples (two shards), then crawl B's (one shard), added later."""
 
     dir: Path
     scenes: list[Scene]
     captions: list[str]
-    images: list[bytes]
-    exts: list[str]
-    groups: list[int]
-    tars: dict[str, str] = field(default_factory=dict)
+    images: list[bytes] = field(default_factory=list)  # as stored in the shard's tar
+    exts: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)  # the shard's name in the index (ids.parquet `shard`)
+    tars: list[str] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)  # near-duplicate group: the first id of the scene
+    duplicates: list[int] = field(default_factory=list)  # the ids of the copies
+    first_of_b: int = 0
+    infos: dict = field(default_factory=dict)
 
     def concept(self, i: int) -> tuple[str, str]:
         return self.scenes[i].colour, self.scenes[i].shape
 
 
-def _scenes(rng: random.Random) -> list[Scene]:
+def _scenes(rng: random.Random, concepts: bool = True, others: int = OTHERS) -> list[Scene]:
     def scene(shape: str | None, colour: str | None) -> Scene:
         while True:
             s = random_scene(rng, flagged_rate=0)
@@ -58,86 +75,58 @@ def _scenes(rng: random.Random) -> list[Scene]:
             elif (s.colour, s.shape) not in (("red", "circle"), ("blue", "star")):
                 return s
 
-    scenes = [scene("circle", "red") for _ in range(RED_CIRCLES)] + [scene("star", "blue") for _ in range(BLUE_STARS)]
-    scenes += [scene(None, None) for _ in range(OTHERS)]
-    return scenes
+    scenes = []
+    if concepts:
+        scenes += [scene("circle", "red") for _ in range(RED_CIRCLES)] + [
+            scene("star", "blue") for _ in range(BLUE_STARS)
+        ]
+    return scenes + [scene(None, None) for _ in range(others)]
 
 
-def build_index(out: Path, model, seed: int = 0) -> Fixture:
-    """OUT/images/0000{0,1}.tar and OUT/index/ (image.index, text.index, ids.parquet, index_infos.json)."""
+def write_crawl(fx: Fixture, out: Path, first: int, count: int, formats: tuple[str, ...]) -> None:
+    """OUT/images/ (the download stage's shards, SHARD_SIZE samples each) of fx.scenes[first:first+count] served as JPEG,
+    then OUT/embeddings/ and OUT/dataset/ of each shard by the embed stage; records where each sample landed."""
+    for n, start in enumerate(range(0, count, SHARD_SIZE)):
+        download = DownloadSettings(encode_format=formats[n])
+        with ShardWriter(str(out), n, download) as writer:
+            for row in range(start, min(start + SHARD_SIZE, count)):
+                i = first + row
+                body = encode_image(render_scene(fx.scenes[i]), "jpg")
+                sample = {"key": sample_key(n, row - start), "uid": i, "url": f"https://img.example/{i}.jpg"}
+                writer.add(sample | {"text": fx.captions[i]}, process_image(body, download))
+        embed_shard(writer.tar_uri, str(out), EMBED)
+        with tarfile.open(writer.tar_uri) as tar:
+            for row in range(start, min(start + SHARD_SIZE, count)):
+                key = sample_key(n, row - start)
+                fx.images.append(tar.extractfile(f"{key}.{formats[n]}").read())
+                fx.exts.append(formats[n])
+                fx.keys.append(key)
+                fx.tars.append(writer.tar_uri)
+
+
+def index(embeddings: Path, out: Path, settings: IndexSettings) -> dict:
+    """The index stage's plain functions, as the build_index flow runs them."""
+    plan = plan_index(str(embeddings), str(out), settings)
+    return finish_index(plan, index_modality(plan, "image"), index_modality(plan, "text"))
+
+
+def build_index(out: Path, seed: int = 0) -> Fixture:
+    """Two crawls, A and B, downloaded and embedded by the real stages; A indexed into A/index/, then B's
+    embeddings folder added to it (an incremental add, with no settings given: the index's own)."""
     rng = random.Random(f"search-test:{seed}")
     scenes = _scenes(rng)
     rng.shuffle(scenes)
-    scenes += scenes[:DUPLICATES]  # exact scenes again, encoded at another size: near-duplicates
-    captions = [describe(s, rng) for s in scenes]
-    images, exts, groups = [], [], []
-    for i, s in enumerate(scenes):
-        dup = i >= len(scenes) - DUPLICATES
-        ext = FORMATS[i % len(FORMATS)]
-        images.append(encode_image(render_scene(s, (200, 200) if dup else (256, 256)), ext))
-        exts.append(ext)
-        groups.append(i - (len(scenes) - DUPLICATES) if dup else i)
-    fx = Fixture(out / "index", scenes, captions, images, exts, groups)
-
-    (out / "images").mkdir(parents=True)
-    tables = []
-    for first in range(0, len(scenes), SHARD_ROWS):
-        stem = f"{first // SHARD_ROWS:05d}"
-        tar_path = out / "images" / f"{stem}.tar"
-        rows = range(first, min(first + SHARD_ROWS, len(scenes)))
-        with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
-            for i in rows:
-                key = f"{stem}{i - first:04d}"
-                meta = json.dumps({"key": key, "caption": captions[i]}).encode()
-                for name, data in (
-                    (f"{key}.{exts[i]}", images[i]),
-                    (f"{key}.txt", captions[i].encode()),
-                    (f"{key}.json", meta),
-                ):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-        fx.tars[stem] = str(tar_path)
-        tables.append(
-            pa.table(
-                {
-                    "key": [f"{stem}{i - first:04d}" for i in rows],
-                    "shard": [stem] * len(rows),
-                    "row": [i - first for i in rows],
-                    "url": [f"https://img.example/{i}.{exts[i]}" for i in rows],
-                    "text": [captions[i] for i in rows],
-                    "similarity": [0.4] * len(rows),
-                    "duplicate_group": [groups[i] for i in rows],
-                }
-            )
-        )
-
-    pixels = torch.from_numpy(np.stack([model.prepare(Image.open(io.BytesIO(b))) for b in images]))
-    img_emb, txt_emb = model.encode_images(pixels), model.encode_texts(captions)
-    fx.dir.mkdir()
-    d = img_emb.shape[1]
-    image_index = faiss.IndexFlatIP(d)
-    image_index.add(img_emb)
-    text_index = faiss.index_factory(d, "IVF4,Flat", faiss.METRIC_INNER_PRODUCT)  # exercises "params"
-    text_index.train(txt_emb)
-    text_index.add(txt_emb)
-    faiss.write_index(image_index, str(fx.dir / "image.index"))
-    faiss.write_index(text_index, str(fx.dir / "text.index"))
-    write_ids(str(fx.dir / "ids.parquet"), tables)
-    settings = embed_settings()
-    infos = {
-        "dim": d,
-        "count": len(scenes),
-        "clip": {"model": settings.model, "pretrained": settings.pretrained, "checkpoint": settings.checkpoint},
-        "shards": [
-            {"stem": stem, "tar": tar, "rows": len(t), "first_id": n * SHARD_ROWS}
-            for n, ((stem, tar), t) in enumerate(zip(fx.tars.items(), tables))
-        ],
-        "image": {"index_key": "Flat", "params": "", "k": 10, "recall_at_k": 1.0},
-        "text": {"index_key": "IVF4,Flat", "params": "nprobe=4", "k": 10, "recall_at_k": 1.0},
-        "near_duplicates": {"threshold": 0.96, "groups": len(set(groups)), "duplicates": DUPLICATES, "dropped": False},
-    }
-    (fx.dir / "index_infos.json").write_text(json.dumps(infos))
+    scenes += scenes[:DUPLICATES]
+    second = _scenes(rng, concepts=False, others=SECOND_CRAWL)
+    fx = Fixture(out / "a" / "index", scenes + second, [describe(s, rng) for s in scenes + second])
+    fx.first_of_b = len(scenes)
+    fx.duplicates = list(range(len(scenes) - DUPLICATES, len(scenes)))
+    write_crawl(fx, out / "a", 0, len(scenes), FORMATS[:2])
+    write_crawl(fx, out / "b", len(scenes), len(second), FORMATS[2:])
+    index(out / "a" / "embeddings", out / "a", SETTINGS)
+    fx.infos = index(out / "b" / "embeddings", out / "a", IndexSettings())
+    fx.shards = [s["name"] for s in fx.infos["shards"] for _ in range(s["count"])]
+    fx.groups = [i - fx.duplicates[0] if i in fx.duplicates else i for i in range(len(fx.scenes))]
     return fx
 
 
@@ -147,13 +136,42 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def fx(tmp_path_factory, model) -> Fixture:
-    return build_index(tmp_path_factory.mktemp("search"), model)
+def fx(tmp_path_factory) -> Fixture:
+    return build_index(tmp_path_factory.mktemp("search"))
 
 
 @pytest.fixture(scope="module")
 def searcher(fx, model) -> Searcher:
     return Searcher(str(fx.dir), model=model)
+
+
+def test_the_add_kept_the_index_settings(fx, searcher):
+    """B was added with no settings given (as `clipcrawl index` without flags): the index's own were used, not the
+    defaults (near_duplicate_threshold 0.96), and the near-duplicates are the copies."""
+    assert "add_s" in fx.infos["image"] and fx.infos["count"] == len(fx.scenes) == searcher.count
+    assert [s["name"] for s in fx.infos["shards"]] == ["00000", "00001", "1-00000"]
+    assert fx.infos["settings"] == SETTINGS.model_dump(mode="json")
+    assert (
+        fx.infos["near_duplicates"]["threshold"]
+        == tiny_clip.NEAR_DUPLICATE_THRESHOLD
+        != IndexSettings().near_duplicate_threshold
+    )
+    assert [r["duplicate_group"] for r in searcher.ids.lookup(range(len(fx.scenes)))] == fx.groups
+
+
+def test_an_add_with_other_index_rules_is_refused(fx):
+    a, b = fx.dir.parent, fx.dir.parent.parent / "b"
+    with pytest.raises(SettingsMismatch) as refused:
+        plan_index(str(b / "embeddings"), str(a), IndexSettings(near_duplicate_threshold=0.96))
+    assert str(refused.value) == (
+        f"{fx.dir}/index_infos.json: cannot add with near_duplicate_threshold 0.96 (the index was built with "
+        f"{tiny_clip.NEAR_DUPLICATE_THRESHOLD}): leave it unset to use the index's, or rebuild the index (--rebuild)"
+    )
+    # the same value given explicitly, another tuning target and this machine's threads: taken
+    given = IndexSettings(near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD, target_recall=0.9, threads=1)
+    plan = plan_index(str(b / "embeddings"), str(a), given)
+    assert plan.mode == "none" and plan.settings == SETTINGS.model_copy(update={"target_recall": 0.9, "threads": 1})
+    assert plan_index(str(b / "embeddings"), str(a), given, rebuild=True).settings == given
 
 
 def test_text_query_finds_the_concept(fx, searcher):
@@ -168,13 +186,14 @@ def test_text_query_finds_the_concept(fx, searcher):
 
 
 def test_text_query_on_the_caption_index(fx, searcher):
-    assert searcher.indices["text"].nprobe == 4  # index_infos.json "params" applied
+    assert fx.infos["text"]["params"].startswith("nprobe=")
+    assert f"nprobe={searcher.indices['text'].nprobe}" == fx.infos["text"]["params"]  # the tuned params applied
     results = searcher.search(text="red circles", k=10, modality="text")
     assert sum(fx.concept(r["id"]) == ("red", "circle") for r in results) >= 8
 
 
 def test_image_query_finds_itself_first(fx, searcher):
-    for i in (5, 40):
+    for i in (5, 40, fx.first_of_b + 3):  # both crawls
         results = searcher.search(image=fx.images[i], k=5)
         assert results[0]["id"] == i
         assert results[0]["similarity"] == pytest.approx(1.0, abs=1e-4)
@@ -201,22 +220,24 @@ def test_a_query_photo_with_an_exif_orientation_is_turned_upright(fx, searcher):
 
 
 def test_result_fields_come_from_the_id_table(fx, searcher):
-    r = searcher.search(text="red circles", k=1)[0]
-    i, first = r["id"], (r["id"] // 30) * 30
-    assert r == {
-        "id": i,
-        "key": f"{i // 30:05d}{i - first:04d}",
-        "url": f"https://img.example/{i}.{fx.exts[i]}",
-        "caption": fx.captions[i],
-        "similarity": r["similarity"],
-        "shard": f"{i // 30:05d}",
-        "duplicate_group": fx.groups[i],
-    }
-    assert 0 < r["similarity"] <= 1
+    for r in (searcher.search(text="red circles", k=1)[0], searcher.search(image=fx.images[-1], k=1)[0]):
+        i = r["id"]
+        assert r == {
+            "id": i,
+            "key": fx.keys[i],
+            "url": f"https://img.example/{i}.jpg",
+            "caption": fx.captions[i],
+            "similarity": r["similarity"],
+            "shard": fx.shards[i],
+            "duplicate_group": fx.groups[i],
+        }
+        assert 0 < r["similarity"] <= 1 + 1e-3  # cosine of float16 embeddings
+    assert searcher.search(image=fx.images[-1], k=1)[0]["id"] == len(fx.scenes) - 1
+    assert fx.shards[-1] == "1-00000" and fx.keys[-1].startswith("00000")  # B's shard: A's shard 00000's keys
 
 
 def test_deduplicate_keeps_one_per_group_and_fills_k(fx, searcher):
-    dup = len(fx.scenes) - 1  # a re-encoded copy of id fx.groups[dup]
+    dup = fx.duplicates[-1]  # a copy, stored as PNG, of id fx.groups[dup] (stored as JPEG)
     original = fx.groups[dup]
     plain = searcher.search(image=fx.images[original], k=10)
     assert {plain[0]["id"], plain[1]["id"]} == {original, dup}  # the two copies lead
@@ -256,12 +277,22 @@ def test_deduplicate_searches_deeper_until_k_groups(fx, model, tmp_path):
     assert len(searcher.search(text="a yellow square", k=100)) == n  # k > count: all of them
 
 
-def test_thumbnail_is_the_tar_member(fx, searcher):
+def tar_member(tar_path: str, name: str) -> bytes:
+    with tarfile.open(tar_path) as tar:
+        return tar.extractfile(name).read()
+
+
+def test_thumbnail_is_the_tar_member_of_its_shard(fx, searcher):
+    """Crawl B's shard has crawl A's first shard's stem and keys: each sample's thumbnail comes from its own tar."""
     mimes = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
-    for i in (0, 3, 4, 29, 30, 33, len(fx.scenes) - 1):  # both shards, every format
+    b = fx.first_of_b
+    ids = (0, 3, 29, 30, 33, fx.duplicates[-1], b, b + 3, len(fx.scenes) - 1)  # every shard, every format
+    assert fx.keys[0] == fx.keys[b] and fx.tars[0] != fx.tars[b]
+    for i in ids:
         data, mime = searcher.thumbnail(i)
-        assert data == fx.images[i]
+        assert data == tar_member(fx.tars[i], f"{fx.keys[i]}.{fx.exts[i]}"), (i, fx.shards[i])
         assert mime == mimes[fx.exts[i]]
+    assert searcher.thumbnail(0)[0] != searcher.thumbnail(b)[0]
     with pytest.raises(NotFound, match="out of range"):
         searcher.thumbnail(len(fx.scenes))
 
@@ -269,14 +300,14 @@ def test_thumbnail_is_the_tar_member(fx, searcher):
 def test_thumbnail_of_a_missing_member(fx, model, tmp_path):
     index_dir = tmp_path / "index"
     shutil.copytree(fx.dir, index_dir)
-    infos = json.loads((index_dir / "index_infos.json").read_text())
+    infos = read_json(str(index_dir / "index_infos.json"))
     empty = tmp_path / "empty.tar"
     tarfile.open(empty, "w").close()
-    infos["shards"][1]["tar"] = str(empty)
-    (index_dir / "index_infos.json").write_text(json.dumps(infos))
+    infos["shards"][1]["tar"] = str(empty)  # the shard's tar was replaced since it was indexed
+    write_json(str(index_dir / "index_infos.json"), infos)
     searcher = Searcher(str(index_dir), model=model)
     assert searcher.thumbnail(0)[0] == fx.images[0]
-    with pytest.raises(NotFound, match=r"no image member 000010000\.jpg.*empty\.tar"):
+    with pytest.raises(NotFound, match=r"id 30: no image member 000010000\.jpg\|jpeg\|webp\|png in .*empty\.tar"):
         searcher.thumbnail(30)
 
 
@@ -285,17 +316,18 @@ def test_remote_index(fx, model):
     mem = fsspec.filesystem("memory")
     for name in ("image.index", "text.index", "ids.parquet"):
         mem.pipe(f"/search-test/index/{name}", (fx.dir / name).read_bytes())
-    infos = json.loads((fx.dir / "index_infos.json").read_text())
+    infos = read_json(str(fx.dir / "index_infos.json"))
     for shard in infos["shards"]:
-        remote = f"memory://search-test/images/{shard['stem']}.tar"
+        remote = f"memory://search-test/{shard['name']}/{Path(shard['tar']).name}"
         mem.pipe(remote, Path(shard["tar"]).read_bytes())
         shard["tar"] = remote
-    mem.pipe("/search-test/index/index_infos.json", json.dumps(infos).encode())
+    write_json("memory://search-test/index/index_infos.json", infos)
     try:
         searcher = Searcher("memory://search-test/index", model=model)
         results = searcher.search(text="red circles", k=10, modality="text")
         assert sum(fx.concept(r["id"]) == ("red", "circle") for r in results) >= 8
-        assert searcher.thumbnail(31) == (fx.images[31], "image/jpeg")
+        assert searcher.thumbnail(31) == (fx.images[31], "image/png")
+        assert searcher.thumbnail(fx.first_of_b) == (fx.images[fx.first_of_b], "image/webp")
     finally:
         mem.rm("/search-test", recursive=True)
 

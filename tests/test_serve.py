@@ -21,7 +21,7 @@ from clipcrawl.tasks.search.search import Searcher
 from clipcrawl.tasks.search.serve import make_app
 from clipcrawl.tasks.world.tiny_clip import embed_settings
 from tests.helpers import keep_screenshot, run_chromium
-from tests.test_search import build_index
+from tests.test_search import build_index, tar_member
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def fx(tmp_path_factory, model):
-    return build_index(tmp_path_factory.mktemp("serve"), model)
+def fx(tmp_path_factory):
+    return build_index(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_post_json_text_and_base64_image(fx, base_url):
 
 
 def test_post_multipart_image_upload(fx, base_url):
-    dup = len(fx.scenes) - 1
+    dup = fx.duplicates[-1]
     form = aiohttp.FormData()
     form.add_field("image", fx.images[dup], filename="query.webp", content_type="image/webp")
     form.add_field("k", "5")
@@ -165,9 +165,10 @@ def test_bad_multipart_image_is_400(base_url):
 
 
 def test_thumbnail(fx, base_url):
-    for i, mime in ((0, "image/jpeg"), (3, "image/png"), (34, "image/webp")):
+    """One sample of each shard; crawl B's shard (added to the index later) has the keys of crawl A's first."""
+    for i, mime in ((0, "image/jpeg"), (33, "image/png"), (fx.first_of_b, "image/webp")):
         status, headers, body = call(base_url, "GET", f"/api/thumbnail/{i}")
-        assert status == 200 and body == fx.images[i]
+        assert status == 200 and body == tar_member(fx.tars[i], f"{fx.keys[i]}.{fx.exts[i]}"), (i, body[:200])
         assert headers["Content-Type"] == mime
         assert "max-age=" in headers["Cache-Control"]
     status, body = call_json(base_url, "GET", f"/api/thumbnail/{len(fx.scenes)}")
@@ -179,9 +180,11 @@ def test_thumbnail(fx, base_url):
 def test_info(fx, base_url):
     status, body = call_json(base_url, "GET", "/api/info")
     assert status == 200
-    assert body["count"] == len(fx.scenes) and body["shards"] == 2
-    assert body["image"]["index_key"] == "Flat" and body["text"]["params"] == "nprobe=4"
-    assert body["image"]["recall_at_k"] == 1.0 and body["clip"]["checkpoint"] == embed_settings().checkpoint
+    assert body["count"] == len(fx.scenes) and body["shards"] == 3
+    assert body["image"]["index_key"] == "IVF4,Flat" and body["text"]["params"] == fx.infos["text"]["params"]
+    assert body["image"]["recall_at_k"] == fx.infos["image"]["recall_at_k"] == 1.0
+    assert body["clip"]["checkpoint"] == embed_settings().checkpoint
+    assert body["near_duplicates"]["threshold"] == fx.infos["settings"]["near_duplicate_threshold"]
 
 
 def test_page_is_served(base_url):

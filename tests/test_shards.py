@@ -14,10 +14,14 @@ from clipcrawl.tasks.download.shards import (
     IMAGES_SCHEMA,
     ShardSpec,
     ShardWriter,
+    member_key,
     plan_shards,
+    read_member,
     read_shard_rows,
     sample_key,
+    tar_members,
 )
+from clipcrawl.tasks.embed.stage import _image_members
 from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 
 
@@ -232,3 +236,32 @@ def test_s3_output_is_spooled_and_published_on_close(s3_endpoint, tmp_path):
     fs.put(write_pairs(tmp_path / "p.parquet", 0, 5), "shards/pairs/p.parquet")
     specs = plan_shards(["s3://shards/pairs/p.parquet"], 3)
     assert [read_shard_rows(s).column("uid").to_pylist() for s in specs] == [[0, 1, 2], [3, 4]]
+
+
+def test_both_tar_readers_key_members_as_webdataset_does(tmp_path):
+    """webdataset's key is the member name up to the first dot of its basename ('a.b.jpg': key 'a', field
+    'b.jpg', which a reader asking for 'jpg' does not get): the search's random-access map and the embed stage's
+    streaming reader find the same images under the same keys."""
+    assert member_key("a.b.jpg") == ("a", "b.jpg")
+    assert member_key("d/e/000010002.JPG") == ("d/e/000010002", "jpg")
+    assert member_key("d.x/k.json") == ("d.x/k", "json")
+    assert member_key(".hidden") is None and member_key("README") is None
+    members = {  # several dots in a name, a folder with a dot, an upper-case extension, a second image of a key
+        "000000000.jpg": b"first",
+        "000000000.png": b"second image of the key",
+        "000000001.thumb.jpg": b"a field thumb.jpg of key 000000001",
+        "000000001.txt": b"caption",
+        "shard.v2/000000002.PNG": b"in a folder",
+        "000000003.4.webp": b"key 000000003, field 4.webp",
+    }
+    tar_path = tmp_path / "00000.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    found = tar_members(str(tar_path))
+    assert {k: m[2] for k, m in found.items()} == {"000000000": "jpg", "shard.v2/000000002": "png"}
+    assert read_member(str(tar_path), "000000000", found["000000000"]) == b"first"
+    streamed = dict(_image_members(str(tar_path), {"000000000", "000000001", "000000003", "shard.v2/000000002"}))
+    assert streamed == {"000000000": b"first", "shard.v2/000000002": b"in a folder"}

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ def test_atomic_write_publishes_whole_files_only(tmp_path):
     assert os.listdir(tmp_path / "sub") == []
     with atomic_write(target) as f:
         f.write(b"whole")
-    assert open(target, "rb").read() == b"whole"
+    assert Path(target).read_bytes() == b"whole"
 
 
 def test_json_roundtrip_and_listing(tmp_path):

@@ -17,6 +17,7 @@ import urllib.robotparser
 import zlib
 from collections import defaultdict
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import orjson
@@ -57,7 +58,7 @@ def _files(root: str) -> dict[str, bytes]:
     for d, _, names in os.walk(root):
         for n in names:
             p = os.path.join(d, n)
-            out[os.path.relpath(p, root)] = open(p, "rb").read()
+            out[os.path.relpath(p, root)] = Path(p).read_bytes()
     return out
 
 
@@ -94,20 +95,20 @@ def test_same_spec_gives_same_bytes(world, tmp_path):
 
 def test_listing_files_name_every_file(world):
     crawl = os.path.join(world.root, "crawl-data", SPEC.crawl_id)
-    wat = gzip.decompress(open(os.path.join(crawl, "wat.paths.gz"), "rb").read()).decode().split()
-    warc = gzip.decompress(open(os.path.join(crawl, "warc.paths.gz"), "rb").read()).decode().split()
-    segments = gzip.decompress(open(os.path.join(crawl, "segment.paths.gz"), "rb").read()).decode().split()
+    wat = gzip.decompress(Path(os.path.join(crawl, "wat.paths.gz")).read_bytes()).decode().split()
+    warc = gzip.decompress(Path(os.path.join(crawl, "warc.paths.gz")).read_bytes()).decode().split()
+    segments = gzip.decompress(Path(os.path.join(crawl, "segment.paths.gz")).read_bytes()).decode().split()
     assert len(wat) == len(warc) == SPEC.segments * SPEC.files_per_segment and len(segments) == SPEC.segments
     assert all(p.startswith(f"crawl-data/{SPEC.crawl_id}/segments/") and p.endswith(".warc.wat.gz") for p in wat)
     assert all("/warc/CC-MAIN-" in p and p.endswith("0.warc.gz") or p.endswith(".warc.gz") for p in warc)
     assert [os.path.join(world.root, p) for p in sorted(wat)] == world.wat_uris()
     assert all(os.path.exists(p) for p in world.wat_uris() + world.warc_uris())
-    assert orjson.loads(open(os.path.join(world.root, "collinfo.json"), "rb").read())[0]["id"] == SPEC.crawl_id
+    assert orjson.loads(Path(os.path.join(world.root, "collinfo.json")).read_bytes())[0]["id"] == SPEC.crawl_id
 
 
 def test_one_gzip_member_per_record(world):
     for path in world.wat_uris()[:1] + world.warc_uris()[:1]:
-        members = _members(open(path, "rb").read())
+        members = _members(Path(path).read_bytes())
         assert all(m.startswith(b"WARC/1.0\r\n") and m.endswith(b"\r\n\r\n") for m in members)
         assert members[0].split(b"\r\n")[1] == b"WARC-Type: warcinfo"
         with open(path, "rb") as f:
@@ -141,7 +142,7 @@ def test_wat_json_shape(world):
 
 
 def test_container_offsets_point_into_the_warc(world):
-    warc = open(world.warc_uris()[0], "rb").read()
+    warc = Path(world.warc_uris()[0]).read_bytes()
     for _, doc in _wat_docs(world.wat_uris()[0])[:20]:
         c = doc["Container"]
         start, length = int(c["Offset"]), int(c["Gzip-Metadata"]["Deflate-Length"]) + 18

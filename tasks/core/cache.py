@@ -7,7 +7,7 @@ import json
 import logging
 
 from clipcrawl.tasks import __version__
-from clipcrawl.tasks.core.errors import is_transient
+from clipcrawl.tasks.core.errors import InputError, is_transient
 
 # Settings that say how long to wait, not what to make: raising one after a timeout keeps the finished work cached.
 NOT_IN_KEY = {"shard_timeout", "file_timeout"}
@@ -36,6 +36,20 @@ class _ThreadTimeoutNotice(logging.Filter):
 logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 
 
+class _InputErrorTraceback(logging.Filter):
+    """Keeps Prefect's record of a run that failed on wrong input, without the traceback: the error's one line
+    says what was wrong with which input, and a traceback would bury it (it is the user's input, not a bug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], InputError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+for _name in ("prefect.flow_runs", "prefect.task_runs"):
+    logging.getLogger(_name).addFilter(_InputErrorTraceback())
+
+
 def retry_transient(task, task_run, state) -> bool:
     """Retry a failed task run only when its error may not happen again (network, overload)."""
     try:
@@ -43,3 +57,15 @@ def retry_transient(task, task_run, state) -> bool:
     except Exception as exc:  # noqa: BLE001 - the state's own exception, classified
         return is_transient(exc)
     return False
+
+
+def transient_retries(retries: int = 2) -> dict:
+    """Task options that retry a failed run, with backoff and jitter, only when its error is transient."""
+    from prefect.tasks import exponential_backoff  # prefect only where a task wrapper is made
+
+    return {
+        "retries": retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=10),
+        "retry_jitter_factor": 0.5,
+        "retry_condition_fn": retry_transient,
+    }

@@ -1,7 +1,8 @@
 """One pydantic settings model per stage. Defaults follow the LAION-400M recipe.
 
-The models are flow parameters (the Prefect UI renders them as forms) and load
-from a YAML or TOML file for the CLI (`load_config`).
+The models are flow parameters (the Prefect UI renders them as forms; an empty field is none there).
+The CLI (clipcrawl.flows.options) makes every field a flag, an environment variable and a key of the
+config file (`load_config`), showing each field's default and description: write both here, once.
 """
 
 from __future__ import annotations
@@ -36,12 +37,12 @@ class IngestSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    crawl: str | None = Field(None, description="Crawl id, e.g. CC-MAIN-2024-10. Leave empty to use `inputs`.")
+    crawl: str | None = Field(None, description="Crawl id, e.g. CC-MAIN-2024-10 (none: read `inputs` instead).")
     source: str = Field(
         COMMON_CRAWL_HTTPS, description="Base URI holding crawl-data/ (https, s3 or any fsspec mirror)."
     )
     kind: Literal["wat", "warc"] = Field("wat", description="Read the crawl's WAT files (fast) or its WARC files.")
-    segments: int | None = Field(None, ge=1, description="Take this many segments (all when empty).")
+    segments: int | None = Field(None, ge=1, description="Take this many segments (none: all).")
     segment_list: list[str] = Field(default_factory=list, description="Explicit segment names to take.")
     sample_seed: int | None = Field(
         None, description="Sample `segments` at random with this seed instead of the first N."
@@ -61,9 +62,11 @@ class IngestSettings(BaseModel):
         3600.0,
         gt=0,
         description="Seconds one file's task may run before it is "
-        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).",
+        "stopped and recorded TimedOut (each retry gets as long; none: no limit).",
     )
-    extract: ExtractSettings = Field(default_factory=ExtractSettings)
+    extract: ExtractSettings = Field(
+        default_factory=ExtractSettings, description="How pairs are extracted from each file (the extract section)."
+    )
 
 
 def load_config(path: str | Path) -> dict:
@@ -83,13 +86,13 @@ class DownloadSettings(BaseModel):
     # network
     concurrency: int = Field(256, ge=1, description="Requests in flight per shard task.")
     per_host: int = Field(8, ge=1, description="Requests in flight per host (politeness).")
-    connect_timeout: float = Field(10.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0, description="Longest wait for a connection to a host.")
     read_timeout: float = Field(10.0, gt=0, description="Longest silence while reading a body.")
     total_timeout: float = Field(30.0, gt=0, description="Longest time for one attempt, body included.")
     retries: int = Field(2, ge=0, description="Retries of transient failures (timeouts, resets, 429, 5xx).")
     retry_backoff: float = Field(1.0, ge=0, description="Seconds before the first retry; doubles, with jitter.")
     max_retry_after: float = Field(60.0, ge=0, description="Longest Retry-After honoured; longer gives up.")
-    max_redirects: int = Field(5, ge=0)
+    max_redirects: int = Field(5, ge=0, description="Redirects followed per image URL.")
     max_bytes: int = Field(20_000_000, ge=1, description="Abort bodies over this size (declared or received).")
     min_bytes: int = Field(5_000, ge=0, description="LAION-400M dropped images under 5 KB.")
     user_agent_token: str = Field(
@@ -104,24 +107,29 @@ class DownloadSettings(BaseModel):
         default_factory=dict,
         description="'host:port' -> 'ip:port' overrides, like curl --resolve (the synthetic world).",
     )
-    ca_bundle: str | None = Field(None, description="PEM file of extra trusted CAs (default: the system's).")
+    ca_bundle: str | None = Field(None, description="PEM file of extra trusted CAs (none: the system's only).")
     # images
-    image_size: int = Field(256, ge=1)
-    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = "border"
-    resize_only_if_bigger: bool = False
+    image_size: int = Field(256, ge=1, description="Side of the output images in pixels (see resize_mode).")
+    resize_mode: Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"] = Field(
+        "border",
+        description="img2dataset's modes: no: keep the size; border: fit inside image_size and pad to a square; "
+        "keep_ratio: smaller side to image_size; keep_ratio_largest: larger side to image_size; "
+        "center_crop: smaller side to image_size, then crop the centre square.",
+    )
+    resize_only_if_bigger: bool = Field(False, description="Never enlarge an image smaller than image_size.")
     min_image_size: int = Field(0, ge=0, description="Drop images whose smaller side is under this.")
     max_aspect_ratio: float | None = Field(
-        None, gt=0, description="Drop images more elongated than this (None: no limit)."
+        None, gt=0, description="Drop images more elongated than this (none: no limit)."
     )
     max_image_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb guard (Pillow's default).")
-    encode_format: Literal["jpg", "webp", "png"] = "jpg"
-    encode_quality: int = Field(95, ge=1, le=100)
-    processes: int | None = Field(None, ge=1, description="Image worker processes per shard task (default: cores).")
+    encode_format: Literal["jpg", "webp", "png"] = Field("jpg", description="Format of the images written to shards.")
+    encode_quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality of the written images.")
+    processes: int | None = Field(None, ge=1, description="Image worker processes per shard task (none: one per core).")
     shard_timeout: float | None = Field(
         3600.0,
         gt=0,
         description="Seconds one shard's task may run before it is "
-        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).",
+        "stopped and recorded TimedOut (each retry gets as long; none: no limit).",
     )
 
 
@@ -172,14 +180,16 @@ class EmbedSettings(BaseModel):
         description="Local weights instead of `pretrained`: a weights file for `model`, "
         "or a directory holding open_clip_config.json and the weights.",
     )
-    cache_dir: str | None = Field(None, description="Where pretrained weights are cached (default: open_clip's).")
+    cache_dir: str | None = Field(None, description="Where pretrained weights are cached (none: open_clip's cache).")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when present, else the CPU.")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto", description="auto: fp16 on CUDA, fp32 on the CPU."
     )
     batch_size: int = Field(256, ge=1, description="Images (and captions) per forward pass.")
     loader_threads: int | None = Field(
-        None, ge=1, description="Threads decoding and preprocessing ahead of the model (default: cores, at most 16)."
+        None,
+        ge=1,
+        description="Threads decoding and preprocessing ahead of the model (none: one per core, at most 16).",
     )
     similarity_threshold: float = Field(
         0.3,
@@ -200,7 +210,7 @@ class EmbedSettings(BaseModel):
         3600.0,
         gt=0,
         description="Seconds one shard's task may run before it is "
-        "stopped and recorded TimedOut (each retry gets as long; empty: no limit).",
+        "stopped and recorded TimedOut (each retry gets as long; none: no limit).",
     )
 
 
@@ -211,7 +221,7 @@ class IndexSettings(BaseModel):
 
     index_key: str | None = Field(
         None,
-        description="faiss index_factory string (e.g. 'IVF4096,SQfp16'); empty: "
+        description="faiss index_factory string (e.g. 'IVF4096,SQfp16'); none: "
         "chosen from the vector count and the memory budget.",
     )
     max_index_memory_gb: float = Field(16.0, gt=0, description="Largest index (in memory, and on disk) to build.")
@@ -222,11 +232,11 @@ class IndexSettings(BaseModel):
     train_vectors: int | None = Field(
         None,
         ge=1,
-        description="Vectors sampled to train the index (default: "
+        description="Vectors sampled to train the index (none: "
         "what the index needs, e.g. 64 per IVF list, at most 1M).",
     )
     add_batch_rows: int = Field(100_000, ge=1, description="Vectors read (memory-mapped) and added per batch.")
-    threads: int | None = Field(None, ge=1, description="faiss threads (default: all cores).")
+    threads: int | None = Field(None, ge=1, description="faiss threads (none: all cores).")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="auto: train IVF k-means and measure recall "
@@ -248,7 +258,7 @@ class Gate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    threshold: float | None = Field(None, description="Empty: the gate is off.")
+    threshold: float | None = Field(None, description="The gate's threshold; none: the gate is off.")
     action: Literal["fail", "warn"] = Field("fail", description="fail: the run ends Failed; warn: a warning is logged.")
 
 
@@ -281,7 +291,7 @@ class ReportSettings(BaseModel):
         (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0),
         description="Similarity quantiles of the thumbnail grid (kept and rejected).",
     )
-    thumbnails_per_quantile: int = Field(2, ge=1)
+    thumbnails_per_quantile: int = Field(2, ge=1, description="Thumbnails shown per similarity quantile.")
     sample_reservoir: int = Field(
         400,
         ge=10,
@@ -291,4 +301,4 @@ class ReportSettings(BaseModel):
     top_domains: int = Field(20, ge=1, description="Domains listed by pairs and by failure rate.")
     min_domain_pairs: int = Field(10, ge=1, description="Pairs a domain needs to rank by failure rate.")
     slowest: int = Field(10, ge=1, description="Slowest files / shards listed per stage.")
-    gates: QualityGates = Field(default_factory=QualityGates)
+    gates: QualityGates = Field(default_factory=QualityGates, description="Quality gates checked on the report.")

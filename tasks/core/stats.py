@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 
+from clipcrawl.tasks.core.layout import pairs_dir, summary_file
 from clipcrawl.tasks.core.status import DownloadStatus, EmbedStatus, PairStatus
-from clipcrawl.tasks.core.uri import exists, join, name_of, read_json
+from clipcrawl.tasks.core.uri import exists, name_of, read_json
 
 # The funnel, in order; each step's count is a subset of the one before, except `indexed`
 # (near-duplicates are marked, not dropped, so the index holds every CLIP-passed sample).
@@ -43,13 +44,14 @@ BODY_RECEIVED = (
     DownloadStatus.DECODE_ERROR,
 )
 
-SEGMENT = re.compile(r"/segments/([^/]+)/")
+SEGMENT = re.compile(r"(?:^|/)segments/([^/]+)(?:/|$)")
 
 
-def segment_of(uri: str) -> str:
-    """The Common Crawl segment a crawl file belongs to, else the file's name (explicit inputs)."""
+def segment_of(uri: str) -> str | None:
+    """The Common Crawl segment of a crawl file (crawl-data/<crawl>/segments/<segment>/...); None for any other
+    file (an explicit input): a crawl listing rejects it, a report counts such a file as its own group."""
     found = SEGMENT.search(uri)
-    return found.group(1) if found else name_of(uri)
+    return found.group(1) if found else None
 
 
 def add_counts(total: dict[str, int], counts: dict[str, int]) -> dict[str, int]:
@@ -93,6 +95,6 @@ def unit_counts(stage: str, stats: dict) -> dict:
 def run_label(out: str) -> str:
     """What a run's artifacts are kept under: the crawl the output location holds (from its ingest
     summary), else the location's name. Runs over one crawl share their artifacts' history."""
-    summary = join(out, "pairs", "_summary.json")
+    summary = summary_file(pairs_dir(out))
     crawl = read_json(summary).get("crawl") if exists(summary) else None
     return crawl or name_of(out.rstrip("/")) or "run"

@@ -52,6 +52,7 @@ class EmbedStatus(StrEnum):
     EMBEDDED = "embedded"  # image and caption embedded, row in embeddings/ (and maybe dataset/)
     MISSING_IMAGE = "missing_image"  # a success in the shard's parquet without an image member in its tar
     DECODE_ERROR = "decode_error"  # the tar member's bytes do not decode as an image
+    NO_CAPTION = "no_caption"  # the row's caption is missing or blank: never compared with its image, never kept
 
 
 # LAION-400M's NSFW tag, the values of the NSFW column (tasks/embed/stage.py tags, the report counts), most flagged first

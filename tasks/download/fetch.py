@@ -1,5 +1,7 @@
 """Fetching image bytes: fast (one pooled aiohttp session per shard task), polite (per-host cap,
-robots.txt, X-Robots-Tag opt-outs, backoff) and safe (SSRF guard, size caps, timeouts).
+robots.txt, X-Robots-Tag opt-outs, backoff) and safe (SSRF guard, size caps, timeouts). Each URL, and
+each redirect's target, is requested as a browser requests it (request_url), never requoted; every
+request, robots.txt and redirects included, passes the same guard.
 
     async with Fetcher(settings) as fetcher:
         results = await asyncio.gather(*(fetcher.fetch(url) for url in urls))
@@ -19,22 +21,24 @@ import re
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Self
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.core.errors import TRANSIENT_HTTP, find_cause
 from clipcrawl.tasks.core.status import DownloadStatus as S
 from clipcrawl.tasks.download.optout import ALLOW_ALL, ROBOTS_MAX_BYTES, RobotsRules, parse_robots, x_robots_opt_out
 
 USER_AGENT = "Mozilla/5.0 (compatible; {token}/0.1; +https://github.com/clipcrawl/clipcrawl)"
 SCHEMES = ("http", "https")
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
-TRANSIENT_CODES = frozenset({429, 500, 502, 503, 504})
+ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 2.3.1.2: follow at least five
 DNS_CACHE_SECONDS = 300
 CHUNK = 64 * 1024
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -48,7 +52,7 @@ class FetchResult:
     body: bytes | None
     http_status: int | None
     content_type: str | None
-    final_url: str | None  # the last URL requested (after redirects)
+    final_url: str | None  # the last URL requested (after redirects), as sent (request_url)
     attempts: int  # HTTP requests sent or tried: redirect hops and retries included
     seconds: float
 
@@ -82,12 +86,81 @@ def literal_ip(host: str) -> IPAddress | None:
     return None
 
 
+# ------------------------------------------------------------------------- the URL on the wire
+
+
+class UnsupportedScheme(ValueError):
+    """Not an http(s) URL."""
+
+
+def _escape_table(unsafe: bytes) -> list[str]:
+    """The escape of each byte in a URL part: %XX for controls, space, non-ASCII and `unsafe`, else itself."""
+    return [f"%{b:02X}" if b < 0x21 or b > 0x7E or b in unsafe else chr(b) for b in range(256)]
+
+
+# The WHATWG URL standard's path and (special-scheme) query percent-encode sets: what a browser escapes when
+# it requests a src; every other byte, and every %XX already there, goes out as written.
+_PATH_ESCAPES = re.compile(r'[^!-~]|["#<>?^`{}]'), _escape_table(b'"#<>?^`{}')
+_QUERY_ESCAPES = re.compile(r"""[^!-~]|["#<>']"""), _escape_table(b"\"#<>'")
+_HOST_CHARS = re.compile(r"[a-z0-9\-._~!$&'()*+,;=]+")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))
+
+
+def _escape(part: str, escapes: tuple[re.Pattern, list[str]]) -> str:
+    search, table = escapes
+    if not search.search(part):
+        return part
+    return "".join(map(table.__getitem__, part.encode("utf-8", "surrogateescape")))  # raw header bytes come back
+
+
+def request_host(host: str) -> str:
+    """A host name as it goes on the wire (and to the resolver): lower-case ASCII, an IDN in its punycode form."""
+    try:
+        ascii_host = URL.build(scheme="http", host=host.strip("[]")).raw_host
+    except ValueError as exc:  # UnicodeError included: not a valid IDN
+        raise ValueError(f"invalid host {host!r}: {exc}") from None
+    if not (literal_ip(ascii_host) or _HOST_CHARS.fullmatch(ascii_host)):
+        raise ValueError(f"invalid host {host!r}")
+    return ascii_host
+
+
+def request_url(url: str) -> URL:
+    """The URL to request for `url` as a browser requests it: scheme and host normalised (an IDN in its
+    punycode form), non-ASCII and the few characters browsers escape percent-encoded (UTF-8), the
+    fragment dropped, and every other byte of the path and query kept as given: `%28` stays `%28`,
+    `%2F` stays `%2F`, `+` stays `+` (yarl would requote them, and servers may not take the requoted
+    form for the same resource). ValueError says why a URL cannot be requested."""
+    if not isinstance(url, str):
+        raise ValueError(f"not a URL: {url!r}")
+    url = url.strip(_C0_AND_SPACE)
+    parts = urlsplit(url)  # also drops tabs and newlines anywhere, as browsers do
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise UnsupportedScheme(f"unsupported scheme {scheme or '(none)'!r}")
+    if not parts.hostname:
+        raise ValueError("no host")
+    if "\\" in parts.netloc:  # browsers end the host at a backslash: refuse what they would read otherwise
+        raise ValueError(f"invalid host in {parts.netloc!r}")
+    host = request_host(parts.hostname)
+    port = parts.port  # ValueError when out of range
+    authority = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        authority += f":{port}"
+    if parts.username is not None:
+        userinfo = parts.netloc.rpartition("@")[0]
+        authority = f"{_escape(userinfo, _PATH_ESCAPES)}@{authority}"
+    path = _escape(parts.path.replace("\\", "/") or "/", _PATH_ESCAPES)
+    query = f"?{_escape(parts.query, _QUERY_ESCAPES)}" if "?" in url.partition("#")[0] else ""
+    return URL(f"{scheme}://{authority}{path}{query}", encoded=True)
+
+
 def _parse_resolve(mapping: dict[str, str]) -> dict[tuple[str, int], tuple[str, int]]:
     parsed = {}
     for key, value in mapping.items():
         host, _, port = key.rpartition(":")
         ip, _, ip_port = value.rpartition(":")
-        parsed[host.lower().rstrip("."), int(port)] = ip.strip("[]"), int(ip_port)
+        parsed[request_host(host.rstrip(".")), int(port)] = ip.strip("[]"), int(ip_port)
     return parsed
 
 
@@ -150,23 +223,15 @@ class _Outcome:
     location: str | None = None  # set on a redirect (status then unused)
 
 
-def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, kind):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 def outcome_for_exception(exc: BaseException, url: URL, settings: DownloadSettings) -> _Outcome:
     """The one place where exceptions become statuses (and retry decisions)."""
-    if blocked := _find(exc, BlockedAddress):
+    if blocked := find_cause(exc, BlockedAddress):
         return _Outcome(S.BLOCKED_ADDRESS, str(blocked))
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return _Outcome(S.DNS_ERROR, f"cannot resolve {url.host}: {exc.os_error}")
-    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)) or _find(exc, ssl.SSLError):
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)) or find_cause(
+        exc, ssl.SSLError
+    ):
         return _Outcome(S.CONNECTION_ERROR, f"TLS failure with {url.host}: {exc}")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return _Outcome(S.TIMEOUT, f"connect timeout after {settings.connect_timeout} s", transient=True)
@@ -205,7 +270,7 @@ def _http_error(resp: aiohttp.ClientResponse, settings: DownloadSettings) -> _Ou
         S.HTTP_5XX if code >= 500 else S.HTTP_4XX,
         f"HTTP {code} {resp.reason or ''}".strip(),
         http_status=code,
-        transient=code in TRANSIENT_CODES,
+        transient=code in TRANSIENT_HTTP,
     )
     wait = parse_retry_after(resp.headers.get("Retry-After")) if outcome.transient else None
     if wait is not None and wait > settings.max_retry_after:
@@ -229,8 +294,8 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int, truncate: bool 
 async def read_response(resp: aiohttp.ClientResponse, settings: DownloadSettings) -> _Outcome:
     """Status, opt-out header and size checks of one response; reads the body only if all pass."""
     code, ctype = resp.status, resp.headers.get("Content-Type")
-    if code in REDIRECT_CODES and resp.headers.get("Location"):
-        return _Outcome(S.SUCCESS, http_status=code, location=resp.headers["Location"])
+    if redirect := _redirect(resp):
+        return redirect
     if not 200 <= code < 300:
         return _http_error(resp, settings)
     done = _Outcome(S.SUCCESS, http_status=code, content_type=ctype)
@@ -250,6 +315,25 @@ async def read_response(resp: aiohttp.ClientResponse, settings: DownloadSettings
     return done
 
 
+async def read_robots(resp: aiohttp.ClientResponse, settings: DownloadSettings) -> _Outcome:
+    """A robots.txt response: its redirect, its first ROBOTS_MAX_BYTES bytes, or its HTTP error (never retried:
+    an error status means no rules)."""
+    if redirect := _redirect(resp):
+        return redirect
+    if not 200 <= resp.status < 300:
+        return _Outcome(S.HTTP_5XX if resp.status >= 500 else S.HTTP_4XX, f"HTTP {resp.status}", resp.status)
+    body = await _read_capped(resp, ROBOTS_MAX_BYTES, truncate=True)
+    if len(body) >= ROBOTS_MAX_BYTES:
+        resp.close()  # the rest stays unread: drop the connection rather than drain it
+    return _Outcome(S.SUCCESS, http_status=resp.status, body=body)
+
+
+def _redirect(resp: aiohttp.ClientResponse) -> _Outcome | None:
+    if resp.status in REDIRECT_CODES and resp.headers.get("Location"):
+        return _Outcome(S.SUCCESS, http_status=resp.status, location=resp.headers["Location"])
+    return None
+
+
 # ------------------------------------------------------------------------------ the fetcher
 
 
@@ -257,10 +341,11 @@ async def read_response(resp: aiohttp.ClientResponse, settings: DownloadSettings
 class _Progress:
     attempts: int = 0
     url: str | None = None
+    redirects: int = 0
 
 
 def _origin(url: URL) -> tuple[str, str, int]:
-    return url.scheme, (url.host or "").lower(), url.port or 0
+    return url.scheme, url.raw_host, url.port
 
 
 class Fetcher:
@@ -323,67 +408,77 @@ class Fetcher:
             seconds=time.monotonic() - started,
         )
 
-    async def _follow(self, url: str, progress: _Progress) -> _Outcome:
-        """Request `url`, following at most max_redirects redirects, each hop checked again."""
+    async def _follow(self, url: str, progress: _Progress, robots_txt: bool = False) -> _Outcome:
+        """Request `url`, following at most max_redirects redirects, each hop checked again.
+
+        With `robots_txt`, `url` is a robots.txt: read as one, up to ROBOTS_MAX_REDIRECTS redirects, and not
+        itself subject to robots.txt. Its hops pass the same checks as an image's."""
+        read = read_robots if robots_txt else read_response
+        max_redirects = ROBOTS_MAX_REDIRECTS if robots_txt else self.settings.max_redirects
         seen: set[str] = set()
-        for hop in range(self.settings.max_redirects + 1):
+        outcome = None
+        for hop in range(max_redirects + 1):
             progress.url = url
             target, refusal = self._check_target(url, redirected=hop > 0)
             if refusal:
                 return refusal
-            if self.settings.respect_robots and not (await self._robots_rules(target)).allows(target.raw_path_qs):
-                return _Outcome(S.ROBOTS_DISALLOWED, f"robots.txt of {target.host} disallows {target.raw_path_qs}")
-            outcome = await self._request(target, progress)
+            progress.url = str(target)
+            if progress.url in seen:
+                return _Outcome(S.TOO_MANY_REDIRECTS, f"redirect loop back to {url}", http_status=outcome.http_status)
+            if self.settings.respect_robots and not robots_txt:
+                rules = await self._robots_rules(target)
+                if isinstance(rules, _Outcome):
+                    return replace(rules)
+                if not rules.allows(target.raw_path_qs):
+                    return _Outcome(
+                        S.ROBOTS_DISALLOWED, f"robots.txt of {target.raw_host} disallows {target.raw_path_qs}"
+                    )
+            outcome = await self._request(target, progress, read)
             if outcome.location is None:
                 return outcome
-            seen.add(str(target))
-            try:
-                url = str(target.join(URL(outcome.location)))
+            seen.add(progress.url)
+            progress.redirects += 1
+            try:  # RFC 3986 resolution on the strings as sent: nothing requoted
+                url = urljoin(progress.url, outcome.location.strip())
             except ValueError:
                 return _Outcome(
                     S.CONNECTION_ERROR, f"bad redirect Location {outcome.location!r}", http_status=outcome.http_status
                 )
-            if url in seen:
-                return _Outcome(S.TOO_MANY_REDIRECTS, f"redirect loop back to {url}", http_status=outcome.http_status)
-        return _Outcome(
-            S.TOO_MANY_REDIRECTS, f"more than {self.settings.max_redirects} redirects", http_status=outcome.http_status
-        )
+        return _Outcome(S.TOO_MANY_REDIRECTS, f"more than {max_redirects} redirects", http_status=outcome.http_status)
 
     def _check_target(self, url: str, redirected: bool) -> tuple[URL | None, _Outcome | None]:
-        """The parsed URL, or why it is refused before any connection (scheme, IP literal)."""
+        """The URL to send (request_url), or why it is refused before any connection (scheme, IP literal)."""
         where = f" (redirected to {url[:200]})" if redirected else ""
         try:
-            target = URL(url)
-        except (ValueError, TypeError) as exc:
+            target = request_url(url)
+        except UnsupportedScheme as exc:
+            return None, _Outcome(S.UNSUPPORTED_SCHEME, f"{exc}{where}")
+        except ValueError as exc:
             return None, _Outcome(S.CONNECTION_ERROR, f"invalid URL: {exc}{where}")
-        scheme = target.scheme.lower()
-        if scheme not in SCHEMES:
-            return None, _Outcome(S.UNSUPPORTED_SCHEME, f"unsupported scheme {scheme or '(none)'!r}{where}")
-        if not target.host:
-            return None, _Outcome(S.CONNECTION_ERROR, f"invalid URL: no host{where}")
-        ip = literal_ip(target.host)
+        host = target.raw_host
+        ip = literal_ip(host)
         if ip is not None and (reason := blocked_reason(ip, self._allowed)):
-            named = target.host if target.host.strip("[]") == str(ip) else f"{target.host} = {ip}"
-            return None, _Outcome(S.BLOCKED_ADDRESS, f"{named} is {reason}")
+            named = host if host == str(ip) else f"{host} = {ip}"
+            return None, _Outcome(S.BLOCKED_ADDRESS, f"{named} is {reason}{where}")
         return target, None
 
-    async def _request(self, target: URL, progress: _Progress) -> _Outcome:
+    async def _request(self, target: URL, progress: _Progress, read=read_response) -> _Outcome:
         """One hop, retried with exponential backoff and full jitter while the failure is transient."""
         s = self.settings
         for retry in range(s.retries + 1):
             progress.attempts += 1
-            outcome = await self._attempt(target)
+            outcome = await self._attempt(target, read)
             if not outcome.transient or retry == s.retries:
                 break
             wait = outcome.retry_after
             await asyncio.sleep(random.uniform(0, s.retry_backoff * 2**retry) if wait is None else wait)
         return outcome
 
-    async def _attempt(self, target: URL) -> _Outcome:
+    async def _attempt(self, target: URL, read) -> _Outcome:
         async with self._host_slot(target):
             try:
                 async with self._session.get(target, allow_redirects=False) as resp:
-                    outcome = await read_response(resp, self.settings)
+                    outcome = await read(resp, self.settings)
                     if outcome.body is None and outcome.location is None:
                         resp.close()  # unread or cut-off body: drop the connection rather than drain it
                     return outcome
@@ -396,36 +491,32 @@ class Fetcher:
         The connector's limit_per_host also caps this, but waiting there would count against
         the request's timeouts; waiting here does not.
         """
-        host = (url.host or "").lower()
+        host = url.raw_host
         slot = self._host_slots.get(host)
         if slot is None:
             slot = self._host_slots[host] = asyncio.Semaphore(self.settings.per_host)
         return slot
 
-    async def _robots_rules(self, url: URL) -> RobotsRules:
-        """robots.txt rules of the URL's origin, fetched once per Fetcher; concurrent callers share the fetch."""
+    async def _robots_rules(self, url: URL) -> RobotsRules | _Outcome:
+        """robots.txt rules of the URL's origin, fetched once per Fetcher (concurrent callers share the fetch),
+        or the refusal that its fetch met."""
         origin = _origin(url)
         task = self._robots.get(origin)
         if task is None:
-            task = self._robots[origin] = asyncio.ensure_future(self._fetch_robots(url.origin() / "robots.txt"))
+            task = self._robots[origin] = asyncio.ensure_future(self._fetch_robots(f"{url.origin()}/robots.txt"))
         return await asyncio.shield(task)  # one caller cancelled must not cancel the others' fetch
 
-    async def _fetch_robots(self, robots_url: URL) -> RobotsRules:
+    async def _fetch_robots(self, robots_url: str) -> RobotsRules | _Outcome:
         # 4xx (401/403 included, Google's convention) means no robots.txt: allow all. So do 5xx and
         # unreachable hosts, deliberately unlike RFC 9309's "assume disallow": we fetch a few images,
         # not a crawl, a broken robots.txt is no opt-out, and a down host fails the image fetch anyway.
         # A slow or flaky host gets the retries an image gets, since its image may well come through.
-        s = self.settings
-        for retry in range(s.retries + 1):
-            try:
-                async with self._host_slot(robots_url), self._session.get(robots_url, max_redirects=5) as resp:
-                    if not 200 <= resp.status < 300:
-                        return ALLOW_ALL
-                    text = (await _read_capped(resp, ROBOTS_MAX_BYTES, truncate=True)).decode("utf-8", "replace")
-                    resp.close()
-                    break
-            except Exception as exc:  # noqa: BLE001 - unreachable or broken: allow, as said above
-                if retry == s.retries or not outcome_for_exception(exc, robots_url, s).transient:
-                    return ALLOW_ALL
-                await asyncio.sleep(random.uniform(0, s.retry_backoff * 2**retry))
-        return parse_robots(text, self.settings.user_agent_token)
+        # A robots.txt that redirects to a refused address refuses the host's images: we will not ask
+        # there, so we cannot know the host's rules.
+        progress = _Progress()
+        outcome = await self._follow(robots_url, progress, robots_txt=True)
+        if outcome.status == S.BLOCKED_ADDRESS and progress.redirects:
+            return replace(outcome, message=f"{robots_url} redirects: {outcome.message}")
+        if outcome.status != S.SUCCESS:
+            return ALLOW_ALL
+        return parse_robots(outcome.body.decode("utf-8", "replace"), self.settings.user_agent_token)

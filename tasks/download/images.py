@@ -24,7 +24,6 @@ Image.init()
 WEB_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "ICO", "AVIF") if f in Image.OPEN)
 # Signatures of those formats: bytes that start like an image but do not open are decode_error.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*")
-_ENCODERS = {"jpg": "JPEG", "webp": "WEBP", "png": "PNG"}
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,

@@ -14,14 +14,17 @@ import json
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipcrawl.tasks.core.errors import InputError, pick_columns
+from clipcrawl.tasks.core.layout import images_dir, pairs_dir, shard_name, shard_parquet, shard_stats, shard_tar
 from clipcrawl.tasks.core.status import DownloadStatus
-from clipcrawl.tasks.core.uri import atomic_write, is_local, join, open_uri, write_json
+from clipcrawl.tasks.core.uri import atomic_write, is_local, listdir, open_uri, write_json
 from clipcrawl.tasks.download.images import ImageResult
 from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 
@@ -44,6 +47,8 @@ IMAGES_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
     ]
 )
+# The caption's column: clipcrawl's pairs and shards call it `text`, img2dataset's input and shards `caption`.
+CAPTION_COLUMNS = ("text", "caption")
 PASSTHROUGH_TYPES = {f.name: f.type for f in PAIRS_SCHEMA if f.name not in IMAGES_SCHEMA.names}
 # Optional columns the download task may add: typed here so that a shard where they are all null
 # has the same schema as the others. Any other extra column's type is inferred (null -> string).
@@ -64,10 +69,19 @@ class ShardSpec:
         return sum(end - start for _, start, end in self.slices)
 
 
+def pairs_files(pairs: str) -> list[str]:
+    """The parquet files to download from: `pairs` itself (a .parquet) or those directly in the folder `pairs`."""
+    files = [pairs] if pairs.endswith(".parquet") else listdir(pairs, ".parquet")
+    if not files:
+        raise InputError(f"no pairs in {pairs}: looked for *.parquet (a run folder's pairs are in {pairs_dir(pairs)}/)")
+    return files
+
+
 def plan_shards(pairs_uris: list[str], shard_size: int) -> list[ShardSpec]:
     """Cut the rows of `pairs_uris` (file order, then row order) into shards of `shard_size`.
 
-    Reads only the parquet footers. The last shard may be smaller; empty files are skipped.
+    Reads only the parquet footers. The last shard may be smaller; empty files are skipped. A file without a url
+    and a caption column raises InputError, before any shard is downloaded.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -76,7 +90,9 @@ def plan_shards(pairs_uris: list[str], shard_size: int) -> list[ShardSpec]:
     filled = 0
     for uri in pairs_uris:
         with open_uri(uri) as f:
-            num_rows = pq.read_metadata(f).num_rows
+            footer = pq.read_metadata(f)
+        pick_columns(uri, footer.schema.to_arrow_schema().names, "url", CAPTION_COLUMNS)
+        num_rows = footer.num_rows
         start = 0
         while start < num_rows:
             take = min(shard_size - filled, num_rows - start)
@@ -107,6 +123,8 @@ def read_shard_rows(spec: ShardSpec, columns: list[str] | None = None) -> pa.Tab
             if offset < end:
                 raise ValueError(f"{uri} has {offset} rows, shard {spec.shard} wants rows {start}-{end}")
             table = pf.read_row_groups(groups, columns=columns)
+        if "text" not in table.column_names and "caption" in table.column_names:  # img2dataset's name
+            table = table.rename_columns(["text" if c == "caption" else c for c in table.column_names])
         tables.append(table.slice(start - first, end - start))
     if not tables:
         schema = PAIRS_SCHEMA if columns is None else pa.schema([PAIRS_SCHEMA.field(c) for c in columns])
@@ -118,10 +136,6 @@ def sample_key(shard: int, index: int, shard_size: int = 10_000) -> str:
     """img2dataset's key: the shard number (5 digits) then the index in the shard (digits of shard_size - 1, min 4)."""
     width = max(4, len(str(shard_size - 1)))
     return f"{shard:05d}{index:0{width}d}"
-
-
-def shard_name(shard: int) -> str:
-    return f"{shard:05d}"
 
 
 class ShardWriter:
@@ -136,9 +150,10 @@ class ShardWriter:
         self.out = out
         self.shard = shard
         self.ext = settings.encode_format
-        self.tar_uri = join(out, "images", f"{shard_name(shard)}.tar")
-        self.parquet_uri = join(out, "images", f"{shard_name(shard)}.parquet")
-        self.stats_uri = join(out, "images", f"{shard_name(shard)}_stats.json")
+        images, stem = images_dir(out), shard_name(shard)
+        self.tar_uri = shard_tar(images, stem)
+        self.parquet_uri = shard_parquet(images, stem)
+        self.stats_uri = shard_stats(images, stem)
         self._rows: list[dict[str, Any]] = []
         self._keys: set[str] = set()
         self._image_bytes = 0
@@ -273,23 +288,37 @@ class ShardWriter:
         self._stack.__exit__(exc_type, exc, tb)
 
 
+def member_key(name: str) -> tuple[str, str] | None:
+    """webdataset's split of a tar member's name into (key, extension): the key is the path up to the FIRST dot of
+    the basename, the extension all after it, lower-cased ('d/a.b.JPG' -> ('d/a', 'b.jpg')); None for a basename
+    that does not start with a name then a dot (webdataset skips those)."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, ext = base.partition(".")
+    if not stem or not dot:
+        return None
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def image_members(tar: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
+    """(key, extension, member) of the tar's image members, in tar order: files whose whole extension is an image
+    type, the fields a webdataset reader asks for (`jpg`, `png`, ...). A key's first image member is its image.
+    Works on a stream (mode "r|"): read a member's data before taking the next one."""
+    seen: set[str] = set()
+    for info in tar:
+        split = member_key(info.name) if info.isfile() else None
+        if split is not None and split[1] in IMAGE_TYPES and split[0] not in seen:
+            seen.add(split[0])
+            yield split[0], split[1], info
+
+
 def tar_members(tar_uri: str) -> dict[str, tuple[int, int, str]]:
-    """{key: (data offset, size, extension)} of a shard tar's image members, for reading one image
+    """{key: (data offset, size, extension)} of a shard tar's image members (image_members), for reading one image
     without reading the tar (random access: reads the 512-byte headers and seeks over the data)."""
-    members: dict[str, tuple[int, int, str]] = {}
-    rank = list(IMAGE_TYPES)
     try:
         with open_uri(tar_uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            for info in tar:
-                key, _, ext = info.name.rpartition(".")
-                ext = ext.lower()
-                if not info.isfile() or ext not in IMAGE_TYPES:
-                    continue
-                if key not in members or rank.index(ext) < rank.index(members[key][2]):
-                    members[key] = (info.offset_data, info.size, ext)
+            return {key: (info.offset_data, info.size, ext) for key, ext, info in image_members(tar)}
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise OSError(f"{tar_uri}: cannot read the shard's tar: {exc}") from exc
-    return members
 
 
 def read_member(tar_uri: str, key: str, member: tuple[int, int, str]) -> bytes:

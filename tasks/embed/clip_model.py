@@ -61,9 +61,8 @@ class ClipModel:
 
         A JPEG not yet loaded is decoded at the smallest of libjpeg's scales (1/2, 1/4, 1/8) that keeps
         both sides at least the model's input size (Pillow's draft, as its thumbnail() does): the
-        resize that follows shrinks it anyway; for a 64 px model a 256 px world JPEG took 0.98 ms to
-        decode at 1/2 scale and resize, against 1.68 ms whole (one loaded core). Larger inputs (ViT-B-32's 224) keep the full decode
-        of the download stage's 256 px images.
+        resize that follows shrinks it anyway, and decoding fewer pixels is faster (docs/benchmarks.md).
+        Larger inputs (ViT-B-32's 224) keep the full decode of the download stage's 256 px images.
         """
         if self.input_size and isinstance(image, JpegImageFile):  # MPO (camera JPEGs) included
             image.draft("RGB", self.input_size[::-1])

@@ -30,17 +30,19 @@ import torch
 from PIL import Image
 from prefect import task
 
+from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.cache import cache_key
 from clipcrawl.tasks.core.config import EmbedSettings
+from clipcrawl.tasks.core.errors import pick_columns
 from clipcrawl.tasks.core.status import NSFW, UNLIKELY, UNSURE, DownloadStatus, EmbedStatus
-from clipcrawl.tasks.core.uri import atomic_write, join, listdir, name_of, open_uri, write_json
+from clipcrawl.tasks.core.uri import atomic_write, open_uri, write_json
 from clipcrawl.tasks.download.images import WEB_FORMATS
+from clipcrawl.tasks.download.shards import CAPTION_COLUMNS, image_members
 from clipcrawl.tasks.embed.clip_model import ClipModel, weights_fingerprint, worker_model
 
-IMAGE_EXTENSIONS = {"jpg", "jpeg", "webp", "png"}  # what download writes (encode_format) and webdataset readers take
 # In the embed task's cache key: raise it when the same images and weights would embed otherwise
-# (2: JPEGs decoded at reduced scale).
-EMBEDDING_CODE = 2
+# (2: JPEGs decoded at reduced scale; 3: img2dataset's `caption` read, a sample without a caption not embedded).
+EMBEDDING_CODE = 3
 BATCHES_AHEAD = 2  # decoded batches waiting for the model: enough to hide decode jitter, bounded memory
 PASSTHROUGH = {
     "page_url": pa.string(),
@@ -102,11 +104,6 @@ def nsfw_tags(image_emb: np.ndarray, prompt_emb: np.ndarray, flagged: np.ndarray
     return np.array([UNLIKELY, UNSURE, NSFW], dtype=object)[hits]
 
 
-def shard_stem(tar_uri: str) -> str:
-    """'.../images/00012.tar' -> '00012', the name every output of the shard carries."""
-    return name_of(tar_uri).removesuffix(".tar")
-
-
 @functools.lru_cache(maxsize=8)  # per worker process and model: the prompts are the same for every shard
 def prompt_embeddings(model: ClipModel, prompts: tuple[str, ...]) -> np.ndarray:
     emb = model.encode_texts(prompts)
@@ -115,27 +112,25 @@ def prompt_embeddings(model: ClipModel, prompts: tuple[str, ...]) -> np.ndarray:
 
 
 def read_samples(parquet_uri: str) -> dict[str, dict]:
-    """The shard's downloaded samples ({key: row}, parquet order): rows with status success."""
+    """The shard's downloaded samples ({key: row}, parquet order): rows with status success. The caption is in
+    `text` (img2dataset's shards: `caption`); a shard without key, url, status or a caption raises InputError."""
     with open_uri(parquet_uri) as f:
         pf = pq.ParquetFile(f)
-        wanted = ["key", "uid", "url", "text", "status", *PASSTHROUGH]
-        table = pf.read(columns=[c for c in wanted if c in pf.schema_arrow.names])
+        names = pf.schema_arrow.names
+        *_, caption = pick_columns(parquet_uri, names, "key", "url", "status", CAPTION_COLUMNS)
+        wanted = ["key", "uid", "url", caption, "status", *PASSTHROUGH]
+        table = pf.read(columns=[c for c in wanted if c in names])
+    table = table.rename_columns(["text" if c == caption else c for c in table.column_names])
     table = table.filter(pc.equal(table["status"], DownloadStatus.SUCCESS.value))
     return {row["key"]: row for row in table.to_pylist()}
 
 
 def _image_members(tar_uri: str, keys: set[str]) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) of the tar's image members whose key is in `keys`, in tar order, streaming."""
-    keys = set(keys)
+    """(key, bytes) of the tar's image members (shards.image_members) whose key is in `keys`, in tar order, streaming."""
     try:
         with open_uri(tar_uri) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for member in tar:
-                # webdataset: the key is the name up to the first dot of the basename
-                folder, _, base = member.name.rpartition("/")
-                stem, _, ext = base.partition(".")
-                key = f"{folder}/{stem}" if folder else stem
-                if member.isfile() and ext.lower() in IMAGE_EXTENSIONS and key in keys:
-                    keys.discard(key)  # a second image of the same key is ignored
+            for key, _, member in image_members(tar):
+                if key in keys:
                     yield key, tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise OSError(f"{tar_uri}: cannot read the shard's tar: {exc}") from exc
@@ -220,7 +215,7 @@ def embed_samples(model: ClipModel, tar_uri: str, samples: dict[str, dict], sett
             if keys:
                 started = time.perf_counter()
                 done.image.append(model.encode_images(torch.from_numpy(np.stack(pixels))))
-                done.text.append(model.encode_texts([samples[k].get("text") or "" for k in keys]))
+                done.text.append(model.encode_texts([samples[k]["text"] for k in keys]))
                 done.model_s += time.perf_counter() - started
                 done.keys += keys
     for key in samples.keys() - set(done.keys) - done.failures.keys():
@@ -251,12 +246,17 @@ def _write_parquet(uri: str, table: pa.Table) -> None:
 def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
     """Embed one shard, tag NSFW, filter on similarity; publish embeddings/ and dataset/ parts. Returns the stats."""
     started = time.perf_counter()
-    stem = shard_stem(tar_uri)
-    samples = read_samples(tar_uri.removesuffix(".tar") + ".parquet")
+    stem = layout.shard_stem(tar_uri)
+    parquet = layout.shard_parquet_of(tar_uri)
+    samples = read_samples(parquet)
     model = worker_model(settings)
     prompts = settings.neutral_prompts + settings.flagged_prompts
     prompt_emb = prompt_embeddings(model, prompts)
-    done = embed_samples(model, tar_uri, samples, settings)
+    # a similarity with a missing caption would be a similarity with the empty text: such a sample is not embedded
+    captioned = {key: row for key, row in samples.items() if (row["text"] or "").strip()}
+    done = embed_samples(model, tar_uri, captioned, settings)
+    for key in samples.keys() - captioned.keys():
+        done.failures[key] = (EmbedStatus.NO_CAPTION, f"{key} has no caption in {parquet}")
 
     # rows in the parquet's (key) order, whatever order the tar's members came in
     position = {key: i for i, key in enumerate(done.keys)}
@@ -282,10 +282,11 @@ def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
         DATASET_SCHEMA.get_field_index("LICENSE"), "LICENSE", pc.fill_null(dataset["LICENSE"], "?")
     ).cast(DATASET_SCHEMA)
 
-    _write_npy(join(out, "embeddings", "img_emb", f"img_emb_{stem}.npy"), image_emb)
-    _write_npy(join(out, "embeddings", "text_emb", f"text_emb_{stem}.npy"), text_emb)
-    _write_parquet(join(out, "embeddings", "metadata", f"metadata_{stem}.parquet"), metadata)
-    _write_parquet(join(out, "dataset", f"part-{stem}.parquet"), dataset)
+    embeddings, parts = layout.embeddings_dir(out), layout.dataset_dir(out)
+    _write_npy(layout.embedding_npy(embeddings, "image", stem), image_emb)
+    _write_npy(layout.embedding_npy(embeddings, "text", stem), text_emb)
+    _write_parquet(layout.metadata_file(embeddings, stem), metadata)
+    _write_parquet(layout.dataset_part(parts, stem), dataset)
 
     total = time.perf_counter() - started
     status = {s.value: 0 for s in EmbedStatus} | {EmbedStatus.EMBEDDED.value: len(keys)}
@@ -315,13 +316,8 @@ def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
         "samples_per_s": len(keys) / total if total > 0 else 0.0,
         "failures": [{"key": k, "status": s.value, "error": e} for k, (s, e) in sorted(done.failures.items())],
     }
-    write_json(join(out, "dataset", f"part-{stem}_stats.json"), stats)
+    write_json(layout.dataset_stats(parts, stem), stats)
     return stats
-
-
-def published_shards(images: str) -> list[str]:
-    """The tars of IMAGES whose download finished (their _stats.json, the completion marker, exists), in order."""
-    return [uri.removesuffix("_stats.json") + ".tar" for uri in listdir(images, "_stats.json")]
 
 
 def summarize(shards: list[dict], failed: dict) -> dict:
@@ -346,7 +342,7 @@ def summarize(shards: list[dict], failed: dict) -> dict:
 embed_shard_task = task(
     embed_shard,
     name="embed_shard",
-    task_run_name=lambda parameters: f"embed-{shard_stem(parameters['tar_uri'])}",
+    task_run_name=lambda parameters: f"embed-{layout.shard_stem(parameters['tar_uri'])}",
     tags=["clipcrawl", "embed", "gpu"],
     cache_key_fn=lambda ctx, p: cache_key(
         "embed", p["tar_uri"], p["out"], p["settings"], EMBEDDING_CODE, weights_fingerprint(p["settings"])

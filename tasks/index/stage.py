@@ -1,9 +1,9 @@
 """The index stage over embeddings folders: which rows, both indices, ids, near-duplicates, incremental adds.
 
-    plan = plan_index(embeddings, out, settings)          # what is indexed already, what is new
-    image = index_modality(plan, "image", settings)       # build (or extend) OUT/index/image.index, tune it
-    text = index_modality(plan, "text", settings)
-    infos = finish_index(plan, settings, image, text)     # near-duplicates, ids.parquet, dataset marks, infos
+    plan = plan_index(embeddings, out, settings)    # what is indexed already, what is new, with which settings
+    image = index_modality(plan, "image")           # build (or extend) OUT/index/image.index, tune it
+    text = index_modality(plan, "text")
+    infos = finish_index(plan, image, text)         # near-duplicates, ids.parquet, dataset marks, infos
 
 The kept samples of a shard are the rows of its embeddings whose key is in dataset/part-S.parquet
 (the similarity filter's output); without a dataset folder every embedded row is indexed, as
@@ -25,40 +25,27 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from prefect import task
 
-from clipcrawl.tasks.core.cache import retry_transient
+from clipcrawl.tasks.core import layout
+from clipcrawl.tasks.core.cache import transient_retries
 from clipcrawl.tasks.core.config import IndexSettings
 from clipcrawl.tasks.core.uri import (
     atomic_write,
     exists,
     filesystem,
-    join,
     listdir,
-    name_of,
     open_uri,
     read_json,
     write_json,
 )
-from clipcrawl.tasks.index.engine import (
-    Part,
-    add,
-    apply_params,
-    build,
-    exact_knn,
-    index_gpus,
-    index_memory,
-    read_index,
-    sample_vectors,
-    set_threads,
-    tune,
-    vector_batches,
-    write_index,
-)
+from clipcrawl.tasks.index.choice import index_memory
 from clipcrawl.tasks.index.ids import IdTable, write_ids
 from clipcrawl.tasks.index.neardup import near_duplicate_groups
+from clipcrawl.tasks.index.train import add, build, index_gpus, read_index, set_threads, write_index
+from clipcrawl.tasks.index.tune import apply_params, exact_knn, tune
+from clipcrawl.tasks.index.vectors import Part, sample_vectors, vector_batches
 
 log = logging.getLogger(__name__)
 
-FOLDERS = {"image": "img_emb", "text": "text_emb"}
 OTHER = {"image": "text", "text": "image"}  # held-out queries of an index: the other modality's embeddings
 
 
@@ -79,16 +66,20 @@ class Shard:
     first_id: int
 
     def vectors(self, modality: str) -> str:
-        folder = FOLDERS[modality]
-        return join(self.embeddings, folder, f"{folder}_{self.stem}.npy")
+        return layout.embedding_npy(self.embeddings, modality, self.stem)
 
     @property
     def metadata(self) -> str:
-        return join(self.embeddings, "metadata", f"metadata_{self.stem}.parquet")
+        return layout.metadata_file(self.embeddings, self.stem)
 
     @property
     def dataset_part(self) -> str | None:
-        return join(self.dataset, f"part-{self.stem}.parquet") if self.dataset else None
+        return layout.dataset_part(self.dataset, self.stem) if self.dataset else None
+
+    @property
+    def dataset_stats(self) -> str | None:
+        """Embed's stats of the shard (its tar, the CLIP model), when the dataset folder is known."""
+        return layout.dataset_stats(self.dataset, self.stem) if self.dataset else None
 
 
 @dataclass(frozen=True)
@@ -99,6 +90,7 @@ class Plan:
     mode: str  # "build" (from scratch), "add" (extend the index) or "none"
     sources: tuple[str, ...]  # embeddings folders, in the order they were first indexed
     existing: dict | None  # the index_infos.json being extended
+    settings: IndexSettings  # what this run builds with: an add's are the index's own (add_settings)
 
     @property
     def count(self) -> int:
@@ -108,13 +100,10 @@ class Plan:
     def old_count(self) -> int:
         return sum(s.count for s in self.shards[: self.new_from])
 
-    def uri(self, name: str) -> str:
-        return join(self.out, "index", name)
-
-
-def sibling(uri: str, name: str) -> str:
-    """NAME beside the folder `uri` (OUT/embeddings -> OUT/dataset)."""
-    return join(uri.rstrip("/").rsplit("/", 1)[0] if "/" in uri.rstrip("/") else ".", name)
+    @property
+    def index(self) -> str:
+        """The index folder, OUT/index."""
+        return layout.index_dir(self.out)
 
 
 def _keys(uri: str) -> pa.Array:
@@ -132,18 +121,18 @@ def kept_rows(shard: Shard) -> np.ndarray | None:
 def find_shards(embeddings: str, dataset: str | None, source: int, first_id: int, known: set[str]) -> list[Shard]:
     """The complete shards of an embeddings folder whose stems are not in `known`, numbered from first_id."""
     shards = []
-    for meta in listdir(join(embeddings, "metadata"), ".parquet"):
-        stem = name_of(meta).removeprefix("metadata_").removesuffix(".parquet")
+    for meta in listdir(layout.metadata_dir(embeddings), ".parquet"):
+        stem = layout.metadata_stem(meta)
         if stem in known:
             continue
         probe = Shard(stem, stem, embeddings, dataset, None, 0, 0)
-        if not all(exists(probe.vectors(m)) for m in FOLDERS):
+        if not all(exists(probe.vectors(m)) for m in layout.EMBEDDING_FOLDERS):
             log.warning("skipping shard %s of %s: its embeddings are incomplete", stem, embeddings)
             continue
         if dataset and not exists(probe.dataset_part):
             log.warning("skipping shard %s of %s: no %s", stem, embeddings, probe.dataset_part)
             continue
-        stats = join(dataset, f"part-{stem}_stats.json") if dataset else None
+        stats = probe.dataset_stats
         tar = read_json(stats).get("tar") if stats and exists(stats) else None
         rows = kept_rows(probe)
         count = len(rows) if rows is not None else pq.ParquetFile(open_uri(probe.metadata)).metadata.num_rows
@@ -157,13 +146,15 @@ def plan_index(
     embeddings: str, out: str, settings: IndexSettings, dataset: str | None = None, rebuild: bool = False
 ) -> Plan:
     """What to index: the shards already in OUT/index (kept), and the new shards of EMBEDDINGS."""
-    if dataset is None and exists(sibling(embeddings, "dataset")):
-        dataset = sibling(embeddings, "dataset")
-    infos_uri = join(out, "index", "index_infos.json")
+    if dataset is None and exists(layout.dataset_beside(embeddings)):
+        dataset = layout.dataset_beside(embeddings)
+    infos_uri = layout.index_infos(layout.index_dir(out))
     existing = read_json(infos_uri) if exists(infos_uri) and not rebuild else None
     if existing is None:
         shards = find_shards(embeddings, dataset, 0, 0, set())
-        return Plan(out, tuple(shards), 0, "build" if shards else "none", (embeddings,), None)
+        return Plan(out, tuple(shards), 0, "build" if shards else "none", (embeddings,), None, settings)
+
+    settings = add_settings(existing, settings, infos_uri)
 
     old = [Shard(**s) for s in existing["shards"]]
     sources = list(existing["sources"])
@@ -172,7 +163,7 @@ def plan_index(
     source = sources.index(embeddings)
     known = {s.stem for s in old if s.embeddings == embeddings}
     new = find_shards(embeddings, dataset, source, existing["count"], known)
-    plan = Plan(out, tuple(old + new), len(old), "add" if new else "none", tuple(sources), existing)
+    plan = Plan(out, tuple(old + new), len(old), "add" if new else "none", tuple(sources), existing, settings)
     wanted = settings.index_key or existing["image"]["index_key"]
     budget = settings.max_index_memory_gb * 2**30
     if new and (wanted != existing["image"]["index_key"] or index_memory(wanted, plan.count, existing["dim"]) > budget):
@@ -181,8 +172,41 @@ def plan_index(
             existing["image"]["index_key"],
             plan.count,
         )
-        return Plan(out, tuple(old + new), 0, "build", tuple(sources), None)
+        return Plan(out, tuple(old + new), 0, "build", tuple(sources), None, settings)
     return plan
+
+
+# What the index's rows mean: changed by an add, old and new rows would follow two rules in one index.
+INDEX_RULES = ("near_duplicate_threshold", "near_duplicate_neighbours", "drop_near_duplicates")
+# How this machine runs, not what the index is: never taken from the stored settings.
+RUN_SETTINGS = ("threads", "device", "add_batch_rows")
+
+
+class SettingsMismatch(ValueError):
+    """An add asked for other index rules than the index was built with."""
+
+
+def add_settings(existing: dict, settings: IndexSettings, infos_uri: str) -> IndexSettings:
+    """The settings of an add to an existing index: the ones the index was built with (index_infos.json
+    "settings"), over which go those the caller set explicitly; SettingsMismatch when one of those contradicts
+    an INDEX_RULES setting of the index (a new rule needs a rebuild)."""
+    stored = {
+        name: value
+        for name, value in (existing.get("settings") or {}).items()
+        if name in IndexSettings.model_fields and name not in RUN_SETTINGS
+    }
+    given = settings.model_dump(include=settings.model_fields_set)
+    clashes = [
+        f"{name} {given[name]!r} (the index was built with {stored[name]!r})"
+        for name in INDEX_RULES
+        if name in given and name in stored and given[name] != stored[name]
+    ]
+    if clashes:
+        raise SettingsMismatch(
+            f"{infos_uri}: cannot add with {', '.join(clashes)}: leave it unset to use the index's, "
+            "or rebuild the index (--rebuild)"
+        )
+    return IndexSettings(**(stored | given))
 
 
 def part(shard: Shard, modality: str, ids: IdTable | None = None) -> Part:
@@ -200,16 +224,17 @@ def parts(plan: Plan, modality: str, ids: IdTable | None = None) -> list[Part]:
 
 
 def _ids(plan: Plan) -> IdTable | None:
-    return IdTable(plan.uri("ids.parquet")) if plan.mode == "add" else None
+    return IdTable(layout.ids_file(plan.index)) if plan.mode == "add" else None
 
 
-def index_modality(plan: Plan, modality: str, settings: IndexSettings) -> dict:
+def index_modality(plan: Plan, modality: str) -> dict:
     """Build or extend OUT/index/{modality}.index, measure recall@k and latency, tune it; its infos."""
-    set_threads(settings, side_by_side=len(FOLDERS))  # the image and the text index are built at once
+    settings = plan.settings
+    set_threads(settings, side_by_side=len(layout.EMBEDDING_FOLDERS))  # the image and the text index are built at once
     gpus = index_gpus(settings)  # device=cuda without a GPU fails here, before any work
     ids = _ids(plan)
     all_parts = parts(plan, modality, ids)
-    uri = plan.uri(f"{modality}.index")
+    uri = layout.index_file(plan.index, modality)
     started = time.perf_counter()
     if plan.mode == "build":
         index, key = build(all_parts, settings)
@@ -274,14 +299,15 @@ def _mark_dataset(shard: Shard, groups: np.ndarray, keys: pa.Array, drop: bool) 
     return before - len(table)
 
 
-def finish_index(plan: Plan, settings: IndexSettings, image: dict, text: dict) -> dict:
+def finish_index(plan: Plan, image: dict, text: dict) -> dict:
     """Near-duplicate groups, ids.parquet, the dataset marks, then index_infos.json (the commit)."""
+    settings = plan.settings
     set_threads(settings)
     old = _ids(plan)
     groups = np.arange(plan.count, dtype=np.int64)
     if old is not None:
         groups[: plan.old_count] = old.column("duplicate_group")
-    index = read_index(plan.uri("image.index"))
+    index = read_index(layout.index_file(plan.index, "image"))
     apply_params(index, image["params"])
     new_parts = parts(plan, "image")[plan.new_from :]
 
@@ -311,15 +337,16 @@ def finish_index(plan: Plan, settings: IndexSettings, image: dict, text: dict) -
         for shard in plan.shards[plan.new_from :]:
             yield _id_table(shard, updated)
 
-    write_ids(plan.uri("ids.parquet") + ".new", tables())
+    ids_uri, staged = layout.ids_file(plan.index), layout.staged_ids(plan.index)
+    write_ids(staged, tables())
     dropped = 0
-    written = IdTable(plan.uri("ids.parquet") + ".new")
+    written = IdTable(staged)
     for i, shard in enumerate(plan.shards):
         span = slice(shard.first_id, shard.first_id + shard.count)
         if shard.dataset_part and (i >= plan.new_from or changed[span].any()):
             keys = written.column_range("key", span.start, span.stop)
             dropped += _mark_dataset(shard, updated, pa.array(keys, pa.string()), settings.drop_near_duplicates)
-    _publish(plan.uri("ids.parquet") + ".new", plan.uri("ids.parquet"))
+    _publish(staged, ids_uri)
 
     duplicates = int((updated != np.arange(plan.count)).sum())
     infos = {
@@ -339,7 +366,7 @@ def finish_index(plan: Plan, settings: IndexSettings, image: dict, text: dict) -
         },
         "settings": settings.model_dump(mode="json"),
     }
-    write_json(plan.uri("index_infos.json"), infos)
+    write_json(layout.index_infos(plan.index), infos)
     return infos
 
 
@@ -354,7 +381,7 @@ def _clip(plan: Plan) -> dict | None:
     if plan.existing and plan.existing.get("clip"):
         return plan.existing["clip"]
     for shard in plan.shards:
-        stats = join(shard.dataset, f"part-{shard.stem}_stats.json") if shard.dataset else None
+        stats = shard.dataset_stats
         clip = read_json(stats).get("clip") if stats and exists(stats) else None
         if clip:
             return clip
@@ -363,14 +390,14 @@ def _clip(plan: Plan) -> dict | None:
 
 # Prefect task wrappers: one task plans, one per modality builds (the two run side by side), one finishes.
 # No result cache: what an index run does depends on the index on disk, which plan_index reads.
-plan_index_task = task(plan_index, name="plan_index", tags=["clipcrawl", "index"], retry_condition_fn=retry_transient)
+# Retried on transient errors only (the embeddings and the index may lie in an object store); each task
+# publishes its files atomically, so a retry starts over cleanly.
+plan_index_task = task(plan_index, name="plan_index", tags=["clipcrawl", "index"], **transient_retries())
 index_modality_task = task(
     index_modality,
     name="index_modality",
     tags=["clipcrawl", "index"],
     task_run_name=lambda parameters: f"index-{parameters['modality']}",
-    retry_condition_fn=retry_transient,
+    **transient_retries(),
 )
-finish_index_task = task(
-    finish_index, name="finish_index", tags=["clipcrawl", "index"], retry_condition_fn=retry_transient
-)
+finish_index_task = task(finish_index, name="finish_index", tags=["clipcrawl", "index"], **transient_retries())

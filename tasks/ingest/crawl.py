@@ -9,13 +9,16 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from clipcrawl.tasks.core.config import COMMON_CRAWL_HTTPS, COMMON_CRAWL_S3
+from clipcrawl.tasks.core.errors import InputError
+from clipcrawl.tasks.core.layout import pairs_dir, summary_file
+from clipcrawl.tasks.core.stats import segment_of
 from clipcrawl.tasks.core.uri import exists, join, open_uri, read_json
 
 COLLINFO_URI = "https://index.commoncrawl.org/collinfo.json"
 
 
-class ListingError(RuntimeError):
-    pass
+class ListingError(InputError):
+    """The crawl listing named is missing or unusable: wrong input, never retried."""
 
 
 def read_paths(source: str, crawl: str, kind: str) -> list[str]:
@@ -33,13 +36,12 @@ def read_paths(source: str, crawl: str, kind: str) -> list[str]:
     return [line.strip() for line in io.StringIO(text) if line.strip()]
 
 
-def segment_of(path: str) -> str:
-    """The segment name in crawl-data/<crawl>/segments/<segment>/<kind>/<file>."""
-    parts = path.split("/")
-    try:
-        return parts[parts.index("segments") + 1]
-    except (ValueError, IndexError):
-        raise ListingError(f"{path}: not a crawl-data/<crawl>/segments/<segment>/... path") from None
+def _listed_segment(path: str) -> str:
+    """The segment of a path in a crawl listing, which names only crawl-data/<crawl>/segments/<segment>/... paths."""
+    segment = segment_of(path)
+    if segment is None:
+        raise ListingError(f"{path}: not a crawl-data/<crawl>/segments/<segment>/... path")
+    return segment
 
 
 def select_segments(segments: list[str], count: int | None, names: list[str], seed: int | None) -> list[str]:
@@ -68,12 +70,17 @@ def crawl_files(
     """URIs of the crawl's WAT (or WARC) files in the selected segments, in listing order."""
     by_segment: dict[str, list[str]] = defaultdict(list)
     for path in read_paths(source, crawl, kind):
-        by_segment[segment_of(path)].append(path)
+        by_segment[_listed_segment(path)].append(path)
     chosen = select_segments(list(by_segment), segments, segment_list or [], sample_seed)
     uris = []
     for segment in chosen:
         paths = by_segment[segment][:files_per_segment] if files_per_segment else by_segment[segment]
         uris.extend(join(source, p) for p in paths)
+    if not uris:
+        raise ListingError(
+            f"no {kind} files chosen from {join(source, 'crawl-data', crawl, f'{kind}.paths.gz')}: "
+            f"it lists {len(by_segment)} segments"
+        )
     return uris
 
 
@@ -92,7 +99,7 @@ def is_common_crawl(source: str) -> bool:
 
 def list_segments(source: str, crawl: str, kind: str = "wat") -> list[str]:
     """The crawl's segment names, in listing order."""
-    return list(dict.fromkeys(segment_of(p) for p in read_paths(source, crawl, kind)))
+    return list(dict.fromkeys(_listed_segment(p) for p in read_paths(source, crawl, kind)))
 
 
 def plan_new_segments(
@@ -115,9 +122,9 @@ def plan_new_segments(
 
 def ingested_segments(out: str) -> list[str]:
     """Segments of the crawl at OUT whose every file was ingested (from the last ingest summary)."""
-    uri = join(out, "pairs", "_summary.json")
+    uri = summary_file(pairs_dir(out))
     if not exists(uri):
         return []
     summary = read_json(uri)
-    failed = {segment_of(f["uri"]) for f in summary.get("failed", []) if "/segments/" in f["uri"]}
+    failed = {segment_of(f["uri"]) for f in summary.get("failed", [])}
     return [s for s in summary.get("segments") or [] if s not in failed]

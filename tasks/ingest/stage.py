@@ -14,10 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
+from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.cache import cache_key, retry_transient
 from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.core.status import FileStatus, PairStatus
-from clipcrawl.tasks.core.uri import atomic_write, join, name_of, open_uri, write_json
+from clipcrawl.tasks.core.uri import atomic_write, name_of, open_uri, write_json
 from clipcrawl.tasks.ingest import dedup
 from clipcrawl.tasks.ingest.extract import FileStats, iter_pairs
 
@@ -49,32 +50,30 @@ def output_names(uris: list[str]) -> list[str]:
     return [f"{s}-{hashlib.sha1(u.encode()).hexdigest()[:8]}" if s in seen else s for s, u in zip(stems, uris)]
 
 
-def staging(out: str, name: str, what: str) -> str:
-    suffix = {"pairs": ".parquet", "uids": ".uids.parquet", "stats": ".stats.json"}[what]
-    return join(out, "pairs", "_staging", name + suffix)
-
-
 def extract_file(uri: str, out: str, name: str, settings: ExtractSettings) -> dict:
     """Extract one file's pairs (deduplicated within the file) into the staging area."""
     stats = FileStats(uri=uri)
     uids: list[np.ndarray] = []
-    with atomic_write(staging(out, name, "pairs")) as f:
-        with pq.ParquetWriter(f, PAIRS_SCHEMA, compression="zstd") as writer:
-            for batch in iter_pairs(uri, settings, stats):
-                source = pa.array([uri] * batch.num_rows, pa.string())
-                table = pa.Table.from_batches([batch]).append_column("source", source).select(PAIRS_SCHEMA.names)
-                writer.write_table(table.cast(PAIRS_SCHEMA), row_group_size=settings.batch_rows)
-                uids.append(batch.column("uid").to_numpy())
-    dedup.write_uids(staging(out, name, "uids"), np.concatenate(uids) if uids else np.empty(0, np.uint64))
+    pairs = layout.pairs_dir(out)
+    with (
+        atomic_write(layout.staged_pairs(pairs, name)) as f,
+        pq.ParquetWriter(f, PAIRS_SCHEMA, compression="zstd") as writer,
+    ):
+        for batch in iter_pairs(uri, settings, stats):
+            source = pa.array([uri] * batch.num_rows, pa.string())
+            table = pa.Table.from_batches([batch]).append_column("source", source).select(PAIRS_SCHEMA.names)
+            writer.write_table(table.cast(PAIRS_SCHEMA), row_group_size=settings.batch_rows)
+            uids.append(batch.column("uid").to_numpy())
+    dedup.write_uids(layout.staged_uids(pairs, name), np.concatenate(uids) if uids else np.empty(0, np.uint64))
     result = stats.to_dict() | {"name": name}
-    write_json(staging(out, name, "stats"), result)
+    write_json(layout.staged_stats(pairs, name), result)
     return result
 
 
 def find_duplicates(out: str, names: list[str], bucket: int, buckets: int, run_id: str) -> dict:
     """One bucket of the cross-file dedup pass (files in the run's order)."""
-    uid_uris = [staging(out, n, "uids") for n in names]
-    return dedup.find_losers(uid_uris, bucket, buckets, loser_uri(out, run_id, bucket))
+    uid_uris = [layout.staged_uids(layout.pairs_dir(out), n) for n in names]
+    return dedup.find_losers(uid_uris, bucket, buckets, layout.dedup_losers(layout.pairs_dir(out), run_id, bucket))
 
 
 def summarize(published: list[dict], failed: dict[str, str], run_id: str) -> dict:
@@ -100,18 +99,15 @@ def run_digest(results: list[dict]) -> str:
     return cache_key("run", keys)[:16]
 
 
-def loser_uri(out: str, run_id: str, bucket: int) -> str:
-    return join(out, "pairs", "_dedup", run_id, f"bucket-{bucket:05d}.parquet")
-
-
 def publish_file(out: str, name: str, file_index: int, loser_uris: list[str]) -> dict:
     """Drop the file's cross-file duplicates and publish pairs/<name>.parquet + .stats.json."""
     started = time.monotonic()
-    with open_uri(staging(out, name, "stats"), "r") as f:
+    pairs = layout.pairs_dir(out)
+    with open_uri(layout.staged_stats(pairs, name), "r") as f:
         stats = json.load(f)
     losers = dedup.losers_of(loser_uris, file_index)
     kept = 0
-    with open_uri(staging(out, name, "pairs")) as src, atomic_write(join(out, "pairs", f"{name}.parquet")) as dst:
+    with open_uri(layout.staged_pairs(pairs, name)) as src, atomic_write(layout.pairs_file(pairs, name)) as dst:
         reader = pq.ParquetFile(src)
         with pq.ParquetWriter(dst, PAIRS_SCHEMA, compression="zstd") as writer:
             for batch in reader.iter_batches():
@@ -125,7 +121,7 @@ def publish_file(out: str, name: str, file_index: int, loser_uris: list[str]) ->
         "duplicates_across_files": duplicates,
         "seconds": stats.get("seconds", 0) + time.monotonic() - started,
     }
-    write_json(join(out, "pairs", f"{name}.stats.json"), stats)  # the completion marker, written last
+    write_json(layout.pairs_stats(pairs, name), stats)  # the completion marker, written last
     return stats
 
 

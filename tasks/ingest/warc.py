@@ -49,8 +49,8 @@ def page_links_from_html(page_url: str, status: int | None, payload: bytes, http
         raise MalformedRecord("unparsable HTML")
     base = document.query_selector("base[href]")
     base_href = base.getattr("href") if base is not None else None
-    # .values(): iterating an element list itself takes time quadratic in its length (resiliparse 2.0.1:
-    # 200 tags ~0.2 s, .values() ~0.5 ms).
+    # .values(): iterating an element list itself takes time quadratic in its length (resiliparse 2.0.1;
+    # figures in docs/benchmarks.md).
     imgs = document.get_elements_by_tag_name("img").values()
     links = [(img.getattr("src"), img.getattr("alt")) for img in imgs if img.hasattr("src")]
     every = relative_licenses(page_url, base_href)
@@ -59,7 +59,7 @@ def page_links_from_html(page_url: str, status: int | None, payload: bytes, http
 
 
 def _license_links(document, every: bool) -> list[tuple[str, str | None]]:
-    """PageLinks.license_links, selected by CSS (~4x faster than visiting every <a> from Python)."""
+    """PageLinks.license_links, selected by CSS (faster than visiting every <a> from Python)."""
     href = "href" if every else f'href*="{LICENSE_MARKER}"'
     out = [
         (link.getattr("href"), link.getattr("rel"))

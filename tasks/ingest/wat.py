@@ -7,7 +7,7 @@ path "LINK@/href") and the `<a>` tags (Links, path "A@/href"), each with its "re
 
 Speed: the JSON is decoded by msgspec into the few typed fields below; everything
 else (Container, headers, metas, the links' "text", ...) is validated and skipped
-without building Python objects, ~2x faster than a full orjson.loads. Link fields
+without building Python objects, faster than a full orjson.loads. Link fields
 stay `Any` so a link that is not an img may hold anything, as with a plain decode.
 Head.Link is kept undecoded (msgspec.Raw) and read only on pages that mention
 creativecommons.org: the license search costs the other pages one bytes search.
@@ -15,6 +15,7 @@ creativecommons.org: the license search costs the other pages one bytes search.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, NamedTuple
 
 import msgspec
@@ -138,10 +139,8 @@ def _license_links(html: _Html, every: bool) -> list[tuple[str, Any]]:
     """PageLinks.license_links; a link of unexpected shape is no candidate (the page's pairs stay)."""
     head = []
     if html.Head is not None and html.Head.Link:
-        try:
+        with contextlib.suppress(msgspec.ValidationError):
             head = _HEAD_LINKS_DECODER.decode(html.Head.Link)
-        except msgspec.ValidationError:
-            pass
     out = [
         (link.url, link.rel)
         for link in head

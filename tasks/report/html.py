@@ -20,8 +20,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from clipcrawl.tasks.core.layout import report_dir, report_html
 from clipcrawl.tasks.core.stats import top_reasons
-from clipcrawl.tasks.core.uri import atomic_write, join
+from clipcrawl.tasks.core.uri import atomic_write
 from clipcrawl.tasks.download.shards import read_member, tar_members
 
 Thumbnail = Callable[[dict], "bytes | None"]
@@ -599,7 +600,7 @@ def tar_thumbnails(max_side: int = 160) -> Thumbnail:
 
 def write_report(out: str, stats: dict) -> str:
     """OUT/report/index.html (published atomically); returns its URI."""
-    uri = join(out, "report", "index.html")
+    uri = report_html(report_dir(out))
     page = render(stats, tar_thumbnails())
     with atomic_write(uri, "wb") as f:
         f.write(page.encode("utf-8"))

@@ -22,11 +22,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
 
+from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core import stats as stage_stats
-from clipcrawl.tasks.core.cache import retry_transient
+from clipcrawl.tasks.core.cache import transient_retries
 from clipcrawl.tasks.core.config import ReportSettings
+from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.status import NSFW_TAGS, DownloadStatus, PairStatus
-from clipcrawl.tasks.core.uri import exists, join, listdir, name_of, open_uri, read_json, write_json
+from clipcrawl.tasks.core.uri import exists, name_of, open_uri, read_json, write_json
 from clipcrawl.tasks.report.gates import check_gates
 
 VERSION = 1
@@ -161,6 +163,11 @@ def _manifest(uri: str) -> dict[tuple[str, str], tuple[bool, str]]:
     return truth
 
 
+def _segment(uri: str) -> str:
+    """The segment a file's counts go under: its crawl segment, else (an explicit input) the file's name."""
+    return stage_stats.segment_of(uri) or name_of(uri)
+
+
 def _count_downloads(uri: str, counts: dict) -> dict[str, str]:
     """Count the shard's download rows; returns key -> segment of its decoded samples, for the later stages."""
     segments, key_segment = {}, {}
@@ -168,7 +175,7 @@ def _count_downloads(uri: str, counts: dict) -> dict[str, str]:
     for b in _batches(uri, columns):
         rows = Counter()
         for key, url, status, source, language in zip(b["key"], b["url"], b["status"], b["source"], b["language"]):
-            segment = segments.setdefault(source, stage_stats.segment_of(source or ""))
+            segment = segments.setdefault(source, _segment(source or ""))
             rows.update(
                 [
                     ("segments", segment, "sent"),
@@ -261,8 +268,9 @@ def shard_summary(out: str, stem: str, settings: ReportSettings, ground_truth: s
 
     ground_truth: a manifest pairs.parquet (url, text, matches, alt_case) to count the filter's confusion by."""
     counts = _new_counts()
-    download = _json(join(out, "images", f"{stem}_stats.json"))
-    key_segment = _count_downloads(join(out, "images", f"{stem}.parquet"), counts)
+    images, embeddings, dataset = layout.images_dir(out), layout.embeddings_dir(out), layout.dataset_dir(out)
+    download = _json(layout.shard_stats(images, stem))
+    key_segment = _count_downloads(layout.shard_parquet(images, stem), counts)
     summary = {
         "stem": stem,
         "counts": counts,
@@ -270,12 +278,12 @@ def shard_summary(out: str, stem: str, settings: ReportSettings, ground_truth: s
         "samples": [],
         "units": {"download": {"unit": stem, **stage_stats.unit_counts("download", download)}},
     }
-    embed = _optional_json(join(out, "dataset", f"part-{stem}_stats.json"))  # embed's completion marker
+    embed = _optional_json(layout.dataset_stats(dataset, stem))  # embed's completion marker
     if embed is not None:
-        tar = embed.get("tar") or join(out, "images", f"{stem}.tar")
+        tar = embed.get("tar") or layout.shard_tar(images, stem)
         truth = _manifest(ground_truth) if ground_truth else None
         summary["samples"] = _count_embedded(
-            join(out, "embeddings", "metadata", f"metadata_{stem}.parquet"),
+            layout.metadata_file(embeddings, stem),
             embed,
             tar,
             key_segment,
@@ -283,7 +291,7 @@ def shard_summary(out: str, stem: str, settings: ReportSettings, ground_truth: s
             max(1, settings.sample_reservoir // 2),
             truth,
         )
-        _count_dataset(join(out, "dataset", f"part-{stem}.parquet"), key_segment, counts)
+        _count_dataset(layout.dataset_part(dataset, stem), key_segment, counts)
         summary["threshold"] = embed["similarity_threshold"]
         summary["units"]["embed"] = {"unit": stem, **stage_stats.unit_counts("embed", embed)}
     return summary
@@ -331,8 +339,8 @@ def _stages_detail(
 ) -> dict:
     """The detail of each stage that ran (has units, or a summary: every unit may have failed)."""
     details = {}
-    for stage, folder in (("ingest", "pairs"), ("download", "images"), ("embed", "dataset")):
-        summary = _optional_json(join(out, folder, "_summary.json"))
+    for stage, folder in (("ingest", layout.pairs_dir), ("download", layout.images_dir), ("embed", layout.dataset_dir)):
+        summary = _optional_json(layout.summary_file(folder(out)))
         units = (
             [{"unit": s["name"], **stage_stats.unit_counts("ingest", s)} for s in pair_stats]
             if stage == "ingest"
@@ -420,10 +428,10 @@ def _segments(pair_stats: list[dict], details: dict, counts: dict, funnel: dict)
     for s in pair_stats:
         _add(
             segments,
-            {stage_stats.segment_of(s["uri"]): {"files": 1, **_pair_steps(stage_stats.unit_counts("ingest", s))}},
+            {_segment(s["uri"]): {"files": 1, **_pair_steps(stage_stats.unit_counts("ingest", s))}},
         )
     for f in details.get("ingest", {}).get("failed", []):
-        _add(segments, {stage_stats.segment_of(f["unit"]): {"files": 1}})
+        _add(segments, {_segment(f["unit"]): {"files": 1}})
     _add(segments, counts["segments"])
     return [
         {
@@ -544,9 +552,14 @@ def build_stats(out: str, summaries: list[dict], settings: ReportSettings, groun
     counts = _new_counts()
     for summary in summaries:
         _add(counts, summary["counts"])
-    pair_stats = [_json(uri) for uri in listdir(join(out, "pairs"), ".stats.json")]
-    index = _optional_json(join(out, "index", "index_infos.json"))
+    pair_stats = [_json(uri) for uri in layout.published_pairs_stats(layout.pairs_dir(out))]
+    index = _optional_json(layout.index_infos(layout.index_dir(out)))
     details = _stages_detail(out, pair_stats, summaries, index, settings)
+    if not details:
+        raise InputError(
+            f"no run in {out}: looked for the stats of pairs/, images/, dataset/ and index/ "
+            "(a report is of the folder the stages wrote, their --out)"
+        )
     funnel = _funnel_counts(details, counts, index)
     return {
         "version": VERSION,
@@ -576,8 +589,8 @@ def build_stats(out: str, summaries: list[dict], settings: ReportSettings, groun
 
 
 def report_shards(out: str) -> list[str]:
-    """The stems of the published image shards (images/{stem}_stats.json is download's completion marker)."""
-    return [name_of(uri).removesuffix("_stats.json") for uri in listdir(join(out, "images"), "_stats.json")]
+    """The stems of the published image shards."""
+    return [layout.shard_stem(tar) for tar in layout.published_shards(layout.images_dir(out))]
 
 
 def collect(out: str, settings: ReportSettings, ground_truth: str | None = None) -> dict:
@@ -589,7 +602,7 @@ def collect(out: str, settings: ReportSettings, ground_truth: str | None = None)
 
 def write_stats(out: str, stats: dict) -> str:
     """Publish OUT/report/stats.json atomically; returns its URI."""
-    uri = join(out, "report", "stats.json")
+    uri = layout.report_stats(layout.report_dir(out))
     write_json(uri, stats)
     return uri
 
@@ -607,14 +620,13 @@ def finish_report(out: str, summaries: list[dict], settings: ReportSettings, gro
 
 
 # Prefect wrappers: one task per image shard, one to finish. No result cache: a report describes the
-# files as they are now, and reading them is cheap next to making them.
+# files as they are now, and reading them is cheap next to making them. Retried on transient errors only
+# (the shards may lie in an object store).
 report_shard_task = task(
     shard_summary,
     name="report_shard",
     task_run_name="report-{stem}",
     tags=["clipcrawl", "report"],
-    retry_condition_fn=retry_transient,
+    **transient_retries(),
 )
-finish_report_task = task(
-    finish_report, name="finish_report", tags=["clipcrawl", "report"], retry_condition_fn=retry_transient
-)
+finish_report_task = task(finish_report, name="finish_report", tags=["clipcrawl", "report"], **transient_retries())

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 import faiss
 import numpy as np
 
-from clipcrawl.tasks.core.uri import exists, join, read_json
+from clipcrawl.tasks.core import layout
+from clipcrawl.tasks.core.uri import exists, read_json
 from clipcrawl.tasks.download.shards import IMAGE_TYPES, read_member, tar_members
-from clipcrawl.tasks.index.engine import read_index
 from clipcrawl.tasks.index.ids import IdTable
+from clipcrawl.tasks.index.train import read_index
 
 if TYPE_CHECKING:
     from clipcrawl.tasks.embed.clip_model import ClipModel
@@ -60,7 +61,7 @@ class Searcher:
 
     def __init__(self, index_dir: str, model: ClipModel | None = None):
         self.index_dir = index_dir
-        infos_uri = join(index_dir, "index_infos.json")
+        infos_uri = layout.index_infos(index_dir)
         if not exists(infos_uri):
             raise FileNotFoundError(
                 f"{index_dir} is not an index directory: {infos_uri} does not exist (build the index first)"
@@ -68,7 +69,7 @@ class Searcher:
         self.infos = read_json(infos_uri)
         self.indices: dict[str, faiss.Index] = {}
         for modality in MODALITIES:
-            uri = join(index_dir, f"{modality}.index")
+            uri = layout.index_file(index_dir, modality)
             if not exists(uri):
                 raise FileNotFoundError(f"{uri} does not exist (index directory {index_dir} is incomplete)")
             index = read_index(uri)
@@ -76,7 +77,7 @@ class Searcher:
             if params:
                 faiss.ParameterSpace().set_index_parameters(index, params)
             self.indices[modality] = index
-        ids_uri = join(index_dir, "ids.parquet")
+        ids_uri = layout.ids_file(index_dir)
         if not exists(ids_uri):
             raise FileNotFoundError(f"{ids_uri} does not exist (index directory {index_dir} is incomplete)")
         self.ids = IdTable(ids_uri)
@@ -85,7 +86,8 @@ class Searcher:
                 raise ValueError(
                     f"{index_dir}: {modality}.index holds {index.ntotal} vectors but ids.parquet {self.ids.count} rows"
                 )
-        self.tars = {s["stem"]: s["tar"] for s in self.infos.get("shards", [])}
+        # ids.parquet names a sample's shard by its name in the index, unique across embeddings folders (the stem is not)
+        self.tars = {s["name"]: s["tar"] for s in self.infos.get("shards", [])}
         self._model = model
         self._lock = threading.Lock()  # the model load, IdTable's reader and cache, the tar maps
         self._tar_maps: OrderedDict[str, dict[str, tuple[int, int, str]]] = OrderedDict()
@@ -209,6 +211,8 @@ class Searcher:
         if shard not in self.tars:
             raise NotFound(f"id {id} (key {key}): shard {shard!r} is not in index_infos.json shards")
         tar_uri = self.tars[shard]
+        if not tar_uri:
+            raise NotFound(f"id {id} (key {key}): index_infos.json records no tar for shard {shard!r}")
         member = self._members(tar_uri).get(key)
         if member is None:
             raise NotFound(f"id {id}: no image member {key}.jpg|jpeg|webp|png in {tar_uri}")

@@ -175,10 +175,9 @@ def _write_one(args) -> list[Occurrence]:
 
 
 def _write_paths(path: str, lines: list[str]) -> None:
-    with atomic_write(path) as f:
-        # mtime=0 and no file name: the listing is reproducible byte for byte.
-        with gzip.GzipFile(fileobj=f, mode="wb", filename="", mtime=0) as gz:
-            gz.write("".join(line + "\n" for line in lines).encode())
+    # mtime=0 and no file name: the listing is reproducible byte for byte.
+    with atomic_write(path) as f, gzip.GzipFile(fileobj=f, mode="wb", filename="", mtime=0) as gz:
+        gz.write("".join(line + "\n" for line in lines).encode())
 
 
 def _write_parquet(path: str, table: pa.Table) -> None:

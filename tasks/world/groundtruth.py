@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from clipcrawl.tasks.core.uri import join, listdir, open_uri
+from clipcrawl.tasks.core import layout
+from clipcrawl.tasks.core.uri import listdir, open_uri
 
 
 def _pair_columns(out: str, columns: list[str]):
     """The given columns of each parquet file published under OUT/pairs/, as dicts of lists."""
-    for uri in listdir(join(out, "pairs"), ".parquet"):
+    for uri in listdir(layout.pairs_dir(out), ".parquet"):
         with open_uri(uri) as f:
             yield pq.read_table(f, columns=columns).to_pydict()
 
@@ -58,7 +59,7 @@ def compare_pairs(world, out: str, examples: int = 5) -> dict:
 def read_download_statuses(out: str) -> list[tuple[str, str]]:
     """(url, status) of every sample row under OUT/images/."""
     rows: list[tuple[str, str]] = []
-    for uri in listdir(join(out, "images"), ".parquet"):
+    for uri in listdir(layout.images_dir(out), ".parquet"):
         with open_uri(uri) as f:
             table = pq.read_table(f, columns=["url", "status"])
         rows.extend(zip(table.column("url").to_pylist(), table.column("status").to_pylist()))
@@ -88,7 +89,7 @@ def compare_downloads(world, out: str, examples: int = 5) -> dict:
 def read_embedded(out: str) -> list[dict]:
     """url, text, similarity, NSFW of every embedded sample under OUT/embeddings/metadata/."""
     rows: list[dict] = []
-    for uri in listdir(join(out, "embeddings", "metadata"), ".parquet"):
+    for uri in listdir(layout.metadata_dir(layout.embeddings_dir(out)), ".parquet"):
         with open_uri(uri) as f:
             rows += pq.read_table(f, columns=["url", "text", "similarity", "NSFW"]).to_pylist()
     return rows
@@ -172,7 +173,7 @@ def compare_near_duplicates(world, out: str) -> dict:
     an image under several URLs) belong in one group; samples of different images do not."""
     from clipcrawl.tasks.index.ids import IdTable
 
-    ids = IdTable(join(out, "index", "ids.parquet"))
+    ids = IdTable(layout.ids_file(layout.index_dir(out)))
     scenes = _scenes_by_url(world)
     image = [scenes[u]["image_id"] for u in ids.column("url")]
     group = ids.column("duplicate_group").tolist()

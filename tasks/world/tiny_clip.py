@@ -36,10 +36,9 @@ from clipcrawl.tasks.world.scenes import (
 
 TINY_CLIP_DIR = Path(__file__).parent / "clip"
 THRESHOLD = EmbedSettings().similarity_threshold  # LAION-400M: 0.3
-# Near-duplicates for this model: the same image served twice has the same embedding (the demo marks all
-# 314 of its repeats at 0.998, none wrongly), while two scenes that differ only in where their shapes sit reach 0.9955 on 1,200
-# held-out images (a 64 px model sees little else), so the 0.96 meant for ViT-B-32 would join images
-# the world counts as different.
+# Near-duplicates for this model: the same image served twice has the same embedding, while two scenes that
+# differ only in where their shapes sit embed nearly alike too (a 64 px model sees little else), so the 0.96
+# meant for ViT-B-32 would join images the world counts as different (figures: docs/benchmarks.md).
 NEAR_DUPLICATE_THRESHOLD = 0.998
 # Skulls are 2% of the world; held-out and training samples take more so their rates are measurable.
 FLAGGED_RATE = 0.1
@@ -75,13 +74,13 @@ def world_language(rng: random.Random) -> str:
     return rng.choice(LATIN1_LANGS) if charset == "iso-8859-1" else CHARSETS[charset][0]
 
 
-def downloaded_image(scene: Scene, rng: random.Random, settings: DownloadSettings = DownloadSettings()) -> bytes:
+def downloaded_image(scene: Scene, rng: random.Random, settings: DownloadSettings | None = None) -> bytes:
     """The bytes the download stage stores for `scene` served at a random size and format."""
     from clipcrawl.tasks.download.images import process_image
 
     fmt = rng.choices(list(SERVED_FORMATS), list(SERVED_FORMATS.values()))[0]
     body = encode_image(render_scene(scene, rng.choice(IMAGE_SIZES)), fmt)
-    result = process_image(body, settings)
+    result = process_image(body, settings or DownloadSettings())
     if result.data is None:
         raise RuntimeError(f"process_image failed on a {fmt} of {scene}: {result.status} {result.error_message}")
     return result.data

@@ -296,7 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument(
-        "--threads", type=int, default=1, help="Torch threads (on a shared 2-core machine 1 ran 2-3x faster than 2)."
+        "--threads",
+        type=int,
+        default=1,
+        help="Torch threads (on a shared machine fewer can be faster: docs/benchmarks.md).",
     )
     parser.add_argument("--vision-width", type=int, help="Width of the image tower's ResNet (CONFIG's when not given).")
     args = parser.parse_args(argv)

@@ -45,6 +45,7 @@ import sys
 import tarfile
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -160,7 +161,7 @@ def measure(cmd: list[str], exclude: set[int], env: dict | None = None, log: str
     sampler.stop()
     cpu = _children_cpu() - cpu0
     if proc.returncode != 0:
-        tail = open(log).read()[-3000:] if log else ""
+        tail = Path(log).read_text()[-3000:] if log else ""
         raise SystemExit(f"{cmd[0]} exited with {proc.returncode}\n{tail}")
     return {
         "wall": wall,

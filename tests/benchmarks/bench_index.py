@@ -1,4 +1,4 @@
-"""Benchmark: the index stage's kNN index (clipcrawl.tasks.index.engine) against autofaiss, side by side on the same embeddings.
+"""Benchmark: the index stage's kNN index (clipcrawl.tasks.index: choice, train, tune) against autofaiss, side by side on the same embeddings.
 
     python tests/benchmarks/bench_index.py [--n 1000000] [--max-index-memory 2G[,512M]] [--queries 1000]
         [--memory-available 16G] [--threads N] [--work DIR] [--seed 0] [--no-incremental]
@@ -15,7 +15,7 @@ an extra shard of N/10 vectors for the incremental test.
 
 Each build runs alone in its own process, one after another, with the same memory budget and threads:
 
-  clipcrawl   clipcrawl.tasks.index.engine.build(parts, IndexSettings(max_index_memory_gb=budget)) + exact_knn and tune()
+  clipcrawl   clipcrawl.tasks.index.train.build(parts, IndexSettings(max_index_memory_gb=budget)) + exact_knn and tune()
               on the tuning queries (the stage's build includes its tuning) + write_index
   autofaiss   autofaiss.build_index(dir, max_index_memory_usage=budget, metric_type="ip") in its own venv
               (tests/benchmarks/index_peer.py): its own index choice, hyper-parameters and metrics
@@ -31,7 +31,7 @@ each index read from disk with the search parameters its builder chose (ours: tu
 autofaiss: "index_param" of its index_infos), faiss on 1 thread, queries one at a time:
 recall@10 = mean |found top-10 ∩ true top-10| / 10, latency p50/p99 of one search call.
 
-Incremental (unless --no-incremental; with the first budget only): clipcrawl.tasks.index.engine.add(index, [extra shard]) on
+Incremental (unless --no-incremental; with the first budget only): clipcrawl.tasks.index.train.add(index, [extra shard]) on
 our saved index in its own process versus a full rebuild of ours on the N + N/10 vectors (also its own
 process), and the recall@10 of both against exact search over all N + N/10.
 
@@ -260,7 +260,9 @@ def ours_budget_gb(budget: int) -> float:
 def worker_build(spec: dict) -> None:
     """Build + tune + write our index; run as `bench_index.py --worker build SPEC.json`."""
     from clipcrawl.tasks.core.config import IndexSettings
-    from clipcrawl.tasks.index.engine import Part, build, exact_knn, set_threads, tune, write_index
+    from clipcrawl.tasks.index.train import build, set_threads, write_index
+    from clipcrawl.tasks.index.tune import exact_knn, tune
+    from clipcrawl.tasks.index.vectors import Part
 
     settings = IndexSettings(**spec["settings"])
     set_threads(settings)
@@ -292,7 +294,8 @@ def worker_build(spec: dict) -> None:
 def worker_add(spec: dict) -> None:
     """Read our index, add the extra shard, write it; run as `bench_index.py --worker add SPEC.json`."""
     from clipcrawl.tasks.core.config import IndexSettings
-    from clipcrawl.tasks.index.engine import Part, add, read_index, set_threads, write_index
+    from clipcrawl.tasks.index.train import add, read_index, set_threads, write_index
+    from clipcrawl.tasks.index.vectors import Part
 
     settings = IndexSettings(**spec["settings"])
     set_threads(settings)

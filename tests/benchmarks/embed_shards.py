@@ -26,8 +26,9 @@ import time
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.core.layout import shard_name
 from clipcrawl.tasks.download.images import process_image
-from clipcrawl.tasks.download.shards import ShardWriter, sample_key, shard_name
+from clipcrawl.tasks.download.shards import ShardWriter, sample_key
 from clipcrawl.tasks.ingest.normalize import pair_uid
 from clipcrawl.tasks.world.scenes import (
     IMAGE_SIZES,

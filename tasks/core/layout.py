@@ -1,0 +1,193 @@
+"""Every folder and file name under a run's output location (OUT/), in one place: the output layout of
+ARCHITECTURE.md, img2dataset's shard layout (images/) and clip-retrieval's embeddings and index folders. Stages
+take and return the URIs these functions build; no other module spells out an OUT/ name.
+
+Folders are functions of OUT (`images_dir(out)`); files are functions of their folder (`shard_tar(images, stem)`),
+because a stage may read a folder given on its own (`clipcrawl embed --images DIR`)."""
+
+from __future__ import annotations
+
+from clipcrawl.tasks.core.uri import join, listdir, name_of
+
+SUMMARY = "_summary.json"  # a stage's run summary in its output folder
+SHARD_STATS_SUFFIX = "_stats.json"  # img2dataset's per-shard stats, each shard's completion marker
+PAIRS_STATS_SUFFIX = ".stats.json"  # an ingested file's stats, its completion marker
+EMBEDDING_FOLDERS = {"image": "img_emb", "text": "text_emb"}  # clip-retrieval's folder per modality
+
+
+# ---- OUT/ folders
+
+
+def pairs_dir(out: str) -> str:
+    return join(out, "pairs")
+
+
+def images_dir(out: str) -> str:
+    return join(out, "images")
+
+
+def embeddings_dir(out: str) -> str:
+    return join(out, "embeddings")
+
+
+def dataset_dir(out: str) -> str:
+    return join(out, "dataset")
+
+
+def index_dir(out: str) -> str:
+    return join(out, "index")
+
+
+def report_dir(out: str) -> str:
+    return join(out, "report")
+
+
+def results_dir(out: str) -> str:
+    """The Prefect result storage of the runs over OUT (the persistent task cache)."""
+    return join(out, "_results")
+
+
+def summary_file(folder: str) -> str:
+    """A stage's run summary in its output folder (pairs/, images/, dataset/)."""
+    return join(folder, SUMMARY)
+
+
+def dataset_beside(embeddings: str) -> str:
+    """The dataset folder of the run whose embeddings folder is EMBEDDINGS (OUT/embeddings -> OUT/dataset)."""
+    embeddings = embeddings.rstrip("/")
+    return dataset_dir(embeddings.rsplit("/", 1)[0] if "/" in embeddings else ".")
+
+
+# ---- pairs/: one parquet per ingested WAT/WARC file
+
+
+def pairs_file(pairs: str, name: str) -> str:
+    return join(pairs, f"{name}.parquet")
+
+
+def pairs_stats(pairs: str, name: str) -> str:
+    return join(pairs, name + PAIRS_STATS_SUFFIX)
+
+
+def published_pairs_stats(pairs: str) -> list[str]:
+    """The stats of the files ingest published, in order (a file's .stats.json, written last, marks it done)."""
+    return listdir(pairs, PAIRS_STATS_SUFFIX)
+
+
+def staged_pairs(pairs: str, name: str) -> str:
+    """A file's pairs after extraction, before the cross-file dedup."""
+    return join(pairs, "_staging", f"{name}.parquet")
+
+
+def staged_uids(pairs: str, name: str) -> str:
+    return join(pairs, "_staging", f"{name}.uids.parquet")
+
+
+def staged_stats(pairs: str, name: str) -> str:
+    return join(pairs, "_staging", name + PAIRS_STATS_SUFFIX)
+
+
+def dedup_losers(pairs: str, run_id: str, bucket: int) -> str:
+    """One bucket of a dedup pass's losers (the rows other files keep)."""
+    return join(pairs, "_dedup", run_id, f"bucket-{bucket:05d}.parquet")
+
+
+# ---- images/: img2dataset's shards
+
+
+def shard_name(shard: int) -> str:
+    """img2dataset's shard name: the shard number in 5 digits."""
+    return f"{shard:05d}"
+
+
+def shard_tar(images: str, stem: str) -> str:
+    return join(images, f"{stem}.tar")
+
+
+def shard_parquet(images: str, stem: str) -> str:
+    return join(images, f"{stem}.parquet")
+
+
+def shard_stats(images: str, stem: str) -> str:
+    return join(images, stem + SHARD_STATS_SUFFIX)
+
+
+def shard_stem(tar: str) -> str:
+    """'.../images/00012.tar' -> '00012', the name every output of the shard carries."""
+    return name_of(tar).removesuffix(".tar")
+
+
+def shard_parquet_of(tar: str) -> str:
+    """The parquet beside a shard's tar (its rows, failures included)."""
+    return tar.removesuffix(".tar") + ".parquet"
+
+
+def published_shards(images: str) -> list[str]:
+    """The tars of IMAGES whose download finished (their _stats.json, written last, exists), in order."""
+    return [uri.removesuffix(SHARD_STATS_SUFFIX) + ".tar" for uri in listdir(images, SHARD_STATS_SUFFIX)]
+
+
+# ---- embeddings/: clip-retrieval's layout
+
+
+def embedding_npy(embeddings: str, modality: str, stem: str) -> str:
+    """embeddings/img_emb/img_emb_{stem}.npy (modality image) or text_emb/text_emb_{stem}.npy (text)."""
+    folder = EMBEDDING_FOLDERS[modality]
+    return join(embeddings, folder, f"{folder}_{stem}.npy")
+
+
+def metadata_dir(embeddings: str) -> str:
+    return join(embeddings, "metadata")
+
+
+def metadata_file(embeddings: str, stem: str) -> str:
+    return join(metadata_dir(embeddings), f"metadata_{stem}.parquet")
+
+
+def metadata_stem(uri: str) -> str:
+    """The shard stem of a metadata file's URI."""
+    return name_of(uri).removeprefix("metadata_").removesuffix(".parquet")
+
+
+# ---- dataset/: the LAION-column parquet
+
+
+def dataset_part(dataset: str, stem: str) -> str:
+    return join(dataset, f"part-{stem}.parquet")
+
+
+def dataset_stats(dataset: str, stem: str) -> str:
+    """Embed's stats of one shard, its completion marker."""
+    return join(dataset, f"part-{stem}{SHARD_STATS_SUFFIX}")
+
+
+# ---- index/: clip-retrieval's index folder
+
+
+def index_file(index: str, modality: str) -> str:
+    """index/image.index or index/text.index."""
+    return join(index, f"{modality}.index")
+
+
+def ids_file(index: str) -> str:
+    return join(index, "ids.parquet")
+
+
+def staged_ids(index: str) -> str:
+    """ids.parquet's successor while it is written (the old one is read meanwhile)."""
+    return join(index, "ids.parquet.new")
+
+
+def index_infos(index: str) -> str:
+    return join(index, "index_infos.json")
+
+
+# ---- report/
+
+
+def report_html(report: str) -> str:
+    return join(report, "index.html")
+
+
+def report_stats(report: str) -> str:
+    return join(report, "stats.json")
