@@ -360,7 +360,9 @@ def test_single_gzip_stream_is_read(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content", [b"hello, this is not a warc file at all\n" * 10, gzip.compress(b"<html>nope</html>" * 10), b""]
+    "content",
+    [b"hello, this is not a warc file at all\n" * 10, gzip.compress(b"<html>nope</html>" * 10, mtime=0), b""],
+    ids=["text", "gzipped-html", "empty"],
 )
 def test_not_a_warc(tmp_path, content):
     (tmp_path / "x.wat.gz").write_bytes(content)

@@ -13,12 +13,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from warcio.statusandheaders import StatusAndHeaders
+
 from clipcrawl.tasks.core.uri import atomic_write
 from clipcrawl.tasks.world.pages import Occurrence, PageBuilder, SharedPair
 from clipcrawl.tasks.world.records import (
-    MemberWriter,
     Record,
-    build_record,
+    RecordWriter,
     fields_payload,
     http_message,
     http_payload,
@@ -46,7 +47,6 @@ class FileSpec:
     images: int
     links_per_page: tuple[int, int]
     images_per_page: tuple[int, int]
-    compresslevel: int
 
 
 def _date(t: datetime) -> str:
@@ -58,22 +58,26 @@ def _http_date(t: datetime) -> str:
 
 
 class _FileWriter:
-    """Writes the records of one file into its WARC and WAT streams in step."""
+    """Writes the records of one file into its WARC (None: offsets only) and WAT streams in step."""
 
-    def __init__(self, fs: FileSpec, warc_out, wat_out, write_warc: bool):
+    def __init__(self, fs: FileSpec, warc_out, wat_out):
         self.fs = fs
         self.ids = random.Random(f"ids:{fs.seed}:{fs.index}")
-        self.warc = MemberWriter(warc_out, fs.compresslevel, estimate_only=not write_warc)
-        self.wat = MemberWriter(wat_out, fs.compresslevel)
+        self.warc = RecordWriter(warc_out)
+        self.wat = RecordWriter(wat_out)
         self.warc_name = f"{fs.name}.warc.gz"
         self.warcinfo_id = ""
 
     def new_id(self) -> str:
         return f"<urn:uuid:{uuid.UUID(int=self.ids.getrandbits(128), version=4)}>"
 
-    def emit(self, rec: Record, payload: dict, when: datetime) -> None:
-        self.warc.write(rec)
-        self.wat.write(wat_record(rec, self.warc_name, payload, self.new_id(), _date(when)))
+    def emit(
+        self, headers: dict[str, str], payload: bytes, meta: dict, when: datetime, http: StatusAndHeaders | None = None
+    ) -> Record:
+        """Write one WARC record and the WAT record describing it (`meta`: its Payload-Metadata)."""
+        rec = self.warc.write(headers, payload, http)
+        self.wat.write(*wat_record(rec, self.warc_name, meta, self.new_id(), _date(when)), length_last=True)
+        return rec
 
     def warcinfo(self) -> None:
         fs, when = self.fs, self.fs.start
@@ -84,16 +88,14 @@ class _FileWriter:
             f"description: Synthetic crawl of the .world.test web\r\npublisher: clipcrawl\r\n"
         ).encode()
         self.wat.write(
-            build_record(
-                {
-                    "WARC-Type": "warcinfo",
-                    "WARC-Date": _date(when),
-                    "WARC-Filename": f"{fs.name}.warc.wat.gz",
-                    "WARC-Record-ID": self.new_id(),
-                    "Content-Type": "application/warc-fields",
-                },
-                wat_info,
-            )
+            {
+                "WARC-Type": "warcinfo",
+                "WARC-Date": _date(when),
+                "WARC-Filename": f"{fs.name}.warc.wat.gz",
+                "WARC-Record-ID": self.new_id(),
+                "Content-Type": "application/warc-fields",
+            },
+            wat_info,
         )
         block = (
             f"isPartOf: {fs.crawl_id}\r\npublisher: clipcrawl\r\n"
@@ -101,18 +103,19 @@ class _FileWriter:
             f"hostname: world-{fs.index}\r\nsoftware: Apache Nutch 1.19 (modified)\r\n"
             f"robots: checked via crawler-commons 1.5\r\nformat: WARC File Format 1.1\r\n"
         ).encode()
-        rec = build_record(
+        self.warcinfo_id = self.new_id()
+        self.emit(
             {
                 "WARC-Type": "warcinfo",
                 "WARC-Date": _date(when),
                 "WARC-Filename": self.warc_name,
-                "WARC-Record-ID": self.new_id(),
+                "WARC-Record-ID": self.warcinfo_id,
                 "Content-Type": "application/warc-fields",
             },
             block,
+            fields_payload(block, "WARC-Info-Metadata"),
+            when,
         )
-        self.warcinfo_id = rec.record_id
-        self.emit(rec, fields_payload(block, "WARC-Info-Metadata"), when)
 
     def fetch(
         self,
@@ -133,33 +136,30 @@ class _FileWriter:
             "Host": host,
             "Connection": "Keep-Alive",
         }
-        req_block, req_hlen = http_message(f"GET /{path} HTTP/1.1", req_headers, b"")
+        req_http = http_message(f"GET /{path} HTTP/1.1", req_headers)
         ip = f"10.{self.fs.index % 250}.{len(host) % 250}.{sum(map(ord, host)) % 250}"
         common = {"WARC-Warcinfo-ID": self.warcinfo_id, "WARC-IP-Address": ip, "WARC-Target-URI": url}
-        req = build_record(
+        req = self.emit(
             {
                 "WARC-Type": "request",
                 "WARC-Date": _date(when),
                 "WARC-Record-ID": self.new_id(),
                 "Content-Type": "application/http; msgtype=request",
                 **common,
-                "WARC-Block-Digest": sha1_digest(req_block),
+                "WARC-Block-Digest": sha1_digest(req_http.headers_buff),
             },
-            req_block,
-        )
-        self.emit(
-            req,
-            http_payload(
-                "request", {"Method": "GET", "Path": f"/{path}", "Version": "HTTP/1.1"}, req_headers, req_hlen, b""
-            ),
+            b"",
+            http_payload("request", {"Method": "GET", "Path": f"/{path}", "Version": "HTTP/1.1"}, req_http, b""),
             when,
+            req_http,
         )
         if response is None:
             return
         status_line, headers, body = response
-        block, hlen = http_message(status_line, headers, body)
+        http = http_message(status_line, headers)
         ctype = headers.get("Content-Type", "").split(";")[0]
-        resp = build_record(
+        version, code, reason = status_line.split(" ", 2)
+        resp = self.emit(
             {
                 "WARC-Type": "response",
                 "WARC-Date": _date(when),
@@ -169,21 +169,16 @@ class _FileWriter:
                 "WARC-Concurrent-To": req.record_id,
                 "WARC-Protocol": "http/1.1",
                 "WARC-Payload-Digest": sha1_digest(body),
-                "WARC-Block-Digest": sha1_digest(block),
+                "WARC-Block-Digest": sha1_digest(http.headers_buff + body),
                 "WARC-Identified-Payload-Type": ctype,
             },
-            block,
-        )
-        version, code, reason = status_line.split(" ", 2)
-        self.emit(
-            resp,
-            http_payload(
-                "response", {"Version": version, "Status": code, "Reason": reason}, headers, hlen, body, html_metadata
-            ),
+            body,
+            http_payload("response", {"Version": version, "Status": code, "Reason": reason}, http, body, html_metadata),
             when,
+            http,
         )
         meta_block = meta_fields.encode()
-        meta = build_record(
+        self.emit(
             {
                 "WARC-Type": "metadata",
                 "WARC-Date": _date(when),
@@ -194,8 +189,9 @@ class _FileWriter:
                 "WARC-Target-URI": url,
             },
             meta_block,
+            fields_payload(meta_block, "WARC-Metadata-Metadata"),
+            when,
         )
-        self.emit(meta, fields_payload(meta_block, "WARC-Metadata-Metadata"), when)
 
 
 def _response(
@@ -220,7 +216,7 @@ def write_crawl_file(fs: FileSpec, warc_path: str | None, wat_path: str, shared:
     with contextlib.ExitStack() as stack:
         warc_out = stack.enter_context(atomic_write(warc_path)) if warc_path else None
         wat_out = stack.enter_context(atomic_write(wat_path))
-        out = _FileWriter(fs, warc_out, wat_out, write_warc=warc_path is not None)
+        out = _FileWriter(fs, warc_out, wat_out)
         out.warcinfo()
         for i in range(fs.pages):
             when = fs.start + timedelta(seconds=2 * i)

@@ -31,7 +31,7 @@ from clipcrawl.tasks.world.crawlfile import FileSpec, write_crawl_file
 from clipcrawl.tasks.world.pages import Occurrence, shared_pairs
 from clipcrawl.tasks.world.scenes import describe, image_spec
 
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,6 @@ class WorldSpec:
     images: int = 400  # distinct images in the world (the first 35 misbehave, one way each)
     shared_pairs: int = 20  # (url, alt) pairs repeated across pages, files, segments
     warc: bool = True  # False: WAT files only (fast; WARC offsets estimated)
-    compresslevel: int = 6
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -157,7 +156,6 @@ def file_specs(spec: WorldSpec) -> list[FileSpec]:
                     spec.images,
                     tuple(spec.links_per_page),
                     tuple(spec.images_per_page),
-                    spec.compresslevel,
                 )
             )
     return files
