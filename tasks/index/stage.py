@@ -28,6 +28,7 @@ from prefect import task
 from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.cache import transient_retries
 from clipcrawl.tasks.core.config import IndexSettings
+from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.uri import (
     atomic_write,
     exists,
@@ -182,7 +183,7 @@ INDEX_RULES = ("near_duplicate_threshold", "near_duplicate_neighbours", "drop_ne
 RUN_SETTINGS = ("threads", "device", "add_batch_rows")
 
 
-class SettingsMismatch(ValueError):
+class SettingsMismatch(InputError):
     """An add asked for other index rules than the index was built with."""
 
 
