@@ -11,7 +11,7 @@ from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.layout import images_dir, summary_file
 from clipcrawl.tasks.core.stats import run_label
 from clipcrawl.tasks.core.uri import write_json
-from clipcrawl.tasks.download.shards import pairs_files, plan_shards
+from clipcrawl.tasks.download.shards import plan_download
 from clipcrawl.tasks.download.stage import download_shard_task, summarize
 
 
@@ -25,8 +25,7 @@ def download_images(
 ) -> dict:
     """Download the images of OUT/pairs/ (or any parquet with url and text columns) into OUT/images/."""
     logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
-    inputs = pairs_files(pairs)
-    specs = plan_shards(inputs, settings.shard_size)
+    inputs, specs = plan_download(pairs, settings.shard_size)
     logger.info(
         "downloading %d shards of up to %d samples from %d pair files", len(specs), settings.shard_size, len(inputs)
     )

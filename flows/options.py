@@ -68,7 +68,8 @@ A nested setting adds a part: --gates.min-clip-pass-rate.threshold X,
 {ENV_PREFIX}REPORT{ENV_NESTED}GATES{ENV_NESTED}MIN_CLIP_PASS_RATE{ENV_NESTED}THRESHOLD=X, report: {{gates: {{min_clip_pass_rate: {{threshold: X}}}}}}.
 A flag beats the environment, which beats the config file, which beats the default. `{NONE}` (flag
 or environment) sets an optional setting empty; a list setting takes several values after its flag
-(JSON in the environment), a dict setting KEY=VALUE items; a switch has a --no- form."""
+(JSON in the environment), a dict setting KEY=VALUE items, merged key by key across the sources (a flag's
+KEY beats the same KEY from the environment or file); a switch has a --no- form."""
 
 
 class SettingsError(ValueError):

@@ -528,6 +528,8 @@ def test_blocked_reason():
     assert blocked_reason(ip("fe80::1"), []) == "link-local"
     assert blocked_reason(ip("fc00::1"), []) == "private"
     assert blocked_reason(ip("::ffff:192.168.1.1"), []) == "private"
+    assert blocked_reason(ip("2002:7f00:1::"), []) == "loopback"  # 6to4 of 127.0.0.1
+    assert blocked_reason(ip("2001:0:4136:e378:8000:63bf:80ff:fffe"), []) == "loopback"  # Teredo client 127.0.0.1
     assert blocked_reason(ip("224.0.0.1"), []) == "multicast"
     assert blocked_reason(ip("0.0.0.0"), []) == "unspecified"
     assert blocked_reason(ip("240.0.0.1"), []) == "reserved"
@@ -671,6 +673,9 @@ def test_request_url(url, target):
         ("http:///a.jpg", "no host"),
         ("http://site.test:99999/", "Port out of range"),
         ("ftp://site.test/a.jpg", "unsupported scheme 'ftp'"),
+        # aiohttp would take these for IP literals and skip the resolver, so the guard would not see them
+        ("http://127.0.0.1./a.jpg", "neither an IPv4 address nor a name"),
+        ("http://1.2.3.4.5/a.jpg", "neither an IPv4 address nor a name"),
     ],
 )
 def test_request_url_refuses(url, reason):

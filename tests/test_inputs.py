@@ -15,10 +15,11 @@ from clipcrawl.flows.cli import main
 from clipcrawl.tasks.core.config import ReportSettings
 from clipcrawl.tasks.core.errors import InputError, is_transient
 from clipcrawl.tasks.core.status import DownloadStatus, EmbedStatus
-from clipcrawl.tasks.download.shards import pairs_files, plan_shards, read_shard_rows
+from clipcrawl.tasks.download.shards import pairs_files, plan_download, plan_shards, read_shard_rows
 from clipcrawl.tasks.download.stage import download_shard
 from clipcrawl.tasks.embed.stage import embed_shard
 from clipcrawl.tasks.ingest.crawl import crawl_files
+from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 from clipcrawl.tasks.report.stage import collect
 from clipcrawl.tasks.world import ImageServer, tiny_clip
 
@@ -63,6 +64,14 @@ def test_wrong_input_fails_its_planning_with_one_line(pipeline, small_world, cas
     message = str(raised.value)
     assert "\n" not in message and all(part in message for part in named(out)), message
     assert not is_transient(raised.value)
+
+
+def test_download_of_pairs_files_holding_no_rows_fails_with_one_line(tmp_path):
+    # what ingest publishes for a file without a single pair: the pairs schema, no rows
+    for name in ("a", "b"):
+        pq.write_table(PAIRS_SCHEMA.empty_table(), tmp_path / f"{name}.parquet")
+    with pytest.raises(InputError, match=r"no pairs in .*: its 2 parquet file\(s\) hold no rows"):
+        plan_download(str(tmp_path), 100)
 
 
 def test_an_input_error_is_never_transient_whatever_it_was_found_under():

@@ -3,7 +3,9 @@ import re
 import time
 
 import pytest
+from pydantic import ValidationError
 
+from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.download.optout import ALLOW_ALL, parse_robots, path_matches, x_robots_opt_out
 
 TOKEN = "clipcrawl"
@@ -169,3 +171,15 @@ def test_user_agent_product_token(agent_line, applies):
     for token in (TOKEN, "ClipCrawl/1.0"):
         rules = parse_robots(text, token)
         assert rules.allows("/star/a.jpg") is applies and rules.allows("/ours/a.jpg") is not applies
+
+
+def test_byte_order_mark_does_not_hide_the_first_group():
+    rules = parse_robots("\ufeffUser-agent: *\nDisallow: /\n", "clipcrawl")
+    assert not rules.allows("/x.jpg")
+
+
+@pytest.mark.parametrize("token", ["bot2", "clip crawl", "clipcrawl/1.0", ""])
+def test_user_agent_token_is_a_product_token(token):
+    # RFC 9309 2.2.1: letters, '_' and '-'; a digit would cut the token short and let another crawler's group apply
+    with pytest.raises(ValidationError):
+        DownloadSettings(user_agent_token=token)

@@ -96,7 +96,9 @@ class DownloadSettings(BaseModel):
     max_bytes: int = Field(20_000_000, ge=1, description="Abort bodies over this size (declared or received).")
     min_bytes: int = Field(5_000, ge=0, description="LAION-400M dropped images under 5 KB.")
     user_agent_token: str = Field(
-        "clipcrawl", description="Token in the User-Agent, matched by robots.txt and X-Robots-Tag."
+        "clipcrawl",
+        pattern=r"^[A-Za-z_-]+$",  # RFC 9309 2.2.1: a product token is letters, '_' and '-' only
+        description="Token in the User-Agent, matched by robots.txt and X-Robots-Tag (letters, '_' and '-').",
     )
     respect_optouts: bool = Field(True, description="Honour X-Robots-Tag noai/noimageai/noindex/noimageindex.")
     respect_robots: bool = Field(True, description="Honour the image host's robots.txt (fetched once per host).")

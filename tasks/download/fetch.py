@@ -66,8 +66,8 @@ class BlockedAddress(Exception):
 
 def blocked_reason(ip: IPAddress, allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
     """Why connecting to `ip` is refused ("private", "loopback", ...), or None when it is fine."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:10.0.0.7 reaches 10.0.0.7
+    if isinstance(ip, ipaddress.IPv6Address):  # an IPv4 address inside: ::ffff:10.0.0.7 reaches 10.0.0.7
+        ip = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None) or ip
     if any(ip in net for net in allowed if net.version == ip.version):
         return None
     for reason in ("loopback", "link_local", "multicast", "unspecified", "reserved", "private"):
@@ -122,6 +122,9 @@ def request_host(host: str) -> str:
         raise ValueError(f"invalid host {host!r}: {exc}") from None
     if not (literal_ip(ascii_host) or _HOST_CHARS.fullmatch(ascii_host)):
         raise ValueError(f"invalid host {host!r}")
+    if literal_ip(ascii_host) is None and ascii_host.replace(".", "").isdigit():
+        # aiohttp takes a host of digits and dots for an IP and skips the resolver (and so the guard)
+        raise ValueError(f"invalid host {host!r}: neither an IPv4 address nor a name")
     return ascii_host
 
 

@@ -196,7 +196,8 @@ def parse_robots(text: str, token: str) -> RobotsRules:
     """
     groups: list[tuple[list[str], list[RobotsRule]]] = []
     in_agents = False  # consecutive user-agent lines share one group
-    for key, value in _lines(text[:ROBOTS_MAX_BYTES]):
+    # a UTF-8 byte order mark is no part of the first line's key (many real robots.txt files start with one)
+    for key, value in _lines(text[:ROBOTS_MAX_BYTES].removeprefix("\ufeff")):
         if key in ("user-agent", "useragent"):
             if not in_agents:
                 groups.append(([], []))

@@ -77,6 +77,15 @@ def pairs_files(pairs: str) -> list[str]:
     return files
 
 
+def plan_download(pairs: str, shard_size: int) -> tuple[list[str], list[ShardSpec]]:
+    """The pair files of `pairs` and their shards; InputError when they hold no pair at all."""
+    files = pairs_files(pairs)
+    specs = plan_shards(files, shard_size)
+    if not specs:
+        raise InputError(f"no pairs in {pairs}: its {len(files)} parquet file(s) hold no rows")
+    return files, specs
+
+
 def plan_shards(pairs_uris: list[str], shard_size: int) -> list[ShardSpec]:
     """Cut the rows of `pairs_uris` (file order, then row order) into shards of `shard_size`.
 
