@@ -376,6 +376,13 @@ FLOWS = {
 }
 
 
+def gpu_workers(args: argparse.Namespace) -> int:
+    """GPU-tagged workers of a local cluster for the command: none for the stages that embed nothing."""
+    if args.command in ("run", "demo", "embed"):
+        return 1
+    return int(args.command == "index" and args.settings["index"].device == "cuda")
+
+
 def run_command(args: argparse.Namespace, address: str) -> None:
     """The flow of a command that runs one, its summary printed as JSON."""
     if args.command == "demo":
@@ -405,10 +412,15 @@ def main(argv: list[str] | None = None) -> None:
             from clipcrawl.tasks.search.serve import serve
 
             return serve(args.index, args.host, args.port)
-        from clipcrawl.flows.runner import cluster
+        from clipcrawl.flows.api import prefect_api
 
-        with cluster(args.dask_address) as address:
-            run_command(args, address)
+        # the Prefect API and the Dask cluster start side by side: the API first, since it takes longest
+        with prefect_api() as api_ready:
+            from clipcrawl.flows.runner import cluster
+
+            with cluster(args.dask_address, gpu_workers=gpu_workers(args)) as address:
+                api_ready()
+                run_command(args, address)
     except KeyboardInterrupt:
         raise SystemExit("clipcrawl: interrupted") from None
     except SystemExit:

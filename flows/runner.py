@@ -28,22 +28,31 @@ from clipcrawl.tasks.core.uri import is_local
 GPU_PRELOAD = (
     "clipcrawl.tasks.embed.clip_model",
 )  # what `dask worker --preload` imports on GPU workers (infra/ passes the same)
+CPU_PRELOAD = ("clipcrawl.tasks.download.stage",)  # what the local cluster's CPU workers import as they start
 
 
 def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_limit: str = "auto") -> SpecCluster:
-    """A local cluster built like a real one: CPU workers plus one worker offering GPU=1.
+    """A local cluster built like a real one: CPU workers plus `gpu_workers` workers offering GPU=1.
 
-    Every worker is its own process with one thread (extraction and decoding hold the
-    GIL). The GPU worker uses CUDA when present and the CPU otherwise.
+    Every worker is its own process with one thread (extraction holds the GIL; the download task's
+    image threads release it). The GPU worker uses CUDA when present and the CPU otherwise. By
+    default the CPU workers take every core the GPU workers leave.
     """
-    cpu_workers = cpu_workers or max(1, (os.cpu_count() or 2) - 1)
+    cpu_workers = cpu_workers or max(1, (os.cpu_count() or 2) - gpu_workers)
     env = {"PREFECT_API_URL": prefect_api_url()}
-    # worker processes must be able to start the image process pool of the download stage
-    dask.config.set({"distributed.worker.daemon": False})
     # a killed worker is restarted by its nanny; the cluster gives up on (and closes) a worker that is not
     # back within lost-worker-timeout (15 s by default), and a GPU worker importing torch on a loaded
     # machine takes longer: embedding would then wait forever for a GPU worker
     dask.config.set({"distributed.deploy.lost-worker-timeout": "300s"})
+    # Dask's statistical profiler walks the task threads' stacks every 10 ms: a share of the download's CPU, for
+    # a dashboard page nobody opens on a local run
+    dask.config.set({"distributed.worker.profile.enabled": False})
+    # the nanny's MALLOC_TRIM_THRESHOLD_ also fixes glibc's mmap threshold, so every body and decoded image
+    # (hundreds of KB) is a fresh mmap, page-faulted in and unmapped again: image work costs a third more
+    # CPU. glibc's adaptive defaults keep them on the heap, as in any other Python process.
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     def worker(resources: dict, threads: int = 1, preload: tuple[str, ...] = ()) -> dict:
@@ -62,7 +71,9 @@ def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_l
             },
         }
 
-    workers = {f"cpu-{i}": worker({"CPU": 1}) for i in range(cpu_workers)}
+    # CPU workers import the task modules (and Prefect) while they start, alongside the Prefect API's start,
+    # rather than on their first task
+    workers = {f"cpu-{i}": worker({"CPU": 1}, preload=CPU_PRELOAD) for i in range(cpu_workers)}
     # GPU workers import torch and open_clip before they join: imported by the first embed task instead, they
     # hold the GIL long enough on a loaded machine that the scheduler drops the worker (it then shuts down)
     workers |= {f"gpu-{i}": worker({"GPU": 1}, os.cpu_count() or 1, GPU_PRELOAD) for i in range(gpu_workers)}
@@ -73,9 +84,13 @@ def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_l
 def prefect_api_url() -> str:
     """The API this process reports to (also when it is a temporary one), for worker processes
     that must report their task runs to the same place rather than start their own."""
+    from prefect.settings import PREFECT_API_URL
+
+    if url := PREFECT_API_URL.value():
+        return url
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:  # starts Prefect's own temporary server
         return str(client.api_url)
 
 
@@ -83,14 +98,15 @@ DASK_ADDRESS_ENV = "CLIPCRAWL_DASK_ADDRESS"
 
 
 @contextlib.contextmanager
-def cluster(dask_address: str | None = None):
+def cluster(dask_address: str | None = None, gpu_workers: int = 1):
     """The scheduler address flows run on: the given one, else $CLIPCRAWL_DASK_ADDRESS (set where a
-    cluster serves the machine: infra/ sets it for Prefect workers), else a local cluster for the block."""
+    cluster serves the machine: infra/ sets it for Prefect workers), else a local cluster for the block
+    (with `gpu_workers` GPU-tagged workers: none for the stages that embed nothing)."""
     address = dask_address or os.environ.get(DASK_ADDRESS_ENV)
     if address:
         yield address
         return
-    with local_cluster() as local:
+    with local_cluster(gpu_workers=gpu_workers) as local:
         yield local.scheduler_address
 
 

@@ -148,7 +148,7 @@ def runs(dask_address, tmp_path_factory):
         urls / "schemes.parquet",
     )
     with ImageServer(world.root) as server:
-        settings = server.download_settings(processes=1)
+        settings = server.download_settings(image_threads=1)
         flow = download_images.with_options(task_runner=task_runner(dask_address))
         download = flow(pairs=str(urls), out=str(out), settings=settings, return_state=True)
     return {"world": world, "files": files, "out": out, "ingest": ingest, "download": download, "settings": settings}

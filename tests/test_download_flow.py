@@ -36,7 +36,7 @@ def download(dask_address, pairs_dir, server, **overrides):
 def test_download_matches_ground_truth_and_reruns_from_cache(dask_address, small_world, pairs_dir):
     pairs_rows = sum(pq.read_metadata(p).num_rows for p in (pairs_dir / "pairs").glob("*.parquet"))
     with ImageServer(small_world.root) as server:
-        state = download(dask_address, pairs_dir, server, shard_size=200, processes=2)
+        state = download(dask_address, pairs_dir, server, shard_size=200, image_threads=2)
         assert state.is_completed(), state.message
         report = compare_downloads(small_world, str(pairs_dir))
         assert report["equal"], (report["wrong"], report["missing"])
@@ -57,7 +57,7 @@ def test_download_matches_ground_truth_and_reruns_from_cache(dask_address, small
             for r in ok:
                 assert max(r["width"], r["height"]) == 256 and r["sha256"]
 
-        again = download(dask_address, pairs_dir, server, shard_size=200, processes=2)
+        again = download(dask_address, pairs_dir, server, shard_size=200, image_threads=2)
         assert again.is_completed(), again.message
         states = [s for name, s in task_states(again).items() if name.startswith("download-")]
         assert states and set(states) == {"Cached"}

@@ -173,8 +173,8 @@ def test_compose_dask_workers_offer_the_right_resources(services):
     assert "deploy" not in services["dask-gpu-worker-cpu"]
     assert services["dask-gpu-worker"]["profiles"] == ["gpu"]
     assert services["dask-gpu-worker-cpu"]["profiles"] == ["cpu"]
-    for name in ("dask-cpu-worker", "dask-gpu-worker", "dask-gpu-worker-cpu"):
-        assert services[name]["environment"]["DASK_DISTRIBUTED__WORKER__DAEMON"] == "False", name
+    for name in ("dask-cpu-worker", "dask-gpu-worker"):  # the CPU-only GPU worker sets its own OMP_NUM_THREADS
+        assert "MALLOC_TRIM_THRESHOLD_" in services[name]["environment"]["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"]
 
 
 def test_compose_prefect_worker_and_deploy(services):
@@ -398,7 +398,7 @@ def test_dask_cluster_wiring(dask_docs):
         assert args[args.index("--nthreads") + 1] == "1", role
         assert preloads(args) == (list(GPU_PRELOAD) if role == "gpu" else []), role
         env = env_of(container)
-        assert env["DASK_DISTRIBUTED__WORKER__DAEMON"]["value"] == "False", role
+        assert env["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"]["value"] == '{"MALLOC_TRIM_THRESHOLD_": None}', role
         assert env["PREFECT_API_URL"]["value"] == helm_values()["worker"]["selfHostedServerApiConfig"]["apiUrl"]
         assert env["PREFECT_API_AUTH_STRING"]["valueFrom"]["secretKeyRef"] == {
             "name": "prefect-auth",

@@ -125,7 +125,7 @@ def img2dataset_shard(pipeline, small_world, tmp_path_factory) -> Path:
     with ImageServer(small_world.root) as server:
         (spec,) = plan_shards(pairs_files(str(tmp / "input.parquet")), 100)
         assert read_shard_rows(spec)["text"].to_pylist() == captions  # img2dataset's caption, read as ours
-        stats = download_shard(spec, str(run), server.download_settings(processes=1))
+        stats = download_shard(spec, str(run), server.download_settings(image_threads=1))
     assert stats["successes"] == len(ok), stats
     parquet = first(run / "images", "*.parquet")
     table = pq.read_table(parquet)

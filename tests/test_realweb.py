@@ -103,7 +103,7 @@ def replay(stored, tmp_path_factory):
         "ca_bundle": str(ca_path),
         "min_bytes": 0,  # the captures' images are small: icons, thumbnails
         "retries": 0,  # a replay has no transient failures: one would be a defect
-        "processes": 1,
+        "image_threads": 1,
     }
 
     def settings(**overrides) -> DownloadSettings:
@@ -224,7 +224,7 @@ def test_hard_urls_go_from_page_to_shard_untouched(tmp_path):
             resolve={f"{host}:80": f"127.0.0.1:{server.port}" for host in hosts},
             min_bytes=0,
             retries=0,
-            processes=1,
+            image_threads=1,
         )
         out = str(tmp_path / "out")
         wanted, got = download(extract_pairs([str(warc)], out), out, settings)

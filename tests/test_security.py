@@ -132,7 +132,7 @@ def test_without_an_allowlist_no_request_reaches_a_private_address(world, tmp_pa
     urls = sorted(u for u, status in expected.items() if status == S.SUCCESS)[:20]
     with ImageServer(world.root) as server:
         # the world's hosts resolve to 127.0.0.1: with the default (empty) allowlist every one is refused
-        settings = server.download_settings(allow_addresses=DownloadSettings().allow_addresses, processes=1)
+        settings = server.download_settings(allow_addresses=DownloadSettings().allow_addresses, image_threads=1)
         download_shard(shard_of(tmp_path, urls), str(tmp_path / "out"), settings)
         hits = sum(server.hits.values())
     got = statuses(tmp_path / "out")
@@ -147,7 +147,7 @@ def test_opt_outs_are_honoured_before_the_image_is_requested(world, tmp_path):
     refused = {u: s for u, s in expected.items() if s in (S.ROBOTS_DISALLOWED, S.OPT_OUT_HEADER)}
     assert {S.ROBOTS_DISALLOWED, S.OPT_OUT_HEADER} <= set(refused.values())
     with ImageServer(world.root) as server:
-        settings = server.download_settings(processes=1)
+        settings = server.download_settings(image_threads=1)
         assert (settings.respect_robots, settings.respect_optouts) == (
             settings_default.respect_robots,
             settings_default.respect_optouts,

@@ -79,8 +79,8 @@ start dask-scheduler "$python" -m dask scheduler --host 127.0.0.1 --port "$dask_
   --dashboard-address "127.0.0.1:${DASK_DASHBOARD_PORT:-8787}"
 wait_for dask-scheduler 60 "$python" -c "import socket; socket.create_connection(('127.0.0.1', $dask_port), 5)"
 
-# download tasks start a process pool, which daemonic worker processes may not
-export DASK_DISTRIBUTED__WORKER__DAEMON=False
+# glibc's adaptive malloc, not the nanny's MALLOC_TRIM_THRESHOLD_ (which maps and unmaps every image anew)
+export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON='{"MALLOC_TRIM_THRESHOLD_": None}'
 RESTART=1 start dask-cpu-workers "$python" -m dask worker "$scheduler" --name cpu --nworkers "$cpu_workers" --nthreads 1 \
   --resources CPU=1 --no-dashboard --host 127.0.0.1
 # the GPU worker's model falls back to the CPU without a GPU, and should then use the cores as a GPU would

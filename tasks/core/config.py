@@ -126,7 +126,9 @@ class DownloadSettings(BaseModel):
     max_image_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb guard (Pillow's default).")
     encode_format: Literal["jpg", "webp", "png"] = Field("jpg", description="Format of the images written to shards.")
     encode_quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality of the written images.")
-    processes: int | None = Field(None, ge=1, description="Image worker processes per shard task (none: one per core).")
+    image_threads: int | None = Field(
+        None, ge=1, description="Threads decoding and resizing images per shard task (none: one per core)."
+    )
     shard_timeout: float | None = Field(
         3600.0,
         gt=0,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import ipaddress
 import random
 import re
@@ -76,6 +77,7 @@ def blocked_reason(ip: IPAddress, allowed: list[ipaddress.IPv4Network | ipaddres
     return None if ip.is_global else "not globally routable"  # e.g. 100.64.0.0/10 (carrier NAT)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # hosts repeat across a shard's URLs
 def literal_ip(host: str) -> IPAddress | None:
     """The address a host written as an IP literal names, legacy IPv4 forms (127.1, 2130706433) included."""
     with contextlib.suppress(ValueError):
@@ -114,6 +116,7 @@ def _escape(part: str, escapes: tuple[re.Pattern, list[str]]) -> str:
     return "".join(map(table.__getitem__, part.encode("utf-8", "surrogateescape")))  # raw header bytes come back
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def request_host(host: str) -> str:
     """A host name as it goes on the wire (and to the resolver): lower-case ASCII, an IDN in its punycode form."""
     try:
@@ -309,7 +312,9 @@ async def read_response(resp: aiohttp.ClientResponse, settings: DownloadSettings
     elif resp.content_length is not None and resp.content_length > settings.max_bytes:
         done.status = S.TOO_LARGE
         done.message = f"Content-Length {resp.content_length} over max_bytes {settings.max_bytes}"
-    elif (body := await _read_capped(resp, settings.max_bytes)) is None:
+    elif (
+        body := await (resp.read() if resp.content_length is not None else _read_capped(resp, settings.max_bytes))
+    ) is None:
         done.status, done.message = S.TOO_LARGE, f"body over max_bytes {settings.max_bytes}"
     elif len(body) < settings.min_bytes:
         done.status, done.message = S.TOO_SMALL_BYTES, f"{len(body)} bytes under min_bytes {settings.min_bytes}"

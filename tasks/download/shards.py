@@ -87,32 +87,37 @@ def plan_download(pairs: str, shard_size: int) -> tuple[list[str], list[ShardSpe
 
 
 def plan_shards(pairs_uris: list[str], shard_size: int) -> list[ShardSpec]:
-    """Cut the rows of `pairs_uris` (file order, then row order) into shards of `shard_size`.
+    """Cut the rows of `pairs_uris` (file order, then row order) into the fewest shards of at most
+    `shard_size`, balanced: their sizes differ by one at most, so no worker is left with a small last
+    shard while the others idle (12,000 rows at 10,000 make two shards of 6,000, not 10,000 and 2,000).
 
-    Reads only the parquet footers. The last shard may be smaller; empty files are skipped. A file without a url
-    and a caption column raises InputError, before any shard is downloaded.
+    Reads only the parquet footers; empty files are skipped. A file without a url and a caption
+    column raises InputError, before any shard is downloaded.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    specs: list[ShardSpec] = []
-    current: list[tuple[str, int, int]] = []
-    filled = 0
+    counts = []
     for uri in pairs_uris:
         with open_uri(uri) as f:
             footer = pq.read_metadata(f)
         pick_columns(uri, footer.schema.to_arrow_schema().names, "url", CAPTION_COLUMNS)
-        num_rows = footer.num_rows
+        counts.append((uri, footer.num_rows))
+    total = sum(n for _, n in counts)
+    shards = -(-total // shard_size)
+    sizes = [total // shards + (i < total % shards) for i in range(shards)] if shards else []
+    specs: list[ShardSpec] = []
+    current: list[tuple[str, int, int]] = []
+    filled = 0
+    for uri, num_rows in counts:
         start = 0
         while start < num_rows:
-            take = min(shard_size - filled, num_rows - start)
+            take = min(sizes[len(specs)] - filled, num_rows - start)
             current.append((uri, start, start + take))
             filled += take
             start += take
-            if filled == shard_size:
+            if filled == sizes[len(specs)]:
                 specs.append(ShardSpec(len(specs), tuple(current)))
                 current, filled = [], 0
-    if current:
-        specs.append(ShardSpec(len(specs), tuple(current)))
     return specs
 
 

@@ -1,20 +1,17 @@
 """One shard of pairs -> OUT/images/{shard:05d}.tar/.parquet/_stats.json.
 
-Network I/O runs on an asyncio loop (tasks/download/fetch.py); decoding and resizing are
-CPU-bound and run in a process pool kept per worker process, overlapped with the
-downloads. Memory is bounded: at most `concurrency` bodies wait for the pool.
+Network I/O runs on an asyncio loop (tasks/download/fetch.py); decoding, resizing and encoding run
+in a pool of threads of the same process, overlapped with the downloads: Pillow releases the GIL
+while it decodes, resizes and encodes, so the threads use every core without copying a body to
+another process. Memory is bounded: at most `concurrency` bodies in flight, and 2 per image thread
+waiting for one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
-import logging
-import multiprocessing
 import os
-import threading
-import time
 
 from prefect import task
 
@@ -26,58 +23,16 @@ from clipcrawl.tasks.download.images import process_image
 from clipcrawl.tasks.download.shards import ShardSpec, ShardWriter, read_shard_rows, sample_key
 from clipcrawl.tasks.ingest.normalize import pair_uid
 
-logger = logging.getLogger(__name__)
-_POOLS: dict[int, concurrent.futures.Executor] = {}
 
-
-def _exit_with_parent(parent: int) -> None:
-    """Pool worker initializer: exit when the process that made the pool is gone.
-
-    A Dask nanny kills a worker that is slow to close; its image workers, blocked on the pool's
-    queue, would otherwise live on as orphans forever (holding the worker's stdout open).
-    """
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="clipcrawl-parent-watch", daemon=True).start()
-
-
-def image_pool(processes: int | None) -> concurrent.futures.Executor:
-    """A pool of image workers for this process, made once and reused by every shard.
-
-    Daemonic processes (Dask's default for workers) may not have children: there the
-    pool falls back to threads, which still overlap since Pillow releases the GIL
-    while decoding, resizing and encoding.
-    """
-    size = processes or os.cpu_count() or 1
-    if size not in _POOLS:
-        if multiprocessing.current_process().daemon:
-            logger.warning(
-                "daemonic worker process: image work runs in %d threads, not processes "
-                "(start Dask workers with distributed.worker.daemon=False)",
-                size,
-            )
-            pool = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="clipcrawl-image")
-        else:
-            pool = concurrent.futures.ProcessPoolExecutor(
-                size,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_exit_with_parent,
-                initargs=(os.getpid(),),
-            )
-        atexit.register(pool.shutdown, wait=False, cancel_futures=True)
-        _POOLS[size] = pool
-    return _POOLS[size]
+def image_threads(settings: DownloadSettings) -> int:
+    return settings.image_threads or os.cpu_count() or 1
 
 
 async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardWriter) -> None:
     loop = asyncio.get_running_loop()
-    pool = image_pool(settings.processes)
+    threads = image_threads(settings)
     fetching = asyncio.Semaphore(settings.concurrency)
-    processing = asyncio.Semaphore(2 * (settings.processes or os.cpu_count() or 1))
+    processing = asyncio.Semaphore(2 * threads)
 
     async def one(row: dict) -> None:
         async with fetching:
@@ -104,8 +59,12 @@ async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardW
             image if status == DownloadStatus.SUCCESS else None,
         )
 
-    async with Fetcher(settings) as fetcher:
-        await asyncio.gather(*(one(row) for row in rows))
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="clipcrawl-image")
+    try:
+        async with Fetcher(settings) as fetcher:
+            await asyncio.gather(*(one(row) for row in rows))
+    finally:  # cancelled (the task's timeout): queued images are dropped, running ones end within milliseconds
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 async def download_shard_async(spec: ShardSpec, out: str, settings: DownloadSettings) -> dict:

@@ -1,33 +1,71 @@
-"""Benchmark: the download stage (fetch + check + resize + encode + write shards), ours vs img2dataset.
+"""Benchmark: `clipcrawl download` against `img2dataset`, both run as users run them, side by side.
 
-    python tests/benchmarks/bench_download.py [--urls 20000] [--repeat 1] [--threads 64]
-        [--img2dataset /work/venvs/img2dataset/bin/img2dataset] [--no-cli] [--no-img2dataset]
+The one command, from the repository root:
 
-Both tools download the same URL list (one parquet file, url + text columns) from the same local
-image server and write img2dataset-layout webdataset shards with the same settings (image_size
-256, resize_mode border, jpg quality 95, 10,000 samples per shard). Measured per run:
+    .venv/bin/python tests/benchmarks/bench_download.py
 
-  wall      seconds from start to exit of the tool's process
-  cpu       user + system seconds of the tool's whole process tree (every descendant, also those
-            that exit early: the harness is a child subreaper and collects them all with
-            getrusage(RUSAGE_CHILDREN)); the image server's CPU is excluded
-  peak RSS  maximum over time of the summed RSS of the tree, sampled every 0.1 s (psutil)
-  img/s     successes / wall
-  img/s/core  successes / cpu, i.e. images per CPU-second: the throughput one fully busy core gives
+    options: --urls 12000,40000   sizes (URLs per run)
+             --worlds one-host,hosts   --hosts 1000   (host names of the hosts world)
+             --repeat 1   --prefect-server   --engine (add those rows)   --no-check   --json PATH
+             --img2dataset /work/venvs/img2dataset/bin/img2dataset   --workdir /tmp/clipcrawl-bench-download
 
-The image server (tests/benchmarks/download_server.py) is a separate process on 127.0.0.1: a pool
-of photo-like ~1000x800 JPEGs of 50-500 KB (made once, cached under --workdir), served from
-memory over keep-alive connections as URLs /img/{i}.jpg -> pool[i % n]; /robots.txt is 404.
-All URLs name 127.0.0.1 (img2dataset has no DNS override), so clipcrawl runs with
-allow_addresses=["127.0.0.1/32"] and per_host raised to its concurrency (the politeness cap
-would otherwise hold it to 8 connections to the single host while img2dataset uses all of its
-threads).
+For each size, for each world, for each repeat it runs img2dataset, then clipcrawl (then the engine),
+alternately, each on a fresh output folder against the same image server, prints each run's figures as
+it ends and a table at the end. The commands keep their defaults apart from size, mode and allowlist:
 
-Lines of the table:
-  clipcrawl engine   clipcrawl.tasks.download.stage.download_shard for each shard in one process (what a Dask
-                     worker runs), processes=2 image workers, concurrency requests in flight
-  clipcrawl CLI      `clipcrawl download` end to end: Prefect flow + a local Dask cluster
-  img2dataset        --processes_count 2 --thread_count N, multiprocessing distributor
+  img2dataset        img2dataset --url_list PAIRS.parquet --input_format parquet --url_col url
+                     --caption_col text --output_folder OUT --processes_count 2 --thread_count 64
+                     --image_size 256 --resize_mode border --output_format webdataset
+                     --number_sample_per_shard 1000 --enable_wandb False
+  clipcrawl          clipcrawl download --pairs PAIRS_DIR --out OUT --image-size 256 --resize-mode border
+                     --allow-address 127.0.0.1/32   (+ --config FILE in the hosts world, see below)
+  clipcrawl +server  (--prefect-server) the same command with PREFECT_API_URL set: a `prefect server start`
+                     started once beforehand, as a deployment has one, instead of the temporary API
+                     each command starts when none is configured (its CPU is in sys ms/img, not in
+                     the tree's figures)
+  clipcrawl engine   (--engine) clipcrawl.tasks.download.stage.download_shard for each shard, in one
+                     process: what a Dask worker runs, without Prefect or Dask; the command's settings
+
+The image server (tests/benchmarks/download_server.py) is one aiohttp process on 127.0.0.1 that answers
+for every host name: a pool of photo-like ~1000x800 JPEGs of 50-500 KB (made once, cached under
+--workdir), served from memory as /img/{i}.jpg -> pool[i % pool size]; /robots.txt is a small real file
+(no image URL is disallowed) for every host. It counts image requests and notes when the first and
+the last came (/_bench/stats, zeroed by /_bench/reset before each run).
+
+The worlds (one parquet of url + text columns each; clipcrawl gets its folder, img2dataset the file):
+  one-host  URL i is http://127.0.0.1:PORT/img/{i}.jpg: one host, so clipcrawl's per-host politeness
+            cap holds it to its default connections per host.
+  hosts     URL i is http://h{i % N}.bench.test:PORT/img/{i}.jpg over N = --hosts names: per-host
+            politeness, one robots.txt fetch and parse per host and a connection setup per host are
+            on clipcrawl's path. clipcrawl reaches them with its `resolve` setting, from a config
+            file: download: {resolve: {"h0042.bench.test:PORT": "127.0.0.1:PORT", ...}}.
+            img2dataset has no DNS override and nothing here resolves .bench.test, so its command
+            alone gets PYTHONPATH=<dir> whose sitecustomize.py wraps socket.getaddrinfo: names ending
+            in .bench.test resolve to 127.0.0.1, all others go to the real getaddrinfo. Python imports
+            sitecustomize at the start of every interpreter, and img2dataset's spawned workers inherit
+            PYTHONPATH, so each of its urllib threads sees the shim; it costs one string test per
+            connection.
+
+Figures per run (ratios compare with img2dataset's runs of the same size and world, their median
+when --repeat > 1):
+  ok            successes: clipcrawl's from the JSON summary the command prints, img2dataset's summed
+                over its *_stats.json
+  wall s        command start to exit
+  x faster      img2dataset's wall / this wall
+  sys ms/img    busy CPU of the whole machine over the run (/proc/stat, every core: user + nice +
+                system + irq + softirq + steal) per success: the tool, the image server, the
+                kernel's network work, and anything else running at the time
+  -srv ms/img   the same without the image server's own CPU over the run (psutil on its pid)
+  x i2d         this figure / img2dataset's (under 1: cheaper than img2dataset)
+  tree CPU s    user + system seconds of the tool's process tree, every descendant, also those that
+                exit early (the harness is a child subreaper: getrusage(RUSAGE_CHILDREN))
+  RSS sum MiB   peak over time of the RSS summed over the tool's process tree (psutil, every 0.1 s)
+  RSS max MiB   peak RSS of the tree's largest single process
+  start s       fixed overhead at start: the server's first image request - command start
+  stop s        fixed overhead at the end: command exit - the server's last image request
+Then whether the success counts are identical per size and world, and a read-back of the tars of each
+tool's last run (members per extension, every image 256x256; --no-check skips it). The harness's own
+sampling thread is in the system-wide figures too; it is small next to either tool.
 """
 
 from __future__ import annotations
@@ -40,37 +78,59 @@ import json
 import os
 import resource
 import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tarfile
 import threading
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-sys.path.insert(0, ROOT)
-
 IMG2DATASET = "/work/venvs/img2dataset/bin/img2dataset"
 CLIPCRAWL = os.path.join(os.path.dirname(sys.executable), "clipcrawl")
-IMAGE_SIZE, RESIZE_MODE, ENCODE_FORMAT, ENCODE_QUALITY, SHARD_SIZE = 256, "border", "jpg", 95, 10_000
+IMAGE_SIZE, RESIZE_MODE = 256, "border"
+LOOPBACK = "127.0.0.1"
+ALLOW_ADDRESS = "127.0.0.1/32"
+HOST_SUFFIX = ".bench.test"
+WORLDS = ("one-host", "hosts")
+BASELINE, CLIPCRAWL_CLI, ENGINE = "img2dataset", "clipcrawl", "clipcrawl engine"
+WITH_SERVER = "clipcrawl +server"  # the command with PREFECT_API_URL set: a Prefect server already running
+BACKGROUND: set[int] = set()  # processes outside every tool's tree: the image server, a Prefect server
+
+DNS_SHIM = f"""# Written by bench_download.py for img2dataset's processes: *{HOST_SUFFIX} resolves to {LOOPBACK}.
+import socket
+
+_getaddrinfo = socket.getaddrinfo
+
+
+def getaddrinfo(host, *args, **kwargs):
+    name = host.decode() if isinstance(host, bytes) else host
+    if isinstance(name, str) and name.rstrip(".").endswith({HOST_SUFFIX!r}):
+        host = {LOOPBACK!r}
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = getaddrinfo
+"""
 
 ENGINE_SCRIPT = """
-# Imports inside the main guard, like a Dask worker: the image pool's spawned processes re-import
-# this file as __mp_main__, and must not pay for importing Prefect (~3 s CPU each) on the way.
+# Imports inside the main guard, like a Dask worker: processes that re-import this file as
+# __mp_main__ must not pay for importing clipcrawl on the way.
 if __name__ == "__main__":
     import json, sys
-    sys.path.insert(0, {root!r})
     from clipcrawl.tasks.core.config import DownloadSettings
     from clipcrawl.tasks.download.stage import download_shard
     from clipcrawl.tasks.download.shards import plan_shards
-    pairs, out, settings = sys.argv[1], sys.argv[2], DownloadSettings(**json.loads(sys.argv[3]))
-    stats = []
-    for spec in plan_shards([pairs], settings.shard_size):
-        stats.append(download_shard(spec, out, settings))
-    print(json.dumps(stats))
+    pairs, out, settings_file = sys.argv[1:4]
+    with open(settings_file) as f:
+        settings = DownloadSettings(**json.load(f))
+    print(json.dumps([download_shard(spec, out, settings) for spec in plan_shards([pairs], settings.shard_size)]))
 """
 
 
@@ -91,20 +151,31 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def busy_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine since boot: /proc/stat's total, less idle and iowait."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 class TreeSampler(threading.Thread):
-    """Every `interval` s: the summed RSS of our descendants (but the excluded ones' subtrees)."""
+    """Every `interval` s: the summed RSS of our descendants (but the excluded ones' subtrees) and
+    the RSS of the largest of them."""
 
     def __init__(self, exclude: set[int], interval: float = 0.1):
         super().__init__(daemon=True)
         self.exclude, self.interval = exclude, interval
-        self.peak_rss, self.peak_procs, self.samples = 0, 0, 0
-        self.cpu: dict[tuple[int, float], float] = {}  # (pid, create_time) -> last user+system seen
+        self.peak_rss, self.peak_largest, self.peak_procs = 0, 0, 0
         self._stop_event = threading.Event()
 
     def tree(self) -> list[psutil.Process]:
-        me = psutil.Process()
         procs = []
-        for child in me.children():
+        for child in psutil.Process().children():
             if child.pid in self.exclude:
                 continue
             procs.append(child)
@@ -114,16 +185,13 @@ class TreeSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            rss, n = 0, 0
+            sizes = []
             for p in self.tree():
                 with contextlib.suppress(psutil.Error):
-                    with p.oneshot():
-                        rss += p.memory_info().rss
-                        t = p.cpu_times()
-                        self.cpu[p.pid, p.create_time()] = t.user + t.system
-                    n += 1
-            self.peak_rss, self.peak_procs = max(self.peak_rss, rss), max(self.peak_procs, n)
-            self.samples += 1
+                    sizes.append(p.memory_info().rss)
+            self.peak_rss = max(self.peak_rss, sum(sizes))
+            self.peak_largest = max(self.peak_largest, max(sizes, default=0))
+            self.peak_procs = max(self.peak_procs, len(sizes))
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:
@@ -131,22 +199,10 @@ class TreeSampler(threading.Thread):
         self.join()
 
 
-def measure(cmd: list[str], exclude: set[int], env: dict | None = None, log: str | None = None) -> dict:
-    """Run `cmd` to completion; wall, CPU of its whole tree, peak RSS of the tree, its stdout."""
-    cpu0 = _children_cpu()
-    sampler = TreeSampler(exclude)
-    started = time.perf_counter()
-    out_path = (log or os.path.join("/tmp", f"bench-{os.getpid()}.log")) + ".stdout"
-    with open(log or os.devnull, "wb") as err, open(out_path, "wb") as out:
-        # stdout to a file, not a pipe: a leaked grandchild holding a pipe open would hang us
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        sampler.start()
-        proc.wait()
-    wall = time.perf_counter() - started
-    with open(out_path) as f:
-        stdout = f.read()
-    # reap what is left of the tree (orphans reparented to us, the subreaper); after 15 s, kill it
-    deadline, leaked = time.monotonic() + 15, 0
+def reap(sampler: TreeSampler, grace: float = 15) -> int:
+    """Wait for what is left of the tree (orphans reparented to us, the subreaper); after `grace` s,
+    kill it. Returns how many processes had to be killed."""
+    deadline, leaked = time.monotonic() + grace, 0
     while left := sampler.tree():
         if time.monotonic() > deadline:
             leaked = len(left)
@@ -158,39 +214,48 @@ def measure(cmd: list[str], exclude: set[int], env: dict | None = None, log: str
                 if p.ppid() == os.getpid():
                     p.wait(timeout=0.2)
         time.sleep(0.1)
+    return leaked
+
+
+def measure(cmd: list[str], server_pid: int, log: str, env: dict | None = None) -> dict:
+    """Run `cmd` to completion: its wall time, the machine's and the server's CPU meanwhile, the CPU
+    and peak RSS of its process tree, and its stdout."""
+    cpu0, busy0, server0 = _children_cpu(), busy_cpu_seconds(), process_cpu(server_pid)
+    sampler = TreeSampler({server_pid} | BACKGROUND)
+    start, started = time.time(), time.perf_counter()
+    # stdout to a file, not a pipe: a leaked grandchild holding a pipe open would hang us
+    with open(log, "wb") as err, open(log + ".stdout", "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        sampler.start()
+        proc.wait()
+    wall, end = time.perf_counter() - started, time.time()
+    busy, server_cpu = busy_cpu_seconds() - busy0, process_cpu(server_pid) - server0
+    leaked = reap(sampler)
     sampler.stop()
-    cpu = _children_cpu() - cpu0
     if proc.returncode != 0:
-        tail = Path(log).read_text()[-3000:] if log else ""
-        raise SystemExit(f"{cmd[0]} exited with {proc.returncode}\n{tail}")
+        raise SystemExit(f"{cmd[0]} exited with {proc.returncode}; log {log}:\n{Path(log).read_text()[-3000:]}")
     return {
+        "start": start,
+        "end": end,
         "wall": wall,
-        "cpu": cpu,
-        "cpu_sampled": sum(sampler.cpu.values()),
-        "peak_rss": sampler.peak_rss,
+        "busy_cpu": busy,
+        "server_cpu": server_cpu,
+        "tree_cpu": _children_cpu() - cpu0,
+        "peak_rss_sum": sampler.peak_rss,
+        "peak_rss_largest": sampler.peak_largest,
         "peak_procs": sampler.peak_procs,
-        "stdout": stdout,
         "leaked": leaked,
+        "stdout": Path(log + ".stdout").read_text(),
     }
 
 
-# ------------------------------------------------------------------------------ the runs
+# ------------------------------------------------------------------------------ the image server
 
 
 def start_server(workdir: str, urls: int, pool_size: int) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(HERE, "download_server.py"),
-            "--pool",
-            workdir,
-            "--pool-size",
-            str(pool_size),
-            "--urls",
-            str(urls),
-        ],
-        stdout=subprocess.PIPE,
-    )
+    script = os.path.join(HERE, "download_server.py")
+    cmd = [sys.executable, script, "--pool", workdir, "--pool-size", str(pool_size), "--urls", str(urls)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     line = proc.stdout.readline().decode()
     if not line.startswith("PORT "):
         proc.kill()
@@ -198,115 +263,167 @@ def start_server(workdir: str, urls: int, pool_size: int) -> tuple[subprocess.Po
     return proc, int(line.split()[1])
 
 
-def write_pairs(path: str, port: int, urls: int) -> None:
+def server_call(port: int, path: str, method: str = "GET") -> dict:
+    """A /_bench/ endpoint of the image server (straight, whatever proxy the environment names)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(urllib.request.Request(f"http://{LOOPBACK}:{port}{path}", method=method), timeout=10) as r:
+        return json.load(r)
+
+
+# ------------------------------------------------------------------------------ the worlds
+
+
+@dataclass(frozen=True)
+class World:
+    name: str
+    size: int
+    pairs: str  # the parquet file, alone in its folder
+    resolve: dict[str, str]  # 'host:port' -> 'ip:port' (clipcrawl's resolve setting); empty: no names
+    config: str | None  # clipcrawl config file holding `resolve`
+    dns_shim: str | None  # folder of img2dataset's sitecustomize.py
+
+    @property
+    def pairs_dir(self) -> str:
+        return os.path.dirname(self.pairs)
+
+
+def host_names(count: int) -> list[str]:
+    width = max(4, len(str(count - 1)))
+    return [f"h{i:0{width}d}{HOST_SUFFIX}" for i in range(count)]
+
+
+def world_urls(name: str, size: int, port: int, hosts: int) -> list[str]:
+    if name == "one-host":
+        return [f"http://{LOOPBACK}:{port}/img/{i}.jpg" for i in range(size)]
+    names = host_names(hosts)
+    return [f"http://{names[i % hosts]}:{port}/img/{i}.jpg" for i in range(size)]
+
+
+def write_pairs(path: str, urls: list[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    table = pa.table(
-        {
-            "url": [f"http://127.0.0.1:{port}/img/{i}.jpg" for i in range(urls)],
-            "text": [f"a photo number {i} of a synthetic scene" for i in range(urls)],
-        }
+    pq.write_table(
+        pa.table({"url": urls, "text": [f"a photo number {i} of a synthetic scene" for i in range(len(urls))]}), path
     )
-    pq.write_table(table, path)
 
 
-def clipcrawl_settings(args) -> dict:
-    return {
-        "shard_size": SHARD_SIZE,
-        "image_size": IMAGE_SIZE,
-        "resize_mode": RESIZE_MODE,
-        "encode_format": ENCODE_FORMAT,
-        "encode_quality": ENCODE_QUALITY,
-        "processes": args.processes,
-        "concurrency": args.concurrency,
-        "per_host": args.concurrency,
-        "allow_addresses": ["127.0.0.1/32"],
-    }
+def build_world(name: str, size: int, port: int, args: argparse.Namespace) -> World:
+    import yaml
+
+    folder = os.path.join(args.workdir, "worlds", f"{name}-{size}")
+    shutil.rmtree(folder, ignore_errors=True)
+    pairs = os.path.join(folder, "pairs", "urls.parquet")
+    write_pairs(pairs, world_urls(name, size, port, args.hosts))
+    if name == "one-host":
+        return World(name, size, pairs, {}, None, None)
+    resolve = {f"{host}:{port}": f"{LOOPBACK}:{port}" for host in host_names(args.hosts)}
+    config = os.path.join(folder, "clipcrawl.yaml")
+    with open(config, "w") as f:
+        yaml.safe_dump({"download": {"resolve": resolve}}, f)
+    shim = os.path.join(folder, "dns-shim")
+    os.makedirs(shim)
+    with open(os.path.join(shim, "sitecustomize.py"), "w") as f:
+        f.write(DNS_SHIM)
+    return World(name, size, pairs, resolve, config, shim)
 
 
-def run_engine(args, pairs: str, out: str, exclude: set[int]) -> dict:
-    script = os.path.join(args.workdir, "engine.py")
-    with open(script, "w") as f:
-        f.write(ENGINE_SCRIPT.format(root=ROOT))
-    m = measure(
-        [sys.executable, script, pairs, out, json.dumps(clipcrawl_settings(args))],
-        exclude,
-        log=os.path.join(args.workdir, "engine.log"),
+# ------------------------------------------------------------------------------ the tools
+
+
+def img2dataset_cmd(exe: str, pairs: str, out: str) -> list[str]:
+    return [
+        *(exe, "--url_list", pairs, "--input_format", "parquet", "--url_col", "url", "--caption_col", "text"),
+        *("--output_folder", out, "--processes_count", "2", "--thread_count", "64"),
+        *("--image_size", str(IMAGE_SIZE), "--resize_mode", RESIZE_MODE, "--output_format", "webdataset"),
+        *("--number_sample_per_shard", "1000", "--enable_wandb", "False"),
+    ]
+
+
+def clipcrawl_cmd(pairs_dir: str, out: str, config: str | None) -> list[str]:
+    cmd = [CLIPCRAWL, "download", "--pairs", pairs_dir, "--out", out]
+    cmd += ["--image-size", str(IMAGE_SIZE), "--resize-mode", RESIZE_MODE, "--allow-address", ALLOW_ADDRESS]
+    return cmd + (["--config", config] if config else [])
+
+
+def run_img2dataset(args, world: World, out: str, server_pid: int, log: str) -> dict:
+    env = os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1"}
+    if world.dns_shim:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [world.dns_shim, os.environ.get("PYTHONPATH")]))
+    m = measure(img2dataset_cmd(args.img2dataset, world.pairs, out), server_pid, log, env)
+    m["successes"] = sum(
+        json.loads((Path(out) / name).read_text())["successes"]
+        for name in os.listdir(out)
+        if name.endswith("_stats.json")
     )
+    return m
+
+
+def run_clipcrawl(args, world: World, out: str, server_pid: int, log: str, env: dict | None = None) -> dict:
+    m = measure(clipcrawl_cmd(world.pairs_dir, out, world.config), server_pid, log, env)
+    m["successes"] = last_json_object(m["stdout"])["successes"]
+    return m
+
+
+def last_json_object(stdout: str) -> dict:
+    """The JSON object a command printed last (indented: it starts on a line of its own, "{")."""
+    lines = stdout.splitlines()
+    start = max(i for i, line in enumerate(lines) if line == "{")
+    return json.loads("\n".join(lines[start:]))
+
+
+def run_engine(args, world: World, out: str, server_pid: int, log: str) -> dict:
+    script, settings = os.path.join(args.workdir, "engine.py"), os.path.join(args.workdir, "engine-settings.json")
+    Path(script).write_text(ENGINE_SCRIPT)
+    options = {"image_size": IMAGE_SIZE, "resize_mode": RESIZE_MODE, "allow_addresses": [ALLOW_ADDRESS]}
+    Path(settings).write_text(json.dumps(options | {"resolve": world.resolve}))
+    m = measure([sys.executable, script, world.pairs, out, settings], server_pid, log)
     m["successes"] = sum(s["successes"] for s in json.loads(m["stdout"]))
     return m
 
 
-def run_cli(args, pairs_dir: str, out: str, exclude: set[int]) -> dict:
-    import yaml
+def run_with_server(args, world: World, out: str, server_pid: int, log: str) -> dict:
+    return run_clipcrawl(args, world, out, server_pid, log, os.environ | {"PREFECT_API_URL": args.prefect_api})
 
-    config = os.path.join(args.workdir, "clipcrawl.yaml")
-    with open(config, "w") as f:
-        yaml.safe_dump({"download": clipcrawl_settings(args)}, f)
-    m = measure(
-        [CLIPCRAWL, "download", "--pairs", pairs_dir, "--out", out, "--config", config],
-        exclude,
-        log=os.path.join(args.workdir, "cli.log"),
+
+def start_prefect_server(workdir: str) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` on a free port, as a deployment runs it (outside every measured tree)."""
+    with socket.socket() as probe:
+        probe.bind((LOOPBACK, 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    prefect = os.path.join(os.path.dirname(CLIPCRAWL), "prefect")
+    log = open(os.path.join(workdir, "prefect-server.log"), "wb")  # noqa: SIM115 - open as long as the server
+    proc = subprocess.Popen(
+        [prefect, "server", "start", "--host", LOOPBACK, "--port", str(port)], stdout=log, stderr=log, env=env
     )
-    m["successes"] = json.loads(m["stdout"][m["stdout"].index("{") :])["successes"]
-    return m
+    url = f"http://{LOOPBACK}:{port}/api"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=5):
+            return proc, url
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit(f"the Prefect server did not start; see {log.name}")
 
 
-def img2dataset_cmd(args, pairs: str, out: str) -> list[str]:
-    return [
-        args.img2dataset,
-        "--url_list",
-        pairs,
-        "--input_format",
-        "parquet",
-        "--url_col",
-        "url",
-        "--caption_col",
-        "text",
-        "--output_format",
-        "webdataset",
-        "--output_folder",
-        out,
-        "--processes_count",
-        str(args.processes),
-        "--thread_count",
-        str(args.threads),
-        "--image_size",
-        str(IMAGE_SIZE),
-        "--resize_mode",
-        RESIZE_MODE,
-        "--encode_format",
-        ENCODE_FORMAT,
-        "--encode_quality",
-        str(ENCODE_QUALITY),
-        "--number_sample_per_shard",
-        str(SHARD_SIZE),
-        "--distributor",
-        "multiprocessing",
-        "--extract_exif",
-        "False",
-        "--compute_hash",
-        "sha256",
-        "--timeout",
-        "10",
-        "--retries",
-        "0",
-        "--enable_wandb",
-        "False",
-    ]
+TOOLS = {BASELINE: run_img2dataset, CLIPCRAWL_CLI: run_clipcrawl, WITH_SERVER: run_with_server, ENGINE: run_engine}
 
 
-def run_img2dataset(args, pairs: str, out: str, exclude: set[int]) -> dict:
-    env = os.environ | {"NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
-    m = measure(img2dataset_cmd(args, pairs, out), exclude, env=env, log=os.path.join(args.workdir, "img2dataset.log"))
-    m["successes"] = 0
-    for name in sorted(os.listdir(out)):
-        if name.endswith("_stats.json"):
-            with open(os.path.join(out, name)) as f:
-                m["successes"] += json.load(f)["successes"]
-    return m
+def run_one(args, tool: str, world: World, repeat: int, port: int, server_pid: int) -> dict:
+    """One measured run of `tool` on `world`, on a fresh output folder; the server's view added."""
+    slug = f"{world.size}-{world.name}-{repeat + 1}-{tool.replace(' ', '-')}"
+    out, log = os.path.join(args.workdir, "out", slug), os.path.join(args.workdir, "logs", slug + ".log")
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    server_call(port, "/_bench/reset", "POST")
+    m = TOOLS[tool](args, world, out, server_pid, log)
+    seen = server_call(port, "/_bench/stats")
+    m["startup"] = seen["first_image"] - m["start"] if seen["first_image"] else None
+    m["shutdown"] = m["end"] - seen["last_image"] if seen["last_image"] else None
+    m["image_requests"], m["robots_requests"] = seen["images"], seen["robots"]
+    return m | {"tool": tool, "size": world.size, "world": world.name, "repeat": repeat + 1, "out": out}
 
 
 # ------------------------------------------------------------------------------ checking
@@ -317,7 +434,7 @@ def check_output(folder: str) -> dict:
     from PIL import Image
 
     members: dict[str, int] = {}
-    sizes: dict[tuple[int, int], int] = {}
+    sizes: dict[str, int] = {}
     tars = sorted(os.path.join(root, n) for root, _, names in os.walk(folder) for n in names if n.endswith(".tar"))
     for path in tars:
         with tarfile.open(path) as tar:
@@ -325,127 +442,242 @@ def check_output(folder: str) -> dict:
                 ext = info.name.rsplit(".", 1)[-1]
                 members[ext] = members.get(ext, 0) + 1
                 if ext == "jpg":
-                    size = Image.open(io.BytesIO(tar.extractfile(info).read())).size
-                    sizes[size] = sizes.get(size, 0) + 1
+                    w, h = Image.open(io.BytesIO(tar.extractfile(info).read())).size
+                    sizes[f"{w}x{h}"] = sizes.get(f"{w}x{h}", 0) + 1
     return {"tars": len(tars), "members": members, "sizes": sizes}
+
+
+def check_line(run: dict) -> str:
+    c = check_output(run["out"])
+    jpg, txt = c["members"].get("jpg", 0), c["members"].get("txt", 0)
+    good = jpg == txt == run["successes"] and set(c["sizes"]) == {f"{IMAGE_SIZE}x{IMAGE_SIZE}"}
+    return (
+        f"check {run['tool']} ({run['size']} {run['world']} run {run['repeat']}): {c['tars']} tars, "
+        f"members {c['members']}, image sizes {c['sizes']} -> {'OK' if good else 'MISMATCH'}"
+    )
+
+
+# ------------------------------------------------------------------------------ reporting
+
+
+def _seconds(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def per_image_ms(run: dict, cpu: float) -> float | None:
+    return 1000 * cpu / run["successes"] if run["successes"] else None
+
+
+def figures(run: dict) -> dict:
+    """The compared figures of one run (None where a figure cannot be formed)."""
+    return {
+        "wall": run["wall"],
+        "sys_ms": per_image_ms(run, run["busy_cpu"]),
+        "sys_ms_no_server": per_image_ms(run, run["busy_cpu"] - run["server_cpu"]),
+        "rss_sum": run["peak_rss_sum"] / 2**20,
+        "rss_largest": run["peak_rss_largest"] / 2**20,
+    }
+
+
+def baselines(runs: list[dict]) -> dict[tuple[int, str], dict]:
+    """img2dataset's median figures per (size, world)."""
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for run in runs:
+        if run["tool"] == BASELINE:
+            groups.setdefault((run["size"], run["world"]), []).append(figures(run))
+    return {key: {k: _median([f[k] for f in fs]) for k in fs[0]} for key, fs in groups.items()}
+
+
+def _median(values: list[float | None]) -> float | None:
+    return None if None in values else statistics.median(values)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a is not None and b else "-"
+
+
+def print_run(run: dict) -> None:
+    f = figures(run)
+    print(
+        f"  {run['size']} {run['world']} run {run['repeat']} {run['tool']}: {run['successes']} ok, "
+        f"{run['wall']:.1f} s wall; machine busy {run['busy_cpu']:.1f} CPU-s (image server {run['server_cpu']:.1f}), "
+        f"tree {run['tree_cpu']:.1f} CPU-s; peak RSS {f['rss_sum']:.0f} MiB summed over up to "
+        f"{run['peak_procs']} processes, largest {f['rss_largest']:.0f} MiB; start-up {_seconds(run['startup'])} s, "
+        f"shutdown {_seconds(run['shutdown'])} s; server saw {run['image_requests']} image and "
+        f"{run['robots_requests']} robots.txt requests"
+        + (f"; {run['leaked']} processes outlived it >15 s (killed)" if run["leaked"] else ""),
+        flush=True,
+    )
+
+
+COLUMNS = (
+    ("size", 6),
+    ("world", 8),
+    ("tool", 16),
+    ("run", 3),
+    ("ok", 6),
+    ("wall s", 7),
+    ("x faster", 8),
+    ("sys ms/img", 10),
+    ("x i2d", 6),
+    ("-srv ms/img", 11),
+    ("x i2d", 6),
+    ("tree CPU s", 10),
+    ("RSS sum MiB", 11),
+    ("x i2d", 6),
+    ("RSS max MiB", 11),
+    ("start s", 7),
+    ("stop s", 6),
+)
+
+
+def table_row(run: dict, base: dict | None) -> list[str]:
+    f, b = figures(run), base or dict.fromkeys(figures(run))
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f}"
+
+    return [
+        str(run["size"]),
+        run["world"],
+        run["tool"],
+        str(run["repeat"]),
+        str(run["successes"]),
+        f"{run['wall']:.1f}",
+        ratio(b["wall"], f["wall"]),
+        ms(f["sys_ms"]),
+        ratio(f["sys_ms"], b["sys_ms"]),
+        ms(f["sys_ms_no_server"]),
+        ratio(f["sys_ms_no_server"], b["sys_ms_no_server"]),
+        f"{run['tree_cpu']:.1f}",
+        f"{f['rss_sum']:.0f}",
+        ratio(f["rss_sum"], b["rss_sum"]),
+        f"{f['rss_largest']:.0f}",
+        _seconds(run["startup"]),
+        _seconds(run["shutdown"]),
+    ]
+
+
+def print_table(runs: list[dict]) -> None:
+    base = baselines(runs)
+    lines = [[name for name, _ in COLUMNS]] + [table_row(r, base.get((r["size"], r["world"]))) for r in runs]
+    for cells in lines:
+        print(" ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, (_, w)) in enumerate(zip(cells, COLUMNS))))
+    print(
+        "x faster = img2dataset wall / wall; x i2d = figure / img2dataset's (median over repeats); "
+        "ms/img = busy CPU-ms of the whole machine per success (-srv: without the image server's CPU)"
+    )
+
+
+def print_success_counts(runs: list[dict]) -> None:
+    groups: dict[tuple[int, str], list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["size"], run["world"]), []).append(run)
+    for (size, world), group in groups.items():
+        counts = {r["successes"] for r in group}
+        listed = ", ".join(f"{r['tool']} {r['successes']}" for r in group)
+        print(f"successes {size} {world}: {'identical' if len(counts) == 1 else 'DIFFERENT'} ({listed})")
+
+
+def print_header(args, port: int, sizes: list[int]) -> None:
+    from download_server import make_pool
+
+    pool = sorted(len(b) for b in make_pool(args.workdir, args.pool_size))
+    print(
+        f"machine: {os.cpu_count()} cores ({psutil.cpu_count(logical=False)} physical), "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB; image server on {LOOPBACK}:{port}"
+    )
+    print(
+        f"images: {len(pool)} distinct JPEGs of ~1000x800, {pool[0] / 1e3:.0f}-{pool[-1] / 1e3:.0f} KB "
+        f"(median {pool[len(pool) // 2] / 1e3:.0f} KB) behind {', '.join(map(str, sizes))} URLs; "
+        f"hosts world: {args.hosts} host names *{HOST_SUFFIX}"
+    )
+    print(f"command {BASELINE}: {' '.join(img2dataset_cmd(args.img2dataset, 'PAIRS.parquet', 'OUT'))}")
+    print(f"  (env NO_ALBUMENTATIONS_UPDATE=1; hosts world: PYTHONPATH=<dns shim>, *{HOST_SUFFIX} -> {LOOPBACK})")
+    print(f"command {CLIPCRAWL_CLI}: {' '.join(clipcrawl_cmd('PAIRS_DIR', 'OUT', None))}")
+    print("  (hosts world: + --config FILE holding download: {resolve: {'HOST:PORT': '127.0.0.1:PORT', ...}})")
+    if args.prefect_server:
+        print(f"{WITH_SERVER}: the same command with PREFECT_API_URL={args.prefect_api} (a `prefect server start`")
+        print("  started once beforehand, as a deployment has one: outside the tree; its CPU is in sys ms/img)")
+    if args.engine:
+        print(f"{ENGINE}: download_shard for each shard in one process, settings of the command")
+    print(flush=True)
 
 
 # ------------------------------------------------------------------------------ main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--urls", type=int, default=20_000)
+    ap.add_argument("--urls", default="12000,40000", help="sizes to run, comma separated")
+    ap.add_argument("--worlds", default=",".join(WORLDS), help=f"worlds to run, comma separated: {', '.join(WORLDS)}")
+    ap.add_argument("--hosts", type=int, default=1000, help="host names of the hosts world")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each tool per size and world (all printed)")
+    ap.add_argument("--engine", action="store_true", help="also run the engine alone (download_shard in one process)")
+    ap.add_argument(
+        "--prefect-server",
+        action="store_true",
+        help="also run the command with PREFECT_API_URL set, a Prefect server started once beforehand",
+    )
     ap.add_argument("--pool-size", type=int, default=80, help="distinct JPEGs behind the URLs")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each tool (all are printed)")
-    ap.add_argument("--processes", type=int, default=2, help="img2dataset processes_count = clipcrawl processes")
-    ap.add_argument("--threads", type=int, default=64, help="img2dataset thread_count (per process)")
-    ap.add_argument("--concurrency", type=int, default=128, help="clipcrawl requests in flight (= per_host)")
     ap.add_argument("--img2dataset", default=IMG2DATASET)
-    ap.add_argument("--no-img2dataset", action="store_true")
-    ap.add_argument("--no-cli", action="store_true", help="skip the `clipcrawl download` CLI run")
-    ap.add_argument("--no-check", action="store_true", help="skip reading back every output image")
+    ap.add_argument("--no-check", action="store_true", help="skip reading back the tars of each tool's last run")
+    ap.add_argument("--json", help="write every run's figures to this file")
     ap.add_argument("--workdir", default="/tmp/clipcrawl-bench-download")
     args = ap.parse_args()
+    args.sizes = [int(s) for s in args.urls.split(",")]
+    args.world_names = args.worlds.split(",")
+    if unknown := set(args.world_names) - set(WORLDS):
+        ap.error(f"unknown worlds {sorted(unknown)}: choose from {', '.join(WORLDS)}")
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     become_subreaper()
-    t = time.perf_counter()
-    server, port = start_server(args.workdir, args.urls, args.pool_size)
-    print(
-        f"image server on 127.0.0.1:{port} (pid {server.pid}, ready in {time.perf_counter() - t:.1f} s; "
-        f"its CPU is excluded)",
-        flush=True,
+    tools = (
+        [BASELINE, CLIPCRAWL_CLI] + ([WITH_SERVER] if args.prefect_server else []) + ([ENGINE] if args.engine else [])
     )
-    from download_server import make_pool
-
-    pool = [len(b) for b in make_pool(args.workdir, args.pool_size)]
-    pool.sort()
-    pairs_dir = os.path.join(args.workdir, "pairs")
-    pairs = os.path.join(pairs_dir, "urls.parquet")
-    write_pairs(pairs, port, args.urls)
-    served = sum(pool[i % len(pool)] for i in range(args.urls))  # not sorted order, but same total per cycle
-
-    print(
-        f"{args.urls} URLs over {len(pool)} distinct JPEGs of ~1000x800, {pool[0] / 1e3:.0f}-{pool[-1] / 1e3:.0f} KB "
-        f"(median {pool[len(pool) // 2] / 1e3:.0f} KB), ~{served / 1e9:.2f} GB served per run; "
-        f"{psutil.cpu_count()} cores"
-    )
-    print(
-        f"common: image_size {IMAGE_SIZE}, resize_mode {RESIZE_MODE}, encode {ENCODE_FORMAT} q{ENCODE_QUALITY}, "
-        f"{SHARD_SIZE} samples/shard, sha256 per image, X-Robots-Tag checked, no retries needed"
-    )
-    print(
-        f"clipcrawl: processes={args.processes} concurrency={args.concurrency} per_host={args.concurrency} "
-        f"(raised from 8: every URL is on 127.0.0.1) allow_addresses=[127.0.0.1/32], robots.txt fetched (404)"
-    )
-    print(f"img2dataset: {' '.join(img2dataset_cmd(args, 'PAIRS', 'OUT')[1:])}")
-    print("  (extract_exif False: clipcrawl stores no EXIF; img2dataset's default True would cost it CPU)")
-    print(
-        "img/s = successes / wall s; img/s/core = successes / CPU s of the tool's process tree "
-        "(user+sys, all descendants); RSS = peak of the tree's summed RSS",
-        flush=True,
-    )
-
-    runs: list[tuple[str, dict, str]] = []
-    exclude = {server.pid}
+    plan = [
+        (size, name, r, tool)
+        for size in args.sizes
+        for name in args.world_names
+        for r in range(args.repeat)
+        for tool in tools
+    ]
+    last_of_tool = {tool: i for i, (*_, tool) in enumerate(plan)}
+    server, port = start_server(args.workdir, max(args.sizes), args.pool_size)
+    prefect_server = None
+    if args.prefect_server:
+        prefect_server, args.prefect_api = start_prefect_server(args.workdir)
+        BACKGROUND.add(prefect_server.pid)
+    runs, checks = [], []
     try:
-        for r in range(args.repeat):
-            plan = [("clipcrawl engine", run_engine, pairs)]
-            if not args.no_img2dataset:
-                plan.append(("img2dataset", run_img2dataset, pairs))
-            if not args.no_cli:
-                plan.append(("clipcrawl CLI", run_cli, pairs_dir))
-            for name, fn, source in plan:
-                out = os.path.join(args.workdir, "out-" + name.replace(" ", "-"))
-                shutil.rmtree(out, ignore_errors=True)
-                m = fn(args, source, out, exclude)
-                runs.append((name, m, out))
-                print(
-                    f"  run {r + 1} {name}: {m['successes']} ok, {m['wall']:.1f} s wall, {m['cpu']:.1f} s CPU "
-                    f"(sampled {m['cpu_sampled']:.1f}), peak RSS {m['peak_rss'] / 2**20:.0f} MiB "
-                    f"over {m['peak_procs']} processes"
-                    + (f"; {m['leaked']} processes outlived it >15 s (killed)" if m["leaked"] else ""),
-                    flush=True,
-                )
+        print_header(args, port, args.sizes)
+        worlds = {(size, name): build_world(name, size, port, args) for size in args.sizes for name in args.world_names}
+        for i, (size, name, r, tool) in enumerate(plan):
+            run = run_one(args, tool, worlds[size, name], r, port, server.pid)
+            print_run(run)
+            if last_of_tool[tool] == i and not args.no_check:
+                checks.append(check_line(run))
+            shutil.rmtree(run["out"], ignore_errors=True)  # disk: the big sizes' outputs add up
+            runs.append({k: v for k, v in run.items() if k != "stdout"})
     finally:
-        server.terminate()
-        server.wait()
-
-    base = {name: m for name, m, _ in runs if name == "img2dataset"}  # the last img2dataset run
-    base_rate = base["img2dataset"]["successes"] / base["img2dataset"]["cpu"] if base else None
+        for proc in filter(None, (server, prefect_server)):
+            proc.terminate()
+            proc.wait()
     print()
-    print(
-        f"{'tool':<18} {'run':>3} {'ok':>6} {'wall s':>7} {'CPU s':>7} {'img/s':>7} {'img/s/core':>10} "
-        f"{'peak RSS MiB':>12} {'x img2dataset/core':>18}"
-    )
-    counts: dict[str, int] = {}
-    for name, m, _ in runs:
-        counts[name] = counts.get(name, 0) + 1
-        per_core = m["successes"] / m["cpu"]
-        ratio = f"{per_core / base_rate:.2f}x" if base_rate else "-"
-        print(
-            f"{name:<18} {counts[name]:>3} {m['successes']:>6} {m['wall']:>7.1f} {m['cpu']:>7.1f} "
-            f"{m['successes'] / m['wall']:>7.0f} {per_core:>10.0f} {m['peak_rss'] / 2**20:>12.0f} {ratio:>18}"
-        )
-    totals = {m["successes"] for _, m, _ in runs}
-    listed = ", ".join(f"{n} {m['successes']}" for n, m, _ in runs)
-    print(f"success counts: {'all equal' if len(totals) == 1 else 'DIFFERENT'} ({listed})")
-
-    if not args.no_check:
-        seen = set()
-        for name, m, out in reversed(runs):
-            if name in seen:
-                continue
-            seen.add(name)
-            c = check_output(out)
-            good = c["members"].get("jpg", 0) == c["members"].get("txt", 0) == m["successes"] and set(c["sizes"]) == {
-                (IMAGE_SIZE, IMAGE_SIZE)
-            }
-            print(
-                f"check {name}: {c['tars']} tars, members {c['members']}, image sizes "
-                f"{ {f'{w}x{h}': n for (w, h), n in c['sizes'].items()} } -> {'OK' if good else 'MISMATCH'}"
-            )
+    print_table(runs)
+    print_success_counts(runs)
+    for line in checks:
+        print(line)
+    if args.json:
+        commands = {
+            BASELINE: img2dataset_cmd(args.img2dataset, "PAIRS.parquet", "OUT"),
+            CLIPCRAWL_CLI: clipcrawl_cmd("PAIRS_DIR", "OUT", None),
+        }
+        Path(args.json).write_text(json.dumps({"cores": os.cpu_count(), "commands": commands, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Helpers of bench_download.py: a deterministic pool of photo-like JPEGs and the image server.
 
-    python tests/benchmarks/download_server.py --pool DIR --urls 20000 [--port 0]
+    python tests/benchmarks/download_server.py --pool DIR --urls 40000 [--port 0]
 
-serves, from memory, on 127.0.0.1 (keep-alive, aiohttp, one process):
-    /img/{i}.jpg  -> pool[i % len(pool)]   for 0 <= i < urls, else 404
-    /robots.txt   -> 404
-and prints one line `PORT <port>` once it listens. Run it as its own process, so that it does
-not share a GIL (or a CPU account) with the tool being measured.
+serves, from memory, on 127.0.0.1 only (keep-alive, aiohttp, one process), whatever the Host header
+names (so one server is every host of the benchmark's worlds):
+    GET  /img/{i}.jpg    -> pool[i % len(pool)]   for 0 <= i < urls, else 404
+    GET  /robots.txt     -> a small real robots.txt (disallows /private/, so no image URL)
+    GET  /_bench/stats   -> JSON: image and robots.txt requests since the last reset, and the
+                            time.time() of the first and last image request (null before one)
+    POST /_bench/reset   -> zeroes those, returns the stats as they were
+and prints one line `PORT <port>` once it listens. /_bench/* requests count as nothing. Run it as
+its own process, so that it does not share a GIL (or a CPU account) with the tool being measured.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import resource
 import sys
+import time
 
 import numpy as np
 
 POOL_VERSION = "v1"
+ROBOTS_TXT = b"User-agent: *\nDisallow: /private/\n"
 
 
 def _photo(rng: np.random.Generator, width: int, height: int, noise: float) -> np.ndarray:
@@ -106,14 +113,39 @@ def make_pool(directory: str, count: int = 80, seed: int = 0) -> list[bytes]:
     return pool
 
 
+class RequestLog:
+    """Image and robots.txt requests since the last reset, and when the first and last image one came."""
+
+    def __init__(self) -> None:
+        self.images, self.robots = 0, 0
+        self.first: float | None = None
+        self.last: float | None = None
+
+    def reset(self) -> dict:
+        before = self.stats()
+        self.images, self.robots, self.first, self.last = 0, 0, None, None
+        return before
+
+    def image(self) -> None:
+        now = time.time()
+        self.images += 1
+        if self.first is None:
+            self.first = now
+        self.last = now
+
+    def stats(self) -> dict:
+        return {"images": self.images, "robots": self.robots, "first_image": self.first, "last_image": self.last}
+
+
 def serve(pool: list[bytes], urls: int, port: int = 0) -> None:
     import asyncio
 
     from aiohttp import web
 
-    n = len(pool)
+    n, log = len(pool), RequestLog()
 
     async def image(request: web.Request) -> web.Response:
+        log.image()
         try:
             i = int(request.match_info["i"])
         except ValueError:
@@ -122,9 +154,22 @@ def serve(pool: list[bytes], urls: int, port: int = 0) -> None:
             raise web.HTTPNotFound()
         return web.Response(body=pool[i % n], content_type="image/jpeg")
 
+    async def robots(request: web.Request) -> web.Response:
+        log.robots += 1
+        return web.Response(body=ROBOTS_TXT, content_type="text/plain")
+
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(log.stats())
+
+    async def reset(request: web.Request) -> web.Response:
+        return web.json_response(log.reset())
+
     async def main() -> None:
         app = web.Application()
-        app.router.add_get("/img/{i}.jpg", image)  # anything else, /robots.txt included: 404
+        app.router.add_get("/img/{i}.jpg", image)
+        app.router.add_get("/robots.txt", robots)
+        app.router.add_get("/_bench/stats", stats)
+        app.router.add_post("/_bench/reset", reset)
         runner = web.AppRunner(app, access_log=None, keepalive_timeout=75)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", port, backlog=4096, reuse_address=True)
@@ -141,13 +186,21 @@ def serve(pool: list[bytes], urls: int, port: int = 0) -> None:
         asyncio.run(main())
 
 
+def raise_open_files_limit() -> None:
+    """Keep-alive connections from a thousand hosts' connection pools, plus one per img2dataset request."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--pool", required=True, help="cache directory of the JPEG pool")
     ap.add_argument("--pool-size", type=int, default=80)
-    ap.add_argument("--urls", type=int, default=20_000)
+    ap.add_argument("--urls", type=int, default=40_000)
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
+    raise_open_files_limit()
     images = make_pool(args.pool, args.pool_size)
     sys.stderr.write(f"serving {len(images)} images as {args.urls} URLs\n")
     serve(images, args.urls, args.port)
