@@ -48,8 +48,8 @@ def local_cluster(cpu_workers: int | None = None, gpu_workers: int = 1, memory_l
     # a dashboard page nobody opens on a local run
     dask.config.set({"distributed.worker.profile.enabled": False})
     # the nanny's MALLOC_TRIM_THRESHOLD_ also fixes glibc's mmap threshold, so every body and decoded image
-    # (hundreds of KB) is a fresh mmap, page-faulted in and unmapped again: image work costs a third more
-    # CPU. glibc's adaptive defaults keep them on the heap, as in any other Python process.
+    # (hundreds of KB) is a fresh mmap, page-faulted in and unmapped again (docs/benchmarks.md#download has the
+    # cost). glibc's adaptive defaults keep them on the heap, as in any other Python process.
     environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
     environ.pop("MALLOC_TRIM_THRESHOLD_", None)
     dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
