@@ -135,7 +135,7 @@ def ingest_new_crawls(
         return {}
     logger.info("ingesting %s", "; ".join(f"{c}: {len(s)} new segments" for c, s in plan.items()))
     ingested, failed = {}, {}
-    with cluster(dask_address) as address:
+    with cluster(dask_address, gpu_workers=0) as address:  # ingestion embeds nothing
         for crawl, new in plan.items():
             update = {
                 "crawl": crawl,
