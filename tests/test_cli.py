@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import typing
+import urllib.request
 from importlib.metadata import version
 
 import pyarrow.parquet as pq
@@ -368,3 +369,21 @@ def test_help_imports_no_heavy_module():
     code = "import sys, clipcrawl.flows.cli as cli; cli.parser().format_help(); print(sorted(m for m in ('torch', 'prefect', 'faiss', 'open_clip', 'dask') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_without_a_configured_api_a_command_starts_a_temporary_one_and_stops_it():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from clipcrawl.flows.api import prefect_api
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert PREFECT_API_URL.value() is None
+        with prefect_api() as api_ready:
+            url = PREFECT_API_URL.value()  # the temporary server's, for the block
+            assert url and url.startswith("http://127.0.0.1:")
+            api_ready()
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                assert response.status == 200
+        assert PREFECT_API_URL.value() is None
+    with pytest.raises(OSError):  # stopped with the block
+        urllib.request.urlopen(f"{url}/health", timeout=2)

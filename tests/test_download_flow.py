@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 
+import dask
 import pyarrow.parquet as pq
 import pytest
+from distributed import Client
 
 from clipcrawl.flows.download import download_images
 from clipcrawl.flows.runner import task_runner
@@ -61,3 +64,12 @@ def test_download_matches_ground_truth_and_reruns_from_cache(dask_address, small
         assert again.is_completed(), again.message
         states = [s for name, s in task_states(again).items() if name.startswith("download-")]
         assert states and set(states) == {"Cached"}
+
+
+def test_local_workers_use_glibcs_adaptive_malloc_and_no_profiler(dask_address):
+    # the nanny's MALLOC_TRIM_THRESHOLD_ makes every body and decoded image a fresh mmap (docs/benchmarks.md)
+    with Client(dask_address) as client:
+        trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        profiling = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    assert trim and set(trim.values()) == {None}, trim
+    assert set(profiling.values()) == {False}, profiling

@@ -4,6 +4,7 @@ mapped to it through settings.resolve, as the synthetic world does."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
 import socket
 import ssl
@@ -90,6 +91,7 @@ class Server:
             "/huge-declared": self.huge_declared,
             "/endless-fast": self.endless_fast,
             "/endless-drip": self.endless_drip,
+            "/gzip-bomb": self.gzip_bomb,
             "/tiny": self.tiny,
             "/empty": self.empty,
             "/xrobots": self.xrobots,
@@ -186,6 +188,10 @@ class Server:
 
     async def endless_drip(self, request):
         return await self._stream(request, b"x" * 10, 0.05)
+
+    async def gzip_bomb(self, request):  # a few KB on the wire, declared; 5 MB once inflated
+        body = gzip.compress(b"\0" * 5_000_000)
+        return web.Response(body=body, headers={"Content-Encoding": "gzip", "Content-Type": "image/png"})
 
     async def tiny(self, request):
         return web.Response(body=b"GIF89a" + b"\0" * 94, content_type="image/gif")
@@ -376,6 +382,12 @@ def test_declared_huge_content_length_is_too_large(server):
 def test_endless_fast_body_is_too_large(server):
     r = fetch(server, "http://site.test/endless-fast", total_timeout=5.0)
     assert r.status == S.TOO_LARGE and r.body is None and r.seconds < 2
+
+
+def test_gzip_bomb_under_its_declared_length_is_too_large(server):
+    # Content-Length is the compressed size: the cap applies to what is inflated
+    r = fetch(server, "http://site.test/gzip-bomb")
+    assert r.status == S.TOO_LARGE and r.body is None, (r.status, r.error_message)
 
 
 def test_endless_dripping_body_is_timeout(server):

@@ -16,6 +16,7 @@ Each validator is also given a broken copy, so that a check which cannot fail wo
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import os
@@ -174,7 +175,8 @@ def test_compose_dask_workers_offer_the_right_resources(services):
     assert services["dask-gpu-worker"]["profiles"] == ["gpu"]
     assert services["dask-gpu-worker-cpu"]["profiles"] == ["cpu"]
     for name in ("dask-cpu-worker", "dask-gpu-worker"):  # the CPU-only GPU worker sets its own OMP_NUM_THREADS
-        assert "MALLOC_TRIM_THRESHOLD_" in services[name]["environment"]["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"]
+        environ = services[name]["environment"]["DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"]
+        assert ast.literal_eval(environ) == {"MALLOC_TRIM_THRESHOLD_": None}, name  # Dask parses it so; None unsets
 
 
 def test_compose_prefect_worker_and_deploy(services):

@@ -65,6 +65,14 @@ def test_plan_shards_across_files(pairs):
     assert plan_shards([b], 4) == []
 
 
+def test_plan_shards_balances_the_shards(pairs):
+    # the fewest shards of at most shard_size, sizes within one of each other: no small last shard
+    a, _, c = pairs
+    assert plan_shards(pairs, 10) == [ShardSpec(0, ((a, 0, 6),)), ShardSpec(1, ((a, 6, 7), (c, 0, 5)))]  # not 10, 2
+    assert [s.num_rows for s in plan_shards(pairs, 5)] == [4, 4, 4]  # not 5, 5 and 2
+    assert [s.num_rows for s in plan_shards([a], 3)] == [3, 2, 2]  # not 3, 3 and 1
+
+
 def test_read_shard_rows_returns_exactly_those_rows(pairs):
     uids = []
     for spec in plan_shards(pairs, 4):

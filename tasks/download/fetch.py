@@ -313,8 +313,8 @@ async def read_response(resp: aiohttp.ClientResponse, settings: DownloadSettings
         done.status = S.TOO_LARGE
         done.message = f"Content-Length {resp.content_length} over max_bytes {settings.max_bytes}"
     elif (
-        body := await (resp.read() if resp.content_length is not None else _read_capped(resp, settings.max_bytes))
-    ) is None:
+        body := await _read_capped(resp, settings.max_bytes)
+    ) is None:  # the inflated size: Content-Length may be gzip's
         done.status, done.message = S.TOO_LARGE, f"body over max_bytes {settings.max_bytes}"
     elif len(body) < settings.min_bytes:
         done.status, done.message = S.TOO_SMALL_BYTES, f"{len(body)} bytes under min_bytes {settings.min_bytes}"

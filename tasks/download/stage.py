@@ -2,9 +2,9 @@
 
 Network I/O runs on an asyncio loop (tasks/download/fetch.py); decoding, resizing and encoding run
 in a pool of threads of the same process, overlapped with the downloads: Pillow releases the GIL
-while it decodes, resizes and encodes, so the threads use every core without copying a body to
-another process. Memory is bounded: at most `concurrency` bodies in flight, and 2 per image thread
-waiting for one.
+while it decodes and resizes (the bulk of the work; its JPEG encoder holds it), so the threads use
+every core without copying a body to another process. Memory is bounded: at most `concurrency`
+bodies in flight, and 2 per image thread waiting for one.
 """
 
 from __future__ import annotations
