@@ -18,6 +18,7 @@ from clipcrawl.flows.runner import (
 from clipcrawl.tasks.core.config import IngestSettings
 from clipcrawl.tasks.core.layout import pairs_dir, summary_file
 from clipcrawl.tasks.core.stats import run_label, segment_of
+from clipcrawl.tasks.core.status import RecordStatus
 from clipcrawl.tasks.core.uri import join, write_json
 from clipcrawl.tasks.ingest import dedup
 from clipcrawl.tasks.ingest import stage as pairs
@@ -99,11 +100,15 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     write_json(summary_file(pairs_dir(out)), summary)
     publish_stage("ingest", label, pairs_dir(out), futures, published, failed, summary["wall_seconds"])
     logger.info(
-        "pairs: %d kept from %d files (%d partial, %d failed)",
+        "pairs: %d kept from %d files (%d partial, %d failed); records: %d malformed, %d over max_record_bytes "
+        "skipped, %d HTML pages cut at it",
         summary["kept"],
         summary["files"],
         summary["partial"],
         len(summary["failed"]),
+        summary["malformed_records"],
+        summary["skipped_records"].get(RecordStatus.RECORD_TOO_LARGE, 0),
+        summary["truncated_pages"],
     )
     if failed:
         listing = "; ".join(f"{uri}: {why}" for uri, why in failed.items())

@@ -17,11 +17,15 @@ import pytest
 
 from clipcrawl.flows.download import download_images
 from clipcrawl.flows.runner import task_runner
-from clipcrawl.tasks.core.status import DownloadStatus, FileStatus, PairStatus
+from clipcrawl.tasks.core.config import ReportSettings
+from clipcrawl.tasks.core.status import DownloadStatus, FileStatus, PairStatus, RecordStatus
+from clipcrawl.tasks.report.stage import collect
 from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world
 from clipcrawl.tasks.world.behaviours import DRIP_CAP_S, PRIVATE_ADDRESS, PRIVATE_HOST
 from tests.helpers import run
+from tests.hostile import gzip_member, write_hostile
 from tests.test_extract import html_page, wat_json, write_warc
+from tests.test_hostile_files import DAMAGE, bad_record, five_pages, good_pairs, sandwich
 
 pytestmark = pytest.mark.timeout(600)  # a hang fails the module instead of stalling CI
 
@@ -50,8 +54,16 @@ SERVED = {
     "truncated JPEG": "truncated_jpeg",
     "SVG served as image/jpeg": "svg_as_jpeg",
     "HTML served as image/jpeg": "html_as_jpeg",
+    "response with a header line of 1 MiB": "huge_header_line",
+    "response with 100,000 headers": "many_headers",
+    "gzip bomb under Content-Encoding: gzip": "gzip_bomb",
+    "JPEG with 50 MB of ICC profile segments": "jpeg_icc_bomb",
+    "JPEG with 8 MB of tiny metadata segments": "jpeg_metadata_flood",
+    "PNG with iCCP and zTXt bombs": "png_metadata_bomb",
+    "GIF of 10,000 frames": "gif_many_frames",
     "0-byte body": "empty_body",
 }
+HOSTILE_RECORDS = ("giant-wat-json", "giant-html", "deep-nesting")
 DRIP_SLACK_S = 20.0  # shard start-up and image work on a loaded 2-core machine, over the drip's timeout bound
 
 
@@ -125,6 +137,15 @@ def hostile_files(folder: Path, world_wat: str) -> dict[str, Path]:
     for name, records in pages.items():
         write_warc(folder / name, records)
         files[name.split(".")[0]] = folder / name
+    for name in HOSTILE_RECORDS:  # the issue's files: 1.5 GB of JSON, 1.5 GB of HTML, 2,000,000 levels deep
+        files[name] = folder / f"{name}.warc.gz"
+        write_hostile(files[name], name)
+    parts, _ = five_pages(folder.parent)
+    parts[3] = DAMAGE["a flipped byte in a member"](parts[3])
+    files["damaged-member"] = folder / "damaged-member.warc.wat.gz"
+    files["damaged-member"].write_bytes(b"".join(parts))
+    files["long-length"] = folder / "long-length.warc.gz"
+    sandwich(files["long-length"], b"".join(gzip_member([bad_record("Content-Length too long")])))
     return files
 
 
@@ -195,6 +216,10 @@ def page_outcome(runs, name: str) -> str:
         return stats["status"]
     if stats["malformed_records"]:
         return "malformed_records"
+    if stats["skipped_records"].get(RecordStatus.RECORD_TOO_LARGE):
+        return RecordStatus.RECORD_TOO_LARGE
+    if stats["truncated_pages"]:
+        return "truncated_pages"
     return one(r for r, n in stats["dropped"].items() if n) if any(stats["dropped"].values()) else PairStatus.KEPT
 
 
@@ -211,6 +236,11 @@ def observed(runs) -> dict[str, str]:
         "non-UTF-8 HTML in a WARC response": page_outcome(runs, "non-utf8-html"),
         "alt text of 1 MB": page_outcome(runs, "huge-alt"),
         "page with 10,000 img tags": page_outcome(runs, "many-imgs"),
+        "WAT record whose JSON is 1.5 GB (1.4 MB gzipped)": page_outcome(runs, "giant-wat-json"),
+        "WARC response of 1.5 GB of HTML (9 MB gzipped)": page_outcome(runs, "giant-html"),
+        "WAT record nested 2,000,000 levels deep": page_outcome(runs, "deep-nesting"),
+        "a gzip member damaged mid-file": page_outcome(runs, "damaged-member"),
+        "a record whose Content-Length runs past its gzip member": page_outcome(runs, "long-length"),
         "data:, javascript:, file://, ftp:// img src in a page": page_outcome(runs, "schemes"),
         "data:, javascript:, file://, ftp:// URL given to the download": one(
             r["status"] for r in rows if r["url"] in SCHEME_SRCS
@@ -256,6 +286,28 @@ def test_bad_pages_are_counted_in_their_file_and_the_rest_kept(runs):
     assert texts("schemes") == {good(6)[1]}
     assert stats("many-imgs")["img_links"] == stats("many-imgs")["kept"] == MANY_IMGS
     assert len(pair_set(runs, "many-imgs")) == MANY_IMGS
+    # the ordinary records around each hostile one come through (the same pairs in each file: the cross-file
+    # dedup keeps them once, in the first file, and counts them duplicates in the others)
+    around = (*HOSTILE_RECORDS, "long-length")
+    assert set().union(*(pair_set(runs, name) for name in around)) >= good_pairs()
+    for name in around:
+        assert len(pair_set(runs, name) & good_pairs()) + stats(name)["duplicates_across_files"] >= 4, name
+    damaged = stats("damaged-member")
+    assert "damaged-member.warc.wat.gz" in damaged["error"] and "member at compressed offset" in damaged["error"]
+    assert len(pair_set(runs, "damaged-member")) == 4 * 3  # five pages of three pairs, one member lost
+
+
+def test_the_report_lists_damaged_files_and_records(runs):
+    """The report's crawl-records section over this run: the partial files with their errors, the first
+    malformed record of each file, the records over max_record_bytes; its counts add up."""
+    records = collect(str(runs["out"]), ReportSettings())["stages_detail"]["ingest"]["records"]
+    partial = {Path(p["uri"]).name.split(".")[0] for p in records["partial"]}
+    assert partial == {"truncated", "damaged-member"}
+    malformed = {Path(m["uri"]).name.split(".")[0] for m in records["malformed_examples"]}
+    assert {"malformed-json", "non-utf8-json", "deep-nesting", "long-length"} <= malformed
+    assert records["skipped"][RecordStatus.RECORD_TOO_LARGE] == 1 and records["truncated_pages"] == 1
+    skipped = sum(records["skipped"].values())
+    assert records["records"] == records["html_pages"] + skipped + records["malformed_records"]
 
 
 def test_bad_image_urls_end_as_row_statuses_naming_the_url(runs):

@@ -387,13 +387,20 @@ def test_malformed_json_record_is_skipped(tmp_path):
     assert pairs(table) == {("http://example.com/a.jpg", "a good picture here")}
 
 
-def test_garbage_after_valid_records_is_partial(tmp_path):
+def test_garbage_in_a_plain_warc_costs_only_itself(tmp_path):
+    """Unparsable bytes between records and after the last: each stretch is one malformed record, and reading
+    resumes at the next line that starts a record."""
     write_warc(tmp_path / "a.wat", many_pages(20), gzip_members=False)
-    data = (tmp_path / "a.wat").read_bytes() + b"this is definitely not a warc record\r\n" * 50
+    write_warc(tmp_path / "c.wat", many_pages(40)[20:], gzip_members=False)
+    garbage = b"this is definitely not a warc record\r\n" * 50
+    data = (tmp_path / "a.wat").read_bytes() + garbage + (tmp_path / "c.wat").read_bytes() + garbage
     (tmp_path / "b.wat").write_bytes(data)
+    whole, _ = run(tmp_path / "a.wat")
+    rest, _ = run(tmp_path / "c.wat")
     table, stats = run(tmp_path / "b.wat")
-    assert table.num_rows == 20 * 20
-    assert stats.status == "partial" and "b.wat" in stats.error
+    assert pairs(table) == pairs(whole) | pairs(rest) and table.num_rows == 40 * 20
+    assert stats.status == "ok" and stats.malformed_records == 2
+    assert "unparsable WARC record" in stats.malformed_first
 
 
 def test_missing_file_propagates(tmp_path):
@@ -426,7 +433,10 @@ def test_stats_dict_keys(tmp_path):
         "with_alt",
         "kept",
         "dropped",
+        "skipped_records",
         "malformed_records",
+        "malformed_first",
+        "truncated_pages",
         "compressed_bytes",
         "seconds",
     }

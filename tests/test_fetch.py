@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import ipaddress
+import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from email.utils import formatdate
 
@@ -20,6 +24,8 @@ from aiohttp import web
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus as S
 from clipcrawl.tasks.download.fetch import Fetcher, blocked_reason, literal_ip, parse_retry_after, request_url
+from clipcrawl.tasks.world.behaviours import GZIP_BOMB_BYTES
+from clipcrawl.tasks.world.payloads import gzip_bomb, header_flood, joined
 from tests.replay import RawServer, Request, response
 
 BODY = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 24  # 6 KiB: over min_bytes
@@ -388,6 +394,84 @@ def test_gzip_bomb_under_its_declared_length_is_too_large(server):
     # Content-Length is the compressed size: the cap applies to what is inflated
     r = fetch(server, "http://site.test/gzip-bomb")
     assert r.status == S.TOO_LARGE and r.body is None, (r.status, r.error_message)
+
+
+# -- hostile responses (the world's), fetched in a fresh interpreter that measures its peak memory
+
+FETCH_IN_A_FRESH_INTERPRETER = """
+import asyncio, json, sys
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.fetch import Fetcher
+
+def peak():  # VmHWM: this process's peak resident memory so far, in bytes
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+async def main(url, settings):
+    async with Fetcher(settings) as fetcher:
+        before = peak()
+        r = await fetcher.fetch(url)
+        return {"status": r.status, "message": r.error_message, "attempts": r.attempts, "growth": peak() - before}
+
+print(json.dumps(asyncio.run(main(sys.argv[1], DownloadSettings.model_validate_json(sys.argv[2])))))
+"""
+HEAD_GROWTH = 16 << 20  # a refused response head costs about nothing
+
+
+def answer_hostile(request: Request) -> bytes:
+    if request.target == b"/gzip-bomb":
+        return response(200, joined(gzip_bomb()), {"Content-Type": "image/jpeg", "Content-Encoding": "gzip"})
+    if request.target in (b"/huge_header_line", b"/many_headers"):
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: %d\r\n" % len(BODY)
+        return head + header_flood(request.target[1:].decode()) + b"\r\n" + BODY
+    return response(404)
+
+
+@pytest.fixture(scope="module")
+def hostile_server():
+    with RawServer(answer_hostile) as srv:
+        yield srv
+
+
+def fetched_in_a_fresh_process(srv, path: str) -> dict:
+    """Fetcher.fetch with the default size caps, in a new interpreter: status, message, attempts, and how much the
+    peak resident memory grew while it fetched."""
+    s = DownloadSettings(allow_addresses=["127.0.0.1/32"], resolve={"site.test:80": f"127.0.0.1:{srv.port}"})
+    done = subprocess.run(
+        [sys.executable, "-c", FETCH_IN_A_FRESH_INTERPRETER, f"http://site.test{path}", s.model_dump_json()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    "behaviour, reason",
+    [("huge_header_line", "Got more than 8190 bytes"), ("many_headers", "Too many headers received")],
+)
+def test_a_response_head_over_the_limits_is_a_connection_error_never_retried(hostile_server, behaviour, reason):
+    r = fetched_in_a_fresh_process(hostile_server, f"/{behaviour}")
+    assert (r["status"], r["attempts"]) == (S.CONNECTION_ERROR, 1), r
+    assert r["message"].startswith("malformed HTTP response from site.test: ") and reason in r["message"], r
+    assert r["growth"] < HEAD_GROWTH, r
+
+
+def test_the_worlds_gzip_bomb_is_one_valid_gzip_member():
+    inflate, inflated = zlib.decompressobj(31), 0  # zlib checks the member's CRC and length at its end
+    for part, times in gzip_bomb():
+        for _ in range(times):
+            inflated += len(inflate.decompress(part))
+    assert inflate.eof and not inflate.unused_data and inflated == GZIP_BOMB_BYTES
+    assert sum(len(part) * times for part, times in gzip_bomb()) < GZIP_BOMB_BYTES // 500
+
+
+def test_the_worlds_gzip_bomb_is_too_large_in_bounded_memory(hostile_server):
+    # ~2 MB on the wire, 2 GiB inflated: read up to max_bytes of what it inflates to, then dropped
+    r = fetched_in_a_fresh_process(hostile_server, "/gzip-bomb")
+    assert (r["status"], r["message"]) == (S.TOO_LARGE, "body over max_bytes 20000000"), r
+    assert r["growth"] < 2 * DownloadSettings().max_bytes + HEAD_GROWTH, r  # the chunks read, and them joined
 
 
 def test_endless_dripping_body_is_timeout(server):

@@ -1,17 +1,23 @@
 import hashlib
 import io
+import json
 import pickle
 import struct
+import subprocess
+import sys
 import time
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus
 from clipcrawl.tasks.download.images import ImageResult, plan_resize, process_image
+from clipcrawl.tasks.world.payloads import HOSTILE, joined
+from clipcrawl.tasks.world.scenes import image_spec
 
 S = DownloadSettings(image_size=64, resize_mode="no", encode_format="png", encode_quality=1)
 
@@ -274,3 +280,95 @@ def test_function_and_result_are_picklable():
     r = process_image(save(photo(50, 50), "PNG"), S)
     assert pickle.loads(pickle.dumps(r)) == r
     assert pickle.loads(pickle.dumps(process_image)) is process_image
+
+
+# ---- hostile files: bounded memory and time, whatever their metadata or frames
+
+
+PROCESS_IN_A_FRESH_INTERPRETER = """
+import json, sys, time
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.download.images import process_image
+
+def peak():  # VmHWM: this process's peak resident memory so far, in bytes
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+with open(sys.argv[1], "rb") as f:
+    body = f.read()
+before, started = peak(), time.perf_counter()
+r = process_image(body, DownloadSettings())
+seconds, growth = time.perf_counter() - started, peak() - before
+print(json.dumps({"status": r.status, "size": [r.original_width, r.original_height], "seconds": seconds,
+                  "growth": growth, "error": r.error_message}))
+"""
+PEAK_GROWTH = 32 << 20  # one small image decoded and re-encoded, and room for a copy of the body
+HOSTILE_SECONDS = 5.0  # a metadata walk over the largest body (max_bytes), on a loaded machine
+
+
+def processed_in_a_fresh_process(tmp_path, body: bytes) -> dict:
+    """process_image with the default settings in a new interpreter, which has read the body before it starts:
+    the status, the image's size, the seconds it took and how much its peak resident memory grew meanwhile."""
+    path = tmp_path / "body"
+    path.write_bytes(body)
+    done = subprocess.run(
+        [sys.executable, "-c", PROCESS_IN_A_FRESH_INTERPRETER, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def png_text_memory_bomb() -> bytes:
+    """A PNG whose zTXt chunks, as Pillow writes them, inflate to more text than its MAX_TEXT_MEMORY (64 MB)."""
+    info = PngInfo()
+    for i in range(70):
+        info.add_text(f"Comment {i}", "0" * 1_000_000, zip=True)
+    return save(photo(64, 48), "PNG", pnginfo=info)
+
+
+def jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def jpeg_app_flood() -> bytes:
+    """A JPEG just under max_bytes (20 MB) of empty APP3 segments, the smallest segment there is, then its image."""
+    jpeg = save(photo(64, 48), "JPEG")
+    return jpeg[:2] + jpeg_segment(0xE3, b"") * (19_900_000 // 4) + jpeg[2:]
+
+
+def gif_comment_flood() -> bytes:
+    """A GIF whose image follows a comment of sub-blocks of 2 bytes, just under max_bytes (20 MB)."""
+    gif = save(photo(64, 48).convert("P"), "GIF")
+    start = 13 + (3 << ((gif[10] & 7) + 1))  # after the global colour table
+    return gif[:start] + b"\x21\xfe" + b"\x02cc" * (19_900_000 // 3) + b"\x00" + gif[start:]
+
+
+@pytest.mark.parametrize(
+    "make, size",
+    [
+        (lambda: joined(HOSTILE["jpeg_metadata_flood"](5, 27)), (image_spec(5, 27).width, image_spec(5, 27).height)),
+        (lambda: joined(HOSTILE["png_metadata_bomb"](5, 27)), (image_spec(5, 27).width, image_spec(5, 27).height)),
+        (lambda: joined(HOSTILE["gif_many_frames"](5, 27)), (image_spec(5, 27).width, image_spec(5, 27).height)),
+        (jpeg_app_flood, (64, 48)),
+        (png_text_memory_bomb, (64, 48)),
+        (gif_comment_flood, (64, 48)),
+    ],
+    ids=[
+        "world-jpeg-metadata-flood",
+        "world-png-metadata-bomb",
+        "world-gif-10000-frames",
+        "jpeg-20MB-of-empty-segments",
+        "png-70MB-of-ztxt",
+        "gif-20MB-comment",
+    ],
+)
+def test_hostile_metadata_and_frames_cost_bounded_memory_and_time(tmp_path, make, size):
+    # The metadata is dropped before Pillow parses it (the image itself is fine: success), and of a GIF only the
+    # first frame is decoded.
+    r = processed_in_a_fresh_process(tmp_path, make())
+    assert (r["status"], tuple(r["size"])) == (DownloadStatus.SUCCESS, size), r
+    assert r["growth"] < PEAK_GROWTH, r
+    assert r["seconds"] < HOSTILE_SECONDS, r

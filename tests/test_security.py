@@ -20,6 +20,7 @@ from clipcrawl.tasks.core.status import DownloadStatus as S
 from clipcrawl.tasks.download.shards import ShardSpec
 from clipcrawl.tasks.download.stage import download_shard
 from clipcrawl.tasks.world import ImageServer, WorldSpec, generate_world
+from clipcrawl.tasks.world.behaviours import RESERVED
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = sorted((ROOT / "flows").rglob("*.py")) + sorted((ROOT / "tasks").rglob("*.py"))
@@ -112,7 +113,9 @@ def test_download_defaults_guard_addresses_and_honour_optouts():
 def world(tmp_path_factory):
     return generate_world(
         tmp_path_factory.mktemp("world"),
-        WorldSpec(seed=11, segments=1, files_per_segment=1, pages_per_file=8, images=90, warc=False),
+        WorldSpec(
+            seed=11, segments=1, files_per_segment=1, pages_per_file=8, images=2 * len(RESERVED) + 20, warc=False
+        ),
     )
 
 

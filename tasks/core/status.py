@@ -15,6 +15,16 @@ class PairStatus(StrEnum):
     DUPLICATE = "duplicate"  # (url, text) already kept earlier in the run
 
 
+class RecordStatus(StrEnum):
+    """Why a WARC/WAT record gave no page (`skipped_records` of a file's stats). Every record is an HTML page
+    (`html_pages`), skipped for one of these, or malformed (`malformed_records`), so the three add up to
+    `records`."""
+
+    NOT_A_PAGE = "not_a_page"  # warcinfo, request, a non-HTML response, WAT metadata of no response
+    HTTP_ERROR = "http_error"  # the response's status is not 2xx
+    RECORD_TOO_LARGE = "record_too_large"  # a WAT record's JSON over max_record_bytes: skipped unread
+
+
 class FileStatus(StrEnum):
     """How reading one WAT/WARC file ended."""
 

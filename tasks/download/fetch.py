@@ -29,6 +29,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from clipcrawl.tasks.core.config import DownloadSettings
@@ -42,6 +43,10 @@ REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 2.3.1.2: follow at least five
 DNS_CACHE_SECONDS = 300
 CHUNK = 64 * 1024
+# A response head's limits (aiohttp's defaults, held here so that they stay ours): a longer line or more
+# headers ends the request as connection_error, before any body is read.
+MAX_HEADER_LINE = 8190
+MAX_HEADERS = 128
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NUMERIC_HOST = re.compile(r"[0-9][0-9a-fA-FxX.]*")
 
@@ -247,6 +252,10 @@ def outcome_for_exception(exc: BaseException, url: URL, settings: DownloadSettin
         return _Outcome(S.TIMEOUT, f"total timeout after {settings.total_timeout} s", transient=True)
     if isinstance(exc, aiohttp.InvalidURL):
         return _Outcome(S.CONNECTION_ERROR, f"invalid URL: {exc}")
+    if isinstance(exc, aiohttp.ClientResponseError) and (bad := find_cause(exc, HttpProcessingError)):
+        # aiohttp refused the response head (a line over max_line_size, more than max_headers lines, bad syntax):
+        # its ClientResponseError would show a 400 the server never sent. Not retried: the server will do it again.
+        return _Outcome(S.CONNECTION_ERROR, f"malformed HTTP response from {url.host}: {bad.message}")
     if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)):
         return _Outcome(S.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}", transient=True)  # refused, reset, cut
     return _Outcome(S.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
@@ -388,6 +397,9 @@ class Fetcher:
             timeout=timeout,
             trust_env=False,
             cookie_jar=aiohttp.DummyCookieJar(),
+            max_line_size=MAX_HEADER_LINE,
+            max_field_size=MAX_HEADER_LINE,
+            max_headers=MAX_HEADERS,
             headers={"User-Agent": USER_AGENT.format(token=s.user_agent_token), "Accept": "image/*,*/*;q=0.8"},
         )
         return self

@@ -2,8 +2,9 @@
 
 `process_image` is CPU-bound and runs in a process pool: a plain top-level function of
 picklable arguments that mutates no module state. Safety first: only web image formats are
-opened (never EPS/PDF, which would start Ghostscript), the pixel cap is checked from the
-header before anything is decoded, and truncated files fail instead of being padded with grey.
+opened (never EPS/PDF, which would start Ghostscript), metadata that Pillow would hoard is
+dropped before it parses the file (clipcrawl.tasks.download.metadata), the pixel cap is checked
+from the header before anything is decoded, and truncated files fail instead of being padded with grey.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus
+from clipcrawl.tasks.download.metadata import strip_metadata
 
 Image.init()
 # The formats a web image can have. Everything else (EPS, PDF, PSD, ...) is not_an_image.
@@ -79,7 +81,7 @@ def _process(body: bytes, settings: DownloadSettings, draft: bool) -> ImageResul
     if not body:
         return failed(DownloadStatus.NOT_AN_IMAGE, "empty body")
     try:
-        img = Image.open(io.BytesIO(body), formats=WEB_FORMATS)
+        img = Image.open(io.BytesIO(strip_metadata(body)), formats=WEB_FORMATS)
     except Image.DecompressionBombError as exc:
         return failed(DownloadStatus.TOO_MANY_PIXELS, str(exc))
     except UnidentifiedImageError:

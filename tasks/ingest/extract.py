@@ -5,28 +5,30 @@ Each record is dispatched on its type: WAT `metadata` records (JSON) and WARC
 normalisation turns into pairs, so a page gives the same pairs from either file.
 Each pair also carries its page's Creative Commons license URL (null when none).
 
-Speed: gzip is inflated with isal (faster than zlib) and the WARC stream is parsed by
-fastwarc; WAT records that cannot hold an img link (requests, WARC metadata,
-responses without images: most of a WAT) are skipped by a bytes search before
-any JSON parsing; license links are only looked for on pages that mention
-creativecommons.org. The figures are in docs/benchmarks.md.
+Records come from container.py (gzip members inflated with isal, parsed by fastwarc,
+damage skipped); each record's payload is read up to `max_record_bytes`, so memory is
+bounded whatever a record holds. Every record counts once: an HTML page, skipped for a
+RecordStatus reason, or malformed (anything that stops reading it stops only it).
+
+Speed: WAT records that cannot hold an img link (requests, WARC metadata, responses
+without images: most of a WAT) are skipped by a bytes search before any JSON parsing;
+license links are only looked for on pages that mention creativecommons.org. The
+figures are in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO
 
 import pyarrow as pa
-from fastwarc.warc import ArchiveIterator, WarcRecordType
-from isal import igzip, isal_zlib
+from fastwarc.warc import WarcRecordType
 
 from clipcrawl.tasks.core.config import ExtractSettings
-from clipcrawl.tasks.core.status import FileStatus, PairStatus
+from clipcrawl.tasks.core.status import FileStatus, PairStatus, RecordStatus
 from clipcrawl.tasks.core.uri import open_uri
+from clipcrawl.tasks.ingest.container import NotWarc, open_stream, records
 from clipcrawl.tasks.ingest.language import LanguageDetector
 from clipcrawl.tasks.ingest.normalize import (
     is_license_url,
@@ -58,9 +60,6 @@ SCHEMA = pa.schema(
     ]
 )
 
-_READ_SIZE = 1 << 20
-_GZIP_ERRORS = (EOFError, igzip.BadGzipFile, isal_zlib.error, zlib.error)
-
 
 class ExtractError(Exception):
     """The file cannot be read as WARC at all (the message names it and says why)."""
@@ -81,13 +80,19 @@ class FileStats:
     with_alt: int = 0
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    skipped_records: dict[str, int] = field(default_factory=dict)  # {RecordStatus: n}: records with no page
     malformed_records: int = 0
+    truncated_pages: int = 0  # HTML over max_record_bytes, read up to it
+    malformed_first: str | None = None  # which record was the first malformed one, and why
     compressed_bytes: int = 0
     seconds: float = 0.0
     _kinds: set = field(default_factory=set, repr=False)
 
     def drop(self, status: PairStatus, n: int = 1) -> None:
         self.dropped[status.value] = self.dropped.get(status.value, 0) + n
+
+    def skip(self, status: RecordStatus) -> None:
+        self.skipped_records[status.value] = self.skipped_records.get(status.value, 0) + 1
 
     def saw(self, kind: str) -> None:
         if kind not in self._kinds:
@@ -107,89 +112,13 @@ class FileStats:
             "with_alt": self.with_alt,
             "kept": self.kept,
             "dropped": dict(sorted(self.dropped.items())),
+            "skipped_records": dict(sorted(self.skipped_records.items())),
             "malformed_records": self.malformed_records,
+            "malformed_first": self.malformed_first,
+            "truncated_pages": self.truncated_pages,
             "compressed_bytes": self.compressed_bytes,
             "seconds": round(self.seconds, 3),
         }
-
-
-class _RawReader:
-    """The compressed byte stream: counts bytes and marks errors of the source itself.
-
-    An exception raised here (network, filesystem) must propagate as is, so the
-    task can retry; `failed` tells it apart from a decompression or parse error.
-    """
-
-    def __init__(self, f: IO[bytes], prefix: bytes) -> None:
-        self._f, self._prefix, self.pos, self.failed = f, prefix, 0, None
-
-    def read(self, size: int = -1) -> bytes:
-        if self._prefix:
-            data, self._prefix = self._prefix, b""
-            if size is not None and 0 <= size < len(data):
-                data, self._prefix = data[:size], data[size:]
-        else:
-            try:
-                data = self._f.read(size)
-            except BaseException as exc:
-                self.failed = exc
-                raise
-        self.pos += len(data)
-        return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class _PlainReader:
-    """The decompressed WARC stream handed to fastwarc; knows whether it reached its end."""
-
-    def __init__(self, inner, first: bytes) -> None:
-        self._inner, self._first, self.pos, self.eof = inner, first, 0, False
-
-    def read(self, size: int = -1) -> bytes:
-        if self._first:
-            data, self._first = self._first, b""
-        else:
-            data = self._inner.read(size if size and size > 0 else _READ_SIZE)
-        if not data:
-            self.eof = True
-        self.pos += len(data)
-        return data
-
-    def tell(self) -> int:
-        return self.pos
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-def _open_warc(uri: str) -> tuple[_RawReader, _PlainReader]:
-    """Open `uri` and check it is a WARC (gzip members or plain); ExtractError when not."""
-    f = open_uri(uri)
-    magic = f.read(8)
-    raw = _RawReader(f, magic)
-    if magic[:2] == b"\x1f\x8b":
-        inner = igzip.IGzipFile(fileobj=raw, mode="rb")
-        try:
-            first = inner.read(8)
-        except _GZIP_ERRORS as exc:
-            raise ExtractError(f"{uri}: not a WARC/WAT file (gzip header unreadable: {exc})") from exc
-    else:
-        inner, first = raw, raw.read(8)
-    if not first.startswith(b"WARC/"):
-        raw.close()
-        what = "gzip of something else" if magic[:2] == b"\x1f\x8b" else "no gzip or WARC magic"
-        raise ExtractError(f"{uri}: not a WARC/WAT file ({what}: starts with {first[:8]!r})")
-    return raw, _PlainReader(inner, first)
 
 
 class _PairBuilder:
@@ -307,59 +236,84 @@ def page_license(page: PageLinks, base) -> str | None:
     return found
 
 
-def _http_status(record) -> int | None:
-    try:
-        return record.http_headers.status_code
-    except Exception:  # noqa: BLE001 - unparsable status line: treated as not a page
-        return None
+def _http_status(record) -> int:
+    status = record.http_headers.status_code if record.http_headers is not None else None
+    if status is None:
+        raise MalformedRecord("unreadable HTTP status line")
+    return status
 
 
-def _page_of(record, stats: FileStats) -> PageLinks | None:
-    """The raw links of one record, or None when it cannot hold a page's img links."""
+def _read_capped(record, cap: int) -> tuple[bytes, bool]:
+    """At most `cap` bytes of the record's payload, and whether there was more (never held in memory)."""
+    payload = record.reader.read(cap + 1)
+    return (payload[:cap], True) if len(payload) > cap else (payload, False)
+
+
+def _page_of(record, stats: FileStats, cap: int) -> PageLinks | None:
+    """The raw links of one record, or None when it holds no page's img links.
+
+    Counts the record once: as an HTML page (`html_pages`) or as skipped with a reason; a record that
+    cannot be read raises MalformedRecord (or anything else), which the caller counts as malformed.
+    """
     rtype = record.record_type
     if rtype == WarcRecordType.metadata:
         stats.saw("wat")
-        payload = record.reader.read()
+        payload, over = _read_capped(record, cap)
+        if over:  # its JSON cannot be parsed in part: the record is skipped unread
+            stats.skip(RecordStatus.RECORD_TOO_LARGE)
+            return None
         if IMG_MARKER not in payload:
             if RESPONSE_MARKER in payload:
                 stats.responses += 1
                 if HTML_MARKER in payload:
-                    stats.html_pages += 1
+                    stats.html_pages += 1  # a page without img tags
+                    return None
+            stats.skip(RecordStatus.NOT_A_PAGE)
             return None
         page = page_links_from_wat(payload)
         if page is None:
             stats.responses += RESPONSE_MARKER in payload
+            stats.skip(RecordStatus.NOT_A_PAGE)
             return None
         stats.responses += 1
         if page.status is not None and not 200 <= page.status < 300:
+            stats.skip(RecordStatus.HTTP_ERROR)
             return None
         stats.html_pages += 1
         return page
     if rtype == WarcRecordType.response:
         stats.saw("warc")
         if not record.is_http:
+            stats.skip(RecordStatus.NOT_A_PAGE)
             return None
         stats.responses += 1
         status = _http_status(record)
-        if status is None or not 200 <= status < 300:
+        if not 200 <= status < 300:
+            stats.skip(RecordStatus.HTTP_ERROR)
             return None
-        payload = record.reader.read()
+        payload, over = _read_capped(record, cap)  # over: HTML is parsed up to the cap
         if not is_html(record.http_content_type, payload):
+            stats.skip(RecordStatus.NOT_A_PAGE)
             return None
-        stats.html_pages += 1
         page_url = record.headers.get("WARC-Target-URI")
         if not page_url:
             raise MalformedRecord("response without WARC-Target-URI")
-        return page_links_from_html(page_url, status, payload, record.http_charset)
+        page = page_links_from_html(page_url, status, payload, record.http_charset)
+        stats.html_pages += 1
+        stats.truncated_pages += over
+        return page
+    stats.skip(RecordStatus.NOT_A_PAGE)  # warcinfo, request, revisit, resource, ...
     return None
 
 
 def iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterator[pa.RecordBatch]:
     """Stream the pairs of one WAT/WARC file as arrow batches of <= settings.batch_rows rows.
 
-    Fills `stats` as it goes. A corrupt or truncated file ends the stream with
-    stats.status = partial (what was read is kept); a file that is not WARC raises
-    ExtractError; errors of the source itself (network, missing file) propagate.
+    Fills `stats` as it goes. A record that cannot be read is counted in `malformed_records` and
+    skipped; damage to the file's container (a gzip member that does not inflate, bytes between
+    members, a cut) makes it `partial`, with reading resumed at the next gzip member where there is
+    one. A file that is not WARC raises ExtractError; errors of the source itself (network, missing
+    file) propagate.
     """
     start = time.perf_counter()
     stats.status, stats.error = FileStatus.OK, None
@@ -368,68 +322,59 @@ def iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterato
     except BaseException as exc:
         if not isinstance(exc, GeneratorExit):
             stats.status = FileStatus.FAILED
-            stats.error = stats.error or f"{uri}: {type(exc).__name__}: {exc}"
+            stats.error = f"{uri}: {type(exc).__name__}: {exc}"
         raise
     finally:
         stats.seconds = time.perf_counter() - start
 
 
 def _iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterator[pa.RecordBatch]:
-    raw, plain = _open_warc(uri)
-    builder = _PairBuilder(settings, stats)
-    batch_rows = settings.batch_rows
-    records = ArchiveIterator(
-        plain,
-        record_types=WarcRecordType.any_type,
-        parse_http=True,
-        auto_decode="all",
-        stream_detect=False,
-    )
     try:
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                if not plain.eof:
-                    _partial(stats, uri, raw, plain, "WARC parsing stopped before the end (invalid record)")
-                break
-            except _GZIP_ERRORS as exc:
-                _partial(stats, uri, raw, plain, f"truncated or corrupt gzip ({type(exc).__name__}: {exc})")
-                break
-            except OSError as exc:
-                if raw.failed is not None:
-                    raise
-                _partial(stats, uri, raw, plain, f"unreadable WARC record ({exc})")
-                break
+        stream = open_stream(open_uri(uri), uri)
+    except NotWarc as exc:
+        raise ExtractError(str(exc)) from None
+    builder = _PairBuilder(settings, stats)
+    batch_rows, cap = settings.batch_rows, settings.max_record_bytes
+
+    def malformed(why: str) -> None:
+        stats.malformed_records += 1
+        if stats.malformed_first is None:
+            stats.malformed_first = f"record {stats.records}: {why}"
+
+    def unparsable(exc: BaseException) -> None:
+        stats.records += 1
+        malformed(f"unparsable WARC record ({type(exc).__name__}: {exc}), skipped to the next record")
+
+    try:
+        for record in records(stream, unparsable):
             stats.records += 1
             try:
-                page = _page_of(record, stats)
-            except MalformedRecord:
-                stats.malformed_records += 1
-                continue
-            except _GZIP_ERRORS as exc:  # raised while reading a record's payload
-                _partial(stats, uri, raw, plain, f"truncated or corrupt gzip ({type(exc).__name__}: {exc})")
-                break
+                page = _page_of(record, stats, cap)
+            except BaseException as exc:  # noqa: BLE001 - any record that cannot be read costs itself only
+                if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
+                    raise
+                malformed(str(exc) if isinstance(exc, MalformedRecord) else f"{type(exc).__name__}: {exc}")
+                page = None
+            if stream.failed is not None:
+                raise stream.failed
             if page is not None and page.links:
                 builder.add(page)
                 if len(builder) >= batch_rows:
                     yield from _split(builder.flush(), batch_rows)
+        if stream.failed is not None:
+            raise stream.failed
         batch = builder.flush()
         if batch is not None:
             yield from _split(batch, batch_rows)
     finally:
-        stats.compressed_bytes = raw.pos
-        raw.close()
+        stats.compressed_bytes = stream.compressed_pos
+        stream.close()
+    if stream.damage:
+        more = f"; {len(stream.damage) - 1} more damaged stretches skipped" if len(stream.damage) > 1 else ""
+        stats.status = FileStatus.PARTIAL
+        stats.error = f"{uri}: {stream.damage[0]}{more}; read on past the damage: {stats.records} records"
 
 
 def _split(batch: pa.RecordBatch, rows: int) -> Iterator[pa.RecordBatch]:
     for offset in range(0, batch.num_rows, rows):
         yield batch.slice(offset, rows)
-
-
-def _partial(stats: FileStats, uri: str, raw: _RawReader, plain: _PlainReader, reason: str) -> None:
-    stats.status = FileStatus.PARTIAL
-    stats.error = (
-        f"{uri}: {reason}; kept what was read: {stats.records} records, "
-        f"compressed offset ~{raw.pos}, uncompressed offset ~{plain.pos}"
-    )

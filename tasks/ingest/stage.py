@@ -17,6 +17,7 @@ from prefect import task
 from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.cache import cache_key, retry_transient
 from clipcrawl.tasks.core.config import ExtractSettings
+from clipcrawl.tasks.core.stats import add_counts
 from clipcrawl.tasks.core.status import FileStatus, PairStatus
 from clipcrawl.tasks.core.uri import atomic_write, name_of, open_uri, write_json
 from clipcrawl.tasks.ingest import dedup
@@ -79,16 +80,27 @@ def find_duplicates(out: str, names: list[str], bucket: int, buckets: int, run_i
 def summarize(published: list[dict], failed: dict[str, str], run_id: str) -> dict:
     """The run's totals over the published files, and the failed ones with their reasons."""
     dropped: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     for stats in published:
-        for reason, n in stats["dropped"].items():
-            dropped[reason] = dropped.get(reason, 0) + n
-    counters = ("records", "responses", "html_pages", "img_links", "with_alt", "kept", "malformed_records")
+        add_counts(dropped, stats["dropped"])
+        add_counts(skipped, stats.get("skipped_records", {}))
+    counters = (
+        "records",
+        "responses",
+        "html_pages",
+        "img_links",
+        "with_alt",
+        "kept",
+        "malformed_records",
+        "truncated_pages",
+    )
     return {
         "run_id": run_id,
         "files": len(published) + len(failed),
         "partial": sum(s["status"] == FileStatus.PARTIAL for s in published),
         "failed": [{"uri": uri, "error": why} for uri, why in failed.items()],
         "dropped": dropped,
+        "skipped_records": skipped,
         **{c: sum(s.get(c, 0) for s in published) for c in counters},
     }
 

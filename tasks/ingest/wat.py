@@ -117,6 +117,8 @@ def page_links_from_wat(payload: bytes) -> PageLinks | None:
         raise MalformedRecord(f"unexpected WAT structure: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedRecord(f"invalid JSON: {exc}") from None
+    except RecursionError:  # msgspec decodes values of `Any` fields recursively
+        raise MalformedRecord("JSON nested too deep") from None
     http = envelope.payload.http
     if http is None or http.html is None:
         return None

@@ -299,7 +299,23 @@ def failures(stats: dict) -> str:
         alt = f"{stage} drop and failure reasons: {top_reasons(detail['reasons'], len(reasons))}"
         parts.append(f"<div>{title}{plot(fig, alt)}</div>")
     units = table(["stage", "failed unit", "error"], failed, "lww") if failed else note("none failed outright")
-    return f'<div class="row">{"".join(parts)}</div><h3>Failed files and shards</h3>{units}'
+    return f'<div class="row">{"".join(parts)}</div><h3>Failed files and shards</h3>{units}{crawl_records(stats)}'
+
+
+def crawl_records(stats: dict) -> str:
+    """What became of the crawl files' records: malformed, over max_record_bytes, files left partial."""
+    found = ((stats.get("stages_detail") or {}).get("ingest") or {}).get("records")
+    if not found:
+        return ""
+    skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(found["skipped"].items())) or "none"
+    summary = note(
+        f"{found['records']} records read: {found['html_pages']} HTML pages ({found['truncated_pages']} cut at "
+        f"max_record_bytes), {found['malformed_records']} malformed, skipped: {skipped}"
+    )
+    rows = [["partial", p["uri"], p["error"]] for p in found["partial"]]
+    rows += [["malformed record", m["uri"], m["error"]] for m in found["malformed_examples"]]
+    listing = table(["what", "file", "where and why"], rows, "lww") if rows else note("no damaged file or record")
+    return f"<h3>Crawl records</h3>{summary}{listing}"
 
 
 def domains(stats: dict) -> str:

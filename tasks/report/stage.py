@@ -348,6 +348,8 @@ def _stages_detail(
         )
         if units or summary:
             details[stage] = _stage_detail(units, _failed(summary), summary, settings.slowest)
+            if stage == "ingest":
+                details[stage]["records"] = stage_stats.record_counts(pair_stats)
     if index:
         modalities = [
             {

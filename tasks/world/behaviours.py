@@ -5,7 +5,9 @@ servers, 5xx and 429 that clear up or do not, 4xx, redirects and loops, dropped
 connections, lying Content-Type and Content-Length, endless and dripping bodies,
 truncated and bomb images, odd but valid formats, HTML and SVG where an image should
 be, X-Robots-Tag opt-outs, a robots.txt that disallows all, a host on a private
-address, a host that does not resolve, a host with a bad TLS certificate.
+address, a host that does not resolve, a host with a bad TLS certificate, and hostile
+responses built to exhaust a client's memory or time (giant headers, a gzip bomb,
+metadata floods and bombs in JPEG and PNG, a GIF of 10,000 frames).
 
 Image ids 0..len(RESERVED)-1 carry one behaviour each (order shuffled by seed) and are
 shown on every file's showcase page, so even a one-file world has all of them; a few
@@ -38,6 +40,13 @@ TINY_MAX_BYTES = 200
 SMALL_PIXELS_SIZE = (32, 32)  # a valid image over 5 KB (metadata) with a tiny side
 PANORAMA_SIZE = (2000, 100)  # aspect ratio 20
 OUR_TOKEN = "clipcrawl"  # the user-agent token the ourbot opt-out names (DownloadSettings default)
+HEADER_LINE_BYTES = 1 << 20  # one header line of 1 MiB
+MANY_HEADERS = 100_000  # header lines in one response
+GZIP_BOMB_BYTES = 2 << 30  # what the gzip bomb inflates to (~2 MB on the wire): over STREAM_CAP
+JPEG_ICC_BYTES = 50 * 10**6  # ICC_PROFILE APP2 segments in a JPEG: over the default max_bytes
+JPEG_FLOOD_BYTES = 8 * 10**6  # tiny metadata segments in a JPEG: under max_bytes, so it is read and decoded
+PNG_BOMB_MIB = 256  # what each of the PNG's iCCP and zTXt chunks inflates to
+GIF_FRAMES = 10_000  # frames of the many-frames GIF, each the image's full size (~1 KB each)
 
 CLOSED_HOST = "closed.world.test"  # robots.txt: User-agent: * / Disallow: /
 PRIVATE_HOST = "intranet.world.test"  # resolves to a private address; the server never sees it
@@ -67,6 +76,9 @@ class Behaviour:
     format: str | None = None  # the file extension its URL must have (None: the image's own)
     host: str | None = None  # host-level: the image is only ever linked on this host
     schemes: tuple[str, ...] = ("http", "https")  # how the showcase page links it
+    # Drawn for the few percent of images that misbehave at random: the hostile bodies are not, so that they show
+    # once per world (on its showcase) instead of taking over the bytes and time of a benchmark world's download.
+    at_random: bool = True
 
 
 BEHAVIOURS = {
@@ -125,11 +137,44 @@ BEHAVIOURS = {
             host=BADCERT_HOST,
             schemes=("https",),
         ),
+        Behaviour("huge_header_line", f"the image after a header line of {HEADER_LINE_BYTES} bytes", at_random=False),
+        Behaviour("many_headers", f"the image after {MANY_HEADERS} header lines", at_random=False),
+        Behaviour(
+            "gzip_bomb",
+            f"Content-Encoding: gzip, a body that inflates ~1000-fold to {GZIP_BOMB_BYTES} zero bytes",
+            "jpg",
+            at_random=False,
+        ),
+        Behaviour(
+            "jpeg_icc_bomb",
+            f"the JPEG after {JPEG_ICC_BYTES} bytes of ICC_PROFILE APP2 segments, Content-Length declared",
+            "jpg",
+            at_random=False,
+        ),
+        Behaviour(
+            "jpeg_metadata_flood",
+            f"the JPEG after {JPEG_FLOOD_BYTES} bytes of tiny metadata segments: empty APPn, then a chain of "
+            "Exif APP1s (Pillow keeps every segment and joins the Exif ones)",
+            "jpg",
+            at_random=False,
+        ),
+        Behaviour(
+            "png_metadata_bomb",
+            f"the PNG with an iCCP and a zTXt chunk each inflating to {PNG_BOMB_MIB} MiB, before its pixels",
+            "png",
+            at_random=False,
+        ),
+        Behaviour(
+            "gif_many_frames",
+            f"a GIF of {GIF_FRAMES} frames: the image, then flat frames of its full size",
+            "gif",
+            at_random=False,
+        ),
     )
 }
 RESERVED = tuple(name for name in BEHAVIOURS if name != "ok")  # one image id each, in every world
 RANDOM_SHARE = 0.06  # of the other images
-RANDOM_CHOICES = tuple(name for name in RESERVED if BEHAVIOURS[name].host is None)
+RANDOM_CHOICES = tuple(name for name in RESERVED if BEHAVIOURS[name].host is None and BEHAVIOURS[name].at_random)
 SPECIAL_HOSTS = {b.host: b.name for b in BEHAVIOURS.values() if b.host}
 # Behaviours whose response is a decodable image (then image checks apply).
 _IMAGE_LIKE = {
@@ -153,6 +198,10 @@ _IMAGE_LIKE = {
     "robots_disallowed",
     "pixel_bomb",
     "tiny_image",
+    "jpeg_icc_bomb",
+    "jpeg_metadata_flood",
+    "png_metadata_bomb",
+    "gif_many_frames",
 }
 FIXED_SIZES = {"tiny_image": TINY_SIZE, "small_pixels": SMALL_PIXELS_SIZE, "panorama": PANORAMA_SIZE}
 
@@ -207,7 +256,8 @@ def expected_status(behaviour: str, size: tuple[int, int], s) -> S:
 
     Assumes what the test settings (ImageServer.download_settings) and the defaults share: timeouts
     under HANG_DELAY and DRIP_CAP_S, min_bytes <= 5000 (every served image is over 9 KB but
-    tiny_image), max_bytes between 1 MB and STREAM_CAP.
+    tiny_image), max_bytes between 10 MB (the JPEG flood and the GIF of many frames are read whole)
+    and STREAM_CAP.
     """
     b = behaviour
     if b == "dns_error":
@@ -231,11 +281,16 @@ def expected_status(behaviour: str, size: tuple[int, int], s) -> S:
         "endless_drip": S.TIMEOUT,
         "svg_as_jpeg": S.NOT_AN_IMAGE,
         "html_as_jpeg": S.NOT_AN_IMAGE,
+        "huge_header_line": S.CONNECTION_ERROR,  # no client need read a response head that size
+        "many_headers": S.CONNECTION_ERROR,
+        "gzip_bomb": S.TOO_LARGE,  # its inflated size counts
     }
     if b in fixed:
         return fixed[b]
     if b == "empty_body":
         return S.TOO_SMALL_BYTES if s.min_bytes > 0 else S.NOT_AN_IMAGE
+    if b == "jpeg_icc_bomb" and s.max_bytes < JPEG_ICC_BYTES:
+        return S.TOO_LARGE
     if b not in _IMAGE_LIKE:
         raise ValueError(f"unknown behaviour {b!r}")
     wait = min(s.read_timeout, s.total_timeout)

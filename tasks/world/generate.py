@@ -44,7 +44,7 @@ class WorldSpec:
     links_per_page: tuple[int, int] = (10, 40)  # <a> links besides navigation
     images_per_page: tuple[int, int] = (1, 12)  # 10% of HTML pages have none
     sites: int = 8
-    images: int = 400  # distinct images in the world (the first 35 misbehave, one way each)
+    images: int = 400  # distinct images in the world (the first len(RESERVED) misbehave, one way each)
     shared_pairs: int = 20  # (url, alt) pairs repeated across pages, files, segments
     warc: bool = True  # False: WAT files only (fast; WARC offsets estimated)
 

@@ -317,7 +317,8 @@ class PageBuilder:
         spec = image_spec(self.seed, image_id)
         host = BEHAVIOURS[behaviour].host or f"img.site-{image_id % self.sites}.world.test"
         url = f"{scheme}://{host}/images/{image_id:06d}.{spec.format}"
-        alt = make_alt("caption", spec.scene, page.language, self.rng)
+        # its own draws, not the file's: adding a behaviour to the table does not reshuffle the file's other pages
+        alt = make_alt("caption", spec.scene, page.language, random.Random(f"showcase:{self.seed}:{image_id}:{scheme}"))
         body.append(f'<img src="{url}" alt="{alt.written}" width="{spec.width}" height="{spec.height}">\n')
         links.append({"path": "IMG@/src", "url": url, "alt": alt.written})
         case = "abs_https" if scheme == "https" else "abs_http"

@@ -4,7 +4,7 @@ Pages name hosts like img.site-3.world.test; a client maps every "host:port" to 
 "ip:port" (`resolve`, like curl --resolve: port 80 to the http listener, 443 to the TLS
 one, whose certificates come from a throwaway CA at `ca_pem_path`) and the server routes
 by the Host header. Images are rendered on request from their id; what each image's URL
-does (503 twice, 429, redirect loop, endless body, decompression bomb...) is its
+does (503 twice, 429, redirect loop, endless body, decompression bomb, 1 MiB header...) is its
 behaviour (tasks/world/behaviours.py), and `World.expected_downloads()` says how a
 correct downloader ends on each URL under `download_settings()`.
 """
@@ -29,7 +29,7 @@ import trustme
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.world import behaviours as bh
-from clipcrawl.tasks.world.payloads import BODIES, body, stream_chunk
+from clipcrawl.tasks.world.payloads import BODIES, HOSTILE, Runs, body, header_flood, stream_chunk
 
 IMAGE_PATH = re.compile(r"/(\d{6})\.(jpg|png|webp|gif)$")
 CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
@@ -44,6 +44,7 @@ STATUS_BODIES = {
     503: b"service unavailable\n",
 }
 WARM_LIMIT = 4096  # bodies rendered before serving (a small world has ~300): see ImageServer.start
+WRITE_BLOCK = 64 * 1024  # runs of small pieces go out in writes of about this size
 X_ROBOTS = {
     "noai_header": "noai",
     "otherbot_noai_header": "otherbot: noai, noimageai",
@@ -105,6 +106,45 @@ class _Handler(BaseHTTPRequestHandler):
         except (ConnectionError, ssl.SSLError, TimeoutError):
             pass
 
+    def _send_runs(self, ctype: str, runs: Runs, headers: dict | None = None) -> None:
+        """A hostile body, written run by run; the client is expected to hang up part way."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(sum(len(part) * times for part, times in runs)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.head_only:
+            return
+        stopping = self.server.world.stopping
+        try:
+            for part, times in runs:
+                batch = max(1, WRITE_BLOCK // len(part))
+                full, rest = divmod(times, batch)
+                for block, count in ((part * batch, full), (part * rest, 1)):
+                    for _ in range(count):
+                        if stopping.is_set():
+                            return
+                        self.wfile.write(block)
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            pass
+
+    def _send_header_flood(self, ctype: str, flood: bytes, data: bytes) -> None:
+        """The image, after `flood` (raw header lines) in its response head."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        try:
+            self.flush_headers()
+            self.wfile.write(flood)
+            self.end_headers()
+            if not self.head_only:
+                self.wfile.write(data)
+        except (ConnectionError, ssl.SSLError, TimeoutError):
+            pass
+
     def do_HEAD(self):
         self.do_GET(head_only=True)
 
@@ -160,6 +200,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._stream(
                 CONTENT_TYPES[fmt], bh.HUGE_LENGTH if b == "huge_content_length" else None, drip=b == "endless_drip"
             )
+        if b in HOSTILE:
+            headers = {"Content-Encoding": "gzip"} if b == "gzip_bomb" else None
+            return self._send_runs(CONTENT_TYPES[fmt], world.hostile(image_id, b), headers)
+        if b in ("huge_header_line", "many_headers"):
+            return self._send_header_flood(CONTENT_TYPES[fmt], header_flood(b), world.body(image_id, "ok", fmt))
         ctype = {"text_plain": "text/plain", "octet_stream": "application/octet-stream"}.get(b, CONTENT_TYPES[fmt])
         headers = {"X-Robots-Tag": X_ROBOTS[b]} if b in X_ROBOTS else None
         self._send(200, world.body(image_id, b, fmt), ctype, headers)
@@ -174,6 +219,7 @@ class _World:
         self.hits: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._cached = functools.lru_cache(maxsize=WARM_LIMIT * 2)(self._render)
+        self._cached_runs = functools.lru_cache(maxsize=WARM_LIMIT)(self._render_runs)
 
     def hit(self, url: str) -> None:
         with self._lock:
@@ -189,6 +235,17 @@ class _World:
 
     def _render(self, image_id: int, kind: str, fmt: str) -> bytes:
         return body(self.seed, image_id, kind, fmt)
+
+    def hostile(self, image_id: int, behaviour: str) -> Runs:
+        return self._cached_runs(image_id, behaviour)
+
+    def _render_runs(self, image_id: int, behaviour: str) -> Runs:
+        return HOSTILE[behaviour](self.seed, image_id)
+
+    def warm(self, image_id: int, behaviour: str, fmt: str) -> None:
+        if behaviour in HOSTILE:
+            self.hostile(image_id, behaviour)
+        self.body(image_id, behaviour, fmt)
 
 
 class _WorldHTTPServer(ThreadingHTTPServer):
@@ -324,7 +381,7 @@ class ImageServer:
         response waits behind others' rendering and a test's short read timeout never fires on an ok image."""
         if warm:
             with ThreadPoolExecutor(os.cpu_count() or 4) as pool:
-                list(pool.map(lambda key: self._world.body(*key), self._bodies))
+                list(pool.map(lambda key: self._world.warm(*key), self._bodies))
         self._world.stopping.clear()
         self._threads = [
             threading.Thread(target=s.serve_forever, name=f"world-image-server-{i}", daemon=True)
