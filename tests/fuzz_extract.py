@@ -2,11 +2,13 @@
 
     python -m tests.fuzz_extract --seed 7 --cases 500 --dir /tmp/fuzz    # prints one JSON summary line
 
-Each case damages one gzip member of a seed file (written by warcio, one record per member, as Common Crawl
-writes them) and extracts the result in this process. A case fails when:
-- extraction raises (anything but the file being no WARC at all);
+Each case damages two gzip members of a seed file (written by warcio, one record per member, as Common Crawl
+writes them; one page of the WARC seed is larger than what the reader keeps to hand out again) and extracts the
+result in this process. A case fails when:
+- extraction raises (anything but the file being no WARC at all, when no intact member is left);
 - it takes longer than --case-timeout;
-- a pair of an intact member before the damaged one is missing, or one after it (when the file goes on);
+- a pair of an intact member is missing (a truncation ends the file there);
+- fewer HTML pages are counted than intact members hold;
 - the stats do not add up: records = html_pages + skipped_records + malformed_records, and
   img_links = kept + dropped.
 The summary carries this process's peak RSS, which tests/test_hostile_files.py bounds: the process runs
@@ -27,7 +29,8 @@ from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.ingest.extract import ExtractError, FileStats, iter_pairs
 from tests.test_extract import html_page, request_json, wat_json, write_warc
 
-SETTINGS = ExtractSettings(detect_language=False, max_record_bytes=1 << 20)
+SETTINGS = ExtractSettings(detect_language=False, max_record_bytes=4 << 20)
+BIG_PAGE = 1_500_000  # one page of the WARC seed is larger than what the reader keeps to hand out again (1 MiB)
 
 
 def seed_files(folder: Path) -> dict[str, Path]:
@@ -36,7 +39,10 @@ def seed_files(folder: Path) -> dict[str, Path]:
         page = f"http://seed{p}.test/page.html"
         links = [(f"/img/{p}/{i}.jpg", f"picture {i} of the seed page {p}") for i in range(3)]
         wat += [("wat", page, request_json(page)), ("wat", page, wat_json(page, links))]
-        warc.append(("html", page, html_page(links).encode(), "text/html; charset=utf-8"))
+        body = html_page(links).encode()
+        if p == 6:
+            body = body.replace(b"</body>", b"<p>" + b"filler text " * (BIG_PAGE // 12) + b"</p></body>")
+        warc.append(("html", page, body, "text/html; charset=utf-8"))
     files = {"wat": folder / "seed.warc.wat.gz", "warc": folder / "seed.warc.gz"}
     write_warc(files["wat"], wat)
     write_warc(files["warc"], warc)
@@ -178,16 +184,27 @@ def run(seed: int, cases: int, folder: Path, case_timeout: float) -> dict:
     for case in range(cases):
         kind = rng.choice(sorted(seeds))
         parts, alone = seeds[kind]
-        k = rng.randrange(1, len(parts))  # the warcinfo member stays
-        mutation, damaged, goes_on = mutate(rng, parts[k], parts[:k] + parts[k + 1 :])
-        counts[mutation] = counts.get(mutation, 0) + 1
-        target.write_bytes(b"".join(parts[:k]) + damaged + (b"".join(parts[k + 1 :]) if goes_on else b""))
-        where = f"case {case}: {mutation} of {kind} member {k}"
+        damaged = sorted(rng.sample(range(len(parts)), 2))  # two members, the warcinfo one included
+        out, intact, ends = [], [], len(parts)
+        for i, part in enumerate(parts):
+            if i >= ends:
+                break
+            if i not in damaged:
+                out.append(part)
+                intact.append(i)
+                continue
+            mutation, part, goes_on = mutate(rng, part, parts[:i] + parts[i + 1 :])
+            counts[mutation] = counts.get(mutation, 0) + 1
+            out.append(part)
+            ends = ends if goes_on else i + 1
+        target.write_bytes(b"".join(out))
+        where = f"case {case}: members {damaged} of {kind} damaged, the last by {mutation}"
+        must = set().union(*(alone[i] for i in intact))
         started = time.perf_counter()
         try:
             pairs, stats = extract(target)
-        except ExtractError as exc:  # only a file whose very start is damaged may be no WARC at all
-            if k > 1:
+        except ExtractError as exc:  # no WARC at all: only when no intact member is left
+            if must or intact:
                 failures.append(f"{where}: {exc}")
             continue
         except BaseException as exc:  # noqa: BLE001 - every other outcome is a failure to report
@@ -196,7 +213,6 @@ def run(seed: int, cases: int, folder: Path, case_timeout: float) -> dict:
         seconds = time.perf_counter() - started
         if seconds > case_timeout:
             failures.append(f"{where}: took {seconds:.1f} s")
-        must = set().union(*alone[:k], *(alone[k + 1 :] if goes_on else []))
         if missing := must - pairs:
             failures.append(f"{where}: lost {len(missing)} pairs of intact members, e.g. {sorted(missing)[0]}")
             (folder / f"failed-{case}.warc.gz").write_bytes(target.read_bytes())
@@ -205,6 +221,8 @@ def run(seed: int, cases: int, folder: Path, case_timeout: float) -> dict:
             failures.append(f"{where}: records do not add up: {d}")
         if d["img_links"] != d["kept"] + sum(d["dropped"].values()):
             failures.append(f"{where}: links do not add up: {d}")
+        if d["html_pages"] < sum(1 for i in intact if alone[i]):
+            failures.append(f"{where}: fewer HTML pages than intact page members: {d}")
     return {"cases": cases, "mutations": counts, "failures": failures, "baseline": baseline, "peak": peak_rss()}
 
 

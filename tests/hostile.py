@@ -75,10 +75,30 @@ def deep_wat_json(uri: str, depth: int) -> Iterator[bytes]:
     return warc_record("metadata", uri, len(payload), [payload], "application/json")
 
 
+def tag_flood_html(uri: str, size: int) -> Iterator[bytes]:
+    """A WARC response of `size` bytes of HTML: an img, then `<b>` tags to the end (an element every 3 bytes)."""
+    http = b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
+    head = http + html_page([("/before.jpg", "the picture before the tags")]).encode().replace(b"</body></html>", b"")
+    length, chunks = padded(head, b"<b>", b"</body></html>", size)
+    return warc_record("response", uri, length, chunks, "application/http; msgtype=response")
+
+
+def value_flood_wat_json(uri: str, size: int) -> Iterator[bytes]:
+    """A WAT metadata record of `size` bytes whose Links hold empty objects, one every 3 bytes."""
+    head, tail = wat_json(uri, [("/flood.jpg", "a picture among a flood of links")]).split(b'"Links": [', 1)
+    length, chunks = padded(head + b'"Links": [', b"{},", b"{}, " + tail, size)
+    return warc_record("metadata", uri, length, chunks, "application/json")
+
+
 HOSTILE = {  # name -> (the hostile record's builder, its default size), after the issue's three files
     "giant-wat-json": (giant_wat_json, 1_500_000_000),
     "giant-html": (giant_html, 1_500_000_000),
     "deep-nesting": (deep_wat_json, 2_000_000),
+}
+# Records small enough for max_record_bytes whose parse would cost many times their size (an element per 3 bytes)
+ELEMENT_FLOODS = {
+    "tag-flood-html": (tag_flood_html, 16 << 20),
+    "value-flood-wat-json": (value_flood_wat_json, 16 << 20),
 }
 GOOD_BEFORE = [("/first/a.jpg", "an ordinary picture before"), ("/first/b.jpg", "another one before it")]
 GOOD_AFTER = [("/last/a.jpg", "an ordinary picture after"), ("/last/b.jpg", "another one after it")]
@@ -87,7 +107,7 @@ GOOD_AFTER = [("/last/a.jpg", "an ordinary picture after"), ("/last/b.jpg", "ano
 def write_hostile(path: Path, name: str, size: int | None = None) -> set[tuple[str, str]]:
     """A file of an ordinary WAT record, the hostile record `name`, an ordinary WARC response; returns the
     pairs of the ordinary records (what must come through)."""
-    build, default = HOSTILE[name]
+    build, default = (HOSTILE | ELEMENT_FLOODS)[name]
     before, after = path.with_suffix(".before"), path.with_suffix(".after")
     write_warc(before, [("wat", "http://good.test/before.html", wat_json("http://good.test/before.html", GOOD_BEFORE))])
     write_warc(after, [("html", "http://good.test/after.html", html_page(GOOD_AFTER).encode(), "text/html")])

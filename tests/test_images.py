@@ -134,6 +134,19 @@ def test_exif_orientation_is_applied():
     assert out[5, 20, 0] > 200 and out[55, 20, 2] > 200  # red on top, blue at the bottom
 
 
+def test_xmp_orientation_is_applied_when_there_is_no_exif():
+    img = Image.new("RGB", (60, 40), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 30, 40))  # left half red
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    )
+    r = process_image(save(img, "JPEG", xmp=xmp, quality=95), S)
+    assert (r.original_width, r.original_height, r.width, r.height) == (40, 60, 40, 60)
+    out = decode(r)
+    assert out[5, 20, 0] > 200 and out[55, 20, 2] > 200  # red on top, blue at the bottom
+
+
 def test_exif_orientation_with_draft_gives_exact_size():
     exif = Image.Exif()
     exif[0x0112] = 8
@@ -339,6 +352,12 @@ def jpeg_app_flood() -> bytes:
     return jpeg[:2] + jpeg_segment(0xE3, b"") * (19_900_000 // 4) + jpeg[2:]
 
 
+def jpeg_restart_comment_flood() -> bytes:
+    """A JPEG just under max_bytes (20 MB) of restart intervals (kept) alternating with empty comments (dropped)."""
+    jpeg = save(photo(64, 48), "JPEG")
+    return jpeg[:2] + (jpeg_segment(0xDD, b"\0\0") + jpeg_segment(0xFE, b"")) * (19_900_000 // 10) + jpeg[2:]
+
+
 def gif_comment_flood() -> bytes:
     """A GIF whose image follows a comment of sub-blocks of 2 bytes, just under max_bytes (20 MB)."""
     gif = save(photo(64, 48).convert("P"), "GIF")
@@ -353,6 +372,7 @@ def gif_comment_flood() -> bytes:
         (lambda: joined(HOSTILE["png_metadata_bomb"](5, 27)), (image_spec(5, 27).width, image_spec(5, 27).height)),
         (lambda: joined(HOSTILE["gif_many_frames"](5, 27)), (image_spec(5, 27).width, image_spec(5, 27).height)),
         (jpeg_app_flood, (64, 48)),
+        (jpeg_restart_comment_flood, (64, 48)),
         (png_text_memory_bomb, (64, 48)),
         (gif_comment_flood, (64, 48)),
     ],
@@ -361,6 +381,7 @@ def gif_comment_flood() -> bytes:
         "world-png-metadata-bomb",
         "world-gif-10000-frames",
         "jpeg-20MB-of-empty-segments",
+        "jpeg-20MB-of-restarts-and-comments",
         "png-70MB-of-ztxt",
         "gif-20MB-comment",
     ],

@@ -119,6 +119,67 @@ def test_floods_are_dropped_whole():
     assert strip_metadata(gif[:start] + flood * 3 + gif[start:]) == gif
 
 
+def xmp(orientation: int) -> bytes:
+    """XMP as cameras and editors write it, holding only an orientation."""
+    return (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="%d"/></rdf:RDF></x:xmpmeta>'
+        % orientation
+    )
+
+
+def app_segments(img: Image.Image, name: str) -> list[bytes]:
+    return [s for app, s in img.applist if app == name]
+
+
+def test_the_last_xmp_gives_the_orientation_when_exif_has_none():
+    # Pillow reads the orientation from the last XMP APP1 when there is no Exif orientation.
+    jpeg = save(scene(), "JPEG", xmp=xmp(6))
+    body = jpeg[:2] + jpeg_segment(0xE1, b"http://ns.adobe.com/xap/1.0/\0" + xmp(8)) * 1000 + jpeg[2:]
+    before, after = opened(body), opened(strip_metadata(body))
+    assert before.getexif().get(0x0112) == after.getexif().get(0x0112) == 6
+    assert len(app_segments(after, "APP1")) == 1
+    assert np.array_equal(np.asarray(after), np.asarray(before))
+
+
+def adobe(transform: int) -> bytes:
+    """An Adobe APP14 segment as libjpeg writes it: version 100, no flags, the colour transform."""
+    return jpeg_segment(0xEE, b"Adobe" + struct.pack(">HHHB", 100, 0, 0, transform))
+
+
+def test_the_last_adobe_segment_gives_the_colour_transform():
+    # An RGB JPEG without JFIF: its Adobe segment (transform 0, no YCbCr) is what tells libjpeg the colours are RGB,
+    # and libjpeg reads the last Adobe segment of the file. Pillow would keep every one of the flood.
+    jpeg = save(scene(), "JPEG", keep_rgb=True, quality=95)
+    body = jpeg[:2] + adobe(1) * 1000 + jpeg[2:]
+    before, after = opened(body), opened(strip_metadata(body))
+    assert np.array_equal(np.asarray(after), np.asarray(before))
+    assert np.abs(np.asarray(after, int) - np.asarray(scene(), int)).mean() < 8  # RGB read as RGB, not as YCbCr
+    assert len(app_segments(after, "APP14")) == 1
+
+
+def jfif(thumbnail: bool = True) -> bytes:
+    """A JFIF APP0 segment: version 1.01, no density; libjpeg reads it only with the thumbnail's size (14 bytes)."""
+    return jpeg_segment(0xE0, b"JFIF\0" + struct.pack(">HBHH", 0x101, 0, 1, 1) + b"\0\0" * thumbnail)
+
+
+@pytest.mark.parametrize(
+    "segments",
+    [
+        [adobe(1), adobe(0), jpeg_segment(0xEE, b"Adobe" + struct.pack(">H", 100))],
+        [jfif(thumbnail=False), adobe(0), jfif()],
+    ],
+    ids=["a-short-adobe-after-the-last-whole-one", "a-short-jfif-before-a-whole-one"],
+)
+def test_segments_too_short_for_libjpeg_do_not_count(segments):
+    # On a YCbCr JPEG without JFIF, what libjpeg reads of these segments decides between YCbCr and RGB.
+    jpeg = save(scene(), "JPEG", quality=95)
+    without_jfif = jpeg[:2] + jpeg[4 + struct.unpack(">H", jpeg[4:6])[0] :]
+    body = without_jfif[:2] + b"".join(segments) + without_jfif[2:]
+    before, after = opened(body), opened(strip_metadata(body))
+    assert np.array_equal(np.asarray(after), np.asarray(before))
+
+
 def test_the_worlds_hostile_metadata_is_dropped():
     jpeg, png = render_image(5, 27, "jpg"), render_image(5, 27, "png")
     first_exif = jpeg_segment(0xE1, b"Exif\0\0" + bytes(10))  # the first of its kind stays, as a camera's would

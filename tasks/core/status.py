@@ -22,7 +22,9 @@ class RecordStatus(StrEnum):
 
     NOT_A_PAGE = "not_a_page"  # warcinfo, request, a non-HTML response, WAT metadata of no response
     HTTP_ERROR = "http_error"  # the response's status is not 2xx
-    RECORD_TOO_LARGE = "record_too_large"  # a WAT record's JSON over max_record_bytes: skipped unread
+    RECORD_TOO_LARGE = (
+        "record_too_large"  # a WAT record's JSON over max_record_bytes (or MAX_JSON_VALUES): skipped unread
+    )
 
 
 class FileStatus(StrEnum):

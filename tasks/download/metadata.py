@@ -6,16 +6,22 @@ each Exif APP1 to the ones before it, which is quadratic), every PNG text chunk 
 comments. A file of a few MB of tiny segments or sub-blocks thus costs seconds to minutes and many times its size
 in memory (docs/download.md has the figures). The stage writes none of that metadata to its shards and needs only
 what decoding and orientation read, so `strip_metadata` gives Pillow the file without the rest: one pass over the
-segment headers, linear in the file, holding nothing but the pieces kept.
+segment headers, linear in the file, copying what it keeps to one buffer the size of the output.
 """
 
 from __future__ import annotations
 
+import io
 import re
 
-# JPEG: the first segment of each of these kinds stays (JFIF and Adobe tell the decoder the colour transform, Exif
-# holds the orientation); every other APPn and COM goes.
-_JPEG_KEPT = {0xE0: b"JFIF\0", 0xE1: b"Exif\0\0", 0xEE: b"Adobe"}
+# JPEG: the APPn segments that decoding or orientation read, by marker: their signature and the shortest payload their
+# reader takes (libjpeg's for JFIF and Adobe, Pillow's for Exif and XMP). Every other APPn and COM goes.
+# libjpeg needs one JFIF (it says YCbCr) and Pillow reads the orientation from the first Exif: the first stays where
+# it is.
+_JPEG_FIRST = {0xE0: (b"JFIF\0", 14), 0xE1: (b"Exif\0\0", 6)}
+# Pillow reads the last XMP (the orientation, when Exif has none) and libjpeg the last Adobe (the colour transform):
+# each is dropped where it is and the last put back before the scan, where both still read it.
+_JPEG_LAST = {0xE1: (b"http://ns.adobe.com/xap/1.0/\0", 29), 0xEE: (b"Adobe", 12)}
 # A marker, after any fill bytes: 0xFF then a byte from 0xC0 (what Pillow reads as a marker; it skips the rest).
 _JPEG_MARKER = re.compile(rb"\xff(?=[\xc0-\xfe])")
 _JPEG_STANDALONE = frozenset([0xC8, *range(0xD0, 0xDA), *range(0xF0, 0xFE)])  # no length field, as Pillow reads them
@@ -29,11 +35,15 @@ _GIF_BLOCK = re.compile(rb"[\x21\x2c\x3b]")
 _GIF_COMMENT = 0xFE
 
 
-def _kept(body: bytes, view: memoryview, pieces: list[memoryview], start: int) -> bytes:
-    """The body from its pieces kept before `start` and everything from `start` on (itself when nothing was cut)."""
-    if not pieces and start == 0:
+def _kept(body: bytes, view: memoryview, out: io.BytesIO, start: int, insert: bytes = b"", at: int = 0) -> bytes:
+    """The body from what was kept before `start` (in `out`) and everything from `start` on, with `insert` put in at
+    `at` (the body itself when nothing was dropped)."""
+    if start == 0:
         return body
-    return b"".join([*pieces, view[start:]])
+    at = max(at, start)
+    for piece in (view[start:at], insert, view[at:]):
+        out.write(piece)
+    return out.getvalue()  # the buffer itself, not a copy
 
 
 def strip_metadata(body: bytes) -> bytes:
@@ -48,9 +58,10 @@ def strip_metadata(body: bytes) -> bytes:
 
 
 def _jpeg(body: bytes) -> bytes:
-    # Each walker keeps the pieces between the ranges it drops (`pieces`, and everything from `start` on), never a
-    # list of what it drops: a flood has millions of those.
-    view, pieces, start, kept, end = memoryview(body), [], 0, set(), len(body)
+    # Each walker copies the stretches between the ranges it drops to `out` as it goes (everything from `start` on is
+    # still to come): never an object per stretch kept or dropped, since a flood has millions of each.
+    view, out, start, end = memoryview(body), io.BytesIO(), 0, len(body)
+    first, last = set(), {}
     pos = 2
     while pos + 4 <= end:
         marker = body[pos + 1]
@@ -69,19 +80,26 @@ def _jpeg(body: bytes) -> bytes:
             break
         stop = pos + 2 + length
         if marker >= 0xE0:  # APPn or COM
-            kind = _JPEG_KEPT.get(marker)
-            if kind is None or kind in kept or not body.startswith(kind, pos + 4):
-                if pos > start:
-                    pieces.append(view[start:pos])
-                start = stop
+            if marker in _JPEG_FIRST and marker not in first and _of_kind(_JPEG_FIRST[marker], body, pos, length):
+                first.add(marker)
             else:
-                kept.add(kind)
+                if pos > start:
+                    out.write(view[start:pos])
+                start = stop
+                if marker in _JPEG_LAST and _of_kind(_JPEG_LAST[marker], body, pos, length):
+                    last[marker] = (pos, stop)
         pos = stop
-    return _kept(body, view, pieces, start)
+    return _kept(body, view, out, start, b"".join(body[begin:stop] for begin, stop in sorted(last.values())), pos)
+
+
+def _of_kind(kind: tuple[bytes, int], body: bytes, pos: int, length: int) -> bool:
+    """Whether the segment at `pos` is of that kind: its signature, and a payload its reader takes."""
+    signature, shortest = kind
+    return length - 2 >= shortest and body.startswith(signature, pos + 4)
 
 
 def _png(body: bytes) -> bytes:
-    view, pieces, start, end = memoryview(body), [], 0, len(body)
+    view, out, start, end = memoryview(body), io.BytesIO(), 0, len(body)
     pos = 8
     while pos + 12 <= end:
         kind = body[pos + 4 : pos + 8]
@@ -90,14 +108,14 @@ def _png(body: bytes) -> bytes:
             break
         if kind not in _PNG_KEPT:
             if pos > start:
-                pieces.append(view[start:pos])
+                out.write(view[start:pos])
             start = stop
         pos = stop
-    return _kept(body, view, pieces, start)
+    return _kept(body, view, out, start)
 
 
 def _gif(body: bytes) -> bytes:
-    view, pieces, start, end = memoryview(body), [], 0, len(body)
+    view, out, start, end = memoryview(body), io.BytesIO(), 0, len(body)
     flags = body[10] if end > 10 else 0
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the header and the global colour table
     while (found := _GIF_BLOCK.search(body, pos)) is not None and body[found.start()] == 0x21:
@@ -108,6 +126,6 @@ def _gif(body: bytes) -> bytes:
         pos += 1
         if begin + 1 < end and body[begin + 1] == _GIF_COMMENT:
             if begin > start:
-                pieces.append(view[start:begin])
+                out.write(view[start:begin])
             start = pos
-    return _kept(body, view, pieces, start)
+    return _kept(body, view, out, start)

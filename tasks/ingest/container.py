@@ -32,7 +32,13 @@ MEMBER_STARTS = 4096  # member starts kept (those before the last record parsed 
 # (zlib's unused_data), and most members are a few KB.
 CHUNK_SIZE = 1 << 14
 RESCAN_BYTES = 1 << 20  # a damaged member's bytes kept to look for a gzip header inside it (a splice)
+SNIFF_MEMBERS = 16  # damaged gzip members tried at the start of a file before it is called unreadable
+SNIFF_BYTES = 1 << 20  # of a first member that is not WARC, inflated to see whether it is damaged
+RESCAN_CHEAP = 4096  # compressed bytes a false member may take and still be looked through again
+MAX_BAD_MEMBERS = 1000  # damaged gzip members in a row before the rest of the file is given up
+MAX_RESYNCS = 32  # stretches rejected in a row before the rest of the member (or plain file) is given up
 _GZIP_WBITS = 31  # zlib's wbits for one gzip member (header and trailer checked)
+_new_inflater = isal_zlib.decompressobj
 
 
 class NotWarc(Exception):
@@ -41,17 +47,23 @@ class NotWarc(Exception):
 
 class _Stream:
     """The file's bytes as the parser reads them. `failed` keeps an error of the source itself (network,
-    filesystem), which must propagate as is, so that the task can retry; `damage` lists what was skipped."""
+    filesystem), which must propagate as is, so that the task can retry; `damage` says what was skipped first
+    and `damaged` counts the stretches skipped."""
 
     def __init__(self, f: IO[bytes]) -> None:
         self._f, self.compressed_pos, self.pos = f, 0, 0
         self.failed: BaseException | None = None
-        self.damage: list[str] = []
+        self.damage: str | None = None
+        self.damaged = 0
         self.buf = b""  # read from the file, not yet handed on
         self._pending = b""  # handed on next, before anything new (after a rewind)
         self._history: deque[tuple[int, bytes]] = deque()  # (stream offset, bytes) handed out lately
         self._kept = 0  # bytes in _history
         self._resumed = 0  # where the last resync resumed: the next one starts past it
+
+    def note_damage(self, why: str) -> None:
+        self.damage = self.damage or why
+        self.damaged += 1
 
     def fill(self) -> bool:
         """Append the next chunk of the file to `buf`; False at its end (or when the source failed)."""
@@ -110,8 +122,8 @@ class _Stream:
         record began) and past the last resync; False when the stream ends first. What the parser had
         read ahead is handed out again, as far as it is kept."""
         start = max(after + 1, self._resumed)
-        if start < self.pos:
-            self.rewind(start)  # when not kept: the scan starts where the parser stopped reading
+        if start < self.pos and not self.rewind(start) and self._history:
+            self.rewind(self._history[0][0])  # no longer kept from there: from the oldest byte kept
         member = self._member_start(self.pos)  # a record may also begin a member, where no newline precedes it
         tail = b""  # a record line starts after a newline
         while True:
@@ -133,6 +145,19 @@ class _Stream:
     def _member_start(self, start: int) -> int | None:
         """The first gzip member that begins at or after stream offset `start`, as far as known."""
         return None
+
+    def peek(self, offset: int, n: int) -> bytes:
+        """Up to `n` bytes handed out from stream offset `offset`, as far as they are kept."""
+        out = b""
+        for at, data in self._history:
+            if at + len(data) > offset and len(out) < n:
+                out += data[max(0, offset - at) : max(0, offset - at) + n - len(out)]
+        return out
+
+    def abandon(self, why: str) -> bool:
+        """Give up the rest of this stretch (the member, or a plain file); whether there is more to parse."""
+        self.note_damage(why)
+        return False
 
     def restart(self) -> bool:
         """After the parser saw the end of the stream: whether there is more to parse (past damage)."""
@@ -160,13 +185,19 @@ class _Members(_Stream):
         # another is found again inside the damaged one
         self._fed: list[bytes] | None = []
         self._fed_bytes = 0
+        self._rescanned_to = 0  # compressed offset up to which damaged bytes were looked through already
+        self._bad_in_row = 0  # damaged members since the last whole one
+        self.one_member = False  # a read ends at the end of its member (sniffing the first ones)
 
     def _next(self, size: int) -> bytes:
         """Up to `size` inflated bytes, from as many whole members as fit (fewer calls from the parser)."""
         parts, n = [], 0
         while n < size and not self._broken:
             if self._inflater is None:
-                if not self._begin_member():
+                if self.buf.startswith(GZIP_MAGIC):  # the next member right there: the usual case, inline
+                    self._inflater, self._start = _new_inflater(_GZIP_WBITS), self.compressed_pos - len(self.buf)
+                    self._fed, self._fed_bytes = [], 0
+                elif not self._begin_member():
                     break
                 self._starts.append(self.pos + n)
             inflater = self._inflater
@@ -178,7 +209,7 @@ class _Members(_Stream):
                 self._break(f"corrupt gzip data ({exc})")
                 break
             if inflater.eof:
-                self.buf, self._inflater = inflater.unused_data, None
+                self.buf, self._inflater, self._bad_in_row = inflater.unused_data, None, 0
             else:
                 self.buf = inflater.unconsumed_tail
                 if self._fed is not None:
@@ -192,6 +223,8 @@ class _Members(_Stream):
             if out:
                 parts.append(out)
                 n += len(out)
+            if self.one_member and self._inflater is None:
+                break
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _member_start(self, start: int) -> int | None:
@@ -201,7 +234,10 @@ class _Members(_Stream):
         starts = self._starts
         while starts and starts[0] <= start:
             starts.popleft()
-        return starts[0] if starts and starts[0] < start + length else None
+        if not starts or starts[0] >= start + length:
+            return None
+        # a record may span members (legal gzip, e.g. fixed-size blocks): cut only where another record begins
+        return starts[0] if self.peek(starts[0], len(WARC_LINE) - 1) == WARC_LINE[1:] else None
 
     def _begin_member(self) -> bool:
         """Start inflating the member at `buf`; stray bytes before it are damage. False at the end."""
@@ -212,7 +248,7 @@ class _Members(_Stream):
         if not self.buf.startswith(GZIP_MAGIC):
             start = self.offset
             found = self._skip_to_magic()
-            self.damage.append(f"{self.offset - start} bytes that are no gzip member (compressed offset {start})")
+            self.note_damage(f"{self.offset - start} bytes that are no gzip member (compressed offset {start})")
             if not found:
                 return False
         self._inflater, self._start = isal_zlib.decompressobj(_GZIP_WBITS), self.offset
@@ -221,64 +257,117 @@ class _Members(_Stream):
 
     def _break(self, why: str) -> None:
         if why:
-            self.damage.append(f"{why} (member at compressed offset {self._start})")
+            self.note_damage(f"{why} (member at compressed offset {self._start})")
         self._broken = True
 
     def restart(self) -> bool:
         if not self._broken or self.failed is not None:
             return False
+        self._bad_in_row += 1
+        if self._bad_in_row > MAX_BAD_MEMBERS:
+            self.note_damage(f"gave up after {MAX_BAD_MEMBERS} damaged gzip members in a row")
+            return False
         self._broken, self._pending = False, b""
         self._history.clear()
         self._kept = 0
-        if self._fed is not None:  # look again from just past the damaged member's header
-            self.buf = (b"".join(self._fed) + self.buf)[1:]
-        elif self.offset == self._start:  # nothing of the member inflated: step past its header
-            self.buf = self.buf[1:]
         self._inflater = None
-        return self._skip_to_magic()
+        cheap = self.offset - self._start <= RESCAN_CHEAP  # it failed within a few KB
+        if self._fed is not None and (self._start >= self._rescanned_to or cheap):
+            # look again from just past the damaged member's header; inside bytes looked through already only
+            # after a cheap failure: a flood of false headers each inflating far would cost time quadratic in it
+            self._rescanned_to = max(self._rescanned_to, self.offset)
+            if self._fed:
+                self.buf = b"".join(self._fed) + self.buf
+            return self._skip_to_magic(1)
+        return self._skip_to_magic(1 if self.offset == self._start else 0)  # nothing inflated: past its header
 
-    def _skip_to_magic(self) -> bool:
-        """Drop compressed bytes up to the next gzip header; False when the file ends first."""
+    def abandon(self, why: str) -> bool:
+        if self._inflater is None:  # between members: what was handed out again is this member's rest
+            self.note_damage(why)
+            self._pending, self._kept = b"", 0
+            self._history.clear()
+            return True
+        self._break(why)
+        return self.restart()
+
+    def _skip_to_magic(self, skip: int = 0) -> bool:
+        """Drop compressed bytes (at least `skip`) up to the next gzip header; False when the file ends first."""
         while True:
-            found = self.buf.find(GZIP_MAGIC)
+            found = self.buf.find(GZIP_MAGIC, skip)
             if found >= 0:
                 self.buf = self.buf[found:]
                 return True
-            self.buf = self.buf[-(len(GZIP_MAGIC) - 1) :]
+            self.buf = self.buf[max(skip, len(self.buf) - len(GZIP_MAGIC) + 1) :]
+            skip = 0
             if not self.fill():
                 self.buf = b""
                 return False
 
 
 def open_stream(f: IO[bytes], name: str) -> _Stream:
-    """The file as the parser reads it (gzip members inflated, or plain WARC); NotWarc when it is neither."""
+    """The file as the parser reads it (gzip members inflated, or plain WARC); NotWarc when it is neither.
+    A gzip file whose first members are damaged (or preceded by stray bytes) is read from its first whole one."""
     probe = _Stream(f)
     while len(probe.buf) < 16 and probe.fill():
         pass
     if probe.failed is not None:
         raise probe.failed
-    gzipped = probe.buf.startswith(GZIP_MAGIC)
+    head = probe.buf
+    gzipped = head.startswith(GZIP_MAGIC) or (not head.startswith(b"WARC/") and GZIP_MAGIC in head)
     stream = _Members(f) if gzipped else _Stream(f)
     stream.buf, stream.compressed_pos = probe.buf, probe.compressed_pos
-    head = stream.read(len(WARC_LINE))
+    first = None
+    for _ in range(SNIFF_MEMBERS):
+        start = stream.pos
+        head = stream.read(len(WARC_LINE))
+        first = head if first is None else first
+        if head.startswith(b"WARC/") or not isinstance(stream, _Members):
+            break
+        if head:  # a damaged member may inflate to garbage before its checksum says so; a whole one is no WARC
+            _read_member_on(stream)
+            if stream._inflater is not None and not stream._broken:
+                break  # over SNIFF_BYTES of something else
+            if not stream._broken:
+                stream.note_damage(f"a gzip member that holds no WARC record (compressed offset {stream._start})")
+                continue
+        if stream.failed is not None or not stream.restart():
+            break
     if stream.failed is not None:
         raise stream.failed
     if not head.startswith(b"WARC/"):
+        head = first
         if gzipped:
             what = f"gzip of something else: starts with {head[:8]!r}" if head else "gzip unreadable"
         else:
             what = f"no gzip or WARC magic: starts with {head[:8]!r}"
         raise NotWarc(f"{name}: not a WARC/WAT file ({what})")
-    stream.rewind(0)
+    stream.rewind(start)
     return stream
 
 
+def _read_member_on(stream: _Members) -> None:
+    """Inflate the rest of the current member, up to SNIFF_BYTES, to learn whether it is damaged."""
+    seen, stream.one_member = 0, True
+    while stream._inflater is not None and not stream._broken and seen < SNIFF_BYTES:
+        data = stream.read(READ_SIZE)
+        if not data:
+            break
+        seen += len(data)
+    stream.one_member = False
+
+
 def records(stream: _Stream, on_unparsable: Callable[[BaseException], None]) -> Iterator:
-    """The stream's records as fastwarc parses them; a stretch it rejects is reported once to
-    `on_unparsable(exc)` and skipped to the next line (or gzip member) that starts a record; after damage
-    to the container, parsing resumes at the next gzip member."""
+    """The stream's records as fastwarc parses them.
+
+    A stretch the parser rejects is reported to `on_unparsable(exc)` once and skipped to the next line (or gzip
+    member) that starts a record. Where the rejected stretch began is unknown, so the first place parsing
+    resumes may be that very record: rejected again there, it is not reported again. After MAX_RESYNCS
+    rejections in a row the rest of the member is given up. After damage to the container, parsing resumes at
+    the next gzip member."""
     last = -1  # stream offset where the last record yielded began
-    resumed = False  # parsing resumed after a rejected stretch, and has yielded nothing since
+    landed = False  # this parser began where a resync landed, and has yielded nothing yet
+    retry = False  # ... and that landing may be the stretch rejected just before
+    in_row = 0  # stretches rejected since the last record yielded
     while True:
         parser = ArchiveIterator(
             stream,
@@ -293,22 +382,36 @@ def records(stream: _Stream, on_unparsable: Callable[[BaseException], None]) -> 
             except StopIteration:
                 if not stream.restart():
                     return
+                landed = retry = False
                 break
             except BaseException as exc:  # noqa: BLE001 - OSError, or a fastwarc panic (pyo3's PanicException)
                 if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
                     raise
-                if not resumed:  # else the same stretch goes on: it was reported
+                if not (landed and retry):
                     on_unparsable(exc)
+                retry, in_row = not landed, in_row + 1
+                if in_row > MAX_RESYNCS:
+                    more = stream.abandon(f"gave up after {MAX_RESYNCS} unparsable stretches in a row")
+                    landed = retry = False
+                    in_row = 0
+                    if not more:
+                        return
+                    break
                 if not stream.resync(last):
                     return
-                resumed = True
+                landed = True
                 break
             cut = stream.overrun(record.stream_pos, record.content_length)
-            if cut is not None:  # its Content-Length claims the next member's bytes: parse on from there
+            if cut is not None:  # its Content-Length claims the next record's member: parse on from there
                 on_unparsable(ValueError(f"Content-Length {record.content_length} runs past the record's gzip member"))
-                if not stream.rewind(cut) and not stream.resync(record.stream_pos):
+                last = record.stream_pos
+                if not stream.rewind(cut) and not stream.resync(last):
                     return
-                resumed = False
+                landed = retry = False
                 break
-            last, resumed = record.stream_pos, False
+            last, landed, retry, in_row = record.stream_pos, False, False, 0
             yield record
+            # a record larger than what was read ahead: its overrun shows once its payload was read
+            cut = stream.overrun(record.stream_pos, record.content_length)
+            if cut is not None and stream.rewind(cut):
+                break

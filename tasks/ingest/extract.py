@@ -38,10 +38,11 @@ from clipcrawl.tasks.ingest.normalize import (
     resolve_url,
     unescape_attribute,
 )
-from clipcrawl.tasks.ingest.warc import is_html, page_links_from_html
+from clipcrawl.tasks.ingest.warc import cap_tags, is_html, page_links_from_html
 from clipcrawl.tasks.ingest.wat import (
     HTML_MARKER,
     IMG_MARKER,
+    MAX_JSON_VALUES,
     RESPONSE_MARKER,
     MalformedRecord,
     PageLinks,
@@ -259,7 +260,8 @@ def _page_of(record, stats: FileStats, cap: int) -> PageLinks | None:
     if rtype == WarcRecordType.metadata:
         stats.saw("wat")
         payload, over = _read_capped(record, cap)
-        if over:  # its JSON cannot be parsed in part: the record is skipped unread
+        # JSON cannot be parsed in part; a payload shorter than MAX_JSON_VALUES cannot hold more commas
+        if over or (len(payload) > MAX_JSON_VALUES and payload.count(b",") > MAX_JSON_VALUES):
             stats.skip(RecordStatus.RECORD_TOO_LARGE)
             return None
         if IMG_MARKER not in payload:
@@ -298,9 +300,10 @@ def _page_of(record, stats: FileStats, cap: int) -> PageLinks | None:
         page_url = record.headers.get("WARC-Target-URI")
         if not page_url:
             raise MalformedRecord("response without WARC-Target-URI")
+        payload, many_tags = cap_tags(payload)
         page = page_links_from_html(page_url, status, payload, record.http_charset)
         stats.html_pages += 1
-        stats.truncated_pages += over
+        stats.truncated_pages += over or many_tags
         return page
     stats.skip(RecordStatus.NOT_A_PAGE)  # warcinfo, request, revisit, resource, ...
     return None
@@ -355,6 +358,7 @@ def _iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterat
                     raise
                 malformed(str(exc) if isinstance(exc, MalformedRecord) else f"{type(exc).__name__}: {exc}")
                 page = None
+            _skip_rest(record)
             if stream.failed is not None:
                 raise stream.failed
             if page is not None and page.links:
@@ -370,9 +374,19 @@ def _iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterat
         stats.compressed_bytes = stream.compressed_pos
         stream.close()
     if stream.damage:
-        more = f"; {len(stream.damage) - 1} more damaged stretches skipped" if len(stream.damage) > 1 else ""
+        more = f"; {stream.damaged - 1} more damaged stretches skipped" if stream.damaged > 1 else ""
         stats.status = FileStatus.PARTIAL
-        stats.error = f"{uri}: {stream.damage[0]}{more}; read on past the damage: {stats.records} records"
+        stats.error = f"{uri}: {stream.damage}{more}; read on past the damage: {stats.records} records"
+
+
+def _skip_rest(record) -> None:
+    """Skip what is left of the record's payload as stored: a decoded (Content-Encoding) payload read only in
+    part, or not at all, would leave the parser inside it. Nothing is decoded, so a bomb costs nothing."""
+    try:
+        record.reader.consume()
+    except BaseException as exc:  # noqa: BLE001 - the parser meets the damage at the next record
+        if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
+            raise
 
 
 def _split(batch: pa.RecordBatch, rows: int) -> Iterator[pa.RecordBatch]:

@@ -12,6 +12,10 @@ from clipcrawl.tasks.ingest.wat import LICENSE_MARKER, MalformedRecord, PageLink
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _SNIFF = re.compile(rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body|meta|title)[\s>]", re.I | re.S)
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:\-]+)""", re.I)
+# The parse tree costs ~200 bytes an element whatever the element, so a page of tiny tags (`<b>` x 5 million in
+# 16 MiB) would cost a GB: a page is parsed up to its MAX_HTML_TAGS-th tag (~40 MB of tree). A page of 1 MiB, Common
+# Crawl's limit, holds some 10,000-30,000 tags.
+MAX_HTML_TAGS = 200_000
 
 
 def is_html(content_type: str | None, payload_start: bytes) -> bool:
@@ -23,6 +27,16 @@ def is_html(content_type: str | None, payload_start: bytes) -> bool:
         if ctype not in ("", "application/octet-stream", "text/plain", "unknown/unknown"):
             return False
     return bool(_SNIFF.match(payload_start[:1024]))
+
+
+def cap_tags(payload: bytes) -> tuple[bytes, bool]:
+    """The page up to its MAX_HTML_TAGS-th `<`, and whether it was cut."""
+    if len(payload) <= MAX_HTML_TAGS or payload.count(b"<") <= MAX_HTML_TAGS:
+        return payload, False
+    at = -1
+    for _ in range(MAX_HTML_TAGS + 1):
+        at = payload.find(b"<", at + 1)
+    return payload[:at], True
 
 
 def decode_html(payload: bytes, http_charset: str | None) -> str:

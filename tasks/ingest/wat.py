@@ -29,6 +29,12 @@ LICENSE_MARKER = "creativecommons.org"  # no license URL without it: the cheap t
 _LICENSE_MARKER = LICENSE_MARKER.encode()
 
 
+# The JSON values a record may hold: msgspec builds the typed fields' values (~60-80 bytes each), so a record of
+# tiny values (`[1,1,1,...]`, `[{},{},...]`) costs many times its size; a WAT record of a 1 MiB page has some
+# 10,000-100,000. Counted by their commas, before any parsing; a record over it is record_too_large.
+MAX_JSON_VALUES = 1_000_000
+
+
 class MalformedRecord(ValueError):
     """A record whose content cannot be read (bad JSON, unexpected structure, bad HTML)."""
 
