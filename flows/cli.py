@@ -22,9 +22,9 @@ from clipcrawl.flows import options
 STAGES_OF = {
     "demo": ("ingest", "extract", "report"),
     "run": tuple(options.STAGES),
-    "extract": ("ingest", "extract"),
-    "ingest": ("ingest", "extract"),
-    "download": ("download",),
+    "extract": ("ingest", "extract", "consent"),
+    "ingest": ("ingest", "extract", "consent"),
+    "download": ("consent", "download"),
     "embed": ("embed",),
     "index": ("index",),
     "report": ("report",),
@@ -130,6 +130,7 @@ clipcrawl run --inputs ./a.warc.wat.gz ./b.warc.wat.gz --out ./run --download.im
     _common(p)
     options.add_options(p, "ingest")
     options.add_options(p, "extract")
+    options.add_options(p, "consent")
     for stage in ("download", "embed", "index", "report"):
         options.add_options(p, stage, namespaced=True)
 
@@ -145,6 +146,7 @@ clipcrawl run --inputs ./a.warc.wat.gz ./b.warc.wat.gz --out ./run --download.im
     _common(p)
     options.add_options(p, "ingest", exclude=(*CRAWL_SELECTION, "inputs"))
     options.add_options(p, "extract")
+    options.add_options(p, "consent")
 
     p = _command(
         sub,
@@ -159,8 +161,9 @@ clipcrawl ingest --crawl CC-MAIN-2024-10 --source s3://commoncrawl --segments 4 
     _common(p)
     options.add_options(p, "ingest", exclude=("inputs",))
     options.add_options(p, "extract")
+    options.add_options(p, "consent")
 
-    _stage_command(
+    download = _stage_command(
         sub,
         "download",
         "OUT/pairs/ -> OUT/images/ webdataset shards",
@@ -168,6 +171,7 @@ clipcrawl ingest --crawl CC-MAIN-2024-10 --source s3://commoncrawl --segments 4 
         ("--pairs", "directory of pair parquet files (or one parquet file)"),
         "shards go to OUT/images/",
     )
+    options.add_options(download, "consent")
     _stage_command(
         sub,
         "embed",
@@ -241,6 +245,38 @@ clipcrawl report ./run --gates.max-clip-pass-rate.threshold 0.9 --gates.max-clip
     )
     _common(p)
     options.add_options(p, "report")
+
+    p = _command(
+        sub,
+        "takedown",
+        "remove samples (by URL or sample id) from every output under OUT, logged in OUT/takedown/log.jsonl "
+        "(in the flow's process: no cluster)",
+        """
+clipcrawl takedown --out ./run --url https://example.org/a.jpg --reason "rights holder request 2024-117"
+clipcrawl takedown --out s3://bucket/run --sample-id 9368095590672117215 --sample-id 000000042
+clipcrawl takedown --out ./run --list requests.csv --reason 'batch of 2024-06'""",
+        settings=False,
+        usage="--out OUT (--url URL | --sample-id ID | --list FILE)",
+    )
+    _out(p, "every output under it loses the samples")
+    p.add_argument("--url", action="append", default=[], metavar="URL", help="an image URL to take down (repeatable)")
+    p.add_argument(
+        "--sample-id",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a SAMPLE_ID / uid (decimal) or a key of the run to take down (repeatable)",
+    )
+    p.add_argument(
+        "--list",
+        metavar="FILE",
+        help="URLs and ids, one a line (a line starting with http:// or https:// is a URL), or a .parquet/.csv "
+        "with a url and/or SAMPLE_ID (sample_id, uid, key) column",
+    )
+    p.add_argument("--reason", default="", help="why, recorded in the log")
+    p.add_argument(
+        "--results", metavar="URI", help="Prefect result storage of the runs over OUT. Default: OUT/_results."
+    )
     return ap
 
 
@@ -258,6 +294,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ingest = args.settings.get("ingest")
     if args.command == "run" and bool(ingest.crawl) == bool(ingest.inputs):
         raise SystemExit("clipcrawl run: give --crawl ID or --inputs URI... (one of them)")
+    if args.command == "takedown" and not (args.url or args.sample_id or args.list):
+        raise SystemExit("clipcrawl takedown: give --url URL, --sample-id ID or --list FILE (at least one)")
     if args.command == "ingest" and not ingest.crawl:
         raise SystemExit("clipcrawl ingest: give --crawl ID (e.g. CC-MAIN-2024-10)")
     return args
@@ -383,6 +421,24 @@ def gpu_workers(args: argparse.Namespace) -> int:
     return int(args.command == "index" and args.settings["index"].device == "cuda")
 
 
+def takedown(args: argparse.Namespace) -> None:
+    """The takedown flow, in this process (no cluster: its work is small, docs/takedown.md)."""
+    from clipcrawl.flows.takedown import takedown as flow
+
+    state = flow(
+        out=args.out,
+        urls=args.url,
+        sample_ids=args.sample_id,
+        list_uri=args.list,
+        reason=args.reason,
+        results=args.results,
+        return_state=True,
+    )
+    if not state.is_completed():
+        raise SystemExit(f"clipcrawl: takedown {state.name}: {state.message}")
+    print(json.dumps(state.result(), indent=2))
+
+
 def run_command(args: argparse.Namespace, address: str) -> None:
     """The flow of a command that runs one, its summary printed as JSON."""
     if args.command == "demo":
@@ -414,6 +470,10 @@ def main(argv: list[str] | None = None) -> None:
             return serve(args.index, args.host, args.port)
         from clipcrawl.flows.api import prefect_api
 
+        if args.command == "takedown":
+            with prefect_api() as api_ready:
+                api_ready()
+                return takedown(args)
         # the Prefect API and the Dask cluster start side by side: the API first, since it takes longest
         with prefect_api() as api_ready:
             from clipcrawl.flows.runner import cluster

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field, ValidationError, create_model
 
 from clipcrawl.tasks.core.config import (
+    ConsentSettings,
     DownloadSettings,
     EmbedSettings,
     ExtractSettings,
@@ -46,10 +47,12 @@ ENV_NESTED = "__"
 NONE = "none"
 
 # One config-file section and environment prefix per stage. ExtractSettings is a field of
-# IngestSettings in the flow parameters, but a stage of its own here (as in the config file).
+# IngestSettings in the flow parameters, but a stage of its own here (as in the config file); so is
+# ConsentSettings, a field of both ExtractSettings and DownloadSettings, given once here for both.
 STAGES: dict[str, type[BaseModel]] = {
     "ingest": IngestSettings,
     "extract": ExtractSettings,
+    "consent": ConsentSettings,
     "download": DownloadSettings,
     "embed": EmbedSettings,
     "index": IndexSettings,
@@ -59,7 +62,7 @@ STAGES: dict[str, type[BaseModel]] = {
 EPILOG = f"""\
 settings: every field of the stage settings (clipcrawl.tasks.core.config) is a flag, an environment
 variable and a key of the config file (--config FILE, YAML or TOML, a section per stage: ingest,
-extract, download, embed, index, report). For download's shard_size:
+extract, consent (shared by extract and download), download, embed, index, report). For download's shard_size:
   flag         --shard-size N (clipcrawl download), --download.shard-size N (clipcrawl run, where
                the stages after ingest and extract are namespaced)
   environment  {ENV_PREFIX}DOWNLOAD{ENV_NESTED}SHARD_SIZE=N
@@ -288,6 +291,17 @@ def build(stages: tuple[str, ...], flags: dict, config: str | None = None) -> di
             )
         ) from None
     built = {stage: getattr(values, stage) for stage in stages}
+    for stage in ("extract", "download"):
+        if stage in built and "consent" in built[stage].model_fields_set:
+            raise SettingsError(
+                f"{stage}.consent: give consent settings in the consent section (--config), "
+                f"as {ENV_PREFIX}CONSENT{ENV_NESTED}<FIELD> or as flags"
+            )
+    if "consent" in built:
+        consent = built.pop("consent")
+        for stage in ("extract", "download"):
+            if stage in built:
+                built[stage] = built[stage].model_copy(update={"consent": consent})
     if "ingest" in built:
         if "extract" in built["ingest"].model_fields_set:
             raise SettingsError(

@@ -43,7 +43,13 @@ def pipeline(
     dask_address: the cluster to run on (default: $CLIPCRAWL_DASK_ADDRESS, else a local cluster for the run).
     results: Prefect result storage shared by all workers (default OUT/_results).
     ground_truth: a manifest pairs.parquet (url, text, matches) the report measures the CLIP filter against.
+    ingest.extract.consent and download.consent (what sites say of their pages and images) must be alike.
     """
+    if ingest.extract.consent != download.consent:  # what a site says of its pages holds for their images too
+        raise ValueError(
+            "ingest.extract.consent and download.consent differ: set them alike (the consent section of the "
+            "command's flags or config file sets both)"
+        )
     logger = get_run_logger()
     with cluster(dask_address) as address:
         logger.info("pipeline into %s on the Dask cluster at %s", out, address)

@@ -62,6 +62,7 @@ SERVED = {
     "PNG with iCCP and zTXt bombs": "png_metadata_bomb",
     "GIF of 10,000 frames": "gif_many_frames",
     "0-byte body": "empty_body",
+    "an image whose resized, re-encoded copy has its PDQ hash on a known-bad list": "pdq_listed",
 }
 HOSTILE_RECORDS = ("giant-wat-json", "giant-html", "deep-nesting")
 DRIP_SLACK_S = 20.0  # shard start-up and image work on a loaded 2-core machine, over the drip's timeout bound

@@ -187,6 +187,8 @@ def other_value(leaf):
     annotation, optional = _split_optional(leaf.field.annotation)
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     default = leaf.default
+    if leaf.field.examples:  # a setting whose values have a shape of their own
+        return leaf.field.examples[0]
     if optional and default is not None:
         return None
     if annotation is bool:
@@ -225,11 +227,38 @@ def env_text(value) -> str:
     return str(value)
 
 
-def built(settings, leaf):
-    node = settings["ingest"].extract if leaf.stage == "extract" else settings[leaf.stage]
-    for name in leaf.path:
+def reach(node, path):
+    for name in path:
         node = getattr(node, name)
     return node
+
+
+def built(settings, leaf):
+    if leaf.stage == "consent":  # one section, given alike to each stage that honours it
+        stages = (settings["ingest"].extract if "ingest" in settings else None, settings.get("download"))
+        found = [reach(stage.consent, leaf.path) for stage in stages if stage is not None]
+        assert found and all(value == found[0] for value in found), (leaf.dest, found)
+        return found[0]
+    return reach(settings["ingest"].extract if leaf.stage == "extract" else settings[leaf.stage], leaf.path)
+
+
+def test_consent_is_one_section_for_extraction_and_download(tmp_path):
+    from clipcrawl.flows.cli import parse
+    from clipcrawl.flows.pipeline import pipeline
+    from clipcrawl.tasks.core.config import ConsentSettings, DownloadSettings
+
+    settings = parse(base("run") + ["--no-respect-robots", "--user-agent-token", "mybot"]).settings
+    consent = settings["download"].consent
+    assert (
+        settings["ingest"].extract.consent == consent == ConsentSettings(respect_robots=False, user_agent_token="mybot")
+    )
+    config = tmp_path / "clipcrawl.yaml"
+    config.write_text(yaml.safe_dump({"download": {"consent": {"respect_robots": False}}}))
+    with pytest.raises(SystemExit, match="download.consent: give consent settings in the consent section"):
+        parse(base("run") + ["--config", str(config)])
+    # the flow's parameters (a deployment's, the Prefect UI's form) hold it twice: they must be alike
+    with pytest.raises(ValueError, match="ingest.extract.consent and download.consent differ"):
+        pipeline.fn(out=str(tmp_path), download=DownloadSettings(consent=consent))
 
 
 @functools.cache
@@ -356,7 +385,7 @@ def test_commands_in_pipeline_order_each_option_with_help_each_command_with_an_e
 
     subparsers = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert list(subparsers.choices) == [
-        "demo", "run", "extract", "ingest", "download", "embed", "index", "search", "serve", "report"
+        "demo", "run", "extract", "ingest", "download", "embed", "index", "search", "serve", "report", "takedown"
     ]  # fmt: skip
     for name, sub in subparsers.choices.items():
         for action in sub._actions:

@@ -135,7 +135,7 @@ def test_outputs_follow_clip_retrieval_layout(tmp_path, settings):
     assert set(dataset["LICENSE"].to_pylist()[1:]) == {"?"}
 
     assert (stats["samples"], stats["embedded"], stats["kept"], stats["dropped_similarity"]) == (9, 9, 9, 0)
-    assert stats["status"] == {"embedded": 9, "missing_image": 0, "decode_error": 0, "no_caption": 0}
+    assert stats["status"] == {"embedded": 9, "missing_image": 0, "decode_error": 0, "no_caption": 0, "taken_down": 0}
     assert stats["failures"] == []
     assert stats["shard"] == "00000" and stats["model"] == settings.checkpoint
     assert sum(stats["similarity"]["histogram"]["counts"]) == 9 and sum(stats["nsfw"].values()) == 9
@@ -177,7 +177,7 @@ def test_corrupt_and_missing_images_are_recorded_and_the_shard_goes_on(tmp_path,
     stats = embed_shard(make_shard(out, 8, corrupt={1}, missing={5}), out, settings)
     _, _, metadata, _, _ = read_outputs(out)
     assert metadata["key"].to_pylist() == [sample_key(0, i) for i in (0, 2, 4, 6, 7)]
-    assert stats["status"] == {"embedded": 5, "missing_image": 1, "decode_error": 1, "no_caption": 0}
+    assert stats["status"] == {"embedded": 5, "missing_image": 1, "decode_error": 1, "no_caption": 0, "taken_down": 0}
     assert [(f["key"], f["status"]) for f in stats["failures"]] == [
         (sample_key(0, 1), "decode_error"),
         (sample_key(0, 5), "missing_image"),

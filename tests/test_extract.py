@@ -59,9 +59,14 @@ def wat_json(
     base: str | None = None,
     status: int = 200,
     tags: list[tuple[str, str, str | None]] = (),
+    metas: list[dict] = (),
+    headers: dict | None = None,
 ) -> bytes:
-    """`tags`: extra (name, href, rel or None) <link>/<a> tags, as in `html_page`."""
+    """`tags`: extra (name, href, rel or None) <link>/<a> tags, as in `html_page`; `metas`: Head.Metas entries;
+    `headers`: the response's Headers (a repeated header's values a list, as Common Crawl writes them)."""
     head = {"Title": "a page"} | ({"Base": base} if base is not None else {})
+    if metas:
+        head["Metas"] = list(metas)
     head_links = [
         {"path": "LINK@/href", "url": href} | ({"rel": rel} if rel else {}) for t, href, rel in tags if t == "link"
     ]
@@ -84,7 +89,7 @@ def wat_json(
                 "Actual-Content-Type": "application/http; msgtype=response",
                 "HTTP-Response-Metadata": {
                     "Response-Message": {"Version": "HTTP/1.1", "Status": str(status), "Reason": "OK"},
-                    "Headers": {"Content-Type": "text/html"},
+                    "Headers": {"Content-Type": "text/html"} | (headers or {}),
                     "HTML-Metadata": {"Head": head, "Links": link_objs},
                 },
             },
@@ -109,10 +114,12 @@ def html_page(
     base: str | None = None,
     charset_meta: str | None = None,
     tags: list[tuple[str, str, str | None]] = (),
+    head_html: str = "",
 ) -> str:
     head = (f'<meta charset="{charset_meta}">' if charset_meta else "") + (
         f'<base href="{base}">' if base is not None else ""
     )
+    head += head_html
     tag = {name: "" for name in ("link", "a")}
     for name, href, rel in tags:
         rel_attr = f' rel="{rel}"' if rel else ""
@@ -125,7 +132,8 @@ def html_page(
 
 
 def write_warc(path, records: list[tuple], gzip_members: bool = True) -> None:
-    """records: ("wat", uri, json bytes) | ("html", uri, body bytes, content-type) | ("request", uri)."""
+    """records: ("wat", uri, json bytes) | ("html", uri, body bytes, content-type[, status[, [(header, value)]]])
+    | ("request", uri)."""
     buf = io.BytesIO()
     writer = WARCWriter(buf, gzip=gzip_members)
     writer.write_record(writer.create_warcinfo_record("x.warc.gz", {"software": "test"}))
@@ -138,7 +146,8 @@ def write_warc(path, records: list[tuple], gzip_members: bool = True) -> None:
             )
         elif rec[0] == "html":
             status = rec[4] if len(rec) > 4 else "200 OK"
-            http = StatusAndHeaders(status, [("Content-Type", rec[3])], protocol="HTTP/1.1")
+            extra = list(rec[5]) if len(rec) > 5 else []
+            http = StatusAndHeaders(status, [("Content-Type", rec[3]), *extra], protocol="HTTP/1.1")
             writer.write_record(
                 writer.create_warc_record(rec[1], "response", payload=io.BytesIO(rec[2]), http_headers=http)
             )

@@ -123,7 +123,9 @@ def config(server, tmp_path_factory) -> Path:
     """The settings of every run here, as `clipcrawl run --config` reads them (gates only warn: a tiny world)."""
     gates = {name: {"threshold": gate.threshold, "action": "warn"} for name, gate in QualityGates()}
     settings = {
-        "download": server.download_settings(shard_size=SHARD_SIZE, image_threads=1).model_dump(mode="json"),
+        "download": server.download_settings(shard_size=SHARD_SIZE, image_threads=1).model_dump(
+            mode="json", exclude={"consent"}
+        ),
         "embed": tiny_clip.embed_settings(batch_size=64).model_dump(mode="json"),
         "index": IndexSettings(near_duplicate_threshold=tiny_clip.NEAR_DUPLICATE_THRESHOLD).model_dump(mode="json"),
         "report": ReportSettings(gates=gates).model_dump(mode="json"),

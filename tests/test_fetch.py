@@ -21,9 +21,11 @@ import pytest
 import trustme
 from aiohttp import web
 
-from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.core.config import ConsentSettings, DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus as S
+from clipcrawl.tasks.download import fetch as fetch_module
 from clipcrawl.tasks.download.fetch import Fetcher, blocked_reason, literal_ip, parse_retry_after, request_url
+from clipcrawl.tasks.download.optout import TDMREP_MAX_BYTES, TDMREP_PATH
 from clipcrawl.tasks.world.behaviours import GZIP_BOMB_BYTES
 from clipcrawl.tasks.world.payloads import gzip_bomb, header_flood, joined
 from tests.replay import RawServer, Request, response
@@ -36,7 +38,30 @@ ROBOTS = {
     "broken.test": (500, "User-agent: *\nDisallow: /\n"),
     "slowrobots.test": (200, "User-agent: *\nDisallow: /\n"),  # its first robots.txt answer comes too late
 }
-HOSTS = ["site.test", "busy.test", "busy2.test", *ROBOTS]
+TDM_POLICY_URL = "https://tdm.test/policy.json"
+TDM_RULES = [
+    {"location": "/public/*.jpg", "tdm-reservation": 0},
+    {"location": "/public/", "tdm-reservation": 1, "tdm-policy": TDM_POLICY_URL},
+]
+TDMREP = {  # host -> (status, body) of its /.well-known/tdmrep.json (others: 404)
+    "tdm.test": (200, json.dumps(TDM_RULES)),
+    "tdmbroken.test": (200, '[{"location": "/", "tdm-reservation": 1}'),  # truncated JSON
+    "tdmshape.test": (200, '{"location": "/", "tdm-reservation": 1}'),  # an object, not an array
+    "tdmhtml.test": (200, "<html><body>Welcome!</body></html>"),  # a soft 404
+    "tdmgone.test": (410, '[{"location": "/", "tdm-reservation": 1}]'),
+    "tdmerror.test": (503, '[{"location": "/", "tdm-reservation": 1}]'),
+    "tdmhuge.test": (200, '[{"location": "/", "tdm-reservation": 1}' + " " * TDMREP_MAX_BYTES + "]"),
+    "slowtdm.test": (200, '[{"location": "/", "tdm-reservation": 1}]'),  # its first answer comes too late
+    "flakytdm.test": (200, '[{"location": "/", "tdm-reservation": 1}]'),  # FLAKY_TDMREP: fails first
+    "ratetdm.test": (200, '[{"location": "/", "tdm-reservation": 1}]'),
+    "downtdm.test": (200, '[{"location": "/", "tdm-reservation": 1}]'),
+    # a page host: its tdmrep.json reserves its /articles/ pages, and so the images found on them, wherever they are
+    "tdmredirect.test": (302, "http://internal.test/tdmrep.json"),  # a redirect to a private address
+    "tdmpage.test": (200, json.dumps([{"location": "/articles/", "tdm-reservation": 1, "tdm-policy": TDM_POLICY_URL}])),
+}
+# host -> (how many of its first tdmrep.json requests fail, with which status, Retry-After): then TDMREP's answer
+FLAKY_TDMREP = {"flakytdm.test": (1, 503, None), "ratetdm.test": (1, 429, "0"), "downtdm.test": (3, 503, None)}
+HOSTS = ["site.test", "busy.test", "busy2.test", *ROBOTS, *TDMREP]
 
 
 class Server:
@@ -45,6 +70,7 @@ class Server:
     def __init__(self, tmp_path):
         self.hits: Counter[str] = Counter()  # path -> requests
         self.robots_hits: Counter[str] = Counter()  # host -> robots.txt requests
+        self.tdmrep_hits: Counter[str] = Counter()  # host -> /.well-known/tdmrep.json requests
         self.inflight: Counter[str] = Counter()
         self.max_inflight: Counter[str] = Counter()
         self.ca = trustme.CA()
@@ -80,6 +106,9 @@ class Server:
     def routes(self):
         return {
             "/robots.txt": self.robots,
+            TDMREP_PATH: self.tdmrep,
+            "/tdm-header": self.tdm_header,
+            "/to-tdm-reserved": self.to_tdm_reserved,
             "/ok": self.ok,
             "/slow": self.slow,
             "/hang": self.hang,
@@ -115,6 +144,30 @@ class Server:
             await asyncio.sleep(2)  # past the total timeout
         status, text = ROBOTS.get(host, (404, "not found"))
         return web.Response(status=status, text=text)
+
+    async def tdmrep(self, request):
+        host = request.host.split(":")[0]
+        self.tdmrep_hits[host] += 1
+        await asyncio.sleep(0.05)  # concurrent fetches of the origin arrive while this is in flight
+        if host == "slowtdm.test" and self.tdmrep_hits[host] == 1:
+            await asyncio.sleep(2)  # past the total timeout
+        failing, code, retry_after = FLAKY_TDMREP.get(host, (0, 0, None))
+        if self.tdmrep_hits[host] <= failing:
+            return web.Response(status=code, headers={"Retry-After": retry_after} if retry_after else {})
+        status, text = TDMREP.get(host, (404, "not found"))
+        headers = {"Location": text} if status == 302 else None
+        return web.Response(status=status, text=text, content_type="application/json", headers=headers)
+
+    async def tdm_header(self, request):
+        response = web.Response(body=BODY, content_type="image/png")
+        for value in request.query.getall("value", []):
+            response.headers.add("tdm-reservation", value)
+        if "policy" in request.query:
+            response.headers["tdm-policy"] = request.query["policy"]
+        return response
+
+    async def to_tdm_reserved(self, request):
+        raise web.HTTPFound("http://tdm.test/public/1.png")
 
     async def ok(self, request):
         return web.Response(body=BODY, content_type="image/png")
@@ -502,7 +555,10 @@ def test_x_robots_tag(server, tags, status):
     assert r.status == status
     if status == S.OPT_OUT_HEADER:
         assert r.error_message.startswith("X-Robots-Tag:")
-        assert fetch(server, f"http://site.test/xrobots?{query}", respect_optouts=False).status == S.SUCCESS
+        assert (
+            fetch(server, f"http://site.test/xrobots?{query}", consent=ConsentSettings(respect_optouts=False)).status
+            == S.SUCCESS
+        )
 
 
 def test_robots_txt_is_fetched_once_per_host(server):
@@ -511,7 +567,9 @@ def test_robots_txt_is_fetched_once_per_host(server):
     results = fetch_all(server, urls)
     assert [r.status for r in results] == [S.SUCCESS, S.ROBOTS_DISALLOWED] * 10
     assert server.robots_hits["robots.test"] - before == 1  # one Fetcher, twenty concurrent fetches
-    assert fetch(server, "http://robots.test/private/1", respect_robots=False).status == S.SUCCESS
+    assert (
+        fetch(server, "http://robots.test/private/1", consent=ConsentSettings(respect_robots=False)).status == S.SUCCESS
+    )
 
 
 def test_robots_txt_group_for_our_agent(server):
@@ -527,6 +585,149 @@ def test_robots_txt_timeout_is_retried_not_taken_for_allow(server):
     r = fetch(server, "http://slowrobots.test/public/1")
     assert r.status == S.ROBOTS_DISALLOWED, r
     assert server.robots_hits["slowrobots.test"] == 2
+
+
+# -- W3C TDMRep: the tdm-reservation header and the origin's /.well-known/tdmrep.json
+
+
+@pytest.mark.parametrize(
+    "values, status",
+    [(["1"], S.TDM_RESERVED_HEADER), (["0"], S.SUCCESS), ([], S.SUCCESS), (["2"], S.SUCCESS)],
+)
+def test_tdm_reservation_header(server, values, status):
+    url = "http://site.test/tdm-header?" + "&".join(f"value={v}" for v in values)
+    r = fetch(server, url)
+    assert r.status == status, r
+    if status == S.TDM_RESERVED_HEADER:
+        assert r.body is None and r.error_message == "tdm-reservation: 1"
+        assert fetch(server, url, consent=ConsentSettings(respect_tdm_reservation=False)).status == S.SUCCESS
+    else:
+        assert r.body == BODY
+
+
+def test_tdm_reservation_header_names_the_policy(server):
+    r = fetch(server, f"http://site.test/tdm-header?value=1&policy={TDM_POLICY_URL}")
+    assert (r.status, r.error_message) == (S.TDM_RESERVED_HEADER, f"tdm-reservation: 1 (tdm-policy: {TDM_POLICY_URL})")
+
+
+def test_tdmrep_json_is_fetched_once_per_origin_before_the_images(server):
+    before, hits = server.tdmrep_hits["tdm.test"], server.hits["/public/0.png"]
+    urls = [f"http://tdm.test/public/{i}.{ext}" for i in range(10) for ext in ("jpg", "png")]
+    results = fetch_all(server, urls)
+    # the first matching rule decides: /public/*.jpg says 0, /public/ reserves the rest
+    assert [r.status for r in results] == [S.SUCCESS, S.TDM_RESERVED_FILE] * 10
+    assert server.tdmrep_hits["tdm.test"] - before == 1  # one Fetcher, twenty concurrent fetches
+    assert server.hits["/public/0.png"] == hits  # a reserved image is never requested
+    assert results[1].body is None and results[1].attempts == 0
+    assert results[1].error_message == (
+        f"tdmrep.json of tdm.test reserves /public/0.png (location '/public/', tdm-policy {TDM_POLICY_URL})"
+    )
+    assert fetch(server, "http://tdm.test/private/1").status == S.SUCCESS  # no rule matches: unset
+
+
+def test_tdmrep_json_is_per_origin_scheme_host_and_port(server):
+    before = sum(server.tdmrep_hits.values())
+    other_port = {f"tdm.test:{port}": f"127.0.0.1:{server.port}" for port in (80, 8080)}
+    results = fetch_all(
+        server, ["http://tdm.test/public/1.png", "http://tdm.test:8080/public/1.png"], resolve=other_port
+    )
+    assert [r.status for r in results] == [S.TDM_RESERVED_FILE] * 2
+    assert sum(server.tdmrep_hits.values()) - before == 2
+
+
+def test_redirect_is_checked_against_the_final_origins_tdmrep_json(server):
+    r = fetch(server, "http://site.test/to-tdm-reserved")
+    assert r.status == S.TDM_RESERVED_FILE and r.final_url == "http://tdm.test/public/1.png", r
+    assert r.attempts == 1  # the redirect was requested, its target was not
+
+
+@pytest.mark.parametrize(
+    "host", ["tdmbroken.test", "tdmshape.test", "tdmhtml.test", "tdmgone.test", "tdmerror.test", "tdmhuge.test"]
+)
+def test_a_broken_or_missing_tdmrep_json_reserves_nothing(server, host):
+    r = fetch(server, f"http://{host}/public/1.png")
+    assert (r.status, r.body) == (S.SUCCESS, BODY), r
+    assert server.tdmrep_hits[host] >= 1  # it was asked, and its answer reserved nothing
+
+
+def test_tdmrep_json_timeout_is_retried_not_taken_for_no_reservation(server):
+    r = fetch(server, "http://slowtdm.test/public/1.png")
+    assert r.status == S.TDM_RESERVED_FILE, r
+    assert server.tdmrep_hits["slowtdm.test"] == 2
+
+
+@pytest.mark.parametrize("host", ["flakytdm.test", "ratetdm.test"])
+def test_tdmrep_json_5xx_and_429_are_retried(server, host):
+    r = fetch(server, f"http://{host}/public/1.png")
+    assert r.status == S.TDM_RESERVED_FILE, r
+    assert server.tdmrep_hits[host] == 2
+
+
+def test_tdmrep_json_failing_after_retries_is_asked_again_later(server, monkeypatch):
+    """Down through every retry (503 x3): no reservation for the image that asked, and for the images of the origin
+    that come before TDMREP_RETRY_SECONDS have passed; the first image after that asks again."""
+    monkeypatch.setattr(fetch_module, "TDMREP_RETRY_SECONDS", 0.3)
+    host = "downtdm.test"
+
+    async def go():
+        async with Fetcher(settings(server)) as fetcher:
+            first = await fetcher.fetch(f"http://{host}/public/1.png")
+            soon = await fetcher.fetch(f"http://{host}/public/2.png")
+            hits = server.tdmrep_hits[host]
+            await asyncio.sleep(0.4)
+            return first, soon, hits, await fetcher.fetch(f"http://{host}/public/3.png")
+
+    first, soon, hits, later = asyncio.run(go())
+    assert (first.status, soon.status, hits) == (S.SUCCESS, S.SUCCESS, 3)  # retries=2: three requests, one fetch
+    assert later.status == S.TDM_RESERVED_FILE and server.tdmrep_hits[host] == 4
+
+
+def fetch_for_page(server, url, page_url, **overrides):
+    async def go():
+        async with Fetcher(settings(server, **overrides)) as fetcher:
+            return await fetcher.fetch(url, page_url)
+
+    return asyncio.run(go())
+
+
+def test_the_page_origins_tdmrep_json_reserves_the_images_found_on_its_pages(server):
+    before, hits = server.tdmrep_hits["tdmpage.test"], server.hits["/public/7.png"]
+    r = fetch_for_page(server, "http://site.test/public/7.png", "http://tdmpage.test/articles/2024/a.html")
+    assert (r.status, r.body, r.attempts) == (S.TDM_RESERVED_PAGE_FILE, None, 0), r
+    assert server.hits["/public/7.png"] == hits  # the image was never requested
+    assert r.error_message == (
+        "tdmrep.json of tdmpage.test reserves the page /articles/2024/a.html"
+        f" (location '/articles/', tdm-policy {TDM_POLICY_URL})"
+    )
+    assert server.tdmrep_hits["tdmpage.test"] == before + 1
+    for page_url in ("http://tdmpage.test/about.html", None, "", "not a url", "ftp://tdmpage.test/articles/a"):
+        assert fetch_for_page(server, "http://site.test/public/7.png", page_url).status == S.SUCCESS, page_url
+    off = fetch_for_page(
+        server,
+        "http://site.test/public/7.png",
+        "http://tdmpage.test/articles/a.html",
+        consent=ConsentSettings(respect_tdm_reservation=False),
+    )
+    assert off.status == S.SUCCESS and server.tdmrep_hits["tdmpage.test"] == before + 2  # the about page's ask
+
+
+def test_the_page_origins_tdmrep_json_passes_the_ssrf_guard(server):
+    hits = server.hits["/public/8.png"]
+    r = fetch_for_page(server, "http://site.test/public/8.png", "http://tdmredirect.test/articles/a.html")
+    assert r.status == S.BLOCKED_ADDRESS and r.attempts == 0, r  # we will not ask there: we cannot know
+    assert r.error_message.startswith(f"http://tdmredirect.test{TDMREP_PATH} redirects: ")
+    assert "(private)" in r.error_message
+    # a page on a refused address: its tdmrep.json is not asked (no reservation known), the image is
+    r = fetch_for_page(server, "http://site.test/public/8.png", "http://internal.test/articles/a.html")
+    assert r.status == S.SUCCESS and server.hits["/public/8.png"] == hits + 1
+
+
+def test_tdm_switch_off_never_asks_for_tdmrep_json(server):
+    before = sum(server.tdmrep_hits.values())
+    urls = ["http://tdm.test/public/1.png", "http://tdmerror.test/public/1.png", "http://site.test/tdm-header?value=1"]
+    results = fetch_all(server, urls, consent=ConsentSettings(respect_tdm_reservation=False))
+    assert [r.status for r in results] == [S.SUCCESS] * 3
+    assert sum(server.tdmrep_hits.values()) == before
 
 
 # -- SSRF guard, DNS, schemes
@@ -651,8 +852,11 @@ def test_parse_retry_after():
 # -- URLs requested exactly as given (the wire, as a raw-socket server saw it)
 
 
+SITE_FILES = (b"/robots.txt", TDMREP_PATH.encode())  # the origin's own files, fetched before its images
+
+
 def answer_exact(request: Request) -> bytes:
-    if request.target == b"/robots.txt":
+    if request.target in SITE_FILES:
         return response(404)
     if request.target.startswith(b"/hop/"):
         return response(302, headers={"Location": HOPS[request.target.decode()]})
@@ -693,7 +897,7 @@ def fetch_seen(srv, url, **overrides):
             return await fetcher.fetch(url)
 
     result = asyncio.run(go())
-    return result, [r for r in srv.requests[before:] if r.target != b"/robots.txt"]
+    return result, [r for r in srv.requests[before:] if r.target not in SITE_FILES]
 
 
 @pytest.mark.parametrize(
@@ -796,8 +1000,12 @@ class Redirector:
         where = f"{request.host} {request.target.decode()}"
         if where in self.locations:
             return response(302, headers={"Location": self.locations[where]})
-        if request.target == b"/robots.txt":
+        if request.target in SITE_FILES:
             return response(404)
+        if request.target == b"/rules.json":
+            return response(
+                200, b'[{"location": "/private/", "tdm-reservation": 1}]', {"Content-Type": "application/json"}
+            )
         if request.target == b"/rules.txt":
             return response(200, b"User-agent: *\nDisallow: /private/\n", {"Content-Type": "text/plain"})
         return response(200, BODY, {"Content-Type": "image/png"})
@@ -846,7 +1054,10 @@ GUARDED = [  # a Location to a refused address, and the reason given ({v1} etc.:
 ]
 
 
-@pytest.mark.parametrize("via", ["robots.txt", "image"])
+SITE_FILE_OF = {"robots.txt": "/robots.txt", "tdmrep.json": TDMREP_PATH}
+
+
+@pytest.mark.parametrize("via", ["robots.txt", "tdmrep.json", "image"])
 @pytest.mark.parametrize("location, reason", GUARDED)
 def test_redirect_to_a_refused_address_is_never_requested(redirector, via, location, reason):
     names = {"127.0.0.1": "v1", "127.0.0.3": "v3", "::1": "v6"}
@@ -855,7 +1066,7 @@ def test_redirect_to_a_refused_address_is_never_requested(redirector, via, locat
         pytest.skip("no IPv6 loopback here")
     host = f"{via.replace('.', '-')}-{GUARDED.index((location, reason))}.test"
     location = location.format(**ports)
-    redirector.locations[f"{host} {'/robots.txt' if via == 'robots.txt' else '/img.png'}"] = location
+    redirector.locations[f"{host} {SITE_FILE_OF.get(via, '/img.png')}"] = location
     before, seen = redirector.victim.connections, len(redirector.host.requests)
 
     async def go():
@@ -866,19 +1077,27 @@ def test_redirect_to_a_refused_address_is_never_requested(redirector, via, locat
     assert redirector.victim.connections == before  # nothing reached the refused address, not even a connection
     assert r.status == S.BLOCKED_ADDRESS and reason in r.error_message, r
     asked = [q.target for q in redirector.host.requests[seen:]]
-    if via == "robots.txt":  # the image is refused with the host's robots.txt, and says so
-        assert r.error_message.startswith(f"http://{host}/robots.txt redirects: ") and asked == [b"/robots.txt"]
+    site_files = [b"/robots.txt", TDMREP_PATH.encode()]
+    if via in SITE_FILE_OF:  # the image is refused with the origin's robots.txt or tdmrep.json, and says so
+        assert r.error_message.startswith(f"http://{host}{SITE_FILE_OF[via]} redirects: ")
+        assert asked == site_files[: site_files.index(SITE_FILE_OF[via].encode()) + 1]
     else:
-        assert asked == [b"/robots.txt", b"/img.png"] and r.final_url == location
+        assert asked == [*site_files, b"/img.png"] and r.final_url == location
 
 
-def test_robots_txt_redirect_within_the_guard_is_followed(redirector):
-    host = "moved.test"
-    redirector.locations[f"{host} /robots.txt"] = "/rules.txt"
+@pytest.mark.parametrize(
+    ("host", "site_file", "moved_to", "refused"),
+    [
+        ("moved.test", "/robots.txt", "/rules.txt", S.ROBOTS_DISALLOWED),
+        ("moved-tdm.test", TDMREP_PATH, "/rules.json", S.TDM_RESERVED_FILE),
+    ],
+)
+def test_a_site_file_redirect_within_the_guard_is_followed(redirector, host, site_file, moved_to, refused):
+    redirector.locations[f"{host} {site_file}"] = moved_to
 
     async def go():
         async with Fetcher(redirector.settings(host)) as fetcher:
             return await asyncio.gather(*(fetcher.fetch(f"http://{host}/{p}/1.png") for p in ("private", "public")))
 
     private, public = asyncio.run(go())
-    assert (private.status, public.status) == (S.ROBOTS_DISALLOWED, S.SUCCESS)
+    assert (private.status, public.status) == (refused, S.SUCCESS)

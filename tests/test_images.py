@@ -15,6 +15,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus
+from clipcrawl.tasks.download import blocklist
 from clipcrawl.tasks.download.images import ImageResult, plan_resize, process_image
 from clipcrawl.tasks.world.payloads import HOSTILE, joined
 from clipcrawl.tasks.world.scenes import image_spec
@@ -123,12 +124,17 @@ def test_webp_rgb():
     assert (r.width, r.height, r.original_width, r.original_height) == (64, 64, 80, 60)
 
 
-def test_exif_orientation_is_applied():
+# a PDQ list (that lists nothing of these images) changes the order of decoding, hashing and orienting
+NO_PDQ_MATCH = blocklist.Blocklists(pdq=[("none", blocklist.PdqIndex(np.zeros(32, np.uint8)))])
+
+
+@pytest.mark.parametrize("lists", [None, NO_PDQ_MATCH], ids=["no lists", "a PDQ list"])
+def test_exif_orientation_is_applied(lists):
     img = Image.new("RGB", (60, 40), (0, 0, 255))
     img.paste((255, 0, 0), (0, 0, 30, 40))  # left half red
     exif = Image.Exif()
     exif[0x0112] = 6  # stored image must be rotated 90 degrees clockwise for display
-    r = process_image(save(img, "JPEG", exif=exif.tobytes(), quality=95), S)
+    r = process_image(save(img, "JPEG", exif=exif.tobytes(), quality=95), S, lists=lists)
     assert (r.original_width, r.original_height, r.width, r.height) == (40, 60, 40, 60)
     out = decode(r)
     assert out[5, 20, 0] > 200 and out[55, 20, 2] > 200  # red on top, blue at the bottom

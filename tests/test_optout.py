@@ -1,3 +1,4 @@
+import json
 import random
 import re
 import time
@@ -5,8 +6,19 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from clipcrawl.tasks.core.config import DownloadSettings
-from clipcrawl.tasks.download.optout import ALLOW_ALL, parse_robots, path_matches, x_robots_opt_out
+from clipcrawl.tasks.core.config import ConsentSettings, DownloadSettings
+from clipcrawl.tasks.download.optout import (
+    ALLOW_ALL,
+    NO_TDM_RULES,
+    TDMREP_MAX_BYTES,
+    TDMREP_MAX_RULES,
+    parse_robots,
+    parse_tdmrep,
+    path_matches,
+    tdm_header_reservation,
+    tdm_reservation_value,
+    x_robots_opt_out,
+)
 
 TOKEN = "clipcrawl"
 
@@ -29,6 +41,16 @@ TOKEN = "clipcrawl"
         (["max-image-preview: large", "all"], None),
         ([], None),
         ([""], None),
+        # directives separated by whitespace or semicolons, as pages write them in robots meta tags
+        (["noarchive noai"], "noai"),
+        (["noarchive;noimageai"], "noimageai"),
+        (["\tNOAI\n"], "noai"),
+        (["max-image-preview:large noai"], "noai"),  # a valued directive's value is one word
+        (["max-snippet: -1 max-image-preview: large"], None),
+        (["otherbot: noarchive noai"], None),  # the scope covers every word after it
+        (["clipcrawl: noarchive noai"], "noai"),
+        (["unavailable_after: 25 Jun 2010 15:00:00 PST noai"], None),  # the date runs to the next comma
+        (["unavailable_after: Friday, 25-Jun-2010 15:00:00 PST; noimageai"], "noimageai"),
     ],
 )
 def test_x_robots_tag(values, expected):
@@ -182,4 +204,142 @@ def test_byte_order_mark_does_not_hide_the_first_group():
 def test_user_agent_token_is_a_product_token(token):
     # RFC 9309 2.2.1: letters, '_' and '-'; a digit would cut the token short and let another crawler's group apply
     with pytest.raises(ValidationError):
-        DownloadSettings(user_agent_token=token)
+        ConsentSettings(user_agent_token=token)
+
+
+# -- W3C TDMRep: tdm-reservation header values and /.well-known/tdmrep.json
+
+SPEC_EXAMPLE = b"""[
+  {"location": "/directory-a/", "tdm-reservation": 1},
+  {"location": "/directory-b/html/", "tdm-reservation": 1, "tdm-policy": "https://provider.test/policies/policy.json"},
+  {"location": "/directory-b/images/*.jpg", "tdm-reservation": 0}
+]"""
+
+
+@pytest.mark.parametrize(
+    "values, reserved",
+    [
+        (["1"], True),
+        ([" 1 "], True),
+        (["0"], False),
+        ([], False),
+        ([""], False),
+        (["2"], False),  # a protocol error: unset
+        (["yes"], False),
+        (["0", "1"], True),  # one of them reserves
+        (["1, 1"], True),  # a header sent twice, folded into one comma list (RFC 9110 §5.3)
+        (["1,0"], True),
+        (["0, 0"], False),
+        (["0, 2"], False),
+    ],
+)
+def test_tdm_reservation_header(values, reserved):
+    assert tdm_header_reservation(values) is reserved
+
+
+def test_tdmrep_spec_example():
+    rules = parse_tdmrep(SPEC_EXAMPLE)
+    assert [r.location for r in rules.rules] == ["/directory-a/", "/directory-b/html/", "/directory-b/images/*.jpg"]
+    assert rules.reservation("/directory-a/report.pdf").location == "/directory-a/"
+    html = rules.reservation("/directory-b/html/page.html")
+    assert html.policy == "https://provider.test/policies/policy.json"
+    assert rules.reservation("/directory-b/images/photo.jpg") is None  # tdm-reservation 0
+    assert rules.reservation("/directory-c/photo.jpg") is None  # no rule matches: unset
+    assert rules.reservation("/Directory-A/report.pdf") is None  # case-sensitive
+
+
+def test_tdmrep_first_matching_rule_wins():
+    text = """[
+        {"location": "/images/*.png", "tdm-reservation": 0},
+        {"location": "/images/", "tdm-reservation": 1},
+        {"location": "/images/*.png", "tdm-reservation": 1}
+    ]"""
+    rules = parse_tdmrep(text)
+    assert rules.reservation("/images/a.png") is None  # the first match says 0; the later 1 never counts
+    assert rules.reservation("/images/a.jpg").location == "/images/"
+    assert rules.reservation("/images/a.png?x=.jpg") is None
+    reversed_order = parse_tdmrep(
+        '[{"location": "/", "tdm-reservation": 1}, {"location": "/open/", "tdm-reservation": 0}]'
+    )
+    assert reversed_order.reservation("/open/a.jpg").location == "/"
+
+
+def test_tdmrep_patterns_match_as_robots_txt_does():
+    rules = parse_tdmrep(
+        '[{"location": "/*/private-*.jpg$", "tdm-reservation": 1}, {"location": "/a%2Fb", "tdm-reservation": 1},'
+        ' {"location": "/foo-%24", "tdm-reservation": 1}, {"location": "/%7Euser/", "tdm-reservation": 1}]'
+    )
+    assert rules.reservation("/x/y/private-1.jpg")
+    assert not rules.reservation("/x/private-1.jpg?v=2")  # `$`: the path must end there
+    assert not rules.reservation("/private-1.jpg")  # `*` sits between two slashes
+    assert rules.reservation("/a%2fb.jpg") and not rules.reservation("/a/b.jpg")  # %2F is no slash
+    assert rules.reservation("/foo-$") and not rules.reservation("/foo-x")  # %24 is a literal $
+    assert rules.reservation("/~user/a.jpg") and rules.reservation("/%7euser/a.jpg")  # unreserved escapes decoded
+
+
+@pytest.mark.parametrize(
+    "value, reserved",
+    [(1, True), ("1", True), (0, False), ("0", False), (2, None), (True, None), (1.0, None), (None, None), ([1], None)],
+)
+def test_tdm_reservation_values(value, reserved):
+    assert tdm_reservation_value(value) is reserved
+
+
+def test_tdmrep_rule_with_an_invalid_value_matches_but_reserves_nothing():
+    rules = parse_tdmrep('[{"location": "/a/", "tdm-reservation": 2}, {"location": "/", "tdm-reservation": 1}]')
+    assert rules.reservation("/a/x.jpg") is None and rules.reservation("/b/x.jpg").location == "/"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"not json",
+        b'[{"location": "/", "tdm-reservation": 1}',  # truncated
+        b'{"location": "/", "tdm-reservation": 1}',  # an object, not an array of rules
+        b'"/"',
+        b"null",
+        b"<html><body>404 not found</body></html>",
+        b"[" * 100_000 + b"]" * 100_000,  # nesting deeper than the parser goes
+        b"[" + b"9" * 10_000 + b"]",  # an integer longer than Python converts
+        b'[{"location": "/", "tdm-reservation": 1}' + b" " * TDMREP_MAX_BYTES + b"]",  # over the size cap
+        b'\xff\xfe[{"location": "/", "tdm-reservation": 1}]',  # not UTF-8
+    ],
+)
+def test_a_malformed_tdmrep_json_reserves_nothing(data):
+    rules = parse_tdmrep(data)
+    assert rules == NO_TDM_RULES and rules.reservation("/anything.jpg") is None
+
+
+def test_tdmrep_skips_entries_that_cannot_match():
+    rules = parse_tdmrep(
+        '[1, "x", null, {"tdm-reservation": 1}, {"location": 7, "tdm-reservation": 1},'
+        ' {"location": "", "tdm-reservation": 1}, {"location": "/ok/", "tdm-reservation": 1, "tdm-policy": 3}]'
+    )
+    assert [r.location for r in rules.rules] == ["/ok/"] and rules.rules[0].policy is None
+    assert rules.reservation("/ok/a.jpg") and not rules.reservation("/other.jpg")
+    bom = parse_tdmrep('\ufeff[{"location": "/", "tdm-reservation": 1}]'.encode())
+    assert bom.reservation("/a.jpg")
+
+
+def test_tdm_settings_default_on():
+    assert DownloadSettings().consent.respect_tdm_reservation is True
+
+
+def test_tdmrep_keeps_the_first_rules_only():
+    rules = [{"location": f"/d{i}/", "tdm-reservation": 1} for i in range(TDMREP_MAX_RULES)]
+    rules.append({"location": "/", "tdm-reservation": 1})  # past the cap: ignored
+    parsed = parse_tdmrep(json.dumps(rules))
+    assert len(parsed.rules) == TDMREP_MAX_RULES
+    assert parsed.reservation(f"/d{TDMREP_MAX_RULES - 1}/a.jpg") and parsed.reservation("/other/a.jpg") is None
+
+
+def test_a_hostile_tdmrep_json_costs_bounded_time_per_image():
+    """6,000 rules of 20 wildcards that scan a long path to its end: capped, and each path's verdict remembered."""
+    hostile = parse_tdmrep(json.dumps([{"location": "/" + "*a" * 20 + "*Z", "tdm-reservation": 1}] * 6000))
+    assert len(hostile.rules) == TDMREP_MAX_RULES
+    paths = [f"/img/{'a' * 300}{i % 10}.png" for i in range(200)]  # the images of a few pages: paths repeat
+    started = time.process_time()
+    assert not any(hostile.reservation(p) for p in paths)
+    assert time.process_time() - started < 1.0  # uncapped and unremembered: ~3 s
+    assert hostile.reservation("/" + "a" * 20 + "Z").location.endswith("*Z")

@@ -105,7 +105,7 @@ def test_nothing_in_the_project_executes_crawl_content():
 
 def test_download_defaults_guard_addresses_and_honour_optouts():
     default = DownloadSettings()
-    assert default.allow_addresses == [] and default.respect_robots and default.respect_optouts
+    assert default.allow_addresses == [] and default.consent.respect_robots and default.consent.respect_optouts
     assert default.max_image_pixels <= 89_478_485 and default.max_bytes <= 20_000_000
 
 
@@ -151,9 +151,9 @@ def test_opt_outs_are_honoured_before_the_image_is_requested(world, tmp_path):
     assert {S.ROBOTS_DISALLOWED, S.OPT_OUT_HEADER} <= set(refused.values())
     with ImageServer(world.root) as server:
         settings = server.download_settings(image_threads=1)
-        assert (settings.respect_robots, settings.respect_optouts) == (
-            settings_default.respect_robots,
-            settings_default.respect_optouts,
+        assert (settings.consent.respect_robots, settings.consent.respect_optouts) == (
+            settings_default.consent.respect_robots,
+            settings_default.consent.respect_optouts,
         )
         download_shard(shard_of(tmp_path, sorted(refused)), str(tmp_path / "out"), settings)
         hits = dict(server.hits)

@@ -187,6 +187,23 @@ def test_column_set_is_stable_when_everything_failed(tmp_path):
         assert tar.getnames() == []
 
 
+def test_blocklisted_rows_keep_nothing_of_the_image_and_count_by_list(tmp_path):
+    with ShardWriter(str(tmp_path), 0, SETTINGS) as w:
+        for i, name in enumerate(("hotline.txt", "hotline.txt", "urls.txt")):
+            listed = row(
+                i, status="blocklisted", error_message=f"on blocklist {name} (md5)", bytes=9999, blocklist=name
+            )
+            w.add(listed, None)
+        stats = w.close()
+    assert stats["blocklisted_by_list"] == {"hotline.txt": 2, "urls.txt": 1}
+    table = pq.read_table(tmp_path / "images" / "00000.parquet")
+    assert "blocklist" not in table.column_names
+    for column in ("width", "height", "original_width", "original_height", "sha256", "bytes"):
+        assert table.column(column).null_count == 3, column
+    with tarfile.open(tmp_path / "images" / "00000.tar") as tar:
+        assert tar.getnames() == []
+
+
 def test_empty_shard_still_has_every_column(tmp_path):
     with ShardWriter(str(tmp_path), 3, SETTINGS):
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import html
@@ -27,8 +28,10 @@ import pytest
 from PIL import Image
 from warcio.archiveiterator import ArchiveIterator
 
-from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.core.config import ConsentSettings, DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus, PairStatus
+from clipcrawl.tasks.download.fetch import Fetcher
+from clipcrawl.tasks.download.optout import NO_TDM_RULES, parse_tdmrep
 from clipcrawl.tasks.world import ImageServer, Scene, WorldSpec, generate_world, render_scene, sample_training_pairs
 from clipcrawl.tasks.world.behaviours import (
     BEHAVIOURS,
@@ -40,10 +43,11 @@ from clipcrawl.tasks.world.behaviours import (
 )
 from clipcrawl.tasks.world.captions import ALT_CASES, expected_text
 from clipcrawl.tasks.world.groundtruth import compare_pairs
+from clipcrawl.tasks.world.page_optouts import PAGE_OPT_OUTS
 from clipcrawl.tasks.world.pages import LICENSE_DECOYS
 from clipcrawl.tasks.world.payloads import body as payload
 from clipcrawl.tasks.world.scenes import image_spec
-from clipcrawl.tasks.world.srcs import SRC_CASES
+from clipcrawl.tasks.world.srcs import BAD_SRC_STATUS, SRC_CASES
 
 SPEC = WorldSpec(seed=7, segments=2, files_per_segment=2, pages_per_file=30)
 
@@ -398,7 +402,7 @@ def _get(srv, url):
 def test_server_serves_rendered_images_by_host(world):
     images = [i for i in world.manifest_images().to_pylist() if i["behaviour"] == "ok"]
     with ImageServer(world.root) as srv:
-        assert set(srv.host_map) == set(world.image_hosts) - {NXDOMAIN_HOST}
+        assert set(srv.host_map) == {*world.image_hosts, *world.page_hosts} - {NXDOMAIN_HOST}
         assert any(h.startswith("img.site-") for h in srv.host_map) and "cdn.world.test" in srv.host_map
         for image in images[:12]:
             url = image["urls"][-1]
@@ -441,6 +445,39 @@ def test_wat_only_knob(tmp_path):
     assert min(links) > 50
 
 
+def test_opt_out_pages_in_wat_and_warc(world):
+    """Each file ends with one page of each page-level opt-out; its meta tags and headers are in the WARC's HTML
+    and response, and where Common Crawl's WAT puts them (Head.Metas, Headers); its pairs' ground truth says why."""
+    rows = world.manifest_pairs().to_pylist()
+    seen = defaultdict(set)
+    for wat_path, warc_path in zip(world.wat_uris(), world.warc_uris()):
+        wat = {
+            d["Envelope"]["WARC-Header-Metadata"]["WARC-Target-URI"]: d["Envelope"]["Payload-Metadata"][
+                "HTTP-Response-Metadata"
+            ]
+            for _, d in _wat_docs(wat_path)
+            if "HTML-Metadata" in d["Envelope"]["Payload-Metadata"].get("HTTP-Response-Metadata", {})
+        }
+        with open(warc_path, "rb") as f:
+            warc = {
+                r.rec_headers.get_header("WARC-Target-URI"): (r.http_headers.headers, r.content_stream().read())
+                for r in ArchiveIterator(f)
+                if r.rec_type == "response"
+            }
+        for optout in PAGE_OPT_OUTS:
+            (url,) = [u for u in wat if u.endswith(f"-{optout.name}.html")]
+            metas = wat[url]["HTML-Metadata"]["Head"]["Metas"]
+            assert all(m in metas for m in optout.metas) and set(optout.headers) <= set(wat[url]["Headers"].items())
+            headers, body = warc[url]
+            assert all(h in headers for h in optout.headers)
+            assert all(f'<meta name="{m["name"]}" content="{m["content"]}">'.encode() in body for m in optout.metas)
+            # the links that pass the alt-text and URL filters
+            passed = {r["status"] for r in rows if r["page_url"] == url and r["src_case"] not in BAD_SRC_STATUS}
+            seen[optout.name] |= passed - {PairStatus.NO_ALT, PairStatus.ALT_TOO_SHORT, PairStatus.ALT_TOO_LONG}
+            assert all(f"page_{optout.name}" in r["case"] for r in rows if r["page_url"] == url)
+    assert seen == {o.name: {str(o.status or PairStatus.KEPT)} for o in PAGE_OPT_OUTS}
+
+
 # --- the misbehaving server and the download ground truth -------------------------------------------------
 
 
@@ -470,9 +507,11 @@ def test_every_behaviour_has_a_kept_pair_and_a_ground_truth(world, tmp_path, spe
         if r["status"] == PairStatus.KEPT and r["url"].split(":")[0] in ("http", "https")
     }
     assert set(expected) == kept
-    # every outcome of a download but unsupported_scheme (never kept) and the opt-in image filters
+    # every outcome of a download but unsupported_scheme (never kept), the opt-in image filters and taken_down
+    # (a takedown's tombstone under OUT: tests/test_takedown.py)
     assert set(expected.values()) == {str(s) for s in DownloadStatus} - {
         DownloadStatus.UNSUPPORTED_SCHEME,
+        DownloadStatus.TAKEN_DOWN,
         DownloadStatus.TOO_SMALL_PIXELS,
         DownloadStatus.BAD_ASPECT_RATIO,
     }
@@ -514,6 +553,17 @@ def test_every_behaviour_has_a_kept_pair_and_a_ground_truth(world, tmp_path, spe
         "otherbot_noai_header": "success",
         "ourbot_noai_header": "opt_out_header",
         "robots_disallowed": "robots_disallowed",
+        "md5_listed": "blocklisted",
+        "sha256_listed": "blocklisted",
+        "pdq_listed": "blocklisted",
+        "url_listed": "blocklisted",
+        "domain_listed": "blocklisted",
+        "tdm_reserved_header": "tdm_reserved_header",
+        "tdm_unreserved_header": "success",
+        "tdm_reserved_file": "tdm_reserved_file",
+        "tdm_unreserved_file": "success",
+        "tdm_reserved_page_file": "tdm_reserved_page_file",
+        "tdm_broken_file": "success",
         "blocked_address": "blocked_address",
         "dns_error": "dns_error",
         "bad_certificate": "connection_error",
@@ -532,8 +582,21 @@ def test_ground_truth_follows_settings():
     s = DownloadSettings()
     assert expected_status("unavailable_twice", (200, 200), s.model_copy(update={"retries": 1})) == "http_5xx"
     assert expected_status("slow", (200, 200), s.model_copy(update={"read_timeout": 0.3})) == "timeout"
-    assert expected_status("noai_header", (200, 200), s.model_copy(update={"respect_optouts": False})) == "success"
-    assert expected_status("robots_disallowed", (200, 200), s.model_copy(update={"respect_robots": False})) == "success"
+    assert (
+        expected_status(
+            "noai_header", (200, 200), s.model_copy(update={"consent": ConsentSettings(respect_optouts=False)})
+        )
+        == "success"
+    )
+    assert (
+        expected_status(
+            "robots_disallowed", (200, 200), s.model_copy(update={"consent": ConsentSettings(respect_robots=False)})
+        )
+        == "success"
+    )
+    no_tdm = s.model_copy(update={"consent": ConsentSettings(respect_tdm_reservation=False)})
+    assert expected_status("tdm_reserved_header", (200, 200), no_tdm) == "success"
+    assert expected_status("tdm_reserved_file", (200, 200), no_tdm) == "success"
     assert expected_status("pixel_bomb", BOMB_SIZE, s.model_copy(update={"max_image_pixels": 10**9})) == "success"
 
 
@@ -578,7 +641,11 @@ def test_resolve_map_and_settings(server, world):
     assert r["img.site-3.world.test:80"] == f"127.0.0.1:{server.port}"
     assert r["img.site-3.world.test:443"] == f"127.0.0.1:{server.https_port}"
     assert r["intranet.world.test:80"] == f"{PRIVATE_ADDRESS}:80" and f"{NXDOMAIN_HOST}:80" not in r
-    assert {k.rsplit(":", 1)[0] for k in r} == set(world.image_hosts) - {NXDOMAIN_HOST}
+    assert {k.rsplit(":", 1)[0] for k in r} == {*world.image_hosts, *world.page_hosts} - {NXDOMAIN_HOST}
+    # every page's origin resolves to the server: a download asks it for its tdmrep.json, never a real resolver
+    assert {urlsplit(u).hostname for u in world.manifest_pairs().column("page_url").to_pylist()} <= set(
+        world.page_hosts
+    )
     s = server.download_settings(retries=5)
     assert s.resolve == r and s.ca_bundle == server.ca_pem_path and os.path.exists(s.ca_bundle)
     assert s.retries == 5 and s.allow_addresses == ["127.0.0.1/32"] and s.total_timeout < 10
@@ -664,6 +731,67 @@ def test_content_and_opt_outs(server, urls):
     assert _request(server, urls["noai_header"]).getheader("X-Robots-Tag") == "noai"
     assert _request(server, urls["otherbot_noai_header"]).getheader("X-Robots-Tag").startswith("otherbot:")
     assert _request(server, urls["ok"]).getheader("X-Robots-Tag") is None
+    assert _request(server, urls["tdm_reserved_header"]).getheader("tdm-reservation") == "1"
+    assert _request(server, urls["tdm_unreserved_header"]).getheader("tdm-reservation") == "0"
+    assert _request(server, urls["ok"]).getheader("tdm-reservation") is None
+
+
+def test_tdmrep_json_reserves_what_the_ground_truth_says(server, urls, world):
+    def rules(url):
+        host = urlsplit(url).hostname
+        resp = _request(server, f"http://{host}/.well-known/tdmrep.json")
+        return resp.status, resp.read()
+
+    status, data = rules(urls["tdm_reserved_file"])
+    assert status == 200 and rules(urls["tdm_unreserved_file"]) == (200, data)
+    parsed = parse_tdmrep(data)
+    assert parsed.reservation(urlsplit(urls["tdm_reserved_file"]).path)
+    assert not parsed.reservation(urlsplit(urls["tdm_unreserved_file"]).path)
+    status, broken = rules(urls["tdm_broken_file"])
+    assert status == 200 and broken and parse_tdmrep(broken) == NO_TDM_RULES
+    with pytest.raises(ValueError):
+        orjson.loads(broken)
+    assert rules(urls["ok"])[0] == 404  # an ordinary host has none
+    # the page-level reservation: the image is linked only on pages whose origin's tdmrep.json reserves them
+    url = urls["tdm_reserved_page_file"]
+    pages = {r["page_url"] for r in world.manifest_pairs().to_pylist() if r["url"] == url}
+    assert pages and rules(url)[0] == 404  # the image's own host reserves nothing
+    for page in pages:
+        status, data = rules(page)
+        assert status == 200 and parse_tdmrep(data).reservation(urlsplit(page).path), page
+
+
+def test_tdm_reservations_are_honoured_as_the_ground_truth_says(server, world):
+    """The downloader on every URL of the TDMRep behaviours, with the page it was found on: the ground truth's
+    status, a reserved file's (or page's) image never requested, each origin's tdmrep.json (the images' and the
+    pages') asked once; with the switch off, no tdmrep.json asked at all."""
+    urls = [u for b, us in _behaviour_urls(world).items() if b.startswith("tdm_") for u in us]
+    page_of = {r["url"]: r["page_url"] for r in world.manifest_pairs().to_pylist() if r["url"] in urls}
+    expected = world.expected_downloads()
+
+    def download(**overrides):
+        async def go():
+            async with Fetcher(server.download_settings(**overrides)) as fetcher:
+                return await asyncio.gather(*(fetcher.fetch(u, page_of[u]) for u in urls))
+
+        before = dict(server.hits)
+        results = asyncio.run(go())
+        return {u: r.status for u, r in zip(urls, results)}, {
+            u: n - before.get(u, 0) for u, n in server.hits.items() if n > before.get(u, 0)
+        }
+
+    got, asked = download()
+    assert got == {u: expected[u] for u in urls}
+    assert {"tdm_reserved_header", "tdm_reserved_file", "tdm_reserved_page_file", "success"} <= set(got.values())
+    reserved_files = [u for u in urls if got[u] in ("tdm_reserved_file", "tdm_reserved_page_file")]
+    assert reserved_files and not [u for u in reserved_files if u in asked]
+    tdmrep = {u: n for u, n in asked.items() if u.endswith("/.well-known/tdmrep.json")}
+    # a reserved page ends its samples before their images' own origins are asked
+    images = [u for u in urls if got[u] != "tdm_reserved_page_file"]
+    origins = {u.split("/")[0] + "//" + urlsplit(u).hostname for u in [*images, *page_of.values()]}
+    assert set(tdmrep) == {f"{o}/.well-known/tdmrep.json" for o in origins} and set(tdmrep.values()) == {1}
+    got, asked = download(consent=ConsentSettings(respect_tdm_reservation=False))
+    assert set(got.values()) == {"success"} and not [u for u in asked if "tdmrep" in u]
 
 
 def _robots(server, host) -> urllib.robotparser.RobotFileParser:

@@ -9,13 +9,55 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 COMMON_CRAWL_HTTPS = "https://data.commoncrawl.org"
 COMMON_CRAWL_S3 = "s3://commoncrawl"
+
+
+# X-Robots-Tag and robots meta directives that withhold an image from an AI/search dataset. "none" is
+# Google's shorthand for "noindex, nofollow", so it opts out as noindex does.
+OPT_OUT_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex", "none")
+
+
+class ConsentSettings(BaseModel):
+    """What sites say about the use of their pages and images: honoured when pairs are extracted (the page)
+    and when images are downloaded (the image and its host). One section, shared by both stages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_agent_token: str = Field(
+        "clipcrawl",
+        pattern=r"^[A-Za-z_-]+$",  # RFC 9309 2.2.1: a product token is letters, '_' and '-' only
+        description="Our product token: sent in the User-Agent; robots.txt groups, X-Robots-Tag scopes "
+        "('TOKEN: noai') and <meta name=TOKEN> tags naming it apply to us (letters, '_' and '-').",
+    )
+    respect_optouts: bool = Field(
+        True,
+        description="Honour opt-out directives: an image's X-Robots-Tag (opt_out_header), and a page's robots "
+        "meta tag or X-Robots-Tag, which opts out every image it embeds (page_opt_out).",
+    )
+    optout_directives: list[str] = Field(
+        default_factory=lambda: list(OPT_OUT_DIRECTIVES),
+        min_length=1,
+        description="The robots directives that opt out (case-insensitive).",
+    )
+    respect_robots: bool = Field(True, description="Honour the image host's robots.txt (fetched once per host).")
+    respect_tdm_reservation: bool = Field(
+        True,
+        description="Honour W3C TDMRep reservations: a page's 'tdm-reservation: 1' header or <meta "
+        "name=tdm-reservation content=1> drops its pairs (tdm_reserved_header, tdm_reserved_meta); an image's "
+        "header, and the image's and the page's origin /.well-known/tdmrep.json (fetched once per origin), "
+        "refuse the image (tdm_reserved_header, tdm_reserved_file, tdm_reserved_page_file).",
+    )
+
+    @field_validator("optout_directives")
+    @classmethod
+    def _lowercase(cls, directives: list[str]) -> list[str]:
+        return [d.strip().lower() for d in directives]
 
 
 class ExtractSettings(BaseModel):
@@ -36,6 +78,10 @@ class ExtractSettings(BaseModel):
         description="What one record's payload may hold in memory: a WAT record's JSON over it is skipped "
         "(record_too_large), an HTML page over it is parsed up to it (truncated_pages). Common Crawl truncates "
         "payloads at 1 MiB (5 MiB announced); see docs/ingest.md.",
+    )
+    consent: ConsentSettings = Field(
+        default_factory=ConsentSettings,
+        description="What pages say about the use of their images (the consent section: docs/consent.md).",
     )
 
 
@@ -102,13 +148,10 @@ class DownloadSettings(BaseModel):
     max_redirects: int = Field(5, ge=0, description="Redirects followed per image URL.")
     max_bytes: int = Field(20_000_000, ge=1, description="Abort bodies over this size (declared or received).")
     min_bytes: int = Field(5_000, ge=0, description="LAION-400M dropped images under 5 KB.")
-    user_agent_token: str = Field(
-        "clipcrawl",
-        pattern=r"^[A-Za-z_-]+$",  # RFC 9309 2.2.1: a product token is letters, '_' and '-' only
-        description="Token in the User-Agent, matched by robots.txt and X-Robots-Tag (letters, '_' and '-').",
+    consent: ConsentSettings = Field(
+        default_factory=ConsentSettings,
+        description="What sites say about the use of their images (the consent section: docs/consent.md).",
     )
-    respect_optouts: bool = Field(True, description="Honour X-Robots-Tag noai/noimageai/noindex/noimageindex.")
-    respect_robots: bool = Field(True, description="Honour the image host's robots.txt (fetched once per host).")
     allow_addresses: list[str] = Field(
         default_factory=list, description="CIDRs exempt from the SSRF guard, e.g. 127.0.0.1/32 for tests."
     )
@@ -135,6 +178,19 @@ class DownloadSettings(BaseModel):
     encode_quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality of the written images.")
     image_threads: int | None = Field(
         None, ge=1, description="Threads decoding and resizing images per shard task (none: one per core)."
+    )
+    # known-bad lists (tasks/download/blocklist.py, docs/download.md "Known-bad hash lists")
+    blocklists: list[Annotated[str, StringConstraints(pattern=r"^(md5|sha256|pdq|url|domain):\S")]] = Field(
+        default_factory=list,
+        description="Known-bad lists, each 'KIND:URI' or 'KIND:NAME=URI' (local, s3://, https://; .gz read): KIND is "
+        "md5 or sha256 (digests of the image bytes), pdq (Meta's PDQ, matched within pdq_threshold, rotations and "
+        "mirror images included), url (by a canonical key: other spellings of a URL match) or domain (with its "
+        "subdomains); NAME (default the file name) is what statuses and the report "
+        "count. A match is status blocklisted and nothing of the image is written.",
+        examples=[["md5:lists/known-bad.md5", "domain:blocked-hosts=s3://lists/domains.txt"]],
+    )
+    pdq_threshold: int = Field(
+        31, ge=0, le=128, description="Largest Hamming distance (of 256 bits) at which a PDQ hash matches a list's."
     )
     shard_timeout: float | None = Field(
         3600.0,

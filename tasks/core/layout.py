@@ -42,6 +42,11 @@ def report_dir(out: str) -> str:
     return join(out, "report")
 
 
+def takedown_dir(out: str) -> str:
+    """The takedowns' log (OUT/takedown/log.jsonl)."""
+    return join(out, "takedown")
+
+
 def results_dir(out: str) -> str:
     """The Prefect result storage of the runs over OUT (the persistent task cache)."""
     return join(out, "_results")
@@ -191,3 +196,11 @@ def report_html(report: str) -> str:
 
 def report_stats(report: str) -> str:
     return join(report, "stats.json")
+
+
+# ---- takedown/
+
+
+def takedown_log(takedown: str) -> str:
+    """The append-only log of the takedowns, one JSON line each: also the tombstones of later runs."""
+    return join(takedown, "log.jsonl")

@@ -17,7 +17,7 @@ from clipcrawl.tasks.core.uri import exists, name_of, read_json
 # (near-duplicates are marked, not dropped, so the index holds every CLIP-passed sample).
 FUNNEL = (
     ("extracted", "img tags with alt text in the crawl files"),
-    ("text_filtered", "pairs left after the alt-text and URL filters"),
+    ("text_filtered", "pairs left after the alt-text and URL filters and the pages' opt-outs and TDM reservations"),
     ("deduplicated", "pairs left after dropping repeated (url, text) pairs: the rows of pairs/"),
     ("downloaded", "samples whose image body was received"),
     ("decoded", "samples whose image decoded and passed the size checks: the images in images/"),
@@ -26,12 +26,16 @@ FUNNEL = (
     ("indexed", "vectors in the image index"),
 )
 
-# Pair drops that the text filter makes (the rest of `dropped` is no_alt, before `extracted`, and duplicates)
+# Pair drops that the text filter makes, and those of pages that withhold their images (made after the text filter,
+# before dedup); the rest of `dropped` is no_alt, before `extracted`, and duplicates
 TEXT_FILTER_REASONS = (
     PairStatus.ALT_TOO_SHORT,
     PairStatus.ALT_TOO_LONG,
     PairStatus.UNSUPPORTED_SCHEME,
     PairStatus.INVALID_URL,
+    PairStatus.PAGE_OPT_OUT,
+    PairStatus.TDM_RESERVED_HEADER,
+    PairStatus.TDM_RESERVED_META,
 )
 # Download statuses of samples whose image body arrived (the image checks then passed or failed)
 BODY_RECEIVED = (

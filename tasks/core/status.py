@@ -12,6 +12,11 @@ class PairStatus(StrEnum):
     ALT_TOO_LONG = "alt_too_long"  # normalised alt longer than max_alt_length
     UNSUPPORTED_SCHEME = "unsupported_scheme"  # data:, javascript:, ftp:, file:, ... (http(s) only)
     INVALID_URL = "invalid_url"  # empty, unparsable or without a host
+    # The page opts its images out (ExtractSettings.respect_page_optouts): its robots meta tag (name=robots or
+    # name=<our token>) or X-Robots-Tag response header says noai / noimageai / noindex / noimageindex / none
+    PAGE_OPT_OUT = "page_opt_out"
+    TDM_RESERVED_HEADER = "tdm_reserved_header"  # W3C TDMRep: the page response says tdm-reservation: 1
+    TDM_RESERVED_META = "tdm_reserved_meta"  # W3C TDMRep: the page has <meta name="tdm-reservation" content="1">
     DUPLICATE = "duplicate"  # (url, text) already kept earlier in the run
 
 
@@ -54,8 +59,15 @@ class DownloadStatus(StrEnum):
     DECODE_ERROR = "decode_error"  # an image format, but truncated or corrupt
     OPT_OUT_HEADER = "opt_out_header"  # X-Robots-Tag noai / noimageai / noindex / noimageindex
     ROBOTS_DISALLOWED = "robots_disallowed"  # the image host's robots.txt disallows our user agent
+    TDM_RESERVED_HEADER = "tdm_reserved_header"  # W3C TDMRep: the image response says tdm-reservation: 1
+    TDM_RESERVED_FILE = "tdm_reserved_file"  # W3C TDMRep: the origin's /.well-known/tdmrep.json reserves the URL
+    # W3C TDMRep: the /.well-known/tdmrep.json of the page's origin reserves the page the image was found on (its
+    # caption is the page's text); decided before the image is requested
+    TDM_RESERVED_PAGE_FILE = "tdm_reserved_page_file"
     BLOCKED_ADDRESS = "blocked_address"  # the host resolves to a private/loopback/reserved address
     UNSUPPORTED_SCHEME = "unsupported_scheme"  # not http(s)
+    BLOCKLISTED = "blocklisted"  # on a known-bad list (URL, domain, MD5, SHA-256, PDQ): nothing of it is kept
+    TAKEN_DOWN = "taken_down"  # removed by a takedown under OUT (OUT/takedown/log.jsonl): never fetched again
 
 
 class EmbedStatus(StrEnum):
@@ -65,6 +77,7 @@ class EmbedStatus(StrEnum):
     MISSING_IMAGE = "missing_image"  # a success in the shard's parquet without an image member in its tar
     DECODE_ERROR = "decode_error"  # the tar member's bytes do not decode as an image
     NO_CAPTION = "no_caption"  # the row's caption is missing or blank: never compared with its image, never kept
+    TAKEN_DOWN = "taken_down"  # removed by a takedown under OUT (OUT/takedown/log.jsonl): not embedded again
 
 
 # LAION-400M's NSFW tag, the values of the NSFW column (tasks/embed/stage.py tags, the report counts), most flagged first

@@ -1,7 +1,7 @@
 """Fetching image bytes: fast (one pooled aiohttp session per shard task), polite (per-host cap,
-robots.txt, X-Robots-Tag opt-outs, backoff) and safe (SSRF guard, size caps, timeouts). Each URL, and
-each redirect's target, is requested as a browser requests it (request_url), never requoted; every
-request, robots.txt and redirects included, passes the same guard.
+robots.txt, X-Robots-Tag opt-outs, W3C TDMRep reservations, backoff) and safe (SSRF guard, size caps,
+timeouts). Each URL, and each redirect's target, is requested as a browser requests it (request_url), never
+requoted; every request, robots.txt, tdmrep.json and redirects included, passes the same guard.
 
     async with Fetcher(settings) as fetcher:
         results = await asyncio.gather(*(fetcher.fetch(url) for url in urls))
@@ -17,6 +17,7 @@ import contextlib
 import email.utils
 import functools
 import ipaddress
+import math
 import random
 import re
 import socket
@@ -35,12 +36,31 @@ from yarl import URL
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.errors import TRANSIENT_HTTP, find_cause
 from clipcrawl.tasks.core.status import DownloadStatus as S
-from clipcrawl.tasks.download.optout import ALLOW_ALL, ROBOTS_MAX_BYTES, RobotsRules, parse_robots, x_robots_opt_out
+from clipcrawl.tasks.download.blocklist import for_settings as blocklists_for
+from clipcrawl.tasks.download.optout import (
+    ALLOW_ALL,
+    NO_TDM_RULES,
+    ROBOTS_MAX_BYTES,
+    TDM_POLICY,
+    TDM_RESERVATION,
+    TDMREP_MAX_BYTES,
+    TDMREP_PATH,
+    RobotsRules,
+    TdmRules,
+    parse_robots,
+    parse_tdmrep,
+    tdm_header_reservation,
+    x_robots_opt_out,
+)
 
 USER_AGENT = "Mozilla/5.0 (compatible; {token}/0.1; +https://github.com/clipcrawl/clipcrawl)"
 SCHEMES = ("http", "https")
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309 2.3.1.2: follow at least five
+# A tdmrep.json that still fails after its retries for a reason that may pass (5xx, 429, a timeout, a dropped
+# connection) is asked again by the first image of its origin that comes this long after (or after the server's
+# Retry-After, if longer): see Fetcher._fetch_tdmrep.
+TDMREP_RETRY_SECONDS = 30.0
 DNS_CACHE_SECONDS = 300
 CHUNK = 64 * 1024
 # A response head's limits (aiohttp's defaults, held here so that they stay ours): a longer line or more
@@ -61,6 +81,7 @@ class FetchResult:
     final_url: str | None  # the last URL requested (after redirects), as sent (request_url)
     attempts: int  # HTTP requests sent or tried: redirect hops and retries included
     seconds: float
+    blocklist: str | None = None  # BLOCKLISTED: the URL or domain list that holds the URL (or a redirect's)
 
 
 # ---------------------------------------------------------------------------- SSRF guard
@@ -232,6 +253,7 @@ class _Outcome:
     transient: bool = False  # worth another attempt
     retry_after: float | None = None  # seconds the server asked us to wait
     location: str | None = None  # set on a redirect (status then unused)
+    blocklist: str | None = None  # BLOCKLISTED: the list's name
 
 
 def outcome_for_exception(exc: BaseException, url: URL, settings: DownloadSettings) -> _Outcome:
@@ -314,10 +336,18 @@ async def read_response(resp: aiohttp.ClientResponse, settings: DownloadSettings
     if not 200 <= code < 300:
         return _http_error(resp, settings)
     done = _Outcome(S.SUCCESS, http_status=code, content_type=ctype)
-    if settings.respect_optouts and (
-        directive := x_robots_opt_out(resp.headers.getall("X-Robots-Tag", []), settings.user_agent_token)
+    if settings.consent.respect_optouts and (
+        directive := x_robots_opt_out(
+            resp.headers.getall("X-Robots-Tag", []),
+            settings.consent.user_agent_token,
+            settings.consent.optout_directives,
+        )
     ):
         done.status, done.message = S.OPT_OUT_HEADER, f"X-Robots-Tag: {directive}"
+    elif settings.consent.respect_tdm_reservation and tdm_header_reservation(resp.headers.getall(TDM_RESERVATION, [])):
+        policy = resp.headers.get(TDM_POLICY)
+        done.status = S.TDM_RESERVED_HEADER
+        done.message = f"{TDM_RESERVATION}: 1" + (f" ({TDM_POLICY}: {policy[:200]})" if policy else "")
     elif resp.content_length is not None and resp.content_length > settings.max_bytes:
         done.status = S.TOO_LARGE
         done.message = f"Content-Length {resp.content_length} over max_bytes {settings.max_bytes}"
@@ -342,6 +372,20 @@ async def read_robots(resp: aiohttp.ClientResponse, settings: DownloadSettings) 
     body = await _read_capped(resp, ROBOTS_MAX_BYTES, truncate=True)
     if len(body) >= ROBOTS_MAX_BYTES:
         resp.close()  # the rest stays unread: drop the connection rather than drain it
+    return _Outcome(S.SUCCESS, http_status=resp.status, body=body)
+
+
+async def read_tdmrep(resp: aiohttp.ClientResponse, settings: DownloadSettings) -> _Outcome:
+    """A /.well-known/tdmrep.json response: its redirect, its body, or its HTTP error (429 and 5xx retried as an
+    image's are, Retry-After honoured up to max_retry_after). A body over TDMREP_MAX_BYTES is TOO_LARGE, left
+    unread: no file."""
+    if redirect := _redirect(resp):
+        return redirect
+    if not 200 <= resp.status < 300:
+        return _http_error(resp, settings)
+    body = await _read_capped(resp, TDMREP_MAX_BYTES)
+    if body is None:
+        return _Outcome(S.TOO_LARGE, f"tdmrep.json over {TDMREP_MAX_BYTES} bytes", resp.status)
     return _Outcome(S.SUCCESS, http_status=resp.status, body=body)
 
 
@@ -374,7 +418,12 @@ class Fetcher:
         self._session: aiohttp.ClientSession | None = None
         self._resolver: GuardedResolver | None = None
         self._host_slots: dict[str, asyncio.Semaphore] = {}
+        # the known-bad lists, as this shard task found them (loaded once per process and version); the image
+        # checks of the shard use the same (stage._download)
+        self.blocklists = blocklists_for(settings)
         self._robots: dict[tuple[str, str, int], asyncio.Task[RobotsRules]] = {}
+        self._tdmrep: dict[tuple[str, str, int], asyncio.Task[TdmRules]] = {}
+        self._tdmrep_again: dict[tuple[str, str, int], float] = {}  # origin -> when to ask its failed tdmrep.json again
 
     async def __aenter__(self) -> Self:
         s = self.settings
@@ -400,21 +449,27 @@ class Fetcher:
             max_line_size=MAX_HEADER_LINE,
             max_field_size=MAX_HEADER_LINE,
             max_headers=MAX_HEADERS,
-            headers={"User-Agent": USER_AGENT.format(token=s.user_agent_token), "Accept": "image/*,*/*;q=0.8"},
+            headers={"User-Agent": USER_AGENT.format(token=s.consent.user_agent_token), "Accept": "image/*,*/*;q=0.8"},
         )
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        for task in self._robots.values():
+        for task in (*self._robots.values(), *self._tdmrep.values()):
             task.cancel()
         if self._session is not None:
             await self._session.close()
             await self._resolver.close()  # the connector leaves a resolver it did not create open
 
-    async def fetch(self, url: str) -> FetchResult:
+    async def fetch(self, url: str, page_url: str | None = None) -> FetchResult:
+        """The image at `url`, found on the page at `page_url` (if known): with respect_tdm_reservation, a page
+        that its origin's tdmrep.json reserves ends the sample before the image is requested."""
         started, progress = time.monotonic(), _Progress()
         try:
-            outcome = await self._follow(url, progress)
+            outcome = None
+            if page_url and self.settings.consent.respect_tdm_reservation:
+                outcome = await self._page_reservation(page_url)
+            if outcome is None:
+                outcome = await self._follow(url, progress)
         except Exception as exc:  # noqa: BLE001 - a bug or an exotic failure: a row with a reason, never a crash
             outcome = _Outcome(S.CONNECTION_ERROR, f"unexpected {type(exc).__name__}: {exc}")
         return FetchResult(
@@ -426,15 +481,17 @@ class Fetcher:
             final_url=progress.url,
             attempts=progress.attempts,
             seconds=time.monotonic() - started,
+            blocklist=outcome.blocklist,
         )
 
-    async def _follow(self, url: str, progress: _Progress, robots_txt: bool = False) -> _Outcome:
+    async def _follow(self, url: str, progress: _Progress, site_file=None) -> _Outcome:
         """Request `url`, following at most max_redirects redirects, each hop checked again.
 
-        With `robots_txt`, `url` is a robots.txt: read as one, up to ROBOTS_MAX_REDIRECTS redirects, and not
-        itself subject to robots.txt. Its hops pass the same checks as an image's."""
-        read = read_robots if robots_txt else read_response
-        max_redirects = ROBOTS_MAX_REDIRECTS if robots_txt else self.settings.max_redirects
+        With `site_file` (read_robots or read_tdmrep), `url` is an origin's robots.txt or tdmrep.json: read
+        with it, up to ROBOTS_MAX_REDIRECTS redirects, and subject to neither robots.txt nor tdmrep.json. Its
+        hops pass the same checks as an image's."""
+        read = site_file or read_response
+        max_redirects = ROBOTS_MAX_REDIRECTS if site_file else self.settings.max_redirects
         seen: set[str] = set()
         outcome = None
         for hop in range(max_redirects + 1):
@@ -445,7 +502,10 @@ class Fetcher:
             progress.url = str(target)
             if progress.url in seen:
                 return _Outcome(S.TOO_MANY_REDIRECTS, f"redirect loop back to {url}", http_status=outcome.http_status)
-            if self.settings.respect_robots and not robots_txt:
+            if self.blocklists is not None and not site_file and (listed := self.blocklists.match_url(target)):
+                where = f" (redirected to {progress.url[:200]})" if hop else ""
+                return _Outcome(S.BLOCKLISTED, listed.message + where, blocklist=listed.list)
+            if self.settings.consent.respect_robots and not site_file:
                 rules = await self._robots_rules(target)
                 if isinstance(rules, _Outcome):
                     return replace(rules)
@@ -453,6 +513,12 @@ class Fetcher:
                     return _Outcome(
                         S.ROBOTS_DISALLOWED, f"robots.txt of {target.raw_host} disallows {target.raw_path_qs}"
                     )
+            if (
+                self.settings.consent.respect_tdm_reservation
+                and not site_file
+                and (reserved := await self._tdm_reservation(target, S.TDM_RESERVED_FILE))
+            ):
+                return reserved
             outcome = await self._request(target, progress, read)
             if outcome.location is None:
                 return outcome
@@ -534,9 +600,70 @@ class Fetcher:
         # A robots.txt that redirects to a refused address refuses the host's images: we will not ask
         # there, so we cannot know the host's rules.
         progress = _Progress()
-        outcome = await self._follow(robots_url, progress, robots_txt=True)
+        outcome = await self._follow(robots_url, progress, site_file=read_robots)
         if outcome.status == S.BLOCKED_ADDRESS and progress.redirects:
             return replace(outcome, message=f"{robots_url} redirects: {outcome.message}")
         if outcome.status != S.SUCCESS:
             return ALLOW_ALL
-        return parse_robots(outcome.body.decode("utf-8", "replace"), self.settings.user_agent_token)
+        return parse_robots(outcome.body.decode("utf-8", "replace"), self.settings.consent.user_agent_token)
+
+    async def _tdm_rules(self, url: URL) -> TdmRules | _Outcome:
+        """/.well-known/tdmrep.json rules of the URL's origin, fetched once per Fetcher (concurrent callers share
+        the fetch; one that failed for a reason that may pass is fetched again later), or the refusal that its
+        fetch met."""
+        origin = _origin(url)
+        task = self._tdmrep.get(origin)
+        if task is None or (task.done() and self._tdmrep_again.get(origin, math.inf) <= time.monotonic()):
+            self._tdmrep_again.pop(origin, None)
+            fetching = self._fetch_tdmrep(f"{url.origin()}{TDMREP_PATH}", origin)
+            task = self._tdmrep[origin] = asyncio.ensure_future(fetching)
+        return await asyncio.shield(task)  # one caller cancelled must not cancel the others' fetch
+
+    async def _fetch_tdmrep(self, tdmrep_url: str, origin: tuple[str, str, int]) -> TdmRules | _Outcome:
+        # W3C TDMRep: "failure to provide access to such a representation implies that the origin server does
+        # not implement this protocol". So 4xx (404, 410, 401/403 included), unresolvable or refused hosts, TLS
+        # failures, an over-size body, bytes that are no JSON and JSON that is no array of rules all mean no
+        # reservation, for the rest of the shard task; a malformed file never fails the fetch.
+        # A failure that may pass (5xx, 429, a timeout, a dropped connection) gets the retries an image gets,
+        # Retry-After honoured up to max_retry_after. If it still fails, the images that asked meanwhile are
+        # not reserved (the spec's reading), but the failure is not taken for the origin's answer: the first
+        # image of the origin that comes TDMREP_RETRY_SECONDS later (or after a longer Retry-After) asks again.
+        # robots.txt differs on purpose (its 5xx allows all for the shard task): a robots.txt is about crawl
+        # load, a reservation is the rightholder's consent.
+        # A tdmrep.json that redirects to a refused address refuses the origin's images: we will not ask
+        # there, so we cannot know whether the origin reserves them.
+        progress = _Progress()
+        outcome = await self._follow(tdmrep_url, progress, site_file=read_tdmrep)
+        if outcome.status == S.BLOCKED_ADDRESS and progress.redirects:
+            return replace(outcome, message=f"{tdmrep_url} redirects: {outcome.message}")
+        if outcome.status != S.SUCCESS:
+            if outcome.transient or outcome.http_status in TRANSIENT_HTTP:
+                wait = max(TDMREP_RETRY_SECONDS, outcome.retry_after or 0.0)
+                self._tdmrep_again[origin] = time.monotonic() + wait
+            return NO_TDM_RULES
+        return parse_tdmrep(outcome.body)
+
+    async def _page_reservation(self, page_url: str) -> _Outcome | None:
+        """Why the image found on `page_url` must not be requested: the tdmrep.json of the page's origin reserves
+        the page (its rules matched against the page's path and query), or its fetch met a refusal. None: the
+        page is not reserved, or is no http(s) URL (nothing to ask)."""
+        try:
+            page = request_url(page_url)
+        except ValueError:  # UnsupportedScheme included
+            return None
+        return await self._tdm_reservation(page, S.TDM_RESERVED_PAGE_FILE, "the page ")
+
+    async def _tdm_reservation(self, target: URL, status: S, what: str = "") -> _Outcome | None:
+        """`status` when the tdmrep.json of `target`'s origin reserves its path and query, the refusal its fetch
+        met, or None (not reserved)."""
+        tdm = await self._tdm_rules(target)
+        if isinstance(tdm, _Outcome):
+            return replace(tdm)
+        if rule := tdm.reservation(target.raw_path_qs):
+            policy = f", {TDM_POLICY} {rule.policy[:200]}" if rule.policy else ""
+            return _Outcome(
+                status,
+                f"tdmrep.json of {target.raw_host} reserves {what}{target.raw_path_qs[:200]}"
+                f" (location {rule.location[:200]!r}{policy})",
+            )
+        return None

@@ -1,24 +1,35 @@
 """Downloaded bytes -> a checked, RGB, resized, re-encoded image (img2dataset's resizer, on Pillow).
 
-`process_image` is CPU-bound and runs in a process pool: a plain top-level function of
-picklable arguments that mutates no module state. Safety first: only web image formats are
-opened (never EPS/PDF, which would start Ghostscript), metadata that Pillow would hoard is
+`process_image` is CPU-bound and runs in the shard task's pool of threads: a plain top-level function
+that mutates no module state but the pixel budget of PDQ decodes in flight (the known-bad lists it checks
+are loaded once per process, clipcrawl.tasks.download.blocklist). A listed image is returned as
+blocklisted without anything of it: no digest, size or pixels. The order of the checks: SHA-256/MD5 of
+the bytes first, before any decode (an exact match always wins); then the pixel cap from the header (a
+refused decode cannot be PDQ-hashed); with a PDQ list, the full decode and its PDQ before the minimum
+size and aspect-ratio filters (PDQ wins over them), and a sample that fails before its PDQ was checked
+keeps no digest, size or byte count either (withheld: it may be a listed image).
+Safety first: only web image formats are opened (never EPS/PDF, which would start Ghostscript), metadata that Pillow would hoard is
 dropped before it parses the file (clipcrawl.tasks.download.metadata), the pixel cap is checked
 from the header before anything is decoded, and truncated files fail instead of being padded with grey.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import io
+import threading
 import warnings
 from dataclasses import dataclass
+from types import EllipsisType
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus
+from clipcrawl.tasks.download import blocklist
 from clipcrawl.tasks.download.metadata import strip_metadata
 
 Image.init()
@@ -42,6 +53,9 @@ _WHITE = (255, 255, 255)
 _DOWNSCALE = Image.Resampling.BOX
 _UPSCALE = Image.Resampling.LANCZOS
 _REDUCING_GAP = 3.0
+# Megapixels of full-size decodes being PDQ-hashed at once in a process: about 27 bytes a pixel each (the RGB
+# decode, and pdqhash's float64 luma temporaries), so ~1.3 GiB. An image over the budget runs alone.
+PDQ_PIXEL_BUDGET = 50_000_000
 
 
 @dataclass
@@ -56,30 +70,79 @@ class ImageResult:
     original_width: int | None = None
     original_height: int | None = None
     sha256: str | None = None
+    blocklist: str | None = None  # the list a blocklisted image is on (its only trace)
+    withheld: bool = False  # nothing of the image may be kept (listed, or not PDQ-checked): no byte count either
 
 
-def process_image(body: bytes, settings: DownloadSettings, *, draft: bool = True) -> ImageResult:
+class PixelBudget:
+    """A counting semaphore on pixels, first come first served; an image over the whole budget runs alone."""
+
+    def __init__(self, pixels: int):
+        self.pixels = pixels
+        self.used = 0
+        self._queue: collections.deque[object] = collections.deque()
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        turn = object()
+        with self._cond:
+            self._queue.append(turn)
+            self._cond.wait_for(lambda: self._queue[0] is turn and (not self.used or self.used + pixels <= self.pixels))
+            self._queue.popleft()
+            self.used += pixels
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+PDQ_DECODES = PixelBudget(PDQ_PIXEL_BUDGET)
+
+
+def process_image(
+    body: bytes,
+    settings: DownloadSettings,
+    *,
+    draft: bool = True,
+    lists: blocklist.Blocklists | None | EllipsisType = ...,
+) -> ImageResult:
     """Decode `body`, check it against the settings' filters, resize and re-encode it.
 
-    `draft=False` turns JPEG reduce-on-decode off (benchmarks and tests compare both).
+    `draft=False` turns JPEG reduce-on-decode off (benchmarks and tests compare both). `lists`: the known-bad
+    lists to check, as a shard task loaded them once (blocklist.for_settings); by default the settings' lists,
+    looked up (and their files' versions asked) at each call.
     """
+    if lists is ...:
+        lists = blocklist.for_settings(settings)
     with warnings.catch_warnings():
         # Pillow warns above its own pixel cap (ours, settings.max_image_pixels, decides) and about
         # corrupt EXIF or odd palettes: per-image noise about untrusted data, not actionable.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return _process(body, settings, draft)
+        return _process(body, settings, draft, lists)
 
 
-def _process(body: bytes, settings: DownloadSettings, draft: bool) -> ImageResult:
-    sha256 = hashlib.sha256(body).hexdigest()
+def _process(body: bytes, settings: DownloadSettings, draft: bool, lists: blocklist.Blocklists | None) -> ImageResult:
+    digest = hashlib.sha256(body).digest()
+    sha256 = digest.hex()
+    pdq = lists is not None and lists.wants_pdq
 
-    def failed(status: DownloadStatus, message: str, size: tuple[int, int] | None = None) -> ImageResult:
+    def failed(
+        status: DownloadStatus, message: str, size: tuple[int, int] | None = None, checked: bool = False
+    ) -> ImageResult:
+        if pdq and not checked:  # not PDQ-checked: it may be a listed image, so nothing of it is kept
+            return ImageResult(status, message, withheld=True)
         w, h = size or (None, None)
         return ImageResult(status, message, original_width=w, original_height=h, sha256=sha256)
 
     if not body:
         return failed(DownloadStatus.NOT_AN_IMAGE, "empty body")
+    if lists is not None and (match := lists.match_bytes(body, digest)):
+        return blocklisted(match)
     try:
         img = Image.open(io.BytesIO(strip_metadata(body)), formats=WEB_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -101,31 +164,30 @@ def _process(body: bytes, settings: DownloadSettings, draft: bool) -> ImageResul
         return failed(
             DownloadStatus.TOO_MANY_PIXELS, f"{width}x{height} is over {settings.max_image_pixels} pixels", size
         )
-    if min(width, height) < max(settings.min_image_size, 1):
-        return failed(
-            DownloadStatus.TOO_SMALL_PIXELS, f"{width}x{height}: smaller side under {settings.min_image_size}", size
-        )
-    ratio = max(width, height) / min(width, height)
-    if settings.max_aspect_ratio is not None and ratio > settings.max_aspect_ratio:
-        return failed(
-            DownloadStatus.BAD_ASPECT_RATIO,
-            f"{width}x{height}: aspect ratio {ratio:.2f} over {settings.max_aspect_ratio}",
-            size,
-        )
+    if not pdq and (refused := size_filter(width, height, settings)):  # with a PDQ list: after the PDQ check
+        return failed(*refused, size)
 
     target, crop, canvas = plan_resize(width, height, settings)
-    if draft and target is not None and target[0] * target[1] < width * height:
+    # PDQ is defined on the image at full size: its lists turn reduce-on-decode off (docs/download.md)
+    if draft and target is not None and target[0] * target[1] < width * height and not pdq:
         # JPEG reduce-on-decode (DCT scaling by 1/2, 1/4, 1/8): never below the target size.
         img.draft("RGB", target if orientation not in (5, 6, 7, 8) else (target[1], target[0]))
     try:
-        img.load()
+        with PDQ_DECODES.hold(width * height) if pdq else contextlib.nullcontext():
+            img.load()
+            img = to_rgb(img)
+            # PDQ of the pixels as stored (before EXIF orientation, as PDQ's own tools hash a file) and of their
+            # 7 other rotations and mirror images, at full size, before any resize
+            if pdq and (match := lists.match_pdq(np.asarray(img))):
+                return blocklisted(match)
         if orientation in _TRANSPOSE:
             img = img.transpose(_TRANSPOSE[orientation])
-        img = to_rgb(img)
     except Image.DecompressionBombError as exc:
         return failed(DownloadStatus.TOO_MANY_PIXELS, str(exc), size)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data, whatever the decoder says
         return failed(DownloadStatus.DECODE_ERROR, f"{fmt}: {type(exc).__name__}: {exc}", size)
+    if pdq and (refused := size_filter(width, height, settings)):
+        return failed(*refused, size, checked=True)
 
     if target is not None:
         if target != img.size:
@@ -142,6 +204,24 @@ def _process(body: bytes, settings: DownloadSettings, draft: bool) -> ImageResul
     return ImageResult(
         DownloadStatus.SUCCESS, None, encode(img, settings), img.width, img.height, width, height, sha256
     )
+
+
+def blocklisted(match: blocklist.Match) -> ImageResult:
+    """A listed image's result: its list, no digest, no size, no pixels."""
+    return ImageResult(DownloadStatus.BLOCKLISTED, match.message, blocklist=match.list, withheld=True)
+
+
+def size_filter(width: int, height: int, settings: DownloadSettings) -> tuple[DownloadStatus, str] | None:
+    """(status, message) when the (oriented) size fails min_image_size or max_aspect_ratio, else None."""
+    if min(width, height) < max(settings.min_image_size, 1):
+        return DownloadStatus.TOO_SMALL_PIXELS, f"{width}x{height}: smaller side under {settings.min_image_size}"
+    ratio = max(width, height) / min(width, height)
+    if settings.max_aspect_ratio is not None and ratio > settings.max_aspect_ratio:
+        return (
+            DownloadStatus.BAD_ASPECT_RATIO,
+            f"{width}x{height}: aspect ratio {ratio:.2f} over {settings.max_aspect_ratio}",
+        )
+    return None
 
 
 def plan_resize(width: int, height: int, settings: DownloadSettings):

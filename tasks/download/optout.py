@@ -1,6 +1,8 @@
-"""Opt-outs a site declares for our user agent: X-Robots-Tag headers and robots.txt.
+"""Opt-outs a site declares for our user agent: X-Robots-Tag headers, robots.txt, and W3C TDMRep reservations
+(the `tdm-reservation` header and /.well-known/tdmrep.json).
 
-Pure functions on header values and robots.txt text; clipcrawl.tasks.download.fetch does the network part.
+Pure functions on header values, robots.txt text and tdmrep.json bytes; clipcrawl.tasks.download.fetch does the
+network part.
 robots.txt follows RFC 9309: the groups naming our product token apply (else the `*` groups), the
 longest matching pattern decides, an Allow wins a tie, `*` and `$` are wildcards, and paths and
 patterns are compared with unreserved escapes decoded and reserved ones (%2F) kept.
@@ -8,17 +10,19 @@ patterns are compared with unreserved escapes decoded and reserved ones (%2F) ke
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-# X-Robots-Tag directives that withhold an image from an AI/search dataset. "none" is
-# Google's shorthand for "noindex, nofollow", so it opts out as noindex does.
-OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai", "noindex", "noimageindex", "none"})
+from clipcrawl.tasks.core import config
+
+OPT_OUT_DIRECTIVES = frozenset(config.OPT_OUT_DIRECTIVES)  # the default of ConsentSettings.optout_directives
 # Directives that carry a value after a colon: "unavailable_after: <date>" is no user agent.
 _VALUED_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
 _AGENT_NAME = re.compile(r"[a-z0-9_\-]+|\*")
+_DIRECTIVE_LISTS = re.compile(r"[,;]")  # what separates directives, besides whitespace
 ROBOTS_MAX_BYTES = 512 * 1024  # RFC 9309: parse at least the first 500 KiB
 
 
@@ -27,24 +31,40 @@ def _agent_matches(agent: str, token: str) -> bool:
     return agent.strip() == "*" or bool(name) and name == product_token(token)
 
 
-def x_robots_opt_out(values: Iterable[str], token: str) -> str | None:
-    """The opt-out directive among X-Robots-Tag header values that applies to `token`, or None.
+def x_robots_opt_out(values: Iterable[str], token: str, directives: Collection[str] = OPT_OUT_DIRECTIVES) -> str | None:
+    """The opt-out directive (one of `directives`, lowercase) among X-Robots-Tag header values that applies
+    to `token`, or None. The contents of robots meta tags read the same way.
 
-    Each value is a comma list; a "useragent: directives" prefix scopes the directives after it
-    (to the end of that header value) to that user agent, e.g. "otherbot: noai" does not apply
-    to clipcrawl and "clipcrawl: noindex" does. Unscoped directives apply to everyone.
+    Directives are separated by commas, semicolons or whitespace ("noai, noimageai", "noai;noimageai",
+    "noai noimageai"). A "useragent: directives" prefix scopes the directives after it (to the end of that
+    header value) to that user agent, e.g. "otherbot: noai" does not apply to clipcrawl and
+    "clipcrawl: noindex" does. Unscoped directives apply to everyone. A valued directive keeps its value
+    ("max-snippet: -1", "unavailable_after: 25 Jun 2010 15:00:00 PST": the date runs to the next comma).
     """
     for value in values:
         agent: str | None = None
-        for part in value.split(","):
-            name, colon, rest = part.strip().partition(":")
-            name = name.strip().lower()
-            if colon and name not in _VALUED_DIRECTIVES:
-                if not _AGENT_NAME.fullmatch(name):
-                    continue  # a stray piece of a date value, not a user agent
-                agent, name = name, rest.strip().lower()
-            if name in OPT_OUT_DIRECTIVES and (agent is None or _agent_matches(agent, token)):
-                return name
+        for part in _DIRECTIVE_LISTS.split(value):
+            while part:
+                head, colon, rest = part.partition(":")
+                words = head.lower().split()
+                part = ""
+                if colon:
+                    if len(words) != 1:  # a stray piece of a date value ("Jun 2010 15:00"), or nothing
+                        break
+                    name = words[0]
+                    if name == "unavailable_after":
+                        break  # its date runs to the end of the part
+                    if name in _VALUED_DIRECTIVES:
+                        words = rest.split(None, 1)[1:]  # its value is one word; what follows is read on
+                        part = words[0] if words else ""
+                        continue
+                    if not _AGENT_NAME.fullmatch(name):
+                        break
+                    agent, part = name, rest  # the rest, up to another colon, is the agent's
+                    continue
+                for name in words:
+                    if name in directives and (agent is None or _agent_matches(agent, token)):
+                        return name
     return None
 
 
@@ -211,3 +231,125 @@ def parse_robots(text: str, token: str) -> RobotsRules:
     specific = [g for g in groups if ours and ours in g[0]]
     chosen = specific or [g for g in groups if "*" in g[0]]
     return RobotsRules(tuple(rule for _, rules in chosen for rule in rules))
+
+
+# ------------------------------------------------------------------ W3C TDMRep (TDM Reservation Protocol)
+# https://www.w3.org/community/reports/tdmrep/CG-FINAL-tdmrep-20240510/: a `tdm-reservation: 1` response header,
+# or a rule of the origin's /.well-known/tdmrep.json, reserves text-and-data-mining rights on a resource.
+
+TDMREP_PATH = "/.well-known/tdmrep.json"
+TDMREP_MAX_BYTES = 512 * 1024  # a larger tdmrep.json is taken for none: no reservation
+# The rules kept from one tdmrep.json, first ones first (the first match decides, so the rest can only matter on
+# paths no kept rule matches). Real files hold a handful; every image of the origin is compared with each kept
+# rule, so a hostile file of 6,000 many-wildcard rules would cost ~16 ms per image, 2,000 of them at most ~5 ms,
+# and then once per distinct path (TDMREP_VERDICTS).
+TDMREP_MAX_RULES = 2_000
+TDMREP_VERDICTS = 4_096  # paths whose verdict each origin's rules remember (cleared when full)
+TDM_RESERVATION = "tdm-reservation"
+TDM_POLICY = "tdm-policy"
+
+
+def tdm_reservation_value(value: object) -> bool | None:
+    """True for a `tdm-reservation` of 1, False for 0, None (unset) for anything else.
+
+    The spec's values are the integers 1 and 0 (other values are protocol errors: unset); the header's string
+    form "1"/"0" is taken in tdmrep.json too. JSON true/false and 1.0 are no such integers.
+    """
+    if type(value) is int or isinstance(value, str):
+        text = str(value).strip()
+        if text in ("0", "1"):
+            return text == "1"
+    return None
+
+
+def tdm_header_reservation(values: Iterable[str]) -> bool:
+    """Whether `tdm-reservation` response header values reserve TDM rights: one of them is 1.
+
+    A header sent twice may reach us folded into one comma list (RFC 9110 §5.3: "1, 1", "1,0"): each of its
+    elements counts, as a header of its own would. "0", an absent header and invalid values (protocol
+    errors) reserve nothing.
+    """
+    return any(tdm_reservation_value(element) for value in values for element in value.split(","))
+
+
+class TdmRule(NamedTuple):
+    """One rule of a tdmrep.json: its `location` pattern (robots.txt syntax), reservation and policy URL."""
+
+    location: str
+    pattern: RobotsRule
+    reserved: bool | None  # None: the rule's tdm-reservation is invalid (unset)
+    policy: str | None
+
+
+@dataclass(frozen=True)
+class TdmRules:
+    """The rules of one origin's /.well-known/tdmrep.json, in file order (at most TDMREP_MAX_RULES)."""
+
+    rules: tuple[TdmRule, ...] = ()
+    # path -> verdict: the images of one page share paths, and a shard asks one origin for many images
+    _verdicts: dict[str, TdmRule | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def reservation(self, path: str) -> TdmRule | None:
+        """`_reservation`, remembered per path (at most TDMREP_VERDICTS paths per origin and shard task)."""
+        try:
+            return self._verdicts[path]
+        except KeyError:
+            pass
+        if len(self._verdicts) >= TDMREP_VERDICTS:
+            self._verdicts.clear()
+        verdict = self._verdicts[path] = self._reservation(path)
+        return verdict
+
+    def _reservation(self, path: str) -> TdmRule | None:
+        """The rule that reserves TDM rights on `path` (a URL's path and query, as sent), or None.
+
+        The first rule whose location matches decides (the spec's "most specific match is the first in
+        sequence"): a match with tdm-reservation 0, or an invalid one, reserves nothing, and no match
+        leaves the reservation unset. Locations match as robots.txt patterns do: from the path's first
+        octet, `*` any octets, a final `$` the end, case-sensitively, unreserved escapes decoded.
+        """
+        path = normalize_path(path or "/")
+        for rule in self.rules:
+            if rule.pattern.matches(path):
+                return rule if rule.reserved else None
+        return None
+
+
+NO_TDM_RULES = TdmRules()
+
+
+def parse_tdmrep(data: bytes | str) -> TdmRules:
+    """The rules of a tdmrep.json; never raises. Malformed JSON, a top level that is no array, or a file
+    over TDMREP_MAX_BYTES reserve nothing (NO_TDM_RULES). Within the array, an entry that is no object or
+    whose location is no non-empty string can match nothing and is skipped; a tdm-policy that is no string
+    is dropped; rules past the first TDMREP_MAX_RULES are ignored."""
+    if len(data) > TDMREP_MAX_BYTES:
+        return NO_TDM_RULES
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", "replace")
+    try:
+        document = json.loads(data.removeprefix("\ufeff"))
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+        return NO_TDM_RULES
+    if not isinstance(document, list):
+        return NO_TDM_RULES
+    rules: list[TdmRule] = []
+    for entry in document:
+        if len(rules) == TDMREP_MAX_RULES:
+            break
+        if not isinstance(entry, dict):
+            continue
+        location = entry.get("location")
+        if not isinstance(location, str) or not location.strip():
+            continue
+        location = location.strip()
+        policy = entry.get(TDM_POLICY)
+        rules.append(
+            TdmRule(
+                location,
+                RobotsRule.compile(False, location),
+                tdm_reservation_value(entry.get(TDM_RESERVATION)),
+                policy if isinstance(policy, str) else None,
+            )
+        )
+    return TdmRules(tuple(rules))

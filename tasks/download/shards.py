@@ -171,6 +171,7 @@ class ShardWriter:
         self._rows: list[dict[str, Any]] = []
         self._keys: set[str] = set()
         self._image_bytes = 0
+        self._blocklisted: dict[str, int] = {}  # samples per list
         self._started = time.time()
         self._closed = False
         self._stack = contextlib.ExitStack()
@@ -201,6 +202,7 @@ class ShardWriter:
         if self._closed:
             raise RuntimeError(f"shard {self.shard}: add() after close()")
         record = dict(row)
+        listed_on = record.pop("blocklist", None)  # counted in the stats, not a column
         key = record.get("key")
         if not key:
             raise ValueError(f"shard {self.shard}: row without a key: {row.get('url')!r}")
@@ -212,10 +214,15 @@ class ShardWriter:
             record["status"] = DownloadStatus(record.get("status")).value  # the closed vocabulary only
         except ValueError:
             raise ValueError(f"shard {self.shard}: {key} has no valid status: {record.get('status')!r}") from None
+        if record["status"] == DownloadStatus.BLOCKLISTED:  # nothing of a listed image: no digest, no size
+            record.update(dict.fromkeys((*_IMAGE_FIELDS[2:], "bytes")))
         for column in IMAGES_SCHEMA.names:
             record.setdefault(column, None)
         self._keys.add(key)
         self._rows.append(record)
+        if record["status"] == DownloadStatus.BLOCKLISTED:
+            name = listed_on or "unknown"
+            self._blocklisted[name] = self._blocklisted.get(name, 0) + 1
         if record["status"] == DownloadStatus.SUCCESS:
             if image is None or image.data is None:
                 raise ValueError(f"shard {self.shard}: {key} is a success without image data")
@@ -262,6 +269,7 @@ class ShardWriter:
             "throughput": successes / duration if duration > 0 else 0.0,  # images written per second
             "bytes": sum(r["bytes"] or 0 for r in self._rows),  # downloaded
             "image_bytes": self._image_bytes,  # encoded, in the tar
+            "blocklisted_by_list": dict(sorted(self._blocklisted.items())),  # samples per known-bad list
             "start_time": self._started,
             "end_time": self._started + duration,
         }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 
 from prefect import task
@@ -19,16 +20,17 @@ from clipcrawl.tasks.core.cache import cache_key
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus
 from clipcrawl.tasks.download.fetch import Fetcher
-from clipcrawl.tasks.download.images import process_image
+from clipcrawl.tasks.download.images import ImageResult, process_image
 from clipcrawl.tasks.download.shards import ShardSpec, ShardWriter, read_shard_rows, sample_key
 from clipcrawl.tasks.ingest.normalize import pair_uid
+from clipcrawl.tasks.takedown.log import TAKEN_DOWN, tombstones
 
 
 def image_threads(settings: DownloadSettings) -> int:
     return settings.image_threads or os.cpu_count() or 1
 
 
-async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardWriter) -> None:
+async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardWriter, gone=None) -> None:
     loop = asyncio.get_running_loop()
     threads = image_threads(settings)
     fetching = asyncio.Semaphore(settings.concurrency)
@@ -36,25 +38,31 @@ async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardW
 
     async def one(row: dict) -> None:
         async with fetching:
-            result = await fetcher.fetch(row["url"])
+            result = await fetcher.fetch(row["url"], row.get("page_url"))  # the page's tdmrep.json may reserve it
             await processing.acquire()  # hold the fetch slot until the body has a place in the pool
         try:
             image = None
             if result.status == DownloadStatus.SUCCESS:
-                image = await loop.run_in_executor(pool, process_image, result.body, settings)
+                check = functools.partial(process_image, lists=fetcher.blocklists)  # the lists the fetch used
+                image = await loop.run_in_executor(pool, check, result.body, settings)
+                if gone and image.status == DownloadStatus.SUCCESS and gone.holds_image(image.sha256):
+                    image = ImageResult(DownloadStatus.TAKEN_DOWN, TAKEN_DOWN, withheld=True)  # the image, new URL
         finally:
             processing.release()
         status = image.status if image else result.status
         error = image.error_message if image else result.error_message
+        listed = status == DownloadStatus.BLOCKLISTED
+        withheld = listed or (image is not None and image.withheld)  # nothing of a listed (or unchecked) image
         writer.add(
             row
             | {
                 "status": status,
                 "error_message": error,
                 "http_status": result.http_status,
-                "bytes": len(result.body) if result.body is not None else None,
+                "bytes": len(result.body) if result.body is not None and not withheld else None,
                 "final_url": result.final_url,
                 "attempts": result.attempts,
+                "blocklist": (image.blocklist if image else result.blocklist) if listed else None,
             },
             image if status == DownloadStatus.SUCCESS else None,
         )
@@ -76,12 +84,17 @@ async def download_shard_async(spec: ShardSpec, out: str, settings: DownloadSett
         row
         | {
             "key": sample_key(spec.shard, i, settings.shard_size),
-            "uid": row.get("uid") or pair_uid(row["url"], row["text"]),
-        }  # any parquet with url, text
+            "uid": row.get("uid") or (pair_uid(row["url"], row["text"]) if row.get("url") is not None else None),
+        }  # any parquet with url, text; a row a takedown blanked (no url) keeps its place, and so the keys
         for i, row in enumerate(table.to_pylist())
     ]
+    gone = tombstones(out)  # samples a takedown removed: never fetched again, nothing of them kept
     with ShardWriter(out, spec.shard, settings) as writer:
-        await _download(rows, settings, writer)
+        down = [r["url"] is None or (bool(gone) and gone.holds(r["url"], r["uid"])) for r in rows]
+        for row in [r for r, d in zip(rows, down) if d]:
+            writer.add({"key": row["key"], "status": DownloadStatus.TAKEN_DOWN, "error_message": TAKEN_DOWN}, None)
+        rows = [r for r, d in zip(rows, down) if not d]
+        await _download(rows, settings, writer, gone)
         return writer.close()
 
 

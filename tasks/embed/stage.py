@@ -39,6 +39,7 @@ from clipcrawl.tasks.core.uri import atomic_write, open_uri, write_json
 from clipcrawl.tasks.download.images import WEB_FORMATS
 from clipcrawl.tasks.download.shards import CAPTION_COLUMNS, image_members
 from clipcrawl.tasks.embed.clip_model import ClipModel, weights_fingerprint, worker_model
+from clipcrawl.tasks.takedown.log import TAKEN_DOWN, tombstones
 
 # In the embed task's cache key: raise it when the same images and weights would embed otherwise
 # (2: JPEGs decoded at reduced scale; 3: img2dataset's `caption` read, a sample without a caption not embedded).
@@ -254,8 +255,17 @@ def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
     prompt_emb = prompt_embeddings(model, prompts)
     # a similarity with a missing caption would be a similarity with the empty text: such a sample is not embedded
     captioned = {key: row for key, row in samples.items() if (row["text"] or "").strip()}
+    gone = tombstones(out)  # samples a takedown removed: not embedded, not kept
+    gone_keys = (
+        {key for key, row in captioned.items() if gone.holds(row["url"], row.get("uid"), row.get("sha256"))}
+        if gone
+        else set()
+    )
+    captioned = {key: row for key, row in captioned.items() if key not in gone_keys}
     done = embed_samples(model, tar_uri, captioned, settings)
-    for key in samples.keys() - captioned.keys():
+    for key in gone_keys:
+        done.failures[key] = (EmbedStatus.TAKEN_DOWN, TAKEN_DOWN)
+    for key in samples.keys() - captioned.keys() - gone_keys:
         done.failures[key] = (EmbedStatus.NO_CAPTION, f"{key} has no caption in {parquet}")
 
     # rows in the parquet's (key) order, whatever order the tar's members came in

@@ -16,6 +16,7 @@ current index type. OUT/index/index_infos.json is written last: it is the commit
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 
@@ -33,6 +34,7 @@ from clipcrawl.tasks.core.uri import (
     atomic_write,
     exists,
     filesystem,
+    is_local,
     listdir,
     open_uri,
     read_json,
@@ -44,6 +46,7 @@ from clipcrawl.tasks.index.neardup import near_duplicate_groups
 from clipcrawl.tasks.index.train import add, build, index_gpus, read_index, set_threads, write_index
 from clipcrawl.tasks.index.tune import apply_params, exact_knn, tune
 from clipcrawl.tasks.index.vectors import Part, sample_vectors, vector_batches
+from clipcrawl.tasks.takedown.log import Tombstones, tombstones
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,7 @@ class Plan:
     sources: tuple[str, ...]  # embeddings folders, in the order they were first indexed
     existing: dict | None  # the index_infos.json being extended
     settings: IndexSettings  # what this run builds with: an add's are the index's own (add_settings)
+    gone: Tombstones = Tombstones()  # samples a takedown removed from OUT: never indexed again
 
     @property
     def count(self) -> int:
@@ -111,15 +115,25 @@ def _keys(uri: str) -> pa.Array:
     return pq.read_table(open_uri(uri), columns=["key"])["key"].combine_chunks()
 
 
-def kept_rows(shard: Shard) -> np.ndarray | None:
-    """Rows of the shard's embeddings that the dataset kept, ascending (None: every row)."""
-    if not shard.dataset_part:
-        return None
-    keys = _keys(shard.metadata)
-    return np.flatnonzero(pc.is_in(keys, value_set=_keys(shard.dataset_part)).to_numpy(zero_copy_only=False))
+def kept_rows(shard: Shard, gone: Tombstones | None = None) -> np.ndarray | None:
+    """Rows of the shard's embeddings that the dataset kept and no takedown removed, ascending (None: every row)."""
+    rows = None
+    if shard.dataset_part:
+        keys = _keys(shard.metadata)
+        rows = np.flatnonzero(pc.is_in(keys, value_set=_keys(shard.dataset_part)).to_numpy(zero_copy_only=False))
+    if gone:
+        with open_uri(shard.metadata) as f:
+            names = pq.ParquetFile(f).schema_arrow.names
+        meta = pq.read_table(open_uri(shard.metadata), columns=[c for c in ("url", "uid", "sha256") if c in names])
+        column = lambda c: meta[c].to_pylist() if c in names else None  # noqa: E731
+        alive = ~gone.mask(meta["url"].to_pylist(), column("uid"), column("sha256"))
+        rows = np.flatnonzero(alive) if rows is None else rows[alive[rows]]
+    return rows
 
 
-def find_shards(embeddings: str, dataset: str | None, source: int, first_id: int, known: set[str]) -> list[Shard]:
+def find_shards(
+    embeddings: str, dataset: str | None, source: int, first_id: int, known: set[str], gone: Tombstones | None = None
+) -> list[Shard]:
     """The complete shards of an embeddings folder whose stems are not in `known`, numbered from first_id."""
     shards = []
     for meta in listdir(layout.metadata_dir(embeddings), ".parquet"):
@@ -135,7 +149,7 @@ def find_shards(embeddings: str, dataset: str | None, source: int, first_id: int
             continue
         stats = probe.dataset_stats
         tar = read_json(stats).get("tar") if stats and exists(stats) else None
-        rows = kept_rows(probe)
+        rows = kept_rows(probe, gone)
         count = len(rows) if rows is not None else pq.ParquetFile(open_uri(probe.metadata)).metadata.num_rows
         name = stem if source == 0 else f"{source}-{stem}"
         shards.append(Shard(name, stem, embeddings, dataset, tar, count, first_id))
@@ -143,28 +157,43 @@ def find_shards(embeddings: str, dataset: str | None, source: int, first_id: int
     return shards
 
 
+def absolute(uri: str | None) -> str | None:
+    """A local path made absolute (file:// dropped), a remote URI without its trailing slash; None stays None."""
+    if not uri:
+        return uri
+    return os.path.abspath(uri.removeprefix("file://")) if is_local(uri) else uri.rstrip("/")
+
+
 def plan_index(
     embeddings: str, out: str, settings: IndexSettings, dataset: str | None = None, rebuild: bool = False
 ) -> Plan:
-    """What to index: the shards already in OUT/index (kept), and the new shards of EMBEDDINGS."""
+    """What to index: the shards already in OUT/index (kept), and the new shards of EMBEDDINGS.
+
+    Local folders are recorded as absolute paths (index_infos.json is read from other working directories: the
+    search server, a takedown); an index recorded with relative paths has them resolved against this one."""
+    embeddings, dataset = absolute(embeddings), absolute(dataset) if dataset else dataset
     if dataset is None and exists(layout.dataset_beside(embeddings)):
         dataset = layout.dataset_beside(embeddings)
     infos_uri = layout.index_infos(layout.index_dir(out))
     existing = read_json(infos_uri) if exists(infos_uri) and not rebuild else None
+    gone = tombstones(out)
     if existing is None:
-        shards = find_shards(embeddings, dataset, 0, 0, set())
-        return Plan(out, tuple(shards), 0, "build" if shards else "none", (embeddings,), None, settings)
+        shards = find_shards(embeddings, dataset, 0, 0, set(), gone)
+        return Plan(out, tuple(shards), 0, "build" if shards else "none", (embeddings,), None, settings, gone)
 
     settings = add_settings(existing, settings, infos_uri)
 
-    old = [Shard(**s) for s in existing["shards"]]
-    sources = list(existing["sources"])
+    old = [
+        Shard(**(s | {"embeddings": absolute(s["embeddings"]), "dataset": absolute(s["dataset"])}))
+        for s in existing["shards"]
+    ]
+    sources = [absolute(s) for s in existing["sources"]]
     if embeddings not in sources:
         sources.append(embeddings)
     source = sources.index(embeddings)
     known = {s.stem for s in old if s.embeddings == embeddings}
-    new = find_shards(embeddings, dataset, source, existing["count"], known)
-    plan = Plan(out, tuple(old + new), len(old), "add" if new else "none", tuple(sources), existing, settings)
+    new = find_shards(embeddings, dataset, source, existing["count"], known, gone)
+    plan = Plan(out, tuple(old + new), len(old), "add" if new else "none", tuple(sources), existing, settings, gone)
     wanted = settings.index_key or existing["image"]["index_key"]
     budget = settings.max_index_memory_gb * 2**30
     if new and (wanted != existing["image"]["index_key"] or index_memory(wanted, plan.count, existing["dim"]) > budget):
@@ -173,7 +202,7 @@ def plan_index(
             existing["image"]["index_key"],
             plan.count,
         )
-        return Plan(out, tuple(old + new), 0, "build", tuple(sources), None, settings)
+        return Plan(out, tuple(old + new), 0, "build", tuple(sources), None, settings, gone)
     return plan
 
 
@@ -210,18 +239,18 @@ def add_settings(existing: dict, settings: IndexSettings, infos_uri: str) -> Ind
     return IndexSettings(**(stored | given))
 
 
-def part(shard: Shard, modality: str, ids: IdTable | None = None) -> Part:
+def part(shard: Shard, modality: str, ids: IdTable | None = None, gone: Tombstones | None = None) -> Part:
     """The vectors of a shard to index; rows of a shard already indexed come from ids.parquet."""
     if ids is not None:
         rows = ids.column_range("row", shard.first_id, shard.first_id + shard.count).astype(np.int64)
     else:
-        rows = kept_rows(shard)
+        rows = kept_rows(shard, gone)
     return Part(shard.name, shard.vectors(modality), rows)
 
 
 def parts(plan: Plan, modality: str, ids: IdTable | None = None) -> list[Part]:
     """Every shard's part in id order (old shards' rows read from ids.parquet when extending)."""
-    return [part(s, modality, ids if i < plan.new_from else None) for i, s in enumerate(plan.shards)]
+    return [part(s, modality, ids if i < plan.new_from else None, plan.gone) for i, s in enumerate(plan.shards)]
 
 
 def _ids(plan: Plan) -> IdTable | None:
@@ -265,10 +294,10 @@ def index_modality(plan: Plan, modality: str) -> dict:
     }
 
 
-def _id_table(shard: Shard, groups: np.ndarray) -> pa.Table:
+def _id_table(shard: Shard, groups: np.ndarray, gone: Tombstones | None = None) -> pa.Table:
     """ids.parquet rows of a new shard."""
     meta = pq.read_table(open_uri(shard.metadata), columns=["key", "url", "text", "similarity"])
-    rows = kept_rows(shard)
+    rows = kept_rows(shard, gone)
     if rows is not None:
         meta = meta.take(pa.array(rows))
     return (
@@ -336,7 +365,7 @@ def finish_index(plan: Plan, image: dict, text: dict) -> dict:
                 )
                 first += len(table)
         for shard in plan.shards[plan.new_from :]:
-            yield _id_table(shard, updated)
+            yield _id_table(shard, updated, plan.gone)
 
     ids_uri, staged = layout.ids_file(plan.index), layout.staged_ids(plan.index)
     write_ids(staged, tables())

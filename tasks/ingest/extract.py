@@ -3,7 +3,9 @@
 Each record is dispatched on its type: WAT `metadata` records (JSON) and WARC
 `response` records (HTML). Both yield raw (src, alt) links that the same
 normalisation turns into pairs, so a page gives the same pairs from either file.
-Each pair also carries its page's Creative Commons license URL (null when none).
+Each pair also carries its page's Creative Commons license URL (null when none). A page that opts its
+images out (robots meta tag, X-Robots-Tag) or reserves TDM rights (W3C TDMRep) gives no pairs: its links
+that pass the alt-text and URL filters are dropped with the reason (page_optout.py).
 
 Records come from container.py (gzip members inflated with isal, parsed by fastwarc,
 damage skipped); each record's payload is read up to `max_record_bytes`, so memory is
@@ -38,6 +40,7 @@ from clipcrawl.tasks.ingest.normalize import (
     resolve_url,
     unescape_attribute,
 )
+from clipcrawl.tasks.ingest.page_optout import PageRules
 from clipcrawl.tasks.ingest.warc import cap_tags, is_html, page_links_from_html
 from clipcrawl.tasks.ingest.wat import (
     HTML_MARKER,
@@ -134,6 +137,7 @@ class _PairBuilder:
         self.pages: list[str] = []
         self.licenses: list[str | None] = []
         self.detector = LanguageDetector() if settings.detect_language else None
+        self.rules = PageRules.of(settings)
 
     def add(self, page: PageLinks) -> None:
         """Normalise one page's links; the loop is the per-link hot path."""
@@ -142,6 +146,8 @@ class _PairBuilder:
         escaped = page.escaped
         base = None  # resolved on the first relative src only: most srcs are already absolute
         seen, uids, urls, texts = self.seen, self.uids, self.urls, self.texts
+        # the page's opt-out or TDM reservation, if any: drops the links that would become pairs
+        withheld = self.rules.verdict(page) if page.metas or page.headers else None
         with_alt = kept = 0
         for src, alt in page.links:
             if alt is None:
@@ -169,6 +175,9 @@ class _PairBuilder:
                 if url is None:
                     drop(why)
                     continue
+            if withheld is not None:  # not `seen`: the same pair on a page that does not opt out is kept
+                drop(withheld)
+                continue
             uid = pair_uid(url, text)
             if uid in seen:
                 drop(PairStatus.DUPLICATE)
@@ -250,8 +259,9 @@ def _read_capped(record, cap: int) -> tuple[bytes, bool]:
     return (payload[:cap], True) if len(payload) > cap else (payload, False)
 
 
-def _page_of(record, stats: FileStats, cap: int) -> PageLinks | None:
-    """The raw links of one record, or None when it holds no page's img links.
+def _page_of(record, stats: FileStats, cap: int, rules: PageRules) -> PageLinks | None:
+    """The raw links of one record, or None when it holds no page's img links (with the meta tags and
+    response headers `rules` look at).
 
     Counts the record once: as an HTML page (`html_pages`) or as skipped with a reason; a record that
     cannot be read raises MalformedRecord (or anything else), which the caller counts as malformed.
@@ -272,7 +282,7 @@ def _page_of(record, stats: FileStats, cap: int) -> PageLinks | None:
                     return None
             stats.skip(RecordStatus.NOT_A_PAGE)
             return None
-        page = page_links_from_wat(payload)
+        page = page_links_from_wat(payload, rules.meta_names, rules.header_names)
         if page is None:
             stats.responses += RESPONSE_MARKER in payload
             stats.skip(RecordStatus.NOT_A_PAGE)
@@ -301,7 +311,11 @@ def _page_of(record, stats: FileStats, cap: int) -> PageLinks | None:
         if not page_url:
             raise MalformedRecord("response without WARC-Target-URI")
         payload, many_tags = cap_tags(payload)
-        page = page_links_from_html(page_url, status, payload, record.http_charset)
+        page = page_links_from_html(page_url, status, payload, record.http_charset, rules.meta_names)
+        if names := rules.header_names:  # names are case-insensitive; every repeated header counts
+            headers = tuple((key, v) for k, v in record.http_headers.astuples() if (key := k.strip().lower()) in names)
+            if headers:
+                page = page._replace(headers=headers)
         stats.html_pages += 1
         stats.truncated_pages += over or many_tags
         return page
@@ -337,7 +351,7 @@ def _iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterat
     except NotWarc as exc:
         raise ExtractError(str(exc)) from None
     builder = _PairBuilder(settings, stats)
-    batch_rows, cap = settings.batch_rows, settings.max_record_bytes
+    batch_rows, cap, rules = settings.batch_rows, settings.max_record_bytes, builder.rules
 
     def malformed(why: str) -> None:
         stats.malformed_records += 1
@@ -352,7 +366,7 @@ def _iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterat
         for record in records(stream, unparsable):
             stats.records += 1
             try:
-                page = _page_of(record, stats, cap)
+                page = _page_of(record, stats, cap, rules)
             except BaseException as exc:  # noqa: BLE001 - any record that cannot be read costs itself only
                 if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
                     raise

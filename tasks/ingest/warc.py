@@ -1,13 +1,22 @@
-"""The `<img>` links (and license candidates) of one WARC response record holding an HTML page (any charset)."""
+"""The `<img>` links (and license candidates, and the `<meta>` tags asked for) of one WARC response record holding
+an HTML page (any charset)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
-from clipcrawl.tasks.ingest.wat import LICENSE_MARKER, MalformedRecord, PageLinks, is_license_rel, relative_licenses
+from clipcrawl.tasks.ingest.wat import (
+    LICENSE_MARKER,
+    MAX_PAGE_METAS,
+    MalformedRecord,
+    PageLinks,
+    is_license_rel,
+    relative_licenses,
+)
 
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _SNIFF = re.compile(rb"^\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body|meta|title)[\s>]", re.I | re.S)
@@ -51,8 +60,16 @@ def decode_html(payload: bytes, http_charset: str | None) -> str:
         return bytes_to_str(payload, detect_encoding(payload))
 
 
-def page_links_from_html(page_url: str, status: int | None, payload: bytes, http_charset: str | None) -> PageLinks:
-    """Img tags (with a src attribute), the first <base href> and the license candidates of an HTML page."""
+def page_links_from_html(
+    page_url: str,
+    status: int | None,
+    payload: bytes,
+    http_charset: str | None,
+    meta_names: frozenset[str] = frozenset(),
+) -> PageLinks:
+    """Img tags (with a src attribute), the first <base href>, the license candidates of an HTML page, and its
+    <meta> tags (with a content attribute) whose name (else http-equiv), lowercased, is one of `meta_names`,
+    wherever they stand (as Common Crawl's WAT lists them), from the same parse tree: the first MAX_PAGE_METAS."""
     try:
         text = decode_html(payload, http_charset)
         tree = HTMLTree.parse(text)
@@ -69,7 +86,17 @@ def page_links_from_html(page_url: str, status: int | None, payload: bytes, http
     links = [(img.getattr("src"), img.getattr("alt")) for img in imgs if img.hasattr("src")]
     every = relative_licenses(page_url, base_href)
     license_links = _license_links(document, every) if every or LICENSE_MARKER in text else []
-    return PageLinks(page_url, base_href, status, links, False, license_links)
+    metas = ()
+    if meta_names:  # one more walk of the tree, in C (docs/ingest.md has its cost); few metas reach Python
+        named = (
+            (key, content)
+            for meta in document.get_elements_by_tag_name("meta").values()
+            if (name := meta.getattr("name") or meta.getattr("http-equiv")) is not None
+            and (key := name.strip().lower()) in meta_names
+            and (content := meta.getattr("content")) is not None
+        )
+        metas = tuple(itertools.islice(named, MAX_PAGE_METAS))
+    return PageLinks(page_url, base_href, status, links, False, license_links, metas)
 
 
 def _license_links(document, every: bool) -> list[tuple[str, str | None]]:

@@ -4,18 +4,27 @@ Path: Envelope -> Payload-Metadata -> HTTP-Response-Metadata -> HTML-Metadata ->
 Links with path "IMG@/src" are img tags; their "url" and "alt" are stored as written
 in the page (entities not decoded). License candidates are the `<link>` tags (Head.Link,
 path "LINK@/href") and the `<a>` tags (Links, path "A@/href"), each with its "rel" if any.
+The page's `<meta>` tags, wherever they stand in the page, are HTML-Metadata -> Head -> Metas
+(a list of {"name": ..., "content": ...}, or "property"/"http-equiv" in place of "name": a meta tag is
+named by its name, else its http-equiv), and its response headers HTTP-Response-Metadata -> Headers
+({name: value}, names as sent; a repeated header's values are a list): both are read only for the names
+a caller asks for (page opt-outs), at most MAX_PAGE_METAS of each per page.
 
 Speed: the JSON is decoded by msgspec into the few typed fields below; everything
-else (Container, headers, metas, the links' "text", ...) is validated and skipped
+else (Container, the links' "text", ...) is validated and skipped
 without building Python objects, faster than a full orjson.loads. Link fields
 stay `Any` so a link that is not an img may hold anything, as with a plain decode.
 Head.Link is kept undecoded (msgspec.Raw) and read only on pages that mention
 creativecommons.org: the license search costs the other pages one bytes search.
+Head.Metas and Headers are kept undecoded too, and decoded only when one of the names
+asked for appears in them (a bytes search of their lowercased text); Metas into typed entries
+(a generic decode only when an entry is no object).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, NamedTuple
 
 import msgspec
@@ -33,6 +42,9 @@ _LICENSE_MARKER = LICENSE_MARKER.encode()
 # tiny values (`[1,1,1,...]`, `[{},{},...]`) costs many times its size; a WAT record of a 1 MiB page has some
 # 10,000-100,000. Counted by their commas, before any parsing; a record over it is record_too_large.
 MAX_JSON_VALUES = 1_000_000
+# The <meta> tags and the header values, of the names asked for, collected from one page: a real page has a few;
+# one of 150,000 robots meta tags would cost its reader time for nothing (the first ones say what the page says).
+MAX_PAGE_METAS = 1_000
 
 
 class MalformedRecord(ValueError):
@@ -51,6 +63,10 @@ class PageLinks(NamedTuple):
     # that may resolve to creativecommons.org (see `relative_licenses`); [] when the page does not mention
     # it. <link> first: a WAT keeps them apart from the <a> tags, so their relative order is unknown.
     license_links: list[tuple[str, Any]]
+    # (name lowercased, content as written) of the <meta> tags whose name the caller asked for, in page order
+    metas: tuple[tuple[str, str], ...] = ()
+    # (name lowercased, value) of the response headers the caller asked for, in order (repeated ones each)
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def is_license_rel(rel: Any) -> bool:
@@ -72,9 +88,16 @@ class _Link(msgspec.Struct, gc=False):
     rel: Any = None
 
 
+class _Meta(msgspec.Struct, gc=False):
+    name: Any = None
+    http_equiv: Any = msgspec.field(default=None, name="http-equiv")
+    content: Any = None
+
+
 class _Head(msgspec.Struct, gc=False):
     Base: Any = None
     Link: msgspec.Raw = msgspec.Raw()
+    Metas: msgspec.Raw = msgspec.Raw()
 
 
 class _Html(msgspec.Struct, gc=False):
@@ -84,6 +107,7 @@ class _Html(msgspec.Struct, gc=False):
 
 class _Http(msgspec.Struct, gc=False):
     message: Any = msgspec.field(default=None, name="Response-Message")
+    headers: msgspec.Raw = msgspec.field(default=msgspec.Raw(), name="Headers")
     html: _Html | None = msgspec.field(default=None, name="HTML-Metadata")
 
 
@@ -106,6 +130,7 @@ class _Record(msgspec.Struct, gc=False):
 
 _DECODER = msgspec.json.Decoder(_Record)
 _HEAD_LINKS_DECODER = msgspec.json.Decoder(list[_Link])
+_METAS_DECODER = msgspec.json.Decoder(list[_Meta])
 
 
 def _status(message: Any) -> int | None:
@@ -115,8 +140,13 @@ def _status(message: Any) -> int | None:
         return None
 
 
-def page_links_from_wat(payload: bytes) -> PageLinks | None:
-    """The img links of a WAT record's JSON payload; None when it describes no HTML response."""
+def page_links_from_wat(
+    payload: bytes, meta_names: frozenset[str] = frozenset(), header_names: frozenset[str] = frozenset()
+) -> PageLinks | None:
+    """The img links of a WAT record's JSON payload; None when it describes no HTML response.
+
+    `meta_names` and `header_names` (lowercase): the <meta> tags and response headers to collect.
+    """
     try:
         envelope = _DECODER.decode(payload).Envelope
     except msgspec.ValidationError as exc:
@@ -140,7 +170,73 @@ def page_links_from_wat(payload: bytes) -> PageLinks | None:
     license_links = []
     if _LICENSE_MARKER in payload:
         license_links = _license_links(html, relative_licenses(page_url, base))
-    return PageLinks(page_url, base, _status(http.message), links, True, license_links)
+    metas = _named_metas(html.Head.Metas, meta_names) if meta_names and html.Head is not None else ()
+    headers = _named_headers(http.headers, header_names) if header_names else ()
+    return PageLinks(page_url, base, _status(http.message), links, True, license_links, metas, headers)
+
+
+@functools.cache
+def _encoded(names: frozenset[str]) -> tuple[bytes, ...]:
+    """The names to search for: one that holds another (x-robots-tag holds robots) is found by that one's search."""
+    return tuple(name.encode() for name in names if not any(other in name for other in names if other != name))
+
+
+def _mentions(raw: msgspec.Raw, names: frozenset[str]) -> bool:
+    """Whether a raw JSON value may hold one of `names` (lowercase ASCII): the cheap test before decoding it."""
+    if not raw:
+        return False
+    text = bytes(raw).lower()
+    return any(name in text for name in _encoded(names))
+
+
+def _decode_any(raw: msgspec.Raw) -> Any:
+    try:
+        return msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+
+
+def _decode_metas(raw: msgspec.Raw) -> list[_Meta]:
+    """Head.Metas as _Meta entries: typed (the common case, some 3x faster than a generic decode), else from a
+    generic decode, where an entry that is no object is none."""
+    try:
+        return _METAS_DECODER.decode(raw)
+    except (msgspec.DecodeError, RecursionError):  # ValidationError included: an entry that is no object
+        pass
+    metas = _decode_any(raw)
+    return [
+        _Meta(meta.get("name"), meta.get("http-equiv"), meta.get("content"))
+        for meta in (metas if isinstance(metas, list) else ())
+        if isinstance(meta, dict)
+    ]
+
+
+def _named_metas(raw: msgspec.Raw, names: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """PageLinks.metas from Head.Metas (the first MAX_PAGE_METAS); an entry of unexpected shape is none of them.
+    A meta tag is named by its name, else by its http-equiv (`<meta http-equiv="X-Robots-Tag" content="noai">`)."""
+    if not _mentions(raw, names):
+        return ()
+    out = []
+    for meta in _decode_metas(raw):
+        name = meta.name if meta.name is not None else meta.http_equiv
+        if type(name) is str and type(meta.content) is str and (key := name.strip().lower()) in names:
+            out.append((key, meta.content))
+            if len(out) == MAX_PAGE_METAS:
+                break
+    return tuple(out)
+
+
+def _named_headers(raw: msgspec.Raw, names: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """PageLinks.headers from HTTP-Response-Metadata.Headers (names case-insensitive, repeated values a list), the
+    first MAX_PAGE_METAS values."""
+    if not _mentions(raw, names):
+        return ()
+    headers = _decode_any(raw)
+    out = []
+    for name, value in headers.items() if isinstance(headers, dict) else ():
+        if (key := name.strip().lower()) in names:
+            out += [(key, v) for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
+    return tuple(out[:MAX_PAGE_METAS])
 
 
 def _license_links(html: _Html, every: bool) -> list[tuple[str, Any]]:

@@ -406,6 +406,17 @@ def languages(stats: dict) -> str:
     return table(["language", "pairs", "share", "", "kept", "% kept"], rows, "lrrlrr")
 
 
+def blocklists(stats: dict) -> str:
+    """Samples per known-bad list: counts and list names only, never an image, URL or caption."""
+    found = stats.get("blocklists") or {}
+    if not found:
+        return absent(stats, "download", "sample on a blocklist (or no list configured)")
+    total = sum(found.values())
+    rows = ([name, n, pct(n / total)] for name, n in found.items())
+    listed = note(f"{total} samples matched a list; nothing of them was written (status blocklisted)")
+    return listed + table(["list", "samples", "share"], rows, "lrr")
+
+
 def nsfw(stats: dict) -> str:
     found = stats.get("nsfw")
     if not found or not any(v["count"] for v in found.values()):
@@ -566,6 +577,7 @@ def render(stats: dict, thumbnail: Thumbnail) -> str:
         ("segments", "Funnel per crawl segment", segments(stats)),
         ("failures", "Drop and failure reasons per stage", failures(stats)),
         ("domains", "Domains", domains(stats)),
+        ("blocklists", "Blocklists", blocklists(stats)),
         ("similarity", "CLIP similarity", similarity(stats)),
         ("images", "Image sizes", images(stats)),
         ("captions", "Caption length", captions(stats)),

@@ -133,6 +133,7 @@ def _new_counts() -> dict:
         "languages": {},
         "nsfw": dict.fromkeys(NSFW_TAGS, 0),
         "ground_truth": {},
+        "blocklists": {},  # samples per known-bad list (names only: nothing of the images)
         "histograms": {name: [0] * (len(edges) - 1) for name, edges in EDGES.items()},
         "totals": dict.fromkeys(
             ("sent", "images", "caption_chars", "embedded", "similarity_sum", "not_in_manifest"), 0
@@ -271,6 +272,7 @@ def shard_summary(out: str, stem: str, settings: ReportSettings, ground_truth: s
     images, embeddings, dataset = layout.images_dir(out), layout.embeddings_dir(out), layout.dataset_dir(out)
     download = _json(layout.shard_stats(images, stem))
     key_segment = _count_downloads(layout.shard_parquet(images, stem), counts)
+    _add(counts["blocklists"], download.get("blocklisted_by_list") or {})
     summary = {
         "stem": stem,
         "counts": counts,
@@ -574,6 +576,7 @@ def build_stats(out: str, summaries: list[dict], settings: ReportSettings, groun
         "rates": _rates(funnel, counts, details),
         "stages_detail": details,
         "domains": _domains(counts["domains"], settings),
+        "blocklists": dict(sorted(counts["blocklists"].items(), key=lambda kv: (-kv[1], kv[0]))),
         **_distributions(counts, summaries),
         "samples": _samples(summaries, settings),
         "index": {

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from clipcrawl.tasks.core import layout
+from clipcrawl.tasks.core.uri import filesystem
 from clipcrawl.tasks.search.search import MODALITIES, NotFound, Searcher
 
 STATIC = Path(__file__).parent / "static"
@@ -33,6 +35,8 @@ THUMBNAIL_CACHE = "public, max-age=86400"
 TRUE, FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 SEARCHER = web.AppKey("searcher", Searcher)
+CHECKED = web.AppKey("index_checked", list)  # [time of the last check, index_infos.json's mtime, the Searcher]
+RELOAD_CHECK_SECONDS = 1.0
 SEARCH_POOL = web.AppKey("search_pool", ThreadPoolExecutor)
 THUMBNAIL_POOL = web.AppKey("thumbnail_pool", ThreadPoolExecutor)
 log = logging.getLogger(__name__)
@@ -130,7 +134,7 @@ async def _search(request: web.Request, query: dict) -> web.Response:
         raise BadRequest("give exactly one of text or image" + ("" if query["text"] is None else " (got both)"))
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
-    searcher = request.app[SEARCHER]
+    searcher = await current(request.app)
     try:
         results = await loop.run_in_executor(request.app[SEARCH_POOL], lambda: searcher.search(**query))
     except ValueError as exc:  # the Searcher's own checks: bad image bytes, empty text, ...
@@ -168,7 +172,7 @@ async def thumbnail(request: web.Request) -> web.Response:
     if not raw.isdigit():
         raise BadRequest(f"thumbnail id must be a non-negative integer, got {raw!r}")
     loop = asyncio.get_running_loop()
-    searcher = request.app[SEARCHER]
+    searcher = await current(request.app)
     try:
         data, mime = await loop.run_in_executor(request.app[THUMBNAIL_POOL], searcher.thumbnail, int(raw))
     except NotFound as exc:
@@ -177,7 +181,7 @@ async def thumbnail(request: web.Request) -> web.Response:
 
 
 async def info(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SEARCHER].info())
+    return web.json_response((await current(request.app)).info())
 
 
 async def page(request: web.Request) -> web.FileResponse:
@@ -200,10 +204,44 @@ async def json_errors(request: web.Request, handler):
         return _error(500, f"{type(exc).__name__}: {exc}")
 
 
+def infos_mtime(index_dir: str) -> float | str | None:
+    """When index_infos.json last changed (None where the filesystem does not say)."""
+    fs, path = filesystem(layout.index_infos(index_dir))
+    try:
+        info = fs.info(path)
+    except (OSError, ValueError):
+        return None
+    found = next((info[k] for k in ("mtime", "LastModified", "updated", "last_modified") if info.get(k)), None)
+    return found if isinstance(found, float | int) else (str(found) if found is not None else None)
+
+
+async def current(app: web.Application) -> Searcher:
+    """The app's Searcher, loaded again when index_infos.json changed (a takedown, an index add rewrote the
+    index: its last write): checked at most once a second; a failed load keeps the old one (logged)."""
+    now = time.monotonic()
+    searcher = app[CHECKED][2]
+    if now - app[CHECKED][0] < RELOAD_CHECK_SECONDS:
+        return searcher
+    app[CHECKED][0] = now
+    loop = asyncio.get_running_loop()
+    mtime = await loop.run_in_executor(app[SEARCH_POOL], infos_mtime, searcher.index_dir)
+    if mtime is None or mtime == app[CHECKED][1]:
+        return searcher
+    try:
+        fresh = await loop.run_in_executor(app[SEARCH_POOL], lambda: Searcher(searcher.index_dir, searcher._model))
+    except (OSError, ValueError) as exc:  # a writer half-way: the next check tries again
+        log.warning("index %s changed but did not load: %s", searcher.index_dir, exc)
+        return searcher
+    app[CHECKED][1:] = [mtime, fresh]  # the app is frozen once serving: the holder changes, not the app
+    log.info("index %s changed: reloaded (%d samples)", searcher.index_dir, fresh.count)
+    return fresh
+
+
 def make_app(searcher: Searcher, thumbnail_threads: int = 8) -> web.Application:
-    """The aiohttp application serving `searcher`."""
+    """The aiohttp application serving `searcher` (loaded again when its index changes, current())."""
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_UPLOAD)
     app[SEARCHER] = searcher
+    app[CHECKED] = [time.monotonic(), infos_mtime(searcher.index_dir), searcher]
     app[SEARCH_POOL] = ThreadPoolExecutor(1, thread_name_prefix="clipcrawl-search")
     app[THUMBNAIL_POOL] = ThreadPoolExecutor(thumbnail_threads, thread_name_prefix="clipcrawl-thumbnail")
 

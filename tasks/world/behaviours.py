@@ -4,9 +4,9 @@ Every behaviour a real image host shows a downloader is here once: slow and hang
 servers, 5xx and 429 that clear up or do not, 4xx, redirects and loops, dropped
 connections, lying Content-Type and Content-Length, endless and dripping bodies,
 truncated and bomb images, odd but valid formats, HTML and SVG where an image should
-be, X-Robots-Tag opt-outs, a robots.txt that disallows all, a host on a private
-address, a host that does not resolve, a host with a bad TLS certificate, and hostile
-responses built to exhaust a client's memory or time (giant headers, a gzip bomb,
+be, X-Robots-Tag opt-outs, TDMRep reservations (header and tdmrep.json, a broken one too), a robots.txt that
+disallows all, a host on a private address, a host that does not resolve, a host with a bad TLS certificate,
+and hostile responses built to exhaust a client's memory or time (giant headers, a gzip bomb,
 metadata floods and bombs in JPEG and PNG, a GIF of 10,000 frames).
 
 Image ids 0..len(RESERVED)-1 carry one behaviour each (order shuffled by seed) and are
@@ -55,6 +55,45 @@ NXDOMAIN_HOST = "nxdomain.world.invalid"  # .invalid never resolves (RFC 6761): 
 BADCERT_HOST = "badcert.world.test"  # https only: its certificate names another host
 NO_ROBOTS_HOST = "cdn.world.test"  # robots.txt is 404: everything allowed
 
+
+def page_host(site: int) -> str:
+    """The host of site `site`'s pages. The server answers it too: a downloader asks a page's origin for its
+    tdmrep.json before the images found on the page (404 here; TDM_PAGE_HOST's reserves its pages)."""
+    return f"www.site-{site}.world.test"
+
+
+# W3C TDMRep: TDM_HOST's /.well-known/tdmrep.json leaves its PNGs unreserved (first rule) and reserves the rest of
+# /images/ (second rule); BROKEN_TDM_HOST's is truncated JSON, which reserves nothing.
+TDM_HOST = "rights.world.test"
+BROKEN_TDM_HOST = "brokenrights.world.test"
+TDM_POLICY_URL = f"https://{TDM_HOST}/tdm-policy.json"
+TDMREP_RULES = [
+    {"location": "/images/*.png", "tdm-reservation": 0},
+    {"location": "/images/", "tdm-reservation": 1, "tdm-policy": TDM_POLICY_URL},
+]
+# A page host whose tdmrep.json reserves its pages (and so the pairs of the images found on them, wherever those are)
+TDM_PAGE_HOST = "reserved-pages.world.test"
+TDMREP_PAGE_RULES = [{"location": "/", "tdm-reservation": 1, "tdm-policy": TDM_POLICY_URL}]
+LISTED_DOMAIN = "listed.world.test"  # on the world's test domain list: its subdomains are blocked too
+LISTED_HOST = f"img.{LISTED_DOMAIN}"
+# The world's test blocklists (tasks/world/lists.py writes them under <world>/lists/): kind -> file name, and the
+# behaviour whose image each one lists.
+LIST_DIR = "lists"
+LIST_FILES = {
+    "md5": "test-md5.txt",
+    "sha256": "test-sha256.txt",
+    "pdq": "test-pdq.csv",
+    "url": "test-urls.txt",
+    "domain": "test-domains.txt",
+}
+LISTED = {
+    "md5_listed": "md5",
+    "sha256_listed": "sha256",
+    "pdq_listed": "pdq",
+    "url_listed": "url",
+    "domain_listed": "domain",
+}
+
 # What ImageServer.download_settings() changes from the defaults (besides resolve and the CA):
 # short timeouts so a download of a small world takes seconds, loopback exempt from the SSRF guard.
 # They keep a margin over the slow behaviours (6x SLOW_DELAY, one spare retry) because a loaded
@@ -79,6 +118,8 @@ class Behaviour:
     # Drawn for the few percent of images that misbehave at random: the hostile bodies are not, so that they show
     # once per world (on its showcase) instead of taking over the bytes and time of a benchmark world's download.
     at_random: bool = True
+    # page-level: the image is linked on a page of this host only (one per crawl file), not on the showcase
+    page_host: str | None = None
 
 
 BEHAVIOURS = {
@@ -129,6 +170,28 @@ BEHAVIOURS = {
         Behaviour("otherbot_noai_header", "the image with X-Robots-Tag: otherbot: noai, noimageai (not for us)"),
         Behaviour("ourbot_noai_header", f"the image with X-Robots-Tag: {OUR_TOKEN}: noimageai"),
         Behaviour("robots_disallowed", "linked on a host whose robots.txt disallows everything", host=CLOSED_HOST),
+        Behaviour("tdm_reserved_header", "the image with tdm-reservation: 1 and a tdm-policy header"),
+        Behaviour("tdm_unreserved_header", "the image with tdm-reservation: 0"),
+        Behaviour(
+            "tdm_reserved_file", f"a JPEG linked on {TDM_HOST}, whose tdmrep.json reserves it", "jpg", host=TDM_HOST
+        ),
+        Behaviour(
+            "tdm_unreserved_file",
+            f"a PNG linked on {TDM_HOST}, whose tdmrep.json leaves PNGs unreserved (its first rule)",
+            "png",
+            host=TDM_HOST,
+        ),
+        Behaviour(
+            "tdm_reserved_page_file",
+            f"the image, linked only on a page of {TDM_PAGE_HOST}, whose tdmrep.json reserves its pages",
+            at_random=False,
+            page_host=TDM_PAGE_HOST,
+        ),
+        Behaviour(
+            "tdm_broken_file",
+            f"linked on {BROKEN_TDM_HOST}, whose tdmrep.json is truncated JSON (reserves nothing)",
+            host=BROKEN_TDM_HOST,
+        ),
         Behaviour("blocked_address", f"linked on a host that resolves to {PRIVATE_ADDRESS}", host=PRIVATE_HOST),
         Behaviour("dns_error", "linked on a host that does not resolve", host=NXDOMAIN_HOST),
         Behaviour(
@@ -136,6 +199,20 @@ BEHAVIOURS = {
             "linked over https on a host whose certificate names another host",
             host=BADCERT_HOST,
             schemes=("https",),
+        ),
+        Behaviour("md5_listed", "the image; its MD5 is on the world's test MD5 list", at_random=False),
+        Behaviour("sha256_listed", "the image; its SHA-256 is on the world's test SHA-256 list", at_random=False),
+        Behaviour(
+            "pdq_listed",
+            "a textured JPEG; the PDQ of a resized, re-encoded copy (other bytes) is on the world's test PDQ list",
+            "jpg",
+            at_random=False,
+        ),
+        Behaviour("url_listed", "the image; its URLs are on the world's test URL list", at_random=False),
+        Behaviour(
+            "domain_listed",
+            f"linked on {LISTED_HOST}, a subdomain of {LISTED_DOMAIN} on the world's test domain list",
+            host=LISTED_HOST,
         ),
         Behaviour("huge_header_line", f"the image after a header line of {HEADER_LINE_BYTES} bytes", at_random=False),
         Behaviour("many_headers", f"the image after {MANY_HEADERS} header lines", at_random=False),
@@ -176,6 +253,7 @@ RESERVED = tuple(name for name in BEHAVIOURS if name != "ok")  # one image id ea
 RANDOM_SHARE = 0.06  # of the other images
 RANDOM_CHOICES = tuple(name for name in RESERVED if BEHAVIOURS[name].host is None and BEHAVIOURS[name].at_random)
 SPECIAL_HOSTS = {b.host: b.name for b in BEHAVIOURS.values() if b.host}
+PAGE_LEVEL = tuple(b.name for b in BEHAVIOURS.values() if b.page_host)  # linked on their page host's page only
 # Behaviours whose response is a decodable image (then image checks apply).
 _IMAGE_LIKE = {
     "ok",
@@ -196,12 +274,19 @@ _IMAGE_LIKE = {
     "otherbot_noai_header",
     "ourbot_noai_header",
     "robots_disallowed",
+    "tdm_reserved_header",
+    "tdm_unreserved_header",
+    "tdm_reserved_file",
+    "tdm_unreserved_file",
+    "tdm_reserved_page_file",
+    "tdm_broken_file",
     "pixel_bomb",
     "tiny_image",
     "jpeg_icc_bomb",
     "jpeg_metadata_flood",
     "png_metadata_bomb",
     "gif_many_frames",
+    *LISTED,
 }
 FIXED_SIZES = {"tiny_image": TINY_SIZE, "small_pixels": SMALL_PIXELS_SIZE, "panorama": PANORAMA_SIZE}
 
@@ -247,6 +332,12 @@ def _image_checks(size: tuple[int, int], s) -> S:
     return S.SUCCESS
 
 
+def listed(kind: str, s) -> bool:
+    """Whether settings `s` use the world's test list of `kind` (a blocklists entry naming its file)."""
+    tail = f"{LIST_DIR}/{LIST_FILES[kind]}"
+    return any(e.startswith(f"{kind}:") and e.replace("\\", "/").endswith(tail) for e in s.blocklists)
+
+
 def _allowed(address: str, s) -> bool:
     return any(ipaddress.ip_address(address) in ipaddress.ip_network(net, strict=False) for net in s.allow_addresses)
 
@@ -260,14 +351,20 @@ def expected_status(behaviour: str, size: tuple[int, int], s) -> S:
     and STREAM_CAP.
     """
     b = behaviour
+    if LISTED.get(b) in ("url", "domain") and listed(LISTED[b], s):
+        return S.BLOCKLISTED  # decided before any request
     if b == "dns_error":
         return S.DNS_ERROR
     if b == "blocked_address":
         return S.CONNECTION_ERROR if _allowed(PRIVATE_ADDRESS, s) else S.BLOCKED_ADDRESS
     if b == "bad_certificate":
         return S.CONNECTION_ERROR
-    if b == "robots_disallowed" and s.respect_robots:
+    if b == "robots_disallowed" and s.consent.respect_robots:
         return S.ROBOTS_DISALLOWED
+    if b == "tdm_reserved_file" and s.consent.respect_tdm_reservation:
+        return S.TDM_RESERVED_FILE  # decided before the image is requested
+    if b == "tdm_reserved_page_file" and s.consent.respect_tdm_reservation:
+        return S.TDM_RESERVED_PAGE_FILE  # decided before the image is requested
     fixed = {
         "error_500": S.HTTP_5XX,
         "not_found": S.HTTP_4XX,
@@ -302,10 +399,14 @@ def expected_status(behaviour: str, size: tuple[int, int], s) -> S:
         return S.HTTP_4XX
     if b == "redirect" and s.max_redirects < 1:
         return S.TOO_MANY_REDIRECTS
-    if s.respect_optouts and (
-        b == "noai_header" or (b == "ourbot_noai_header" and s.user_agent_token.lower() == OUR_TOKEN)
+    if s.consent.respect_optouts and (
+        b == "noai_header" or (b == "ourbot_noai_header" and s.consent.user_agent_token.lower() == OUR_TOKEN)
     ):
         return S.OPT_OUT_HEADER
+    if b == "tdm_reserved_header" and s.consent.respect_tdm_reservation:
+        return S.TDM_RESERVED_HEADER
     if b == "tiny_image" and s.min_bytes > TINY_MAX_BYTES:
         return S.TOO_SMALL_BYTES
+    if LISTED.get(b) in ("md5", "sha256", "pdq") and listed(LISTED[b], s):
+        return S.BLOCKLISTED  # decided on the body (MD5, SHA-256) or its decoded pixels (PDQ), before the resize
     return _image_checks(size, s)

@@ -2,7 +2,8 @@
 
 Fetches are mostly HTML pages; some are images, PDFs, JSON, redirects, or requests that
 never got a response, as in real crawls. Page 0 of every file shows every `<img>` case,
-page 1 has a `<base href>`, pages 2-6 are one of each non-HTML kind.
+page 1 has a `<base href>`, pages 2-6 are one of each non-HTML kind. After them come one
+page of each page-level opt-out and TDM reservation (page_optouts.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from datetime import datetime, timedelta
 from warcio.statusandheaders import StatusAndHeaders
 
 from clipcrawl.tasks.core.uri import atomic_write
-from clipcrawl.tasks.world.pages import Occurrence, PageBuilder, SharedPair
+from clipcrawl.tasks.world.behaviours import PAGE_LEVEL
+from clipcrawl.tasks.world.page_optouts import PAGE_OPT_OUTS
+from clipcrawl.tasks.world.pages import Occurrence, Page, PageBuilder, SharedPair
 from clipcrawl.tasks.world.records import (
     Record,
     RecordWriter,
@@ -218,21 +221,25 @@ def write_crawl_file(fs: FileSpec, warc_path: str | None, wat_path: str, shared:
         wat_out = stack.enter_context(atomic_write(wat_path))
         out = _FileWriter(fs, warc_out, wat_out)
         out.warcinfo()
+
+        def html_fetch(page: Page, when: datetime, fetch_ms: str, headers: dict | None = None) -> None:
+            body = page.html.encode(page.charset)
+            meta = (
+                f"{fetch_ms}charset-detected: {page.charset.upper()}\r\n"
+                f'languages-cld2: {{"reliable":true,"languages":[{{"code":"{page.language}",'
+                f'"name":"{CLD2[page.language]}","text-covered":0.97}}]}}\r\n'
+            )
+            html_meta = {"Head": page.head, "Links": page.links}
+            out.fetch(page.url, when, _response(page.content_type, body, when, extra=headers), html_meta, meta)
+            occurrences.extend(page.images)
+
         for i in range(fs.pages):
             when = fs.start + timedelta(seconds=2 * i)
             kind = FORCED_KINDS.get(i) or rng.choices(list(FETCH_KINDS), list(FETCH_KINDS.values()))[0]
             fetch_ms = f"fetchTimeMs: {rng.randint(20, 3000)}\r\n"
             if kind == "html" or i < 2:
                 page = builder.page(f"{fs.index:05d}-{i:05d}", showcase=i == 0, with_base=True if i == 1 else None)
-                body = page.html.encode(page.charset)
-                meta = (
-                    f"{fetch_ms}charset-detected: {page.charset.upper()}\r\n"
-                    f'languages-cld2: {{"reliable":true,"languages":[{{"code":"{page.language}",'
-                    f'"name":"{CLD2[page.language]}","text-covered":0.97}}]}}\r\n'
-                )
-                html_meta = {"Head": page.head, "Links": page.links}
-                out.fetch(page.url, when, _response(page.content_type, body, when), html_meta, meta)
-                occurrences.extend(page.images)
+                html_fetch(page, when, fetch_ms)
                 continue
             site = rng.randrange(fs.sites)
             base = f"http://www.site-{site}.world.test"
@@ -265,4 +272,18 @@ def write_crawl_file(fs: FileSpec, warc_path: str | None, wat_path: str, shared:
                 )
             else:
                 out.fetch(f"{base}/timeout/{i}.html", when, None, None, "")
+        # their own draws: the file's other pages stay as they were; a few img tags each, so each kind has pairs
+        optout_rng = random.Random(f"page-optouts:{fs.seed}:{fs.index}")
+        optout_builder = PageBuilder(fs.seed, fs.sites, fs.images, shared, optout_rng, fs.links_per_page, (4, 8))
+        for j, optout in enumerate(PAGE_OPT_OUTS):
+            page = optout_builder.page(f"{fs.index:05d}-{optout.name}", optout=optout)
+            when = fs.start + timedelta(seconds=2 * (fs.pages + j))
+            html_fetch(page, when, f"fetchTimeMs: {optout_rng.randint(20, 3000)}\r\n", dict(optout.headers))
+        # a page of each page-level behaviour, on its page host: its image and no other (their status is the page's)
+        page_rng = random.Random(f"page-level:{fs.seed}:{fs.index}")
+        page_builder = PageBuilder(fs.seed, fs.sites, fs.images, shared, page_rng, fs.links_per_page, (0, 0))
+        for j, behaviour in enumerate(PAGE_LEVEL):
+            page = page_builder.page(f"{fs.index:05d}-{behaviour}", behaviour=behaviour)
+            when = fs.start + timedelta(seconds=2 * (fs.pages + len(PAGE_OPT_OUTS) + j))
+            html_fetch(page, when, f"fetchTimeMs: {page_rng.randint(20, 3000)}\r\n")
     return occurrences

@@ -5,6 +5,7 @@ Layout under `root`:
     crawl-data/<ID>/{segment,warc,wat}.paths.gz
     crawl-data/<ID>/segments/<segment>/{warc,wat}/CC-MAIN-<ts>-<ts>-<nnnnn>.warc[.wat].gz
     manifest/pairs.parquet, manifest/images.parquet
+    lists/test-{md5,sha256,urls,domains}.txt, lists/test-pdq.csv   (the test blocklists, tasks/world/lists.py)
     world.json   (written last: its presence with the same spec means the world is complete)
 """
 
@@ -26,12 +27,21 @@ import pyarrow.parquet as pq
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import PairStatus
 from clipcrawl.tasks.core.uri import atomic_write
-from clipcrawl.tasks.world.behaviours import RESERVED, TEST_SETTINGS, expected_status, served_size
+from clipcrawl.tasks.world.behaviours import (
+    BEHAVIOURS,
+    PAGE_LEVEL,
+    RESERVED,
+    TEST_SETTINGS,
+    expected_status,
+    page_host,
+    served_size,
+)
 from clipcrawl.tasks.world.crawlfile import FileSpec, write_crawl_file
+from clipcrawl.tasks.world.lists import world_blocklists, write_test_lists
 from clipcrawl.tasks.world.pages import Occurrence, shared_pairs
 from clipcrawl.tasks.world.scenes import describe, image_spec
 
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 7
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,12 @@ class World:
     def image_hosts(self) -> list[str]:
         return self.info["image_hosts"]
 
+    @property
+    def page_hosts(self) -> list[str]:
+        return [page_host(site) for site in range(self.info["spec"]["sites"])] + [
+            BEHAVIOURS[b].page_host for b in PAGE_LEVEL
+        ]
+
 
 def crawl_start(crawl_id: str) -> datetime:
     """CC-MAIN-YYYY-WW: the Monday of ISO week WW."""
@@ -183,14 +199,15 @@ def _write_parquet(path: str, table: pa.Table) -> None:
         pq.write_table(table, f, compression="zstd")
 
 
-def ground_truth_settings() -> DownloadSettings:
-    """ImageServer.download_settings() less what depends on the running server (ports, CA file)."""
-    return DownloadSettings(**TEST_SETTINGS)
+def ground_truth_settings(root: str | None = None) -> DownloadSettings:
+    """ImageServer.download_settings() less what depends on the running server (ports, CA file); with the test
+    blocklists of the world at `root`, as the server's settings have them."""
+    return DownloadSettings(**TEST_SETTINGS, blocklists=world_blocklists(root) if root else [])
 
 
-def _images_table(spec: WorldSpec, urls_by_image: dict[int, set[str]]) -> pa.Table:
+def _images_table(root: str, spec: WorldSpec, urls_by_image: dict[int, set[str]]) -> pa.Table:
     rows = []
-    settings = ground_truth_settings()
+    settings = ground_truth_settings(root)
     for image_id in sorted(urls_by_image):
         im = image_spec(spec.seed, image_id)
         size = served_size(im.behaviour, im.width, im.height)
@@ -254,7 +271,8 @@ def generate_world(root: str, spec: WorldSpec = WorldSpec(), workers: int = 1, f
     crawl_dir = os.path.join(root, "crawl-data", spec.crawl_id)
     os.makedirs(os.path.join(root, "manifest"), exist_ok=True)
     _write_parquet(os.path.join(root, "manifest", "pairs.parquet"), pairs)
-    _write_parquet(os.path.join(root, "manifest", "images.parquet"), _images_table(spec, urls_by_image))
+    write_test_lists(root, spec.seed, urls_by_image)
+    _write_parquet(os.path.join(root, "manifest", "images.parquet"), _images_table(root, spec, urls_by_image))
     segments = sorted({fs.segment for fs in files})
     _write_paths(
         os.path.join(crawl_dir, "segment.paths.gz"), [f"crawl-data/{spec.crawl_id}/segments/{s}" for s in segments]

@@ -7,12 +7,14 @@ WARC-based extractor (parsing the HTML) and a WAT-based one see the same `<img>`
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
 from clipcrawl.tasks.core.status import PairStatus
-from clipcrawl.tasks.world.behaviours import BEHAVIOURS, reserved_images, unreserved
+from clipcrawl.tasks.world.behaviours import BEHAVIOURS, PAGE_LEVEL, page_host, reserved_images, unreserved
 from clipcrawl.tasks.world.captions import ALT_CASES, Alt, make_alt, pick_alt_case
+from clipcrawl.tasks.world.page_optouts import PageOptOut
 from clipcrawl.tasks.world.scenes import image_spec
 from clipcrawl.tasks.world.srcs import BAD_SRC_STATUS, SRC_CASES, Resolver, make_src, pick_src_case
 
@@ -208,16 +210,28 @@ class PageBuilder:
         self.seed, self.sites, self.images, self.shared, self.rng = seed, sites, images, shared, rng
         self.links_per_page, self.images_per_page = links_per_page, images_per_page
 
-    def page(self, url_id: str, showcase: bool = False, with_base: bool | None = None) -> Page:
+    def page(
+        self,
+        url_id: str,
+        showcase: bool = False,
+        with_base: bool | None = None,
+        optout: PageOptOut | None = None,
+        behaviour: str | None = None,
+    ) -> Page:
+        """`optout`: the page's meta tags say it (its headers are the response's, crawlfile.py), and its img links
+        that would be kept get the opt-out's status. `behaviour`: a page-level behaviour's page, on its page host,
+        linking that behaviour's image (and, with images_per_page (0, 0), no other)."""
         rng = self.rng
         site = rng.randrange(self.sites)
-        charset = "utf-8" if showcase else rng.choices(list(CHARSETS), [w for _, w in CHARSETS.values()])[0]
+        charset = (
+            "utf-8" if showcase or behaviour else rng.choices(list(CHARSETS), [w for _, w in CHARSETS.values()])[0]
+        )
         language = CHARSETS[charset][0]
         if charset == "iso-8859-1":
             language = rng.choice(LATIN1_LANGS)
         declared = rng.choice(DECLARATIONS)
         scheme = rng.choice(("http", "https"))
-        host = f"www.site-{site}.world.test"
+        host = BEHAVIOURS[behaviour].page_host if behaviour else page_host(site)
         directory = f"/{rng.choice(SECTIONS)}/{rng.randint(2015, 2099)}/"
         page = Page(f"{scheme}://{host}{directory}{url_id}.html", charset, declared, language)
         resolver = Resolver(scheme, host, directory)
@@ -225,7 +239,16 @@ class PageBuilder:
         if with_base if with_base is not None else rng.random() < 0.08:
             base = f"http://static.site-{site}.world.test/assets/v{rng.randint(1, 9)}/"
             resolver = Resolver("http", f"static.site-{site}.world.test", base.split(".test", 1)[1])
-        self._fill(page, site, resolver, base, showcase)
+        self._fill(page, site, resolver, base, showcase, optout, behaviour)
+        if optout is not None:
+            page.images = [
+                dataclasses.replace(
+                    o,
+                    status=str(optout.status) if optout.status and o.status == PairStatus.KEPT else o.status,
+                    case=f"{o.case}+page_{optout.name}",
+                )
+                for o in page.images
+            ]
         return page
 
     def _img_cases(self, showcase: bool) -> list[tuple[str, str]]:
@@ -241,7 +264,16 @@ class PageBuilder:
             cases.append((src_case, "caption" if src_case in BAD_SRC_STATUS else pick_alt_case(rng)))
         return cases
 
-    def _fill(self, page: Page, site: int, res: Resolver, base: str | None, showcase: bool) -> None:
+    def _fill(
+        self,
+        page: Page,
+        site: int,
+        res: Resolver,
+        base: str | None,
+        showcase: bool,
+        optout: PageOptOut | None = None,
+        behaviour: str | None = None,
+    ) -> None:
         rng, cs, lang = self.rng, page.charset, page.language
         licenses = license_links(rng, res.scheme)
         page.license, page.license_case = licenses.url, licenses.case
@@ -259,6 +291,9 @@ class PageBuilder:
             head.append(f'<base href="{base}">\n')
         head.append('<meta name="viewport" content="width=device-width, initial-scale=1">\n')
         metas.append({"name": "viewport", "content": "width=device-width, initial-scale=1"})
+        for meta in optout.metas if optout else ():
+            head.append(f'<meta name="{meta["name"]}" content="{meta["content"]}">\n')
+            metas.append(dict(meta))
         link = [
             {"path": "LINK@/href", "url": "/static/site.css", "rel": "stylesheet"},
             {"path": "LINK@/href", "url": "/favicon.ico", "rel": "icon"},
@@ -300,10 +335,11 @@ class PageBuilder:
                 self._img(page, site, res, *next(case_iter), body, links)
             else:
                 self._shared(page, rng.choice(self.shared), body, links)
-        if showcase:
-            for image_id, behaviour in reserved_images(self.seed):
-                for scheme in BEHAVIOURS[behaviour].schemes:
-                    self._behaviour_img(page, image_id, behaviour, scheme, body, links)
+        for image_id, shown in reserved_images(self.seed):
+            # the showcase links every behaviour but the page-level ones, which a page of their own links
+            if shown == behaviour or (showcase and shown not in PAGE_LEVEL):
+                for scheme in BEHAVIOURS[shown].schemes:
+                    self._behaviour_img(page, image_id, shown, scheme, body, links)
         footer = [{"path": "A@/href", "url": "/impressum.html", "text": "Impressum"}] + licenses.footer
         body.append(f"</article>\n<footer>{' | '.join(anchor(e) for e in footer)}</footer>\n</body>\n</html>\n")
         links += footer

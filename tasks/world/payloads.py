@@ -29,6 +29,7 @@ from clipcrawl.tasks.world.behaviours import (
 from clipcrawl.tasks.world.scenes import COLOURS, encode_image, image_spec, render_image, render_scene
 
 MIB = 1 << 20
+TEXTURE_CELLS = 24  # textured_jpeg's random cells per side
 Runs = list[tuple[bytes, int]]  # a body as (bytes, times) runs, written in turn
 
 
@@ -116,6 +117,15 @@ def small_pixels(seed: int, image_id: int) -> bytes:
     return _save(_rendered(seed, image_id), "PNG", pnginfo=info)
 
 
+def textured_jpeg(seed: int, image_id: int) -> bytes:
+    """The scene over a fine random texture: detail like a photo's, so that its PDQ hash is of full quality (a flat
+    synthetic scene's is not: PDQ ignores featureless images) and stable under a resize and re-encode."""
+    img = _rendered(seed, image_id)
+    side = TEXTURE_CELLS
+    noise = Image.frombytes("RGB", (side, side), random.Random(f"texture:{seed}:{image_id}").randbytes(side * side * 3))
+    return _save(Image.blend(img, noise.resize(img.size, Image.Resampling.BICUBIC), 0.6), "JPEG", quality=90)
+
+
 def svg_document(seed: int, image_id: int) -> bytes:
     spec = image_spec(seed, image_id)
     rng = random.Random(f"svg:{seed}:{image_id}")
@@ -163,6 +173,7 @@ BODIES = {
     "html_as_jpeg": html_page,
     "empty_body": lambda seed, image_id: b"",
     "pixel_bomb": lambda seed, image_id: pixel_bomb(),
+    "pdq_listed": textured_jpeg,
 }
 
 

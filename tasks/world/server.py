@@ -29,6 +29,7 @@ import trustme
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.world import behaviours as bh
+from clipcrawl.tasks.world.lists import world_blocklists
 from clipcrawl.tasks.world.payloads import BODIES, HOSTILE, Runs, body, header_flood, stream_chunk
 
 IMAGE_PATH = re.compile(r"/(\d{6})\.(jpg|png|webp|gif)$")
@@ -45,6 +46,15 @@ STATUS_BODIES = {
 }
 WARM_LIMIT = 4096  # bodies rendered before serving (a small world has ~300): see ImageServer.start
 WRITE_BLOCK = 64 * 1024  # runs of small pieces go out in writes of about this size
+TDM_HEADERS = {
+    "tdm_reserved_header": {"tdm-reservation": "1", "tdm-policy": bh.TDM_POLICY_URL},
+    "tdm_unreserved_header": {"tdm-reservation": "0"},
+}
+TDMREP = {  # host -> its /.well-known/tdmrep.json (other hosts: 404)
+    bh.TDM_HOST: orjson.dumps(bh.TDMREP_RULES),
+    bh.BROKEN_TDM_HOST: orjson.dumps(bh.TDMREP_RULES)[:-20],  # cut off mid-rule: no JSON, no reservation
+    bh.TDM_PAGE_HOST: orjson.dumps(bh.TDMREP_PAGE_RULES),
+}
 X_ROBOTS = {
     "noai_header": "noai",
     "otherbot_noai_header": "otherbot: noai, noimageai",
@@ -162,6 +172,8 @@ class _Handler(BaseHTTPRequestHandler):
             if host == bh.NO_ROBOTS_HOST:
                 return self._status(404)
             return self._send(200, ROBOTS_CLOSED if host == bh.CLOSED_HOST else ROBOTS)
+        if path == "/.well-known/tdmrep.json" and host in TDMREP:
+            return self._send(200, TDMREP[host], "application/json")
         m = IMAGE_PATH.search(path)
         behaviour = world.behaviours.get(int(m.group(1))) if m else None
         if behaviour is None:
@@ -206,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
         if b in ("huge_header_line", "many_headers"):
             return self._send_header_flood(CONTENT_TYPES[fmt], header_flood(b), world.body(image_id, "ok", fmt))
         ctype = {"text_plain": "text/plain", "octet_stream": "application/octet-stream"}.get(b, CONTENT_TYPES[fmt])
-        headers = {"X-Robots-Tag": X_ROBOTS[b]} if b in X_ROBOTS else None
+        headers = {"X-Robots-Tag": X_ROBOTS[b]} if b in X_ROBOTS else TDM_HEADERS.get(b)
         self._send(200, world.body(image_id, b, fmt), ctype, headers)
 
 
@@ -315,7 +327,13 @@ class ImageServer:
             }
         )[:WARM_LIMIT]
         self.host = host
-        self.hosts = sorted(info["image_hosts"])
+        self.root = root
+        # the pages' hosts too: their tdmrep.json is asked before the images found on their pages
+        pages = {
+            *(bh.page_host(i) for i in range(info["spec"]["sites"])),
+            *(bh.BEHAVIOURS[b].page_host for b in bh.PAGE_LEVEL),
+        }
+        self.hosts = sorted({*info["image_hosts"], *pages})
         self._world = _World(info["spec"]["seed"], set(self.hosts), behaviours)
         self._ca = trustme.CA(organization_name="clipcrawl synthetic world")
         self._tmp = tempfile.mkdtemp(prefix="world-ca-")
@@ -370,10 +388,17 @@ class ImageServer:
     def download_settings(self, **overrides) -> DownloadSettings:
         """Settings that reach this server (resolve, CA, loopback allowed) with short test timeouts.
 
-        `World.expected_downloads()` is the ground truth for these settings (without overrides).
+        `World.expected_downloads()` is the ground truth for these settings (without overrides); they use the
+        world's test blocklists (tasks/world/lists.py).
         """
         return DownloadSettings(
-            **{**bh.TEST_SETTINGS, "resolve": self.resolve, "ca_bundle": self.ca_pem_path, **overrides}
+            **{
+                **bh.TEST_SETTINGS,
+                "resolve": self.resolve,
+                "ca_bundle": self.ca_pem_path,
+                "blocklists": world_blocklists(self.root),
+                **overrides,
+            }
         )
 
     def start(self, warm: bool = True) -> ImageServer:
