@@ -167,8 +167,15 @@ clipcrawl ingest --crawl CC-MAIN-2024-10 --source s3://commoncrawl --segments 4 
         sub,
         "download",
         "OUT/pairs/ -> OUT/images/ webdataset shards",
-        "clipcrawl download --pairs ./run/pairs --out ./run --image-size 384 --resize-mode center_crop",
-        ("--pairs", "directory of pair parquet files (or one parquet file)"),
+        """
+clipcrawl download --pairs ./run/pairs --out ./run --image-size 384 --resize-mode center_crop
+clipcrawl download --pairs ./laion400m-meta --out ./laion --save-additional-columns NSFW similarity
+clipcrawl download --pairs urls.tsv.gz --out ./cc3m --url-col url --caption-col caption""",
+        (
+            "--pairs",
+            "pair parquet files, or img2dataset's inputs (txt, csv, tsv, tsv.gz, json, jsonl, parquet): "
+            "one file or a folder of them, local or remote",
+        ),
         "shards go to OUT/images/",
     )
     options.add_options(download, "consent")

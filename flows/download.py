@@ -8,7 +8,7 @@ from prefect.tasks import exponential_backoff
 from clipcrawl.flows.artifacts import publish_stage
 from clipcrawl.flows.runner import cpu_work, gather, result_storage, stopwatch, task_runner
 from clipcrawl.tasks.core.config import DownloadSettings
-from clipcrawl.tasks.core.layout import images_dir, summary_file
+from clipcrawl.tasks.core.layout import images_dir, inputs_staging, summary_file
 from clipcrawl.tasks.core.stats import run_label
 from clipcrawl.tasks.core.uri import write_json
 from clipcrawl.tasks.download.shards import plan_download
@@ -23,11 +23,12 @@ class DownloadFailed(RuntimeError):
 def download_images(
     pairs: str, out: str, settings: DownloadSettings = DownloadSettings(), results: str | None = None
 ) -> dict:
-    """Download the images of OUT/pairs/ (or any parquet with url and text columns) into OUT/images/."""
+    """Download the images of OUT/pairs/ (or img2dataset's inputs: txt, csv, tsv, json, jsonl, parquet files,
+    docs/download.md "Inputs") into OUT/images/."""
     logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
-    inputs, specs = plan_download(pairs, settings.shard_size)
+    inputs, specs = plan_download(pairs, settings.shard_size, settings, inputs_staging(out))
     logger.info(
-        "downloading %d shards of up to %d samples from %d pair files", len(specs), settings.shard_size, len(inputs)
+        "downloading %d shards of up to %d samples from %d input files", len(specs), settings.shard_size, len(inputs)
     )
     download = download_shard_task.with_options(
         retries=2,

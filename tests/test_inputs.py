@@ -36,14 +36,6 @@ WRONG = {
         lambda out, world: pairs_files(str(out)),
         lambda out: ["no pairs in", str(out), "*.parquet", f"{out}/pairs/"],
     ),
-    "download: clipcrawl's dataset part (URL, TEXT)": (
-        lambda out, world: plan_shards([str(first(out / "dataset", "part-*.parquet"))], 100),
-        lambda out: [
-            str(first(out / "dataset", "part-*.parquet")),
-            "missing column url, text/caption",
-            "has SAMPLE_ID, URL, TEXT",
-        ],
-    ),
     "report: the pairs folder, not the run folder": (
         lambda out, world: collect(str(out / "pairs"), ReportSettings()),
         lambda out: ["no run in", f"{out}/pairs", "pairs/, images/, dataset/ and index/"],
@@ -66,11 +58,24 @@ def test_wrong_input_fails_its_planning_with_one_line(pipeline, small_world, cas
     assert not is_transient(raised.value)
 
 
+def test_a_dataset_is_downloaded_again_from_its_dataset_folder(pipeline, small_world, tmp_path):
+    out = pipeline[0]
+    dataset = pa.concat_tables(pq.read_table(p) for p in sorted((out / "dataset").glob("part-*.parquet")))
+    files, specs = plan_download(str(out / "dataset"), 10)  # URL, TEXT: the LAION columns
+    assert files == [str(p) for p in sorted((out / "dataset").glob("part-*.parquet"))]
+    rows = pa.concat_tables(read_shard_rows(spec) for spec in specs)
+    assert rows["url"].to_pylist() == dataset["URL"].to_pylist()
+    assert rows["text"].to_pylist() == dataset["TEXT"].to_pylist()
+    with ImageServer(small_world.root) as server:
+        stats = download_shard(specs[0], str(tmp_path), server.download_settings(image_threads=1))
+    assert stats["count"] == specs[0].num_rows and stats["successes"] > 0, stats
+
+
 def test_download_of_pairs_files_holding_no_rows_fails_with_one_line(tmp_path):
     # what ingest publishes for a file without a single pair: the pairs schema, no rows
     for name in ("a", "b"):
         pq.write_table(PAIRS_SCHEMA.empty_table(), tmp_path / f"{name}.parquet")
-    with pytest.raises(InputError, match=r"no pairs in .*: its 2 parquet file\(s\) hold no rows"):
+    with pytest.raises(InputError, match=r"no pairs in .*: its 2 file\(s\) hold no rows"):
         plan_download(str(tmp_path), 100)
 
 
@@ -86,10 +91,11 @@ def test_an_input_error_is_never_transient_whatever_it_was_found_under():
 
 def test_cli_wrong_input_exits_with_one_line_and_no_retry(dask_address, pipeline, tmp_path, caplog):
     out = pipeline[0]
-    part = first(out / "dataset", "part-*.parquet")
+    links = tmp_path / "links.parquet"  # img2dataset-style input whose URL column has another name
+    pq.write_table(pa.table({"link": ["http://127.0.0.1/a.jpg"], "caption": ["a"]}), links)
     runs = [  # (command, its flow, what the line names)
         (["download", "--pairs", str(out)], "download_images", ["no pairs in", "*.parquet"]),
-        (["download", "--pairs", str(part)], "download_images", [str(part), "url", "URL, TEXT"]),
+        (["download", "--pairs", str(links)], "download_images", [str(links), "missing column url", "link, caption"]),
         (["index", "--embeddings", str(out / "pairs")], "build_index", ["no embeddings under", f"{out}/pairs"]),
     ]
     for i, (command, flow, named) in enumerate(runs):

@@ -230,10 +230,12 @@ def test_bad_rows_are_refused(tmp_path):
 def test_webp_extension(tmp_path):
     settings = DownloadSettings(image_size=32, encode_format="webp")
     with ShardWriter(str(tmp_path), 1, settings) as writer:
-        writer.add({"key": sample_key(1, 0), "uid": 1, "url": "u", "text": None}, process_image(jpeg(), settings))
+        writer.add({"key": sample_key(1, 0), "uid": 1, "url": "u", "text": "a cat"}, process_image(jpeg(), settings))
+        writer.add({"key": sample_key(1, 1), "uid": 2, "url": "v", "text": None}, process_image(jpeg(), settings))
     with tarfile.open(tmp_path / "images" / "00001.tar") as tar:
-        assert sorted(tar.getnames()) == ["000010000.json", "000010000.txt", "000010000.webp"]
-        assert tar.extractfile("000010000.txt").read() == b""
+        names = ["000010000.json", "000010000.txt", "000010000.webp", "000010001.json", "000010001.webp"]
+        assert sorted(tar.getnames()) == names  # no caption, no .txt (img2dataset's layout)
+        assert tar.extractfile("000010000.txt").read() == b"a cat"
 
 
 def test_s3_output_is_spooled_and_published_on_close(s3_endpoint, tmp_path):

@@ -136,6 +136,26 @@ class DownloadSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     shard_size: int = Field(10_000, ge=1, description="Samples per shard (one task each).")
+    # inputs (img2dataset's options; docs/download.md "Inputs")
+    input_format: Literal["auto", "txt", "csv", "csv.gz", "tsv", "tsv.gz", "json", "jsonl", "parquet"] = Field(
+        "auto",
+        description="Format of the input files: auto takes it from each file's suffix (in a folder: its *.parquet "
+        "if any, else the one other format it holds); txt is one URL a line, json an array of objects.",
+    )
+    url_col: str = Field(
+        "url",
+        description="Column of the image URLs. Left at url, a file without url but with URL (LAION's metadata, "
+        "clipcrawl's dataset/) is read by URL and TEXT.",
+    )
+    caption_col: str | None = Field(
+        "text",
+        description="Column of the captions (none: no captions). Left at text, a file without text is read by "
+        "caption (img2dataset's name), or TEXT beside URL.",
+    )
+    save_additional_columns: list[str] = Field(
+        default_factory=list,
+        description="Input columns carried into each shard's parquet and each sample's .json, e.g. NSFW similarity.",
+    )
     # network
     concurrency: int = Field(256, ge=1, description="Requests in flight per shard task.")
     per_host: int = Field(8, ge=1, description="Requests in flight per host (politeness).")

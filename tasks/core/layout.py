@@ -52,6 +52,11 @@ def results_dir(out: str) -> str:
     return join(out, "_results")
 
 
+def inputs_staging(out: str) -> str:
+    """The download stage's inputs converted to parquet (csv, json, txt, ... read batch by batch), one file each."""
+    return join(out, "_inputs")
+
+
 def summary_file(folder: str) -> str:
     """A stage's run summary in its output folder (pairs/, images/, dataset/)."""
     return join(folder, SUMMARY)

@@ -21,11 +21,13 @@ from typing import Any, Self
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clipcrawl.tasks.core.errors import InputError, pick_columns
+from clipcrawl.tasks.core.config import DownloadSettings
+from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.layout import images_dir, pairs_dir, shard_name, shard_parquet, shard_stats, shard_tar
 from clipcrawl.tasks.core.status import DownloadStatus
 from clipcrawl.tasks.core.uri import atomic_write, is_local, listdir, open_uri, write_json
 from clipcrawl.tasks.download.images import ImageResult
+from clipcrawl.tasks.download.inputs import check_urls, input_columns, stage_inputs, url_column
 from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 
 # The columns of images/{shard}.parquet every shard has, whatever its rows; the pairs' other
@@ -77,31 +79,38 @@ def pairs_files(pairs: str) -> list[str]:
     return files
 
 
-def plan_download(pairs: str, shard_size: int) -> tuple[list[str], list[ShardSpec]]:
-    """The pair files of `pairs` and their shards; InputError when they hold no pair at all."""
-    files = pairs_files(pairs)
-    specs = plan_shards(files, shard_size)
+def plan_download(
+    pairs: str, shard_size: int, settings: DownloadSettings | None = None, staging: str | None = None
+) -> tuple[list[str], list[ShardSpec]]:
+    """The input files of `pairs` (any of img2dataset's formats, tasks/download/inputs.py; those not parquet are
+    converted into `staging`) and their shards; InputError when they hold no pair at all."""
+    settings = settings or DownloadSettings()
+    files = stage_inputs(pairs, settings, staging)
+    specs = plan_shards(files, shard_size, settings)
     if not specs:
-        raise InputError(f"no pairs in {pairs}: its {len(files)} parquet file(s) hold no rows")
+        raise InputError(f"no pairs in {pairs}: its {len(files)} file(s) hold no rows")
     return files, specs
 
 
-def plan_shards(pairs_uris: list[str], shard_size: int) -> list[ShardSpec]:
+def plan_shards(pairs_uris: list[str], shard_size: int, settings: DownloadSettings | None = None) -> list[ShardSpec]:
     """Cut the rows of `pairs_uris` (file order, then row order) into the fewest shards of at most
     `shard_size`, balanced: their sizes differ by one at most, so no worker is left with a small last
     shard while the others idle (12,000 rows at 10,000 make two shards of 6,000, not 10,000 and 2,000).
 
-    Reads only the parquet footers; empty files are skipped. A file without a url and a caption
-    column raises InputError, before any shard is downloaded.
+    Reads the parquet footers, and each file's URL column up to its first URL; empty files are skipped. A file
+    without the columns `settings` name (inputs.input_columns) or without a single URL raises InputError, before
+    any shard is downloaded.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    settings = settings or DownloadSettings()
     counts = []
     for uri in pairs_uris:
         with open_uri(uri) as f:
-            footer = pq.read_metadata(f)
-        pick_columns(uri, footer.schema.to_arrow_schema().names, "url", CAPTION_COLUMNS)
-        counts.append((uri, footer.num_rows))
+            pf = pq.ParquetFile(f)
+            columns = input_columns(uri, pf.schema_arrow.names, settings)
+            check_urls(uri, pf, url_column(columns))
+        counts.append((uri, pf.metadata.num_rows))
     total = sum(n for _, n in counts)
     shards = -(-total // shard_size)
     sizes = [total // shards + (i < total % shards) for i in range(shards)] if shards else []
@@ -121,12 +130,19 @@ def plan_shards(pairs_uris: list[str], shard_size: int) -> list[ShardSpec]:
     return specs
 
 
-def read_shard_rows(spec: ShardSpec, columns: list[str] | None = None) -> pa.Table:
-    """The rows of one shard, reading only the row groups that hold them."""
+def read_shard_rows(
+    spec: ShardSpec, columns: list[str] | None = None, settings: DownloadSettings | None = None
+) -> pa.Table:
+    """The rows of one shard, reading only the row groups that hold them and only the input columns `settings`
+    name (inputs.input_columns), under the shard's names (url, text, ...); `columns` picks among those."""
+    settings = settings or DownloadSettings()
     tables = []
     for uri, start, end in spec.slices:
         with open_uri(uri) as f:
             pf = pq.ParquetFile(f)
+            mapping = input_columns(uri, pf.schema_arrow.names, settings)
+            if columns is not None:
+                mapping = {k: v for k, v in mapping.items() if v in columns}
             groups, first, offset = [], None, 0
             for i in range(pf.metadata.num_row_groups):
                 n = pf.metadata.row_group(i).num_rows
@@ -136,9 +152,10 @@ def read_shard_rows(spec: ShardSpec, columns: list[str] | None = None) -> pa.Tab
                 offset += n
             if offset < end:
                 raise ValueError(f"{uri} has {offset} rows, shard {spec.shard} wants rows {start}-{end}")
-            table = pf.read_row_groups(groups, columns=columns)
-        if "text" not in table.column_names and "caption" in table.column_names:  # img2dataset's name
-            table = table.rename_columns(["text" if c == "caption" else c for c in table.column_names])
+            table = pf.read_row_groups(groups, columns=list(mapping))
+        table = table.rename_columns([mapping[c] for c in table.column_names])
+        if "text" not in table.column_names and (columns is None or "text" in columns):  # no captions
+            table = table.append_column("text", pa.nulls(table.num_rows, pa.string()))
         tables.append(table.slice(start - first, end - start))
     if not tables:
         schema = PAIRS_SCHEMA if columns is None else pa.schema([PAIRS_SCHEMA.field(c) for c in columns])
@@ -227,7 +244,8 @@ class ShardWriter:
             if image is None or image.data is None:
                 raise ValueError(f"shard {self.shard}: {key} is a success without image data")
             self._add_member(f"{key}.{self.ext}", image.data)
-            self._add_member(f"{key}.txt", (record.get("text") or "").encode())
+            if record.get("text") is not None:  # an input without captions gets no .txt, as in img2dataset
+                self._add_member(f"{key}.txt", record["text"].encode())
             self._add_member(f"{key}.json", json.dumps(record, indent=4, ensure_ascii=False, default=str).encode())
             self._image_bytes += len(image.data)
 

@@ -79,13 +79,13 @@ async def download_shard_async(spec: ShardSpec, out: str, settings: DownloadSett
     """Download, check, resize and write one shard; returns its stats (also in _stats.json).
 
     Cancelled (the task's timeout), it stops its requests and publishes nothing."""
-    table = read_shard_rows(spec)
+    table = read_shard_rows(spec, settings=settings)
     rows = [
         row
         | {
             "key": sample_key(spec.shard, i, settings.shard_size),
-            "uid": row.get("uid") or (pair_uid(row["url"], row["text"]) if row.get("url") is not None else None),
-        }  # any parquet with url, text; a row a takedown blanked (no url) keeps its place, and so the keys
+            "uid": row.get("uid") or (pair_uid(row["url"], row["text"] or "") if row.get("url") is not None else None),
+        }  # any input with URLs (captions may be none); a row a takedown blanked (no url) keeps its place, and its key
         for i, row in enumerate(table.to_pylist())
     ]
     gone = tombstones(out)  # samples a takedown removed: never fetched again, nothing of them kept
