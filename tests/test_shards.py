@@ -21,6 +21,7 @@ from clipcrawl.tasks.download.shards import (
     sample_key,
     tar_members,
 )
+from clipcrawl.tasks.download.stage import summarize
 from clipcrawl.tasks.embed.stage import _image_members
 from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 
@@ -170,6 +171,11 @@ def test_shard_writer_outputs(tmp_path):
     assert published["bytes"] == 2 * len(body) + 11
     assert published["duration"] > 0 and published["throughput"] > 0
     assert stats["status"] == published["status"]
+    # img2dataset's keys, which its aggregation scripts read: not_an_image is its resizer's failure
+    assert (published["failed_to_download"], published["failed_to_resize"]) == (2, 1)
+    assert published["status_dict"] == published["status"] and published["end_time"] > published["start_time"]
+    summary = summarize([published, published], {})
+    assert (summary["count"], summary["failed_to_download"], summary["failed_to_resize"]) == (10, 4, 2)
 
 
 def test_column_set_is_stable_when_everything_failed(tmp_path):

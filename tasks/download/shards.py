@@ -59,6 +59,31 @@ IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", 
 _IMAGE_FIELDS = ("status", "error_message", "width", "height", "original_width", "original_height", "sha256")
 
 
+# img2dataset's stats split the failures in two: its resizer's (the image does not decode or pass its checks)
+# and the download's (everything else). Its aggregation scripts read these keys of every _stats.json.
+RESIZE_FAILURES = frozenset(
+    {
+        DownloadStatus.DECODE_ERROR,
+        DownloadStatus.NOT_AN_IMAGE,
+        DownloadStatus.TOO_SMALL_PIXELS,
+        DownloadStatus.TOO_MANY_PIXELS,
+        DownloadStatus.BAD_ASPECT_RATIO,
+    }
+)
+
+
+def img2dataset_counts(status: dict[str, int]) -> dict:
+    """img2dataset's failed_to_download, failed_to_resize and status_dict, from samples per status. Its status_dict
+    counts error messages; ours counts the closed status vocabulary ("success" included), which sums the same."""
+    successes = status.get(DownloadStatus.SUCCESS, 0)
+    resize = sum(n for name, n in status.items() if name in RESIZE_FAILURES)
+    return {
+        "failed_to_download": sum(status.values()) - successes - resize,
+        "failed_to_resize": resize,
+        "status_dict": dict(status),
+    }
+
+
 @dataclass(frozen=True)
 class ShardSpec:
     """One shard's rows: (pairs parquet URI, row_start, row_end) slices, in order."""
@@ -283,6 +308,7 @@ class ShardWriter:
             "successes": successes,
             "failures": len(self._rows) - successes,
             "status": dict(sorted(statuses.items())),  # samples per status
+            **img2dataset_counts(dict(sorted(statuses.items()))),
             "duration": duration,
             "throughput": successes / duration if duration > 0 else 0.0,  # images written per second
             "bytes": sum(r["bytes"] or 0 for r in self._rows),  # downloaded

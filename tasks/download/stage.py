@@ -21,7 +21,7 @@ from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus
 from clipcrawl.tasks.download.fetch import Fetcher
 from clipcrawl.tasks.download.images import ImageResult, process_image
-from clipcrawl.tasks.download.shards import ShardSpec, ShardWriter, read_shard_rows, sample_key
+from clipcrawl.tasks.download.shards import ShardSpec, ShardWriter, img2dataset_counts, read_shard_rows, sample_key
 from clipcrawl.tasks.ingest.normalize import pair_uid
 from clipcrawl.tasks.takedown.log import TAKEN_DOWN, tombstones
 
@@ -114,6 +114,7 @@ def summarize(shards: list[dict], failed: dict) -> dict:
         "count": sum(s["count"] for s in shards),
         "successes": sum(s["successes"] for s in shards),
         "status": status,
+        **img2dataset_counts(status),
         "failed": [{"shard": k, "error": v} for k, v in sorted(failed.items())],
     }
 

@@ -1,6 +1,8 @@
 """One image shard -> CLIP embeddings (clip-retrieval layout) and the filtered dataset part.
 
-IMAGES/{stem}.tar is read as a stream; a thread pool decodes and preprocesses images a bounded
+The samples and their captions come from the parquet beside IMAGES/{stem}.tar, or from the tar's {key}.txt
+(and {key}.json) members where the parquet has no caption column or is absent, as in img2dataset's folders.
+The tar is read as a stream; a thread pool decodes and preprocesses images a bounded
 number of batches ahead of the model, so decoding overlaps model compute and memory stays flat
 whatever the tar's size. Outputs, each published atomically, the stats (completion marker) last:
 OUT/embeddings/{img_emb,text_emb}/..._{stem}.npy, OUT/embeddings/metadata/metadata_{stem}.parquet,
@@ -13,6 +15,7 @@ import contextlib
 import functools
 import io
 import itertools
+import json
 import os
 import queue
 import tarfile
@@ -33,11 +36,11 @@ from prefect import task
 from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.cache import cache_key
 from clipcrawl.tasks.core.config import EmbedSettings
-from clipcrawl.tasks.core.errors import pick_columns
+from clipcrawl.tasks.core.errors import InputError, pick_columns
 from clipcrawl.tasks.core.status import NSFW, UNLIKELY, UNSURE, DownloadStatus, EmbedStatus
-from clipcrawl.tasks.core.uri import atomic_write, open_uri, write_json
+from clipcrawl.tasks.core.uri import atomic_write, exists, open_uri, write_json
 from clipcrawl.tasks.download.images import WEB_FORMATS
-from clipcrawl.tasks.download.shards import CAPTION_COLUMNS, image_members
+from clipcrawl.tasks.download.shards import CAPTION_COLUMNS, IMAGE_TYPES, image_members, member_key
 from clipcrawl.tasks.embed.clip_model import ClipModel, weights_fingerprint, worker_model
 from clipcrawl.tasks.takedown.log import TAKEN_DOWN, tombstones
 
@@ -112,18 +115,70 @@ def prompt_embeddings(model: ClipModel, prompts: tuple[str, ...]) -> np.ndarray:
     return emb
 
 
-def read_samples(parquet_uri: str) -> dict[str, dict]:
-    """The shard's downloaded samples ({key: row}, parquet order): rows with status success. The caption is in
-    `text` (img2dataset's shards: `caption`); a shard without key, url, status or a caption raises InputError."""
+def read_samples(parquet_uri: str) -> tuple[dict[str, dict], bool]:
+    """The shard's downloaded samples ({key: row}, parquet order): rows with status success, and whether the parquet
+    has a caption column. The caption is in `text` (img2dataset's shards: `caption`); a shard without key, url or
+    status raises InputError."""
     with open_uri(parquet_uri) as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
-        *_, caption = pick_columns(parquet_uri, names, "key", "url", "status", CAPTION_COLUMNS)
+        pick_columns(parquet_uri, names, "key", "url", "status")
+        caption = next((c for c in CAPTION_COLUMNS if c in names), None)
         wanted = ["key", "uid", "url", caption, "status", *PASSTHROUGH]
         table = pf.read(columns=[c for c in wanted if c in names])
     table = table.rename_columns(["text" if c == caption else c for c in table.column_names])
     table = table.filter(pc.equal(table["status"], DownloadStatus.SUCCESS.value))
-    return {row["key"]: row for row in table.to_pylist()}
+    return {row["key"]: row for row in table.to_pylist()}, caption is not None
+
+
+def tar_captions(tar_uri: str) -> tuple[dict[str, str], dict[str, dict]]:
+    """The tar's {key}.txt captions, and its samples: {key: the fields of {key}.json} for each key with an image
+    member, in tar order (img2dataset writes {key}.json beside each image; without one the sample has no fields)."""
+    texts: dict[str, str] = {}
+    fields: dict[str, dict] = {}
+    images: dict[str, None] = {}  # keys with an image member, in tar order
+    try:
+        with open_uri(tar_uri) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for info in tar:
+                split = member_key(info.name) if info.isfile() else None
+                if split is None:
+                    continue
+                key, ext = split
+                if ext == "txt":
+                    texts[key] = tar.extractfile(info).read().decode("utf-8", errors="replace")
+                elif ext == "json":
+                    with contextlib.suppress(ValueError):
+                        record = json.loads(tar.extractfile(info).read())
+                        fields[key] = record if isinstance(record, dict) else {}
+                elif ext in IMAGE_TYPES:
+                    images.setdefault(key)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise OSError(f"{tar_uri}: cannot read the shard's tar: {exc}") from exc
+    return texts, {key: fields.get(key, {}) for key in images}
+
+
+def shard_samples(tar_uri: str) -> dict[str, dict]:
+    """The samples to embed, their caption in `text`: from the parquet beside the tar (its `text` or `caption`
+    column), else from the tar's {key}.txt members. Without a parquet every image member of the tar is a sample,
+    its url and other fields from {key}.json. A shard with no caption anywhere raises InputError."""
+    parquet = layout.shard_parquet_of(tar_uri)
+    if exists(parquet):
+        samples, captioned = read_samples(parquet)
+        if captioned:
+            return samples
+        texts, _ = tar_captions(tar_uri)
+        where = f"{parquet} has no {'/'.join(CAPTION_COLUMNS)} column, and the tar"
+    else:
+        texts, fields = tar_captions(tar_uri)
+        samples = {
+            key: {name: meta.get(name) for name in ("url", *PASSTHROUGH)}
+            | {"key": key, "status": DownloadStatus.SUCCESS.value}
+            for key, meta in fields.items()
+        }
+        where = f"no parquet beside it ({parquet}), and the tar"
+    if samples and not texts.keys() & samples.keys():
+        raise InputError(f"{tar_uri}: no captions: {where} has no {{key}}.txt member for its samples")
+    return {key: row | {"text": texts.get(key)} for key, row in samples.items()}
 
 
 def _image_members(tar_uri: str, keys: set[str]) -> Iterator[tuple[str, bytes]]:
@@ -248,8 +303,7 @@ def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
     """Embed one shard, tag NSFW, filter on similarity; publish embeddings/ and dataset/ parts. Returns the stats."""
     started = time.perf_counter()
     stem = layout.shard_stem(tar_uri)
-    parquet = layout.shard_parquet_of(tar_uri)
-    samples = read_samples(parquet)
+    samples = shard_samples(tar_uri)
     model = worker_model(settings)
     prompts = settings.neutral_prompts + settings.flagged_prompts
     prompt_emb = prompt_embeddings(model, prompts)
@@ -266,7 +320,7 @@ def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
     for key in gone_keys:
         done.failures[key] = (EmbedStatus.TAKEN_DOWN, TAKEN_DOWN)
     for key in samples.keys() - captioned.keys() - gone_keys:
-        done.failures[key] = (EmbedStatus.NO_CAPTION, f"{key} has no caption in {parquet}")
+        done.failures[key] = (EmbedStatus.NO_CAPTION, f"{key} has no caption in shard {stem}")
 
     # rows in the parquet's (key) order, whatever order the tar's members came in
     position = {key: i for i, key in enumerate(done.keys)}

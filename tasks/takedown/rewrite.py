@@ -24,7 +24,7 @@ from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.config import IndexSettings
 from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.uri import atomic_write, exists, is_local, listdir, name_of, open_uri, read_json, write_json
-from clipcrawl.tasks.download.shards import member_key
+from clipcrawl.tasks.download.shards import img2dataset_counts, member_key
 from clipcrawl.tasks.index.choice import index_memory
 from clipcrawl.tasks.index.ids import write_ids
 from clipcrawl.tasks.index.stage import Shard, absolute
@@ -103,6 +103,7 @@ def _shard_counts(stats: dict, table: pa.Table) -> None:
     stats["successes"] = statuses.count("success")
     stats["failures"] = stats["count"] - stats["successes"]
     stats["status"] = {name: statuses.count(name) for name in sorted(set(statuses))}
+    stats.update(img2dataset_counts(stats["status"]))
     stats["bytes"] = sum(b or 0 for b in table["bytes"].to_pylist())
 
 
@@ -446,7 +447,8 @@ def rewrite_summaries(out: str) -> dict[str, int]:
     part_stats = [read_json(u) for u in listdir(dataset, layout.SHARD_STATS_SUFFIX)] if exists(dataset) else []
     wanted = {
         images: {"count": _sum(shard_stats, "count"), "successes": _sum(shard_stats, "successes")}
-        | {"status": _statuses(shard_stats)},
+        | {"status": _statuses(shard_stats)}
+        | img2dataset_counts(_statuses(shard_stats)),
         pairs: {"kept": _sum(pair_stats, "kept")},
         dataset: {name: _sum(part_stats, name) for name in ("samples", "embedded", "kept")}
         | {"status": _statuses(part_stats)},
