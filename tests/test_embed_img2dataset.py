@@ -24,17 +24,20 @@ from tests.test_clip_model import write_tiny_model
 FAILED = 2  # img2dataset could not download this one: a parquet row, no tar members
 BLANK = 4  # downloaded, its caption empty
 
-# img2dataset's shard parquet schema (downloader.py: the input's columns, then these), caption optional
+# img2dataset's shard parquet schema (downloader.py: the input's columns, url, caption and any
+# save_additional_columns, then key, status, error_message, the sizes as int32, exif, then compute_hash's
+# sha256); caption optional
 PARQUET_FIELDS = [
-    ("key", pa.string()),
-    ("caption", pa.string()),
     ("url", pa.string()),
+    ("caption", pa.string()),
+    ("NSFW", pa.string()),
+    ("key", pa.string()),
     ("status", pa.string()),
     ("error_message", pa.string()),
-    ("width", pa.int64()),
-    ("height", pa.int64()),
-    ("original_width", pa.int64()),
-    ("original_height", pa.int64()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("original_width", pa.int32()),
+    ("original_height", pa.int32()),
     ("exif", pa.string()),
     ("sha256", pa.string()),
 ]
@@ -63,9 +66,10 @@ def img2dataset_folder(folder, n=6, caption_col=True, txt=True, parquet=True) ->
         ):
             ok = i != FAILED
             meta = {
-                "key": key,
-                "caption": caption if caption_col else None,
                 "url": f"https://img.example/{i}.jpg",
+                "caption": caption if caption_col else None,
+                "NSFW": "UNLIKELY",  # an input column kept by save_additional_columns
+                "key": key,
                 "status": "success" if ok else "failed_to_download",
                 "error_message": None if ok else "HTTP Error 404: Not Found",
                 "width": 32 if ok else None,

@@ -323,15 +323,6 @@ def test_real_pages_in_the_real_wat_shape(tmp_path, kind):
         table, stats = run(tmp_path / "variant.gz")
         status = name.split("/")[0]
         assert table.num_rows == 0 and stats.dropped.get(status) == would_keep, name
-    if kind == "wat":  # where Common Crawl puts them
-        doc = json.loads(wat_of(*variants[PairStatus.PAGE_OPT_OUT][0]))
-        head = doc["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]["Head"]
-        assert {"name": "robots", "content": "noindex,noai"} in head["Metas"] and len(head["Metas"]) > 1
-        assert any("property" in m for m in head["Metas"]) or any("http-equiv" in m for m in head["Metas"])
-        headers = json.loads(wat_of(*variants["page_opt_out/header"][0]))["Envelope"]["Payload-Metadata"][
-            "HTTP-Response-Metadata"
-        ]["Headers"]
-        assert headers["X-Robots-Tag"] == ["noarchive", "noimageai"] and isinstance(headers["X-Cache"], list)
 
 
 # --- the world: pages of each kind, in WAT and WARC, against its ground truth

@@ -43,7 +43,6 @@ async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardW
         try:
             image = None
             if result.status == DownloadStatus.SUCCESS:
-                check = functools.partial(process_image, lists=fetcher.blocklists)  # the lists the fetch used
                 image = await loop.run_in_executor(pool, check, result.body, settings)
                 if gone and image.status == DownloadStatus.SUCCESS and gone.holds_image(image.sha256):
                     image = ImageResult(DownloadStatus.TAKEN_DOWN, TAKEN_DOWN, withheld=True)  # the image, new URL
@@ -70,6 +69,7 @@ async def _download(rows: list[dict], settings: DownloadSettings, writer: ShardW
     pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="clipcrawl-image")
     try:
         async with Fetcher(settings) as fetcher:
+            check = functools.partial(process_image, lists=fetcher.blocklists)  # the lists the fetches use
             await asyncio.gather(*(one(row) for row in rows))
     finally:  # cancelled (the task's timeout): queued images are dropped, running ones end within milliseconds
         pool.shutdown(wait=True, cancel_futures=True)

@@ -20,6 +20,7 @@ figures are in docs/benchmarks.md.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from clipcrawl.tasks.ingest.wat import (
     HTML_MARKER,
     IMG_MARKER,
     MAX_JSON_VALUES,
+    MAX_PAGE_METAS,
     RESPONSE_MARKER,
     MalformedRecord,
     PageLinks,
@@ -313,7 +315,8 @@ def _page_of(record, stats: FileStats, cap: int, rules: PageRules) -> PageLinks 
         payload, many_tags = cap_tags(payload)
         page = page_links_from_html(page_url, status, payload, record.http_charset, rules.meta_names)
         if names := rules.header_names:  # names are case-insensitive; every repeated header counts
-            headers = tuple((key, v) for k, v in record.http_headers.astuples() if (key := k.strip().lower()) in names)
+            named = ((key, v) for k, v in record.http_headers.astuples() if (key := k.strip().lower()) in names)
+            headers = tuple(itertools.islice(named, MAX_PAGE_METAS))  # capped as a WAT's are
             if headers:
                 page = page._replace(headers=headers)
         stats.html_pages += 1

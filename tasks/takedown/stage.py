@@ -15,14 +15,13 @@ files that hold a match are read whole and rewritten; the flow runs it in its ow
 
 from __future__ import annotations
 
-import os
 import posixpath
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from clipcrawl.tasks.core import layout
-from clipcrawl.tasks.core.uri import is_local
+from clipcrawl.tasks.index.stage import absolute
 from clipcrawl.tasks.takedown import log
 from clipcrawl.tasks.takedown.derived import remake_report, report_holds, results_holding, scrub_results
 from clipcrawl.tasks.takedown.journal import begin, end, hashed, locked, pending
@@ -38,7 +37,7 @@ from clipcrawl.tasks.takedown.rewrite import (
 
 def root(out: str) -> str:
     """OUT as every step spells it: a local path made absolute (file:// dropped), a remote URI unchanged."""
-    return os.path.abspath(out.removeprefix("file://")) if is_local(out) else out.rstrip("/")
+    return absolute(out)
 
 
 def remove(out: str, matched: Matched, run: str = "", force: bool = False) -> dict[str, int]:
