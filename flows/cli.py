@@ -51,6 +51,16 @@ def _stage_command(sub, name: str, summary: str, examples: str, source: tuple[st
     return p
 
 
+def _cidr(value: str) -> str:
+    """serve's --allow-addresses: each a CIDR network, checked at start."""
+    from clipcrawl.tasks.search.clip_back import cidr
+
+    try:
+        return cidr(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _command(
     sub, name: str, help: str, examples: str, settings: bool = True, usage: str | None = None
 ) -> argparse.ArgumentParser:
@@ -166,11 +176,12 @@ clipcrawl ingest --crawl CC-MAIN-2024-10 --source s3://commoncrawl --segments 4 
     download = _stage_command(
         sub,
         "download",
-        "OUT/pairs/ -> OUT/images/ webdataset shards",
+        "OUT/pairs/ -> OUT/images/ shards (webdataset, files or parquet: --output-format)",
         """
 clipcrawl download --pairs ./run/pairs --out ./run --image-size 384 --resize-mode center_crop
 clipcrawl download --pairs ./laion400m-meta --out ./laion --save-additional-columns NSFW similarity
-clipcrawl download --pairs urls.tsv.gz --out ./cc3m --url-col url --caption-col caption""",
+clipcrawl download --pairs urls.tsv.gz --out ./cc3m --url-col url --caption-col caption
+clipcrawl download --pairs ./run/pairs --out ./run --output-format parquet""",
         (
             "--pairs",
             "pair parquet files, or img2dataset's inputs (txt, csv, tsv, tsv.gz, json, jsonl, parquet): "
@@ -186,7 +197,7 @@ clipcrawl download --pairs urls.tsv.gz --out ./cc3m --url-col url --caption-col 
         """
 clipcrawl embed --images ./run/images --out ./run --model ViT-L-14 --pretrained openai --batch-size 128
 clipcrawl embed --images ./run/images --out ./run --checkpoint ./my-clip --similarity-threshold 0.28""",
-        ("--images", "directory of webdataset shards written by `clipcrawl download`"),
+        ("--images", "directory of shards written by `clipcrawl download` or img2dataset (webdataset, files, parquet)"),
         "OUT/embeddings/ and OUT/dataset/",
     )
     p = _stage_command(
@@ -232,6 +243,19 @@ clipcrawl search --index ./run/index --image some.jpg --json""",
     p.add_argument("--index", required=True, metavar="DIR", help="the index folder (OUT/index)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on. Default: 127.0.0.1.")
     p.add_argument("--port", type=int, default=1234, help="port to listen on. Default: 1234.")
+    p.add_argument(
+        "--index-name",
+        metavar="NAME",
+        help="the indice_name of clip-retrieval's API (/indices-list, /knn-service). Default: the index folder's name.",
+    )
+    p.add_argument(
+        "--allow-addresses",
+        nargs="+",
+        type=_cidr,
+        default=[],
+        metavar="CIDR",
+        help="private networks that image_url queries may reach (as download's); by default only public addresses.",
+    )
 
     p = _command(
         sub,
@@ -474,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "serve":
             from clipcrawl.tasks.search.serve import serve
 
-            return serve(args.index, args.host, args.port)
+            return serve(args.index, args.host, args.port, args.index_name, args.allow_addresses)
         from clipcrawl.flows.api import prefect_api
 
         if args.command == "takedown":

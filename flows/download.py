@@ -1,4 +1,4 @@
-"""Flow `download_images`: pairs -> OUT/images/ webdataset shards (one task per shard)."""
+"""Flow `download_images`: pairs -> OUT/images/ shards, webdataset, files or parquet (one task per shard)."""
 
 from __future__ import annotations
 

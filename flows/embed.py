@@ -28,8 +28,8 @@ def embed_and_filter(
     tars = published_shards(images)
     if not tars:
         raise InputError(
-            f"no published image shards under {images} (a shard is N.tar with N_stats.json beside it, "
-            "as `clipcrawl download` writes them)"
+            f"no published image shards under {images} (a shard is N.tar, a folder N/ or N.parquet with "
+            "N_stats.json beside it, as `clipcrawl download` writes them)"
         )
     logger.info(
         "embedding %d shards from %s with %s",
@@ -44,7 +44,7 @@ def embed_and_filter(
     )
     with gpu_work():
         futures = {name_of(tar): embed.submit(tar, out, settings) for tar in tars}
-    done, failed = gather(futures, "embed", label)
+    done, failed = gather(futures, "embed", label, resource="GPU")
     summary = summarize(list(done.values()), failed) | {"wall_seconds": elapsed()}
     write_json(summary_file(dataset_dir(out)), summary)
     publish_stage("embed", label, dataset_dir(out), futures, done, failed, summary["wall_seconds"])

@@ -5,11 +5,12 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from clipcrawl.flows.artifacts import publish_index
-from clipcrawl.flows.runner import cpu_work, gather, gpu_work, stopwatch, task_runner
+from clipcrawl.flows.runner import cpu_work, gather, gpu_work, stopwatch, task_runner, wait_result
 from clipcrawl.tasks.core.config import IndexSettings
 from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.layout import index_dir
 from clipcrawl.tasks.core.stats import run_label
+from clipcrawl.tasks.index.clip_metadata import ensure_clip_metadata
 from clipcrawl.tasks.index.stage import finish_index_task, index_modality_task, plan_index_task
 
 
@@ -46,7 +47,7 @@ def build_index(
     """Index the kept samples of EMBEDDINGS (clip-retrieval layout) into OUT/index/, adding to an existing index."""
     logger, elapsed, label = get_run_logger(), stopwatch(), run_label(out)
     with cpu_work():
-        plan = plan_index_task.submit(embeddings, out, settings, dataset, rebuild).result()
+        plan = wait_result(plan_index_task.submit(embeddings, out, settings, dataset, rebuild), "index")
     if plan.mode == "none":
         if plan.existing is None:
             raise InputError(
@@ -54,6 +55,7 @@ def build_index(
                 "img_emb/img_emb_S.npy and text_emb/text_emb_S.npy, as `clipcrawl embed` writes)"
             )
         logger.info("index of %d vectors already holds every shard of %s", plan.existing["count"], embeddings)
+        ensure_clip_metadata(plan.index)  # an index of an earlier version gains index/metadata/
         return summary(plan.existing)
     new = plan.shards[plan.new_from :]
     logger.info(
@@ -64,13 +66,14 @@ def build_index(
         plan.old_count,
     )
     # device=cuda: the two index tasks go to GPU-tagged workers (auto: CPU workers, which use a GPU they see)
-    with gpu_work() if plan.settings.device == "cuda" else cpu_work():
+    resource = "GPU" if plan.settings.device == "cuda" else "CPU"
+    with gpu_work() if resource == "GPU" else cpu_work():
         futures = {m: index_modality_task.submit(plan, m) for m in ("image", "text")}
-    done, failed = gather(futures, "index", label)
+    done, failed = gather(futures, "index", label, resource=resource)
     if failed:
         raise IndexFailed("; ".join(f"{m} index: {why}" for m, why in sorted(failed.items())))
     with cpu_work():
-        infos = finish_index_task.submit(plan, done["image"], done["text"]).result()
+        infos = wait_result(finish_index_task.submit(plan, done["image"], done["text"]), "index")
     result = summary(infos)
     publish_index(label, index_dir(out), infos, elapsed())
     for m in ("image", "text"):

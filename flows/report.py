@@ -6,7 +6,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from clipcrawl.flows.artifacts import publish_report
-from clipcrawl.flows.runner import cpu_work, gather, task_runner
+from clipcrawl.flows.runner import cpu_work, gather, task_runner, wait_result
 from clipcrawl.tasks.core.config import ReportSettings
 from clipcrawl.tasks.core.stats import run_label
 from clipcrawl.tasks.report.gates import failures
@@ -36,7 +36,7 @@ def build_report(out: str, settings: ReportSettings = ReportSettings(), ground_t
     if failed:
         raise ReportFailed("; ".join(f"shard {stem}: {why}" for stem, why in sorted(failed.items())))
     with cpu_work():
-        report = finish_report_task.submit(out, [done[s] for s in stems], settings, ground_truth).result()
+        report = wait_result(finish_report_task.submit(out, [done[s] for s in stems], settings, ground_truth), "report")
     stats = report["stats"]
     publish_report(out, label, stats, report["report"])
     for step in stats["funnel"]:

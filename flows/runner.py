@@ -11,14 +11,15 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import dask
 from distributed import Nanny, Scheduler, SpecCluster
 from prefect import get_run_logger
+from prefect.context import FlowRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
-from prefect.futures import as_completed
 from prefect_dask import DaskTaskRunner
 
 from clipcrawl.flows.artifacts import Progress
@@ -144,14 +145,65 @@ def result_storage(out: str, results: str | None = None):
     return block
 
 
-def gather(futures: dict, what: str, label: str | None = None) -> tuple[dict, dict]:
+NO_WORKER_TIMEOUT_ENV = "CLIPCRAWL_NO_WORKER_TIMEOUT"
+NO_WORKER_TIMEOUT = 600.0  # seconds a stage waits for a live worker offering its resource; 0: forever
+WATCH_SECONDS = 5.0  # how often a waiting stage asks the scheduler for its workers
+
+
+class NoWorkerError(RuntimeError):
+    """No live worker has offered the resource a stage's tasks need for the configured time."""
+
+
+class Watchdog:
+    """Fails a stage whose tasks cannot run: no live worker of the cluster offers their Dask resource (GPU or
+    CPU) for `timeout` seconds in a row. A task restricted to a resource nobody offers waits in the scheduler
+    for ever (Dask's no-worker state); the run fails instead, with one line, and can be retried once a worker
+    is back (its finished tasks are cached)."""
+
+    def __init__(self, what: str, resource: str, timeout: float | None = None):
+        self.what, self.resource = what, resource
+        self.timeout = float(os.environ.get(NO_WORKER_TIMEOUT_ENV, NO_WORKER_TIMEOUT)) if timeout is None else timeout
+        self.since: float | None = None  # when the resource was last seen missing, first of a row of checks
+
+    def offered(self) -> bool | None:
+        """Whether a live worker offers the resource now; None without a Dask client to ask."""
+        context = FlowRunContext.get()
+        task_runner = context.task_runner if context else None
+        if not isinstance(task_runner, DaskTaskRunner):
+            return None
+        try:
+            workers = task_runner.client.scheduler_info(n_workers=-1).get("workers", {})
+        except (OSError, TimeoutError) as exc:  # CommClosedError is an OSError: a blip is no answer, not a "no"
+            logging.getLogger(__name__).warning("%s: cannot ask the scheduler for its workers: %s", self.what, exc)
+            return None
+        return any(w.get("resources", {}).get(self.resource, 0) > 0 for w in workers.values())
+
+    def check(self) -> None:
+        """Raise NoWorkerError once the resource has been missing for `timeout` seconds in a row."""
+        if self.timeout <= 0:
+            return
+        if self.offered() is not False:
+            self.since = None
+            return
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        if now - self.since >= self.timeout:
+            raise NoWorkerError(
+                f"{self.what}: no live Dask worker offers the {self.resource} resource its tasks need "
+                f"(waited {self.timeout:g} s, {NO_WORKER_TIMEOUT_ENV}); start a worker with "
+                f"--resources {self.resource}=1 and retry the run"
+            )
+
+
+def gather(futures: dict, what: str, label: str | None = None, resource: str = "CPU") -> tuple[dict, dict]:
     """Wait for every future; split results from failures ({key: error message}). With a run label,
-    a progress artifact of stage `what` follows the futures as they finish."""
+    a progress artifact of stage `what` follows the futures as they finish. The futures were submitted
+    under `resource` (cpu_work/gpu_work): while they wait, a Watchdog fails the stage if no worker offers it."""
     logger = get_run_logger()
     progress = Progress(what, label, len(futures)) if label else None
     done, failed = {}, {}
     keys = {id(f): k for k, f in futures.items()}
-    for i, future in enumerate(as_completed(list(futures.values())), 1):
+    for i, future in enumerate(_as_completed(list(futures.values()), Watchdog(what, resource)), 1):
         key = keys[id(future)]
         future.wait()
         if future.state.is_completed():
@@ -164,6 +216,30 @@ def gather(futures: dict, what: str, label: str | None = None) -> tuple[dict, di
         if progress:
             progress.step(i, len(failed))
     return done, failed
+
+
+def wait_result(future, what: str, resource: str = "CPU"):
+    """future.result() of one task submitted under `resource`, waited for under a Watchdog as gather waits."""
+    for _ in _as_completed([future], Watchdog(what, resource)):
+        pass
+    return future.result()
+
+
+def _as_completed(futures: list, watchdog: Watchdog) -> Iterator:
+    """The futures as they finish, the watchdog checked every WATCH_SECONDS while none does. One done callback a
+    future (prefect's as_completed with a timeout would add one a future at every call)."""
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    for _ in futures:
+        while True:
+            try:
+                future = finished.get(timeout=WATCH_SECONDS)
+                break
+            except queue.Empty:
+                watchdog.check()
+        watchdog.since = None
+        yield future
 
 
 def stopwatch() -> Callable[[], float]:

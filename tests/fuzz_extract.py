@@ -157,7 +157,7 @@ def extract(path: Path) -> tuple[set, FileStats]:
     stats = FileStats(uri=str(path))
     pairs = set()
     for batch in iter_pairs(str(path), SETTINGS, stats):
-        pairs.update(zip(batch.column("url").to_pylist(), batch.column("text").to_pylist()))
+        pairs.update(zip(batch.column("url").to_pylist(), batch.column("caption").to_pylist()))
     return pairs, stats
 
 

@@ -166,7 +166,7 @@ def runs(dask_address, tmp_path_factory):
     urls.mkdir()
     shutil.copy(out / "pairs" / "one-stream.parquet", urls)
     pq.write_table(
-        pa.table({"url": list(SCHEME_SRCS), "text": [f"an image at {s[:4]}" for s in SCHEME_SRCS]}),
+        pa.table({"url": list(SCHEME_SRCS), "caption": [f"an image at {s[:4]}" for s in SCHEME_SRCS]}),
         urls / "schemes.parquet",
     )
     with ImageServer(world.root) as server:
@@ -181,8 +181,8 @@ def file_stats(runs, name: str) -> dict:
 
 
 def pair_set(runs, name: str) -> set[tuple[str, str]]:
-    t = pq.read_table(runs["out"] / "pairs" / f"{name}.parquet", columns=["url", "text"])
-    return set(zip(t.column("url").to_pylist(), t.column("text").to_pylist()))
+    t = pq.read_table(runs["out"] / "pairs" / f"{name}.parquet", columns=["url", "caption"])
+    return set(zip(t.column("url").to_pylist(), t.column("caption").to_pylist()))
 
 
 def image_rows(runs) -> list[dict]:

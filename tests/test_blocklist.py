@@ -118,7 +118,7 @@ MD5_X = hashlib.md5(b"x", usedforsecurity=False).hexdigest()
         ("md5", f"\ufeff{MD5_X}\r\n".encode(), "l.txt"),  # a UTF-8 BOM, CRLF
         ("md5", f"{MD5_X}  caf\xe9.jpg\n".encode("latin-1"), "l.txt"),  # md5sum of a Latin-1 file name
         ("md5", f"md5,filename\n{MD5_X},x.jpg\n".encode(), "l.txt"),  # a CSV header
-        ("md5", gzip.compress(f"{MD5_X}\n".encode()), "L.TXT.GZ"),  # compression, whatever the case
+        ("md5", gzip.compress(f"{MD5_X}\n".encode(), mtime=0), "L.TXT.GZ"),  # compression, whatever the case
         ("pdq", ("\ufeffpdq256,quality\n" + "a" * 64 + ",100\n").encode(), "p.csv"),
         ("url", b"url\nbad.test/a.jpg\n", "u.csv"),  # a header, a URL without its scheme
         ("domain", b"\xef\xbb\xbfdomain,reason\nbad.test\n", "d.csv"),

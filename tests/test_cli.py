@@ -24,7 +24,7 @@ def test_extract_command_writes_pairs(dask_address, small_world, tmp_path, capsy
     assert summary["files"] == 1 and summary["kept"] > 0
     table = pq.read_table(next((tmp_path / "pairs").glob("*.parquet")))
     assert table.num_rows == summary["kept"]
-    assert min(len(t) for t in table.column("text").to_pylist()) >= 12
+    assert min(len(t) for t in table.column("caption").to_pylist()) >= 12
 
 
 def test_ingest_command_reads_a_config_file(dask_address, small_world, tmp_path, capsys):

@@ -13,6 +13,8 @@ from distributed import Client
 
 from clipcrawl.flows.download import download_images
 from clipcrawl.flows.runner import task_runner
+from clipcrawl.tasks.core.layout import published_shards
+from clipcrawl.tasks.download.shard_reader import shard_images
 from clipcrawl.tasks.world import ImageServer
 from clipcrawl.tasks.world.groundtruth import compare_downloads
 from tests.helpers import run, task_states
@@ -26,11 +28,11 @@ def pairs_dir(dask_address, small_world, tmp_path_factory):
     return out
 
 
-def download(dask_address, pairs_dir, server, **overrides):
+def download(dask_address, pairs_dir, server, out=None, **overrides):
     flow = download_images.with_options(task_runner=task_runner(dask_address))
     return flow(
         pairs=str(pairs_dir / "pairs"),
-        out=str(pairs_dir),
+        out=str(out or pairs_dir),
         settings=server.download_settings(**overrides),
         return_state=True,
     )
@@ -62,6 +64,26 @@ def test_download_matches_ground_truth_and_reruns_from_cache(dask_address, small
 
         again = download(dask_address, pairs_dir, server, shard_size=200, image_threads=2)
         assert again.is_completed(), again.message
+        states = [s for name, s in task_states(again).items() if name.startswith("download-")]
+        assert states and set(states) == {"Cached"}
+
+
+def test_parquet_output_format(dask_address, small_world, pairs_dir, tmp_path):
+    """img2dataset's parquet layout (the image bytes in the shard's parquet; the files layout shares its path and
+    is tested in tests/test_output_formats.py): the ground truth's statuses, an image for every success, and a
+    rerun skips the published shards."""
+    out = tmp_path / "parquet"
+    with ImageServer(small_world.root) as server:
+        state = download(dask_address, pairs_dir, server, out, shard_size=200, image_threads=2, output_format="parquet")
+        assert state.is_completed(), state.message
+        report = compare_downloads(small_world, str(out))
+        assert report["equal"], (report["wrong"], report["missing"])
+        shards = published_shards(str(out / "images"))
+        assert len(shards) == state.result()["shards"] and all(s.endswith(".parquet") for s in shards)
+        assert not list((out / "images").glob("*.tar"))
+        images = {key for shard in shards for key, _ in shard_images(shard)}
+        assert len(images) == state.result()["successes"] > 0
+        again = download(dask_address, pairs_dir, server, out, shard_size=200, image_threads=2, output_format="parquet")
         states = [s for name, s in task_states(again).items() if name.startswith("download-")]
         assert states and set(states) == {"Cached"}
 

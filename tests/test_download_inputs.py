@@ -60,29 +60,29 @@ def read_all(source: str, staging, **settings) -> pa.Table:
 @pytest.mark.parametrize("fmt", ["txt", "csv", "csv.gz", "tsv", "tsv.gz", "json", "jsonl", "parquet"])
 def test_each_format_with_and_without_captions(tmp_path, fmt):
     src = tmp_path / f"urls.{fmt}"
-    if fmt != "txt":  # img2dataset's own names: url, caption (read without --caption-col: text, else caption)
+    if fmt != "txt":  # img2dataset's own names: url, caption (read without --caption-col: caption, else text)
         write_input(src, fmt, {"url": URLS, "caption": CAPTIONS, "NSFW": ["UNLIKELY"] * 3})
         table = read_all(str(src), tmp_path / "staging")
-        assert table["url"].to_pylist() == URLS and table["text"].to_pylist() == CAPTIONS
+        assert table["url"].to_pylist() == URLS and table["caption"].to_pylist() == CAPTIONS
         assert "NSFW" not in table.column_names  # only the columns asked for are carried
         table = read_all(str(src), tmp_path / "staging", caption_col=None, save_additional_columns=["NSFW"])
-        assert table["text"].to_pylist() == [None] * 3 and table["NSFW"].to_pylist() == ["UNLIKELY"] * 3
+        assert table["caption"].to_pylist() == [None] * 3 and table["NSFW"].to_pylist() == ["UNLIKELY"] * 3
     src.unlink(missing_ok=True)
     write_input(src, fmt, {"url": URLS})  # no caption column
     if fmt != "txt":
-        with pytest.raises(InputError, match=rf"{src}: missing column text .*--caption-col none"):
+        with pytest.raises(InputError, match=rf"{src}: missing column caption .*--caption-col none"):
             read_all(str(src), tmp_path / "staging")
     else:  # a txt file is URLs only, whatever the caption column
-        assert read_all(str(src), tmp_path / "staging")["text"].to_pylist() == [None] * 3
+        assert read_all(str(src), tmp_path / "staging")["caption"].to_pylist() == [None] * 3
     table = read_all(str(src), tmp_path / "staging", caption_col=None)
-    assert table["url"].to_pylist() == URLS and table["text"].to_pylist() == [None] * 3
+    assert table["url"].to_pylist() == URLS and table["caption"].to_pylist() == [None] * 3
 
 
 def test_named_columns_are_case_sensitive_and_renamed(tmp_path):
     src = tmp_path / "cc.tsv"
     write_input(src, "tsv", {"image_url": URLS, "Caption": CAPTIONS})
     table = read_all(str(src), tmp_path / "s", url_col="image_url", caption_col="Caption")
-    assert table.column_names == ["url", "text"] and table["text"].to_pylist() == CAPTIONS
+    assert table.column_names == ["url", "caption"] and table["caption"].to_pylist() == CAPTIONS
     with pytest.raises(InputError, match="missing column caption"):
         read_all(str(src), tmp_path / "s", url_col="image_url", caption_col="caption")
 
@@ -109,7 +109,7 @@ def test_remote_inputs_over_http_and_fsspec(http_root, tmp_path):
     root, base = http_root
     write_input(root / "list.tsv.gz", "tsv.gz", {"url": URLS, "caption": CAPTIONS})
     table = read_all(f"{base}/list.tsv.gz", tmp_path / "staging")
-    assert table["url"].to_pylist() == URLS and table["text"].to_pylist() == CAPTIONS
+    assert table["url"].to_pylist() == URLS and table["caption"].to_pylist() == CAPTIONS
     assert len(list((tmp_path / "staging").glob("*list.tsv.gz.parquet"))) == 1
 
     memory = fsspec.filesystem("memory")
@@ -142,6 +142,8 @@ def test_a_folder_is_read_by_one_format(tmp_path):
         ("object.json", b'{"url": "http://x/a.jpg"}', {}, "must be an array of objects"),
         ("extra.csv", b"url,text\nhttp://x/a.jpg,a\n", {"save_additional_columns": ["NSFW"]}, "missing column NSFW"),
         ("key.csv", b"url,text,key\nhttp://x/a.jpg,a,k\n", {"save_additional_columns": ["key"]}, "cannot carry key"),
+        # the parquet output format writes the image bytes in a column named by the encode format
+        ("jpg.csv", b"url,text,jpg\nhttp://x/a.jpg,a,x\n", {"save_additional_columns": ["jpg"]}, "cannot carry jpg"),
     ],
 )
 def test_wrong_input_fails_at_once_with_one_line(tmp_path, name, content, settings, message):
@@ -208,7 +210,7 @@ def test_laion_metadata_is_downloaded_with_its_additional_columns(http_root, tmp
     stats = download_shard(spec, str(out), settings)
     assert stats["successes"] == 3, stats
     shard = pq.read_table(out / "images" / "00000.parquet").sort_by("key")
-    assert shard["url"].to_pylist() == laion["URL"] and shard["text"].to_pylist() == laion["TEXT"]
+    assert shard["url"].to_pylist() == laion["URL"] and shard["caption"].to_pylist() == laion["TEXT"]
     assert shard["NSFW"].to_pylist() == laion["NSFW"] and shard["similarity"].to_pylist() == laion["similarity"]
     assert shard["LICENSE"].to_pylist() == laion["LICENSE"] and "WIDTH" not in shard.column_names
     with tarfile.open(out / "images" / "00000.tar") as tar:

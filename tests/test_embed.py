@@ -47,7 +47,7 @@ def make_shard(out: str, n: int, corrupt=(), missing=()) -> str:
                 "key": sample_key(0, i),
                 "uid": 1000 + i,
                 "url": f"https://img.example/{i}.jpg",
-                "text": caption,
+                "caption": caption,
                 "page_url": f"https://page.example/{i}",
                 "language": "en",
                 "license": "cc-by" if i == 0 else None,
@@ -118,7 +118,7 @@ def test_outputs_follow_clip_retrieval_layout(tmp_path, settings):
     assert rows[1]["original_width"] == 48 and rows[1]["page_url"] == "https://page.example/1"
     assert len(rows[1]["sha256"]) == 64 and rows[1]["language"] == "en"
     captions = {sample_key(0, i): t for i, (_, t) in enumerate(sample_training_pairs(10, seed=1, size=(48, 48)))}
-    assert all(r["text"] == captions[r["key"]] for r in rows)
+    assert all(r["caption"] == captions[r["key"]] for r in rows)
     dots = np.einsum("ij,ij->i", img.astype(np.float32), txt.astype(np.float32))
     np.testing.assert_allclose(metadata["similarity"].to_numpy(), dots, atol=3e-3)
     assert set(metadata["NSFW"].to_pylist()) <= {"NSFW", "UNSURE", "UNLIKELY"}
@@ -189,7 +189,7 @@ def test_empty_shard(tmp_path, settings):
     out = str(tmp_path)
     with ShardWriter(out, 0, DOWNLOAD) as writer:
         writer.add(
-            {"key": sample_key(0, 0), "uid": 1, "url": "https://x/0.jpg", "text": "t", "status": "timeout"}, None
+            {"key": sample_key(0, 0), "uid": 1, "url": "https://x/0.jpg", "caption": "t", "status": "timeout"}, None
         )
     stats = embed_shard(f"{out}/images/00000.tar", out, settings)
     img, txt, metadata, dataset, _ = read_outputs(out)
@@ -249,7 +249,7 @@ def test_loader_reads_a_bounded_window_ahead(monkeypatch):
             produced.append(i)
             yield str(i), b""
 
-    monkeypatch.setattr(embed, "_image_members", members)
+    monkeypatch.setattr(embed, "shard_images", members)
     monkeypatch.setattr(embed, "_pixels", lambda data, preprocess: (None, 0.0))
     from concurrent.futures import ThreadPoolExecutor
 

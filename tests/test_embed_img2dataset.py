@@ -56,16 +56,15 @@ def captions(n: int) -> dict[str, str]:
     return {f"{i:09d}": ("" if i == BLANK else caption) for i, (_, caption) in enumerate(pairs)}
 
 
-def img2dataset_folder(folder, n=6, caption_col=True, txt=True, parquet=True) -> str:
-    """folder/00000.tar/.parquet/_stats.json as img2dataset's webdataset writer leaves them; the tar's path."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = []
-    with tarfile.open(folder / "00000.tar", "w") as tar:
-        for i, ((img, _), (key, caption)) in enumerate(
-            zip(sample_training_pairs(n, seed=2, size=(32, 32)), captions(n).items())
-        ):
-            ok = i != FAILED
-            meta = {
+def img2dataset_rows(n: int = 6, caption_col: bool = True) -> tuple[list[dict], dict[str, bytes]]:
+    """img2dataset's rows of one shard (FAILED failed to download) and the JPEG of each success, by key."""
+    rows, images = [], {}
+    for i, ((img, _), (key, caption)) in enumerate(
+        zip(sample_training_pairs(n, seed=2, size=(32, 32)), captions(n).items())
+    ):
+        ok = i != FAILED
+        rows.append(
+            {
                 "url": f"https://img.example/{i}.jpg",
                 "caption": caption if caption_col else None,
                 "NSFW": "UNLIKELY",  # an input column kept by save_additional_columns
@@ -79,14 +78,27 @@ def img2dataset_folder(folder, n=6, caption_col=True, txt=True, parquet=True) ->
                 "exif": None,
                 "sha256": f"{i:064x}" if ok else None,
             }
-            rows.append(meta)
-            if not ok:
-                continue
+        )
+        if ok:
             body = io.BytesIO()
             img.save(body, "JPEG")
-            members = {"jpg": body.getvalue(), "json": json.dumps(meta, indent=4).encode()}
+            images[key] = body.getvalue()
+    return rows, images
+
+
+def img2dataset_folder(folder, n=6, caption_col=True, txt=True, parquet=True) -> str:
+    """folder/00000.tar/.parquet/_stats.json as img2dataset's webdataset writer leaves them; the tar's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, images = img2dataset_rows(n, caption_col)
+    captions_of = captions(n)
+    with tarfile.open(folder / "00000.tar", "w") as tar:
+        for meta in rows:
+            key = meta["key"]
+            if key not in images:
+                continue
+            members = {"jpg": images[key], "json": json.dumps(meta, indent=4).encode()}
             if txt:
-                members["txt"] = caption.encode()
+                members["txt"] = captions_of[key].encode()
             for ext in sorted(members):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(members[ext])
@@ -111,7 +123,7 @@ def img2dataset_folder(folder, n=6, caption_col=True, txt=True, parquet=True) ->
 
 def embedded(out) -> tuple[dict, dict]:
     metadata = pq.read_table(out / "embeddings" / "metadata" / "metadata_00000.parquet")
-    return dict(zip(metadata["key"].to_pylist(), metadata["text"].to_pylist())), dict(
+    return dict(zip(metadata["key"].to_pylist(), metadata["caption"].to_pylist())), dict(
         zip(metadata["key"].to_pylist(), metadata["url"].to_pylist())
     )
 

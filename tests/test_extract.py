@@ -166,13 +166,13 @@ def run(uri, **kw) -> tuple[pa.Table, FileStats]:
     table = (
         pa.Table.from_batches(batches)
         if batches
-        else pa.table({"uid": pa.array([], pa.uint64()), "url": [], "text": []})
+        else pa.table({"uid": pa.array([], pa.uint64()), "url": [], "caption": []})
     )
     return table, stats
 
 
 def pairs(table: pa.Table) -> set[tuple[str, str]]:
-    return set(zip(table.column("url").to_pylist(), table.column("text").to_pylist()))
+    return set(zip(table.column("url").to_pylist(), table.column("caption").to_pylist()))
 
 
 def expected_pairs(cases, page=PAGE) -> set:
@@ -203,7 +203,7 @@ def test_wat_cases(tmp_path):
     assert d["kept"] == table.num_rows == len(expected_pairs(CASES))
     assert d["responses"] == 1 and d["html_pages"] == 1 and d["records"] == 4
     assert table.column("uid").to_pylist() == [
-        pair_uid(u, t) for u, t in zip(table.column("url").to_pylist(), table.column("text").to_pylist())
+        pair_uid(u, t) for u, t in zip(table.column("url").to_pylist(), table.column("caption").to_pylist())
     ]
     assert table.schema.field("uid").type == pa.uint64()
     assert table.column("page_url").to_pylist() == [PAGE] * table.num_rows
@@ -556,7 +556,7 @@ def test_license_from_wat_and_warc(tmp_path, case):
     )
     for name in ("a.wat.gz", "a.warc.gz"):
         table, _ = run(tmp_path / name)
-        got = dict(zip(table.column("text").to_pylist(), table.column("license").to_pylist()))
+        got = dict(zip(table.column("caption").to_pylist(), table.column("license").to_pylist()))
         assert got == {"first picture here": expected, "second picture here": expected, "a third picture": None}, name
 
 
@@ -570,7 +570,7 @@ def test_license_search_needs_the_marker_and_survives_odd_links(tmp_path):
     odd["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]["Head"]["Link"] = "not a list"
     write_warc(tmp_path / "a.wat.gz", [("wat", PAGE, upper), ("wat", PAGE + "?2", json.dumps(odd).encode())])
     table, stats = run(tmp_path / "a.wat.gz")
-    assert dict(zip(table.column("text").to_pylist(), table.column("license").to_pylist())) == {
+    assert dict(zip(table.column("caption").to_pylist(), table.column("license").to_pylist())) == {
         "a fine picture": None,
         "another fine picture": CC_BY,
     }

@@ -41,7 +41,7 @@ def peak():
 def extract(path):
     stats, out = FileStats(uri=path), []
     for batch in iter_pairs(path, ExtractSettings(), stats):
-        out += zip(batch.column("url").to_pylist(), batch.column("text").to_pylist())
+        out += zip(batch.column("url").to_pylist(), batch.column("caption").to_pylist())
     return out, stats
 
 extract(sys.argv[2])  # an ordinary file first: the baseline holds the libraries and the language model

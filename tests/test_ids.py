@@ -16,7 +16,7 @@ def rows(start: int, stop: int, shard: str = "00000") -> pa.Table:
             "shard": [shard] * n,
             "row": list(range(n)),
             "url": [f"https://x.test/{i}.jpg" for i in range(start, stop)],
-            "text": ["t"] * n,
+            "caption": ["t"] * n,
             "similarity": [0.5] * n,
             "duplicate_group": list(range(start, stop)),
         }

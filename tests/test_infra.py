@@ -612,3 +612,19 @@ def test_names_the_flows_and_deployments_rely_on():
         "infra/local/down.sh",
     ):
         assert command in readme, command
+
+
+def test_the_image_install_ships_every_package():
+    """The Dockerfile's `pip install .` (not editable) installs only the packages pyproject.toml lists: every folder
+    of flows/ and tasks/ with an __init__.py must be there (clipcrawl.tasks.takedown once was not)."""
+    import tomllib
+
+    root = INFRA.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    found = set()
+    for package, folder in config["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(root / folder).parts
+            found.add(".".join((package, *parts)))
+    assert found == listed, f"unlisted: {sorted(found - listed)}, listed without a folder: {sorted(listed - found)}"

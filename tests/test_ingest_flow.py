@@ -44,7 +44,7 @@ def test_crawl_extraction_equals_ground_truth_and_reruns_from_cache(dask_address
         assert (out / "pairs" / name.replace(".parquet", ".stats.json")).exists()
     assert len(list((out / "pairs").glob("*.parquet"))) == len(wats)
     table = pq.read_table(next((out / "pairs").glob("*.parquet")))
-    assert {"uid", "url", "text", "page_url", "source", "language"} <= set(table.column_names)
+    assert {"uid", "url", "caption", "page_url", "source", "language"} <= set(table.column_names)
     assert set(table.column("source").to_pylist()) <= set(wats)
 
     # a rerun serves every file from the persistent cache

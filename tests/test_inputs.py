@@ -65,7 +65,7 @@ def test_a_dataset_is_downloaded_again_from_its_dataset_folder(pipeline, small_w
     assert files == [str(p) for p in sorted((out / "dataset").glob("part-*.parquet"))]
     rows = pa.concat_tables(read_shard_rows(spec) for spec in specs)
     assert rows["url"].to_pylist() == dataset["URL"].to_pylist()
-    assert rows["text"].to_pylist() == dataset["TEXT"].to_pylist()
+    assert rows["caption"].to_pylist() == dataset["TEXT"].to_pylist()
     with ImageServer(small_world.root) as server:
         stats = download_shard(specs[0], str(tmp_path), server.download_settings(image_threads=1))
     assert stats["count"] == specs[0].num_rows and stats["successes"] > 0, stats
@@ -113,29 +113,26 @@ def test_cli_wrong_input_exits_with_one_line_and_no_retry(dask_address, pipeline
 
 @pytest.fixture(scope="module")
 def img2dataset_shard(pipeline, small_world, tmp_path_factory) -> Path:
-    """A shard in img2dataset's layout (its parquet says `caption`, not `text`), downloaded by the download stage
-    from pairs in img2dataset's input shape (url, caption), NO_CAPTION of whose captions are null."""
+    """A shard in img2dataset's layout (its parquet says `caption`), downloaded by the download stage from pairs in
+    img2dataset's input shape (url, caption), NO_CAPTION of whose captions are null."""
     out = pipeline[0]
     images = pq.read_table(first(out / "images", "*.parquet"), columns=["uid", "status"])
     ok = images.filter(pc.equal(images["status"], DownloadStatus.SUCCESS.value))["uid"].to_pylist()[:12]
     pairs = pa.concat_tables(pq.read_table(p) for p in sorted((out / "pairs").glob("*.parquet")))
     pairs = pairs.filter(pc.is_in(pairs["uid"], pa.array(ok, pa.uint64())))
     assert pairs.num_rows == len(ok) > NO_CAPTION
-    captions = pairs["text"].to_pylist()
+    captions = pairs["caption"].to_pylist()
     captions[:NO_CAPTION] = [None] * NO_CAPTION
-    pairs = pairs.drop_columns(["text"]).append_column("caption", pa.array(captions, pa.string()))
+    pairs = pa.table({"url": pairs["url"], "caption": pa.array(captions, pa.string())})
     tmp = tmp_path_factory.mktemp("img2dataset")
     pq.write_table(pairs, tmp / "input.parquet")
 
     run = tmp / "run"
     with ImageServer(small_world.root) as server:
         (spec,) = plan_shards(pairs_files(str(tmp / "input.parquet")), 100)
-        assert read_shard_rows(spec)["text"].to_pylist() == captions  # img2dataset's caption, read as ours
+        assert read_shard_rows(spec)["caption"].to_pylist() == captions
         stats = download_shard(spec, str(run), server.download_settings(image_threads=1))
     assert stats["successes"] == len(ok), stats
-    parquet = first(run / "images", "*.parquet")
-    table = pq.read_table(parquet)
-    pq.write_table(table.rename_columns(["caption" if c == "text" else c for c in table.column_names]), parquet)
     return first(run / "images", "*.tar")
 
 
@@ -151,7 +148,7 @@ def test_embed_reads_img2dataset_captions_and_never_compares_a_missing_one(img2d
     assert stats["embedded"] == len(captions) - NO_CAPTION
     assert {f["key"] for f in stats["failures"] if f["status"] == EmbedStatus.NO_CAPTION} == missing
     metadata = pq.read_table(first(tmp_path / "embeddings" / "metadata", "*.parquet"))
-    assert dict(zip(metadata["key"].to_pylist(), metadata["text"].to_pylist())) == {
+    assert dict(zip(metadata["key"].to_pylist(), metadata["caption"].to_pylist())) == {
         key: caption for key, caption in captions.items() if key not in missing
     }
     dataset = pq.read_table(first(tmp_path / "dataset", "part-*.parquet"))

@@ -218,8 +218,8 @@ def test_each_hostile_file_costs_its_hostile_record_only(loaded, crawl):
         assert counters == {c: int(c == HOSTILE_COUNTER[name]) for c in counters}, (name, stats)
         # the files share their ordinary records: the cross-file dedup keeps each pair in the first file only
         assert stats["kept"] + stats["duplicates_across_files"] == len(expected), (name, stats)
-        table = pq.read_table(pairs_file(pairs, name), columns=["url", "text"])
-        found = set(zip(table.column("url").to_pylist(), table.column("text").to_pylist()))
+        table = pq.read_table(pairs_file(pairs, name), columns=["url", "caption"])
+        found = set(zip(table.column("url").to_pylist(), table.column("caption").to_pylist()))
         assert found <= expected, (name, found - expected)
         published |= found
     assert published == crawl.hostile_pairs()

@@ -7,6 +7,7 @@ import json
 import os
 import re
 from collections import Counter
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,7 +25,7 @@ IMAGES_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
         ("url", pa.string()),
-        ("text", pa.string()),
+        ("caption", pa.string()),
         ("status", pa.string()),
         ("original_width", pa.int32()),
         ("original_height", pa.int32()),
@@ -36,7 +37,7 @@ METADATA_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
         ("url", pa.string()),
-        ("text", pa.string()),
+        ("caption", pa.string()),
         ("similarity", pa.float32()),
         ("NSFW", pa.string()),
         ("language", pa.string()),
@@ -69,11 +70,11 @@ def write_pairs(out, name: str, segment: str, with_alt: int, kept: int, dropped:
     )
 
 
-def image_row(key, url, status, segment, text, language="en", size=(None, None)) -> dict:
+def image_row(key, url, status, segment, caption, language="en", size=(None, None)) -> dict:
     return {
         "key": key,
         "url": url,
-        "text": text,
+        "caption": caption,
         "status": status,
         "original_width": size[0],
         "original_height": size[1],
@@ -108,7 +109,7 @@ def write_embedded(
     )
     dataset = {
         "key": [r["key"] for r in kept],
-        "TEXT": [r["text"] for r in kept],
+        "TEXT": [r["caption"] for r in kept],
         "language": [r["language"] for r in kept],
     }
     if kept and "near_duplicate" in kept[0]:
@@ -155,7 +156,7 @@ EMBEDDED = [
     {
         "key": "000",
         "url": "http://www.Example.com:8080/a.jpg",
-        "text": "a red cat",
+        "caption": "a red cat",
         "similarity": 0.36,
         "NSFW": "UNLIKELY",
         "language": "en",
@@ -163,7 +164,7 @@ EMBEDDED = [
     {
         "key": "001",
         "url": "https://example.com/b.jpg",
-        "text": "a blue dog",
+        "caption": "a blue dog",
         "similarity": 0.12,
         "NSFW": "UNSURE",
         "language": "en",
@@ -171,7 +172,7 @@ EMBEDDED = [
     {
         "key": "004",
         "url": "https://img.test.org/e.jpg",
-        "text": "un chat",
+        "caption": "un chat",
         "similarity": 0.52,
         "NSFW": "NSFW",
         "language": "fr",
@@ -222,7 +223,7 @@ def build_out(tmp_path, drop_nsfw: bool = False):
         pa.table(
             {  # 000 and 001 are true captions, 004 is not; one more pair no sample has
                 "url": [r["url"] for r in EMBEDDED] + ["https://nowhere.test/z.jpg"],
-                "text": [r["text"] for r in EMBEDDED] + ["z"],
+                "text": [r["caption"] for r in EMBEDDED] + ["z"],  # the world's manifest names
                 "matches": [True, True, False, True],
                 "alt_case": ["caption", "caption", "junk", "caption"],
             }
@@ -260,7 +261,7 @@ def test_funnel_counts_each_step_from_its_stage(stats):
     assert steps["indexed"]["of_previous"] == 1  # of clip_passed: near-duplicates are marked, not dropped
     assert all(s["description"] for s in stats["funnel"])
     assert stats["stages"] == {"ingest": True, "download": True, "embed": True, "index": True}
-    assert stats["version"] == 1 and stats["label"] == "CC-MAIN-2099-13" and stats["gates"] == []
+    assert stats["version"] == report.VERSION == 2 and stats["label"] == "CC-MAIN-2099-13" and stats["gates"] == []
 
 
 def test_segments_split_the_funnel_by_crawl_segment(stats):
@@ -420,7 +421,7 @@ def test_samples_are_the_kept_and_rejected_samples_at_each_quantile(stats, out):
         (1.0, False, "001"),
     ]
     first = stats["samples"][0]
-    assert (first["url"], first["text"], first["tar"]) == (
+    assert (first["url"], first["caption"], first["tar"]) == (
         SHARD0[0]["url"],
         "a red cat",
         os.path.join(out, "images", "00000.tar"),
@@ -435,7 +436,7 @@ def _samples_tree(tmp_path, kept: list[float], rejected: list[float]):
         {
             "key": f"{'k' if s >= THRESHOLD else 'r'}{s:+.2f}",
             "url": f"https://a.test/{i}.jpg",
-            "text": "t",
+            "caption": "t",
             "similarity": s,
             "NSFW": "UNLIKELY",
             "language": "en",
@@ -513,6 +514,19 @@ def test_summaries_survive_json_and_add_up_to_the_same_stats(out):
     assert report.report_shards(out) == ["00000", "00001"]  # shard 2 failed: no stats file
 
 
+def test_shards_and_metadata_of_earlier_versions_give_the_same_report(out, stats):
+    """Earlier versions called the caption `text` in images/*.parquet and embeddings/metadata/: still read."""
+    old = [*Path(out, "images").glob("*.parquet"), *Path(out, "embeddings", "metadata").glob("*.parquet")]
+    for parquet in old:
+        table = pq.read_table(parquet)
+        pq.write_table(table.rename_columns(["text" if c == "caption" else c for c in table.column_names]), parquet)
+    again = report.collect(out, SETTINGS, os.path.join(out, "world", "pairs.parquet"))
+    assert len(old) == 3 and again["samples"] and all(s["caption"] for s in again["samples"])
+    assert {k: v for k, v in again.items() if k != "generated_at"} == {
+        k: v for k, v in stats.items() if k != "generated_at"
+    }
+
+
 def test_report_over_pairs_only(tmp_path):
     out = tmp_path / "pairs-only"
     write_pairs(out, "a", "S1", 10, 4, {"no_alt": 3, "alt_too_short": 2, "invalid_url": 1, "duplicate": 3}, 1.0)
@@ -564,7 +578,7 @@ def test_a_missing_shard_file_names_it(out):
 
 def test_a_missing_column_names_the_file_and_column(out):
     pq.write_table(pa.table({"key": ["000"]}), os.path.join(out, "embeddings", "metadata", "metadata_00000.parquet"))
-    with pytest.raises(ValueError, match=r"metadata_00000\.parquet: unreadable parquet \(no column url, text"):
+    with pytest.raises(ValueError, match=r"metadata_00000\.parquet: unreadable parquet \(no column url, caption"):
         report.shard_summary(out, "00000", SETTINGS)
 
 
@@ -579,9 +593,9 @@ def test_stats_are_written_atomically(out, stats, monkeypatch):
 
     monkeypatch.setattr(uri.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        report.write_stats(out, {**stats, "version": 2})
+        report.write_stats(out, {**stats, "version": stats["version"] + 1})
     with open(written) as f:
-        assert json.load(f)["version"] == 1  # the old file is whole
+        assert json.load(f)["version"] == stats["version"]  # the old file is whole
     assert os.listdir(os.path.join(out, "report")) == ["stats.json"]  # no temporary file left
 
 

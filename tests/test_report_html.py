@@ -64,7 +64,7 @@ def make_stats(tar: str | None = None) -> dict:
                     "key": f"00000{int(q * 100):02d}{n}",
                     "similarity": 0.3 + 0.3 * q + 0.001 * n,
                     "url": f"https://img.site-{n}.world.test/{q}.jpg",
-                    "text": f"{n + 1} large yellow hexagons on a black background",
+                    "caption": f"{n + 1} large yellow hexagons on a black background",
                     "tar": tar,
                 }
             )
@@ -75,7 +75,7 @@ def make_stats(tar: str | None = None) -> dict:
                     "key": f"00001{int(q * 100):02d}{n}",
                     "similarity": -0.7 + q - 0.001 * n,
                     "url": f"http://img.site-{n}.world.test/r{q}.png",
-                    "text": "click here to buy the best cheap shoes online today" * (1 + n),
+                    "caption": "click here to buy the best cheap shoes online today" * (1 + n),
                     "tar": tar,
                 }
             )
@@ -425,7 +425,7 @@ def test_gates_are_badges_coloured_by_outcome(page):
 
 def test_crawl_text_is_escaped():
     stats = make_stats()
-    stats["samples"][0]["text"] = SCRIPT_CAPTION
+    stats["samples"][0]["caption"] = SCRIPT_CAPTION
     stats["samples"][0]["url"] = 'https://x.test/a.jpg" onerror="alert(1)'
     stats["domains"]["by_pairs"][0]["domain"] = "<img src=x onerror=alert(2)>.test"
     page = render(stats, no_thumbnail)

@@ -24,6 +24,7 @@ from clipcrawl.tasks.embed.clip_model import load_model
 from clipcrawl.tasks.embed.stage import embed_shard
 from clipcrawl.tasks.index.ids import write_ids
 from clipcrawl.tasks.index.stage import SettingsMismatch, finish_index, index_modality, plan_index
+from clipcrawl.tasks.search import search as search_module
 from clipcrawl.tasks.search.search import NotFound, Searcher, format_results
 from clipcrawl.tasks.world import tiny_clip
 from clipcrawl.tasks.world.scenes import Scene, describe, encode_image, random_scene, render_scene
@@ -93,15 +94,15 @@ def write_crawl(fx: Fixture, out: Path, first: int, count: int, formats: tuple[s
                 i = first + row
                 body = encode_image(render_scene(fx.scenes[i]), "jpg")
                 sample = {"key": sample_key(n, row - start), "uid": i, "url": f"https://img.example/{i}.jpg"}
-                writer.add(sample | {"text": fx.captions[i]}, process_image(body, download))
-        embed_shard(writer.tar_uri, str(out), EMBED)
-        with tarfile.open(writer.tar_uri) as tar:
+                writer.add(sample | {"caption": fx.captions[i]}, process_image(body, download))
+        embed_shard(writer.shard_uri, str(out), EMBED)
+        with tarfile.open(writer.shard_uri) as tar:
             for row in range(start, min(start + SHARD_SIZE, count)):
                 key = sample_key(n, row - start)
                 fx.images.append(tar.extractfile(f"{key}.{formats[n]}").read())
                 fx.exts.append(formats[n])
                 fx.keys.append(key)
-                fx.tars.append(writer.tar_uri)
+                fx.tars.append(writer.shard_uri)
 
 
 def index(embeddings: Path, out: Path, settings: IndexSettings) -> dict:
@@ -252,26 +253,40 @@ def test_deduplicate_keeps_one_per_group_and_fills_k(fx, searcher):
     assert [r["id"] for r in deduped] == list(first_of_group.values())[:10]
 
 
-def test_deduplicate_searches_deeper_until_k_groups(fx, model, tmp_path):
-    # Most rows in one group: the first k * 4 candidates hold few groups, so the search must go deeper.
+def fetches_of(searcher: Searcher, monkeypatch) -> list[int]:
+    """The candidate counts the searcher's kNN searches ask for, as they happen."""
+    fetches, knn = [], searcher._knn
+    monkeypatch.setattr(searcher, "_knn", lambda index, query, k: fetches.append(k) or knn(index, query, k))
+    return fetches
+
+
+def test_deduplicate_searches_deeper_until_k_groups(fx, model, tmp_path, monkeypatch):
+    # All rows but the query's 14 farthest in one group: the first k * 4 candidates hold one group, so the search
+    # must go deeper.
     index_dir = tmp_path / "index"
     shutil.copytree(fx.dir, index_dir)
     n = len(fx.scenes)
-    big = set(range(n - 14))
-    groups = [0 if i in big else i for i in range(n)]
+    original = Searcher(str(fx.dir), model=model)
+    big = {r["id"] for r in original.search(text="a yellow square", k=n)[:-14]}
+    first = min(big)
+    groups = [first if i in big else i for i in range(n)]
     tables = [
-        pa.Table.from_pylist(
-            [
-                {**row, "duplicate_group": groups[row["id"]]}
-                for row in Searcher(str(fx.dir), model=model).ids.lookup(range(n))
-            ]
-        )
+        pa.Table.from_pylist([{**row, "duplicate_group": groups[row["id"]]} for row in original.ids.lookup(range(n))])
     ]
     write_ids(str(index_dir / "ids.parquet"), tables)
     searcher = Searcher(str(index_dir), model=model)
+    fetches = fetches_of(searcher, monkeypatch)
     results = searcher.search(text="a yellow square", k=12, deduplicate=True)
     assert len(results) == 12 and len({r["duplicate_group"] for r in results}) == 12
-    assert sum(r["duplicate_group"] == 0 for r in results) == 1
+    assert sum(r["duplicate_group"] == first for r in results) == 1
+    assert fetches == [48, n]  # k * 4, then deeper: the whole index (n < k * DEDUP_DEPTH)
+    assert all(set(r) == set(results[0]) and r["caption"] == fx.captions[r["id"]] for r in results)
+    fetches.clear()
+    monkeypatch.setattr(search_module, "DEDUP_DEPTH", 4)  # the cap: k * 4 candidates at most
+    capped = searcher.search(text="a yellow square", k=12, deduplicate=True)
+    assert fetches == [48]
+    first_48 = searcher.search(text="a yellow square", k=48)
+    assert len(capped) == len({r["duplicate_group"] for r in first_48}) == 1  # the groups among those only
     everything = searcher.search(text="a yellow square", k=100, deduplicate=True)  # only 15 groups exist
     assert len(everything) == 15
     assert len(searcher.search(text="a yellow square", k=100)) == n  # k > count: all of them

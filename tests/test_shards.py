@@ -10,6 +10,7 @@ from PIL import Image
 
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.download.images import process_image
+from clipcrawl.tasks.download.shard_reader import shard_images
 from clipcrawl.tasks.download.shards import (
     IMAGES_SCHEMA,
     ShardSpec,
@@ -22,7 +23,6 @@ from clipcrawl.tasks.download.shards import (
     tar_members,
 )
 from clipcrawl.tasks.download.stage import summarize
-from clipcrawl.tasks.embed.stage import _image_members
 from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 
 
@@ -31,7 +31,7 @@ def write_pairs(path, first_uid: int, n: int, row_group_size: int = 2) -> str:
         {
             "uid": pa.array(range(first_uid, first_uid + n), pa.uint64()),
             "url": [f"https://img.example/{i}.jpg" for i in range(first_uid, first_uid + n)],
-            "text": [f"caption {i}" for i in range(first_uid, first_uid + n)],
+            "caption": [f"caption {i}" for i in range(first_uid, first_uid + n)],
             "page_url": ["https://page.example/"] * n,
             "source": ["wat-0"] * n,
             "language": ["en"] * n,
@@ -81,8 +81,8 @@ def test_read_shard_rows_returns_exactly_those_rows(pairs):
         assert table.schema == PAIRS_SCHEMA and table.num_rows == spec.num_rows
         uids.append(table.column("uid").to_pylist())
     assert uids == [[0, 1, 2, 3], [4, 5, 6, 200], [201, 202, 203, 204]]
-    only = read_shard_rows(plan_shards(pairs, 4)[1], columns=["uid", "text"])
-    assert only.column_names == ["uid", "text"] and only.column("text").to_pylist()[-1] == "caption 200"
+    only = read_shard_rows(plan_shards(pairs, 4)[1], columns=["uid", "caption"])
+    assert only.column_names == ["uid", "caption"] and only.column("caption").to_pylist()[-1] == "caption 200"
     assert read_shard_rows(ShardSpec(0, ())).num_rows == 0
 
 
@@ -110,7 +110,7 @@ def row(i: int, **extra) -> dict:
         "key": sample_key(0, i),
         "uid": i,
         "url": f"https://img.example/{i}.jpg",
-        "text": f"a red square {i}",
+        "caption": f"a red square {i}",
         "page_url": "https://page.example/",
         "source": "wat-0",
         "language": "en",
@@ -152,6 +152,7 @@ def test_shard_writer_outputs(tmp_path):
         meta = json.loads(tar.extractfile("000000004.json").read())
         assert meta["key"] == "000000004" and meta["status"] == "success" and meta["width"] == 32
         assert meta["url"] == "https://img.example/4.jpg" and meta["language"] == "en"
+        assert meta["caption"] == "a red square 4" and "text" not in meta  # img2dataset's name
         img = Image.open(tar.extractfile("000000002.jpg"))
         assert img.format == "JPEG" and img.size == (32, 32)
 
@@ -164,6 +165,7 @@ def test_shard_writer_outputs(tmp_path):
     assert rows[0]["error_message"] == "read timeout" and rows[3]["http_status"] == 404
     assert rows[2]["width"] == 32 and rows[2]["original_width"] == 64 and rows[2]["sha256"] == ok.sha256
     assert rows[1]["sha256"] is not None and rows[1]["width"] is None
+    assert "text" not in table.column_names and rows[2]["caption"] == "a red square 2"
 
     published = json.loads((images / "00000_stats.json").read_text())
     assert published["count"] == 5 and published["successes"] == 2 and published["failures"] == 3
@@ -236,8 +238,8 @@ def test_bad_rows_are_refused(tmp_path):
 def test_webp_extension(tmp_path):
     settings = DownloadSettings(image_size=32, encode_format="webp")
     with ShardWriter(str(tmp_path), 1, settings) as writer:
-        writer.add({"key": sample_key(1, 0), "uid": 1, "url": "u", "text": "a cat"}, process_image(jpeg(), settings))
-        writer.add({"key": sample_key(1, 1), "uid": 2, "url": "v", "text": None}, process_image(jpeg(), settings))
+        writer.add({"key": sample_key(1, 0), "uid": 1, "url": "u", "caption": "a cat"}, process_image(jpeg(), settings))
+        writer.add({"key": sample_key(1, 1), "uid": 2, "url": "v", "caption": None}, process_image(jpeg(), settings))
     with tarfile.open(tmp_path / "images" / "00001.tar") as tar:
         names = ["000010000.json", "000010000.txt", "000010000.webp", "000010001.json", "000010001.webp"]
         assert sorted(tar.getnames()) == names  # no caption, no .txt (img2dataset's layout)
@@ -296,5 +298,5 @@ def test_both_tar_readers_key_members_as_webdataset_does(tmp_path):
     found = tar_members(str(tar_path))
     assert {k: m[2] for k, m in found.items()} == {"000000000": "jpg", "shard.v2/000000002": "png"}
     assert read_member(str(tar_path), "000000000", found["000000000"]) == b"first"
-    streamed = dict(_image_members(str(tar_path), {"000000000", "000000001", "000000003", "shard.v2/000000002"}))
+    streamed = dict(shard_images(str(tar_path), {"000000000", "000000001", "000000003", "shard.v2/000000002"}))
     assert streamed == {"000000000": b"first", "shard.v2/000000002": b"in a folder"}

@@ -68,11 +68,11 @@ def pick(out):
     images = [r for p in sorted((out / "images").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
     report = (out / "report" / "index.html").read_text()
     for row in ids:
-        if html.escape(row["text"]) not in report:
+        if html.escape(row["caption"]) not in report:
             continue
         sha = next(r["sha256"] for r in images if r["url"] == row["url"])
         others = [r for r in images if r["sha256"] != sha]
-        if not any(row["url"] in (r["url"] or "") or row["text"] in (r["text"] or "") for r in others):
+        if not any(row["url"] in (r["url"] or "") or row["caption"] in (r["caption"] or "") for r in others):
             return row, sha
     pytest.fail("no sample with a unique URL and caption")
 
@@ -97,7 +97,7 @@ def taken(dask_address, pipeline, tmp_path_factory):
     vector = np.load(out / "embeddings" / "img_emb" / f"img_emb_{sample['shard']}.npy")[sample["row"]]
     needles = {
         "url": sample["url"].encode(),
-        "caption": sample["text"].encode(),
+        "caption": sample["caption"].encode(),
         "sha256": sha.encode(),
         "image": image,
         "embedding": vector.tobytes(),
@@ -125,8 +125,8 @@ def test_search_never_returns_it(taken):
     k = searcher.count
     for found in (
         searcher.search(image=image, k=k),
-        searcher.search(text=sample["text"], k=k, modality="text"),
-        searcher.search(text=sample["text"], k=k),
+        searcher.search(text=sample["caption"], k=k, modality="text"),
+        searcher.search(text=sample["caption"], k=k),
     ):
         assert len(found) == k and sample["url"] not in {r["url"] for r in found}
 
@@ -208,12 +208,12 @@ def test_a_redownload_skips_it(taken, tmp_path):
 
     out, sample, *_ = taken
     pairs = tmp_path / "pairs.parquet"
-    pq.write_table(pa.table({"url": [sample["url"]], "text": [sample["text"]]}), pairs)
+    pq.write_table(pa.table({"url": [sample["url"]], "caption": [sample["caption"]]}), pairs)
     again = tmp_path / "again"
     shutil.copytree(out / "takedown", again / "takedown")
     stats = download_shard(ShardSpec(0, ((str(pairs), 0, 1),)), str(again), DownloadSettings(shard_size=10))
     assert stats["status"] == {"taken_down": 1}
-    assert holders(again, {"url": sample["url"].encode(), "caption": sample["text"].encode()}) == []
+    assert holders(again, {"url": sample["url"].encode(), "caption": sample["caption"].encode()}) == []
 
 
 def test_a_reembed_drops_it(pipeline, taken, tmp_path):
@@ -229,7 +229,7 @@ def test_a_reembed_drops_it(pipeline, taken, tmp_path):
     stats = embed_shard(str(again / "images" / f"{sample['shard']}.tar"), str(again), tiny_clip.embed_settings())
     assert stats["status"]["taken_down"] >= 1 and stats["embedded"] > 0
     for folder in ("embeddings", "dataset"):
-        assert holders(again / folder, {"url": sample["url"].encode(), "caption": sample["text"].encode()}) == []
+        assert holders(again / folder, {"url": sample["url"].encode(), "caption": sample["caption"].encode()}) == []
 
 
 def test_a_rerun_of_the_stages_still_works(dask_address, taken):
@@ -339,7 +339,7 @@ def test_a_blank_row_is_taken_down_without_a_request(tmp_path):
 
     pairs = tmp_path / "pairs.parquet"
     # a blanked row, then a row whose address the SSRF guard refuses (no request either)
-    pq.write_table(pa.table({"url": [None, "http://127.0.0.1:9/a.jpg"], "text": [None, "a cat"]}), pairs)
+    pq.write_table(pa.table({"url": [None, "http://127.0.0.1:9/a.jpg"], "caption": [None, "a cat"]}), pairs)
     stats = download_shard(ShardSpec(0, ((str(pairs), 0, 2),)), str(tmp_path / "out"), DownloadSettings(shard_size=10))
     assert stats["status"] == {"taken_down": 1, "blocked_address": 1}
     rows = pq.read_table(tmp_path / "out" / "images" / "00000.parquet").to_pylist()
@@ -383,7 +383,7 @@ def test_a_taken_down_image_under_a_new_url_is_refused(tmp_path):
     log.append(str(out), {"image_sha256": [log.digest(hashlib.sha256(bodies["/new-name.png"]).hexdigest())]})
     base = f"http://127.0.0.1:{server.server_address[1]}"
     pairs = tmp_path / "pairs.parquet"
-    pq.write_table(pa.table({"url": [base + "/new-name.png", base + "/other.png"], "text": ["a", "b"]}), pairs)
+    pq.write_table(pa.table({"url": [base + "/new-name.png", base + "/other.png"], "caption": ["a", "b"]}), pairs)
     settings = DownloadSettings(shard_size=10, allow_addresses=["127.0.0.0/8"])
     try:
         stats = download_shard(ShardSpec(0, ((str(pairs), 0, 2),)), str(out), settings)
@@ -464,7 +464,7 @@ def test_an_index_with_relative_paths(taken, tmp_path, monkeypatch):
     out = copy_out(pristine, tmp_path / "base" / "out", first)
     keep = out / "requests" / "list.parquet"
     keep.parent.mkdir()
-    pq.write_table(pa.table({"url": [sample["url"]], "caption": [sample["text"]]}), keep)
+    pq.write_table(pa.table({"url": [sample["url"]], "caption": [sample["caption"]]}), keep)
     kept = keep.read_bytes()
     infos_uri = out / "index" / "index_infos.json"
     infos = json.loads(infos_uri.read_text())

@@ -333,7 +333,7 @@ def test_compare_pairs_checks_licenses(world, tmp_path):
     table = pa.table(
         {
             "url": [r["url"] for r in unique],
-            "text": [r["text"] for r in unique],
+            "caption": [r["text"] for r in unique],  # the manifest's text, as pairs/ publish it
             "page_url": [r["page_url"] for r in unique],
             "license": pa.array([r["license"] for r in unique], pa.string()),
         }

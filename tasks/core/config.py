@@ -148,9 +148,9 @@ class DownloadSettings(BaseModel):
         "clipcrawl's dataset/) is read by URL and TEXT.",
     )
     caption_col: str | None = Field(
-        "text",
-        description="Column of the captions (none: no captions). Left at text, a file without text is read by "
-        "caption (img2dataset's name), or TEXT beside URL.",
+        "caption",
+        description="Column of the captions (none: no captions). Left at caption (img2dataset's name), a file "
+        "without caption is read by text (pairs of earlier clipcrawl versions), or TEXT beside URL.",
     )
     save_additional_columns: list[str] = Field(
         default_factory=list,
@@ -195,6 +195,11 @@ class DownloadSettings(BaseModel):
     )
     max_image_pixels: int = Field(89_478_485, ge=1, description="Decompression-bomb guard (Pillow's default).")
     encode_format: Literal["jpg", "webp", "png"] = Field("jpg", description="Format of the images written to shards.")
+    output_format: Literal["webdataset", "files", "parquet"] = Field(
+        "webdataset",
+        description="img2dataset's output formats: webdataset: images/N.tar; files: a folder images/N/ of "
+        "{key}.jpg, .txt, .json; parquet: images/N.parquet with the image bytes in a column named by encode_format.",
+    )
     encode_quality: int = Field(95, ge=1, le=100, description="JPEG/WebP quality of the written images.")
     image_threads: int | None = Field(
         None, ge=1, description="Threads decoding and resizing images per shard task (none: one per core)."

@@ -7,12 +7,17 @@ because a stage may read a folder given on its own (`clipcrawl embed --images DI
 
 from __future__ import annotations
 
-from clipcrawl.tasks.core.uri import join, listdir, name_of
+import contextlib
+
+from clipcrawl.tasks.core.uri import join, listdir, name_of, read_json
 
 SUMMARY = "_summary.json"  # a stage's run summary in its output folder
 SHARD_STATS_SUFFIX = "_stats.json"  # img2dataset's per-shard stats, each shard's completion marker
 PAIRS_STATS_SUFFIX = ".stats.json"  # an ingested file's stats, its completion marker
 EMBEDDING_FOLDERS = {"image": "img_emb", "text": "text_emb"}  # clip-retrieval's folder per modality
+# Where a shard's images are per output format (DownloadSettings.output_format): images/{stem}{suffix}, a tar, a
+# folder of files, or the shard's parquet holding them in a column.
+SHARD_SUFFIXES = {"webdataset": ".tar", "files": "", "parquet": ".parquet"}
 
 
 # ---- OUT/ folders
@@ -122,19 +127,58 @@ def shard_stats(images: str, stem: str) -> str:
     return join(images, stem + SHARD_STATS_SUFFIX)
 
 
-def shard_stem(tar: str) -> str:
-    """'.../images/00012.tar' -> '00012', the name every output of the shard carries."""
-    return name_of(tar).removesuffix(".tar")
+def shard_folder(images: str, stem: str) -> str:
+    """The `files` output format's folder of a shard's images: images/{stem}/{key}.jpg, .txt, .json."""
+    return join(images, stem)
 
 
-def shard_parquet_of(tar: str) -> str:
-    """The parquet beside a shard's tar (its rows, failures included)."""
-    return tar.removesuffix(".tar") + ".parquet"
+def shard_in_format(images: str, stem: str, output_format: str) -> str:
+    """Where shard `stem` of IMAGES has its images in `output_format` (SHARD_SUFFIXES), as published_shards names
+    the shard."""
+    return join(images, stem + SHARD_SUFFIXES[output_format])
+
+
+def shard_stem(shard: str) -> str:
+    """'.../images/00012.tar' (or the folder '.../images/00012', or '.../images/00012.parquet') -> '00012', the
+    name every output of the shard carries."""
+    return name_of(shard).removesuffix(".tar").removesuffix(".parquet")
+
+
+def shard_parquet_of(shard: str) -> str:
+    """The parquet of a shard (its rows, failures included): beside its tar or folder, or the shard itself."""
+    shard = shard.rstrip("/")
+    return shard if shard.endswith(".parquet") else shard.removesuffix(".tar") + ".parquet"
+
+
+def shard_format(shard: str) -> str:
+    """The output format of a shard named as published_shards names it: webdataset, parquet or files."""
+    shard = shard.rstrip("/")
+    return "webdataset" if shard.endswith(".tar") else "parquet" if shard.endswith(".parquet") else "files"
 
 
 def published_shards(images: str) -> list[str]:
-    """The tars of IMAGES whose download finished (their _stats.json, written last, exists), in order."""
-    return [uri.removesuffix(SHARD_STATS_SUFFIX) + ".tar" for uri in listdir(images, SHARD_STATS_SUFFIX)]
+    """The shards of IMAGES whose download finished (their _stats.json, written last, exists), in order, each named
+    by where its images are: {stem}.tar (webdataset), the folder {stem} (files) or {stem}.parquet (parquet: the image
+    bytes in a column of the shard's rows). A shard written again in another format has the other format's images
+    removed before its stats are published, so the listing decides; were a tar and a folder both there, the format
+    its stats record (output_format) would (img2dataset's own stats record none: then the tar)."""
+    entries = listdir(images)
+    names = {name_of(uri) for uri in entries}
+    shards = []
+    for uri in entries:
+        if not uri.endswith(SHARD_STATS_SUFFIX):
+            continue
+        base = uri.removesuffix(SHARD_STATS_SUFFIX)
+        stem = name_of(base)
+        if f"{stem}.tar" in names and stem in names:
+            recorded = None
+            with contextlib.suppress(OSError, ValueError):
+                stats = read_json(uri)
+                recorded = stats.get("output_format") if isinstance(stats, dict) else None
+            shards.append(base + SHARD_SUFFIXES.get(recorded, ".tar"))
+        else:
+            shards.append(base + ".tar" if f"{stem}.tar" in names else base if stem in names else base + ".parquet")
+    return shards
 
 
 # ---- embeddings/: clip-retrieval's layout
@@ -190,6 +234,12 @@ def staged_ids(index: str) -> str:
 
 def index_infos(index: str) -> str:
     return join(index, "index_infos.json")
+
+
+def clip_metadata_file(index: str) -> str:
+    """index/metadata/ids.parquet: ids.parquet where `clip-retrieval back` reads an index's metadata (its
+    ParquetMetadataProvider concatenates metadata/*.parquet in name order: row i is id i)."""
+    return join(index, "metadata", "ids.parquet")
 
 
 # ---- report/

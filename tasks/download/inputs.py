@@ -21,8 +21,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from clipcrawl.tasks.core.caption import CAPTION, LEGACY_CAPTION, caption_column
 from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.uri import atomic_write, filesystem, join, listdir, name_of, open_uri
+from clipcrawl.tasks.download.sinks import IMAGE_TYPES
 from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 
 FORMATS = ("parquet", "txt", "csv", "csv.gz", "tsv", "tsv.gz", "json", "jsonl")  # a folder's auto: parquet first
@@ -31,8 +33,9 @@ JSONL_LINES = 50_000  # jsonl/json objects per batch
 JSON_MAX_BYTES = 256 << 20  # a json array is parsed whole (no streaming parser in the lock): larger ones -> jsonl
 # Columns every shard writes itself: an input column may not be carried under these names (img2dataset's rule).
 RESERVED = frozenset(
-    {"key", "uid", "url", "text", "caption", "status", "error_message", "http_status", "width", "height"}
+    {"key", "uid", "url", CAPTION, LEGACY_CAPTION, "status", "error_message", "http_status", "width", "height"}
     | {"original_width", "original_height", "sha256", "bytes", "final_url", "attempts"}
+    | IMAGE_TYPES.keys()  # the parquet output format's image column (jpg, ...)
 )
 
 
@@ -71,17 +74,17 @@ def input_files(source: str, input_format: str = "auto") -> list[tuple[str, str]
 
 def input_columns(uri: str, names: list[str], settings) -> dict[str, str]:
     """{input column: shard column}, in the file's order, for a file with columns `names`: its URL column -> url,
-    its caption column -> text, clipcrawl's pair columns it has (uid, page_url, ...) and save_additional_columns
+    its caption column -> caption, clipcrawl's pair columns it has (uid, page_url, ...) and save_additional_columns
     as they are.
 
-    The URL/TEXT rule: with url_col and caption_col left at their defaults (url, text), a file without url but with
-    URL (LAION's metadata, clipcrawl's dataset/) is read by URL and TEXT; a file without text, by caption
-    (img2dataset's name). A column it lacks raises InputError naming the file and the column."""
+    The URL/TEXT rule: with url_col and caption_col left at their defaults (url, caption), a file without url but
+    with URL (LAION's metadata, clipcrawl's dataset/) is read by URL and TEXT; a file without caption, by text
+    (the pairs of earlier clipcrawl versions). A column it lacks raises InputError naming the file and the column."""
     url, caption = settings.url_col, settings.caption_col
     if url == "url" and "url" not in names and "URL" in names:
-        url, caption = "URL", ("TEXT" if caption == "text" else caption)
-    if caption == "text" and "text" not in names and "caption" in names:
-        caption = "caption"
+        url, caption = "URL", ("TEXT" if caption == CAPTION else caption)
+    if caption == CAPTION:
+        caption = caption_column(names) or CAPTION
     carried = list(dict.fromkeys(settings.save_additional_columns))
     reserved = sorted(RESERVED & set(carried))
     if reserved:
@@ -91,8 +94,8 @@ def input_columns(uri: str, names: list[str], settings) -> dict[str, str]:
     if missing:
         hint = "; --caption-col none reads no captions" if caption in missing else ""
         raise InputError(f"{uri}: missing column {', '.join(missing)} (has {', '.join(names) or 'no columns'}{hint})")
-    mapping = {url: "url"} | ({caption: "text"} if caption is not None else {})
-    for name in [*(n for n in PAIRS_SCHEMA.names if n in names), *carried]:
+    mapping = {url: "url"} | ({caption: CAPTION} if caption is not None else {})
+    for name in [*(n for n in PAIRS_SCHEMA.names if n in names and n != CAPTION), *carried]:  # caption: caption_col
         mapping.setdefault(name, name)
     return {n: mapping[n] for n in names if n in mapping}  # in the file's order
 

@@ -1,33 +1,39 @@
 """Pairs parquet files -> shards of `shard_size` samples, and the writer of one shard's outputs.
 
 A shard's outputs follow img2dataset's layout, so trainers read them unchanged:
-OUT/images/{shard:05d}.tar (webdataset: {key}.jpg, {key}.txt, {key}.json per success),
-{shard:05d}.parquet (one row per sample, failures included) and {shard:05d}_stats.json, the
-completion marker, published last.
+OUT/images/{shard:05d}.tar (webdataset: {key}.jpg, {key}.txt, {key}.json per success; output formats files
+and parquet: tasks/download/sinks.py), {shard:05d}.parquet (one row per sample, failures included) and
+{shard:05d}_stats.json, the completion marker, published last.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import tarfile
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipcrawl.tasks.core.caption import CAPTION
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.errors import InputError
-from clipcrawl.tasks.core.layout import images_dir, pairs_dir, shard_name, shard_parquet, shard_stats, shard_tar
+from clipcrawl.tasks.core.layout import (
+    SHARD_SUFFIXES,
+    images_dir,
+    pairs_dir,
+    shard_in_format,
+    shard_name,
+    shard_parquet,
+    shard_stats,
+)
 from clipcrawl.tasks.core.status import DownloadStatus
-from clipcrawl.tasks.core.uri import atomic_write, is_local, listdir, open_uri, write_json
+from clipcrawl.tasks.core.uri import filesystem, listdir, open_uri, write_json
 from clipcrawl.tasks.download.images import ImageResult
 from clipcrawl.tasks.download.inputs import check_urls, input_columns, stage_inputs, url_column
+from clipcrawl.tasks.download.sinks import IMAGE_TYPES, open_sink
 from clipcrawl.tasks.ingest.stage import PAIRS_SCHEMA
 
 # The columns of images/{shard}.parquet every shard has, whatever its rows; the pairs' other
@@ -37,7 +43,7 @@ IMAGES_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("uid", pa.uint64()),
         ("url", pa.string()),
-        ("text", pa.string()),
+        ("caption", pa.string()),
         ("status", pa.string()),
         ("error_message", pa.string()),
         ("http_status", pa.int32()),
@@ -49,13 +55,11 @@ IMAGES_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
     ]
 )
-# The caption's column: clipcrawl's pairs and shards call it `text`, img2dataset's input and shards `caption`.
-CAPTION_COLUMNS = ("text", "caption")
 PASSTHROUGH_TYPES = {f.name: f.type for f in PAIRS_SCHEMA if f.name not in IMAGES_SCHEMA.names}
 # Optional columns the download task may add: typed here so that a shard where they are all null
 # has the same schema as the others. Any other extra column's type is inferred (null -> string).
 OPTIONAL_TYPES = {"final_url": pa.string(), "attempts": pa.int32()}
-IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "png": "image/png"}
+T = TypeVar("T")
 _IMAGE_FIELDS = ("status", "error_message", "width", "height", "original_width", "original_height", "sha256")
 
 
@@ -159,7 +163,7 @@ def read_shard_rows(
     spec: ShardSpec, columns: list[str] | None = None, settings: DownloadSettings | None = None
 ) -> pa.Table:
     """The rows of one shard, reading only the row groups that hold them and only the input columns `settings`
-    name (inputs.input_columns), under the shard's names (url, text, ...); `columns` picks among those."""
+    name (inputs.input_columns), under the shard's names (url, caption, ...); `columns` picks among those."""
     settings = settings or DownloadSettings()
     tables = []
     for uri, start, end in spec.slices:
@@ -179,8 +183,8 @@ def read_shard_rows(
                 raise ValueError(f"{uri} has {offset} rows, shard {spec.shard} wants rows {start}-{end}")
             table = pf.read_row_groups(groups, columns=list(mapping))
         table = table.rename_columns([mapping[c] for c in table.column_names])
-        if "text" not in table.column_names and (columns is None or "text" in columns):  # no captions
-            table = table.append_column("text", pa.nulls(table.num_rows, pa.string()))
+        if CAPTION not in table.column_names and (columns is None or CAPTION in columns):  # no captions
+            table = table.append_column(CAPTION, pa.nulls(table.num_rows, pa.string()))
         tables.append(table.slice(start - first, end - start))
     if not tables:
         schema = PAIRS_SCHEMA if columns is None else pa.schema([PAIRS_SCHEMA.field(c) for c in columns])
@@ -195,9 +199,10 @@ def sample_key(shard: int, index: int, shard_size: int = 10_000) -> str:
 
 
 class ShardWriter:
-    """Writes one shard: the tar streams to disk as samples come, rows (no image bytes) stay in memory.
+    """Writes one shard: its images go to the sink of settings.output_format (tasks/download/sinks.py: a tar,
+    a folder of files, or a parquet bytes column) as samples come, rows (no image bytes) stay in memory.
 
-    Use as a context manager: leaving it normally publishes the tar, the parquet and the stats
+    Use as a context manager: leaving it normally publishes the images, the parquet and the stats
     (last), each atomically; leaving it with an exception publishes nothing and removes the
     temporary files.
     """
@@ -206,9 +211,10 @@ class ShardWriter:
         self.out = out
         self.shard = shard
         self.ext = settings.encode_format
-        images, stem = images_dir(out), shard_name(shard)
-        self.tar_uri = shard_tar(images, stem)
+        self.output_format = settings.output_format
+        self._images, self._stem = images, stem = images_dir(out), shard_name(shard)
         self.parquet_uri = shard_parquet(images, stem)
+        self.shard_uri = shard_in_format(images, stem, self.output_format)  # as layout.published_shards names it
         self.stats_uri = shard_stats(images, stem)
         self._rows: list[dict[str, Any]] = []
         self._keys: set[str] = set()
@@ -216,16 +222,7 @@ class ShardWriter:
         self._blocklisted: dict[str, int] = {}  # samples per list
         self._started = time.time()
         self._closed = False
-        self._stack = contextlib.ExitStack()
-        try:
-            if is_local(self.tar_uri):  # the temporary file beside the tar becomes the tar
-                self._tar_file = self._stack.enter_context(atomic_write(self.tar_uri))
-            else:  # object stores: spool locally, upload in close() (a failed upload must not commit)
-                self._tar_file = self._stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
-            self._tar = tarfile.open(fileobj=self._tar_file, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
-        except BaseException:
-            self._stack.close()
-            raise
+        self._sink = open_sink(settings.output_format, images, stem, self.ext, self._started)
 
     def __enter__(self) -> Self:
         return self
@@ -238,7 +235,7 @@ class ShardWriter:
         return False
 
     def add(self, row: dict, image: ImageResult | None) -> None:
-        """One sample: `row` has key, uid, url, text, passthrough columns and, for samples that
+        """One sample: `row` has key, uid, url, caption, passthrough columns and, for samples that
         failed before image processing, status / error_message / http_status; a bytes column
         (downloaded size) when known. `image` (when given) decides the status and the sizes."""
         if self._closed:
@@ -268,18 +265,8 @@ class ShardWriter:
         if record["status"] == DownloadStatus.SUCCESS:
             if image is None or image.data is None:
                 raise ValueError(f"shard {self.shard}: {key} is a success without image data")
-            self._add_member(f"{key}.{self.ext}", image.data)
-            if record.get("text") is not None:  # an input without captions gets no .txt, as in img2dataset
-                self._add_member(f"{key}.txt", record["text"].encode())
-            self._add_member(f"{key}.json", json.dumps(record, indent=4, ensure_ascii=False, default=str).encode())
+            self._sink.add(key, image.data, record.get(CAPTION), record)  # no caption: no .txt, as in img2dataset
             self._image_bytes += len(image.data)
-
-    def _add_member(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = int(self._started)
-        info.mode = 0o444
-        self._tar.addfile(info, io.BytesIO(data))
 
     def table(self) -> pa.Table:
         """The shard's rows sorted by key: core columns with fixed types, then the passthrough ones."""
@@ -312,46 +299,51 @@ class ShardWriter:
             "duration": duration,
             "throughput": successes / duration if duration > 0 else 0.0,  # images written per second
             "bytes": sum(r["bytes"] or 0 for r in self._rows),  # downloaded
-            "image_bytes": self._image_bytes,  # encoded, in the tar
+            "image_bytes": self._image_bytes,  # encoded, in the tar (folder, parquet)
             "blocklisted_by_list": dict(sorted(self._blocklisted.items())),  # samples per known-bad list
             "start_time": self._started,
             "end_time": self._started + duration,
+            "output_format": self.output_format,  # where the images are (layout.published_shards)
         }
 
     def close(self) -> dict:
-        """Publish the tar, the parquet, then the stats; returns the stats."""
+        """Publish the images and the parquet (the sink), then the stats; returns the stats."""
         if self._closed:
             raise RuntimeError(f"shard {self.shard}: closed twice")
         self._closed = True
         try:
-            self._tar.close()
-            table = self.table()
-            if is_local(self.tar_uri):
-                self._stack.close()  # fsync + rename of the tar
-            else:
-                self._tar_file.seek(0)
-                with atomic_write(self.tar_uri) as dst:
-                    while chunk := self._tar_file.read(8 << 20):
-                        dst.write(chunk)
-                self._stack.close()
-            with atomic_write(self.parquet_uri) as f:
-                pq.write_table(table, f, compression="zstd")
+            self._sink.publish(self.table())
+            self._drop_other_formats()
             stats = self.stats(time.time() - self._started)
             write_json(self.stats_uri, stats)
         except BaseException as exc:
-            self._stack.__exit__(type(exc), exc, exc.__traceback__)
+            self._sink.abort(type(exc), exc, exc.__traceback__)
             raise
         return stats
+
+    def _drop_other_formats(self) -> None:
+        """The images an earlier run wrote of this shard in another output format (its tar, its folder) go, its
+        stats first (the shard stops being published until this run's stats are written). The parquet stays:
+        every format writes the shard's rows there, and this run has just written them."""
+        stale = []
+        for output_format in SHARD_SUFFIXES.keys() - {self.output_format, "parquet"}:
+            fs, path = filesystem(shard_in_format(self._images, self._stem, output_format))
+            if fs.exists(path):
+                stale.append((fs, path))
+        if stale:
+            fs, stats = filesystem(self.stats_uri)
+            if fs.exists(stats):
+                fs.rm(stats)
+        for fs, path in stale:
+            fs.rm(path, recursive=True)
 
     def abort(self, exc_type=None, exc=None, tb=None) -> None:
         """Drop everything written so far; nothing is published."""
         self._closed = True
         self._rows.clear()
-        with contextlib.suppress(Exception):
-            self._tar.close()
         if exc_type is None:
             exc_type, exc = RuntimeError, RuntimeError(f"shard {self.shard} aborted")
-        self._stack.__exit__(exc_type, exc, tb)
+        self._sink.abort(exc_type, exc, tb)
 
 
 def member_key(name: str) -> tuple[str, str] | None:
@@ -365,24 +357,30 @@ def member_key(name: str) -> tuple[str, str] | None:
     return (f"{folder}/{stem}" if folder else stem), ext.lower()
 
 
-def image_members(tar: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
-    """(key, extension, member) of the tar's image members, in tar order: files whose whole extension is an image
-    type, the fields a webdataset reader asks for (`jpg`, `png`, ...). A key's first image member is its image.
-    Works on a stream (mode "r|"): read a member's data before taking the next one."""
+def image_members(entries: Iterable[tuple[str, T]]) -> Iterator[tuple[str, str, T]]:
+    """(key, extension, entry) of the image members among (member name, entry) pairs (a tar's members, a folder's
+    files), in order: files whose whole extension is an image type, the fields a webdataset reader asks for (`jpg`,
+    `png`, ...). A key's first image member is its image. Lazy: a tar read as a stream (mode "r|") gives its next
+    member only after the data of this one is read."""
     seen: set[str] = set()
-    for info in tar:
-        split = member_key(info.name) if info.isfile() else None
+    for name, entry in entries:
+        split = member_key(name)
         if split is not None and split[1] in IMAGE_TYPES and split[0] not in seen:
             seen.add(split[0])
-            yield split[0], split[1], info
+            yield split[0], split[1], entry
+
+
+def tar_images(tar: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
+    """image_members of a tar: (key, extension, member)."""
+    return image_members((info.name, info) for info in tar if info.isfile())
 
 
 def tar_members(tar_uri: str) -> dict[str, tuple[int, int, str]]:
-    """{key: (data offset, size, extension)} of a shard tar's image members (image_members), for reading one image
+    """{key: (data offset, size, extension)} of a shard tar's image members (tar_images), for reading one image
     without reading the tar (random access: reads the 512-byte headers and seeks over the data)."""
     try:
         with open_uri(tar_uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
-            return {key: (info.offset_data, info.size, ext) for key, ext, info in image_members(tar)}
+            return {key: (info.offset_data, info.size, ext) for key, ext, info in tar_images(tar)}
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise OSError(f"{tar_uri}: cannot read the shard's tar: {exc}") from exc
 

@@ -17,6 +17,7 @@ import os
 from prefect import task
 
 from clipcrawl.tasks.core.cache import cache_key
+from clipcrawl.tasks.core.caption import CAPTION
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.status import DownloadStatus
 from clipcrawl.tasks.download.fetch import Fetcher
@@ -84,7 +85,7 @@ async def download_shard_async(spec: ShardSpec, out: str, settings: DownloadSett
         row
         | {
             "key": sample_key(spec.shard, i, settings.shard_size),
-            "uid": row.get("uid") or (pair_uid(row["url"], row["text"] or "") if row.get("url") is not None else None),
+            "uid": row.get("uid") or (pair_uid(row["url"], row[CAPTION] or "") if row.get("url") is not None else None),
         }  # any input with URLs (captions may be none); a row a takedown blanked (no url) keeps its place, and its key
         for i, row in enumerate(table.to_pylist())
     ]

@@ -1,8 +1,9 @@
 """One image shard -> CLIP embeddings (clip-retrieval layout) and the filtered dataset part.
 
 The samples and their captions come from the parquet beside IMAGES/{stem}.tar, or from the tar's {key}.txt
-(and {key}.json) members where the parquet has no caption column or is absent, as in img2dataset's folders.
-The tar is read as a stream; a thread pool decodes and preprocesses images a bounded
+(and {key}.json) members where the parquet has no caption column or is absent, as in img2dataset's folders;
+the same for the other output formats (a folder IMAGES/{stem}/ of files, or IMAGES/{stem}.parquet holding the
+image bytes: tasks/download/shard_reader.py). The shard is read as a stream; a thread pool decodes and preprocesses images a bounded
 number of batches ahead of the model, so decoding overlaps model compute and memory stays flat
 whatever the tar's size. Outputs, each published atomically, the stats (completion marker) last:
 OUT/embeddings/{img_emb,text_emb}/..._{stem}.npy, OUT/embeddings/metadata/metadata_{stem}.parquet,
@@ -15,10 +16,8 @@ import contextlib
 import functools
 import io
 import itertools
-import json
 import os
 import queue
-import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,12 +34,13 @@ from prefect import task
 
 from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.cache import cache_key
+from clipcrawl.tasks.core.caption import CAPTION, caption_column, with_caption
 from clipcrawl.tasks.core.config import EmbedSettings
 from clipcrawl.tasks.core.errors import InputError, pick_columns
 from clipcrawl.tasks.core.status import NSFW, UNLIKELY, UNSURE, DownloadStatus, EmbedStatus
 from clipcrawl.tasks.core.uri import atomic_write, exists, open_uri, write_json
 from clipcrawl.tasks.download.images import WEB_FORMATS
-from clipcrawl.tasks.download.shards import CAPTION_COLUMNS, IMAGE_TYPES, image_members, member_key
+from clipcrawl.tasks.download.shard_reader import captions_and_fields, shard_images
 from clipcrawl.tasks.embed.clip_model import ClipModel, weights_fingerprint, worker_model
 from clipcrawl.tasks.takedown.log import TAKEN_DOWN, tombstones
 
@@ -61,7 +61,7 @@ METADATA_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("uid", pa.uint64()),
         ("url", pa.string()),
-        ("text", pa.string()),
+        ("caption", pa.string()),
         ("similarity", pa.float32()),
         ("NSFW", pa.string()),
         *PASSTHROUGH.items(),
@@ -87,7 +87,7 @@ DATASET_SCHEMA = pa.schema(
 _DATASET_FROM = {
     "SAMPLE_ID": "uid",
     "URL": "url",
-    "TEXT": "text",
+    "TEXT": "caption",
     "HEIGHT": "original_height",
     "WIDTH": "original_width",
     "LICENSE": "license",
@@ -117,79 +117,41 @@ def prompt_embeddings(model: ClipModel, prompts: tuple[str, ...]) -> np.ndarray:
 
 def read_samples(parquet_uri: str) -> tuple[dict[str, dict], bool]:
     """The shard's downloaded samples ({key: row}, parquet order): rows with status success, and whether the parquet
-    has a caption column. The caption is in `text` (img2dataset's shards: `caption`); a shard without key, url or
-    status raises InputError."""
+    has a caption column (caption; text in shards of earlier versions); a shard without key, url or status raises
+    InputError."""
     with open_uri(parquet_uri) as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
         pick_columns(parquet_uri, names, "key", "url", "status")
-        caption = next((c for c in CAPTION_COLUMNS if c in names), None)
+        caption = caption_column(names)
         wanted = ["key", "uid", "url", caption, "status", *PASSTHROUGH]
-        table = pf.read(columns=[c for c in wanted if c in names])
-    table = table.rename_columns(["text" if c == caption else c for c in table.column_names])
+        table = with_caption(pf.read(columns=[c for c in wanted if c in names]))
     table = table.filter(pc.equal(table["status"], DownloadStatus.SUCCESS.value))
     return {row["key"]: row for row in table.to_pylist()}, caption is not None
 
 
-def tar_captions(tar_uri: str) -> tuple[dict[str, str], dict[str, dict]]:
-    """The tar's {key}.txt captions, and its samples: {key: the fields of {key}.json} for each key with an image
-    member, in tar order (img2dataset writes {key}.json beside each image; without one the sample has no fields)."""
-    texts: dict[str, str] = {}
-    fields: dict[str, dict] = {}
-    images: dict[str, None] = {}  # keys with an image member, in tar order
-    try:
-        with open_uri(tar_uri) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for info in tar:
-                split = member_key(info.name) if info.isfile() else None
-                if split is None:
-                    continue
-                key, ext = split
-                if ext == "txt":
-                    texts[key] = tar.extractfile(info).read().decode("utf-8", errors="replace")
-                elif ext == "json":
-                    with contextlib.suppress(ValueError):
-                        record = json.loads(tar.extractfile(info).read())
-                        fields[key] = record if isinstance(record, dict) else {}
-                elif ext in IMAGE_TYPES:
-                    images.setdefault(key)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise OSError(f"{tar_uri}: cannot read the shard's tar: {exc}") from exc
-    return texts, {key: fields.get(key, {}) for key in images}
-
-
 def shard_samples(tar_uri: str) -> dict[str, dict]:
-    """The samples to embed, their caption in `text`: from the parquet beside the tar (its `text` or `caption`
-    column), else from the tar's {key}.txt members. Without a parquet every image member of the tar is a sample,
+    """The samples to embed, their caption in `caption`: from the parquet beside the tar (its caption column),
+    else from the tar's {key}.txt members. Without a parquet every image member of the tar is a sample,
     its url and other fields from {key}.json. A shard with no caption anywhere raises InputError."""
     parquet = layout.shard_parquet_of(tar_uri)
     if exists(parquet):
         samples, captioned = read_samples(parquet)
         if captioned:
             return samples
-        texts, _ = tar_captions(tar_uri)
-        where = f"{parquet} has no {'/'.join(CAPTION_COLUMNS)} column, and the tar"
+        texts, _ = captions_and_fields(tar_uri)
+        where = f"{parquet} has no caption column, and the shard"
     else:
-        texts, fields = tar_captions(tar_uri)
+        texts, fields = captions_and_fields(tar_uri)
         samples = {
             key: {name: meta.get(name) for name in ("url", *PASSTHROUGH)}
             | {"key": key, "status": DownloadStatus.SUCCESS.value}
             for key, meta in fields.items()
         }
-        where = f"no parquet beside it ({parquet}), and the tar"
+        where = f"no parquet beside it ({parquet}), and the shard"
     if samples and not texts.keys() & samples.keys():
         raise InputError(f"{tar_uri}: no captions: {where} has no {{key}}.txt member for its samples")
-    return {key: row | {"text": texts.get(key)} for key, row in samples.items()}
-
-
-def _image_members(tar_uri: str, keys: set[str]) -> Iterator[tuple[str, bytes]]:
-    """(key, bytes) of the tar's image members (shards.image_members) whose key is in `keys`, in tar order, streaming."""
-    try:
-        with open_uri(tar_uri) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for key, _, member in image_members(tar):
-                if key in keys:
-                    yield key, tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise OSError(f"{tar_uri}: cannot read the shard's tar: {exc}") from exc
+    return {key: row | {CAPTION: texts.get(key)} for key, row in samples.items()}
 
 
 def _pixels(data: bytes, prepare) -> tuple[np.ndarray, float]:
@@ -210,7 +172,7 @@ def _prefetch(
 
     def produce() -> None:
         try:
-            for key, data in _image_members(tar_uri, keys):
+            for key, data in shard_images(tar_uri, keys):  # any output format, streaming
                 if stop.is_set():
                     return
                 ahead.put((key, pool.submit(_pixels, data, prepare)))
@@ -271,7 +233,7 @@ def embed_samples(model: ClipModel, tar_uri: str, samples: dict[str, dict], sett
             if keys:
                 started = time.perf_counter()
                 done.image.append(model.encode_images(torch.from_numpy(np.stack(pixels))))
-                done.text.append(model.encode_texts([samples[k]["text"] for k in keys]))
+                done.text.append(model.encode_texts([samples[k][CAPTION] for k in keys]))
                 done.model_s += time.perf_counter() - started
                 done.keys += keys
     for key in samples.keys() - set(done.keys) - done.failures.keys():
@@ -308,7 +270,7 @@ def embed_shard(tar_uri: str, out: str, settings: EmbedSettings) -> dict:
     prompts = settings.neutral_prompts + settings.flagged_prompts
     prompt_emb = prompt_embeddings(model, prompts)
     # a similarity with a missing caption would be a similarity with the empty text: such a sample is not embedded
-    captioned = {key: row for key, row in samples.items() if (row["text"] or "").strip()}
+    captioned = {key: row for key, row in samples.items() if (row[CAPTION] or "").strip()}
     gone = tombstones(out)  # samples a takedown removed: not embedded, not kept
     gone_keys = (
         {key for key, row in captioned.items() if gone.holds(row["url"], row.get("uid"), row.get("sha256"))}

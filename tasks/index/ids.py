@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clipcrawl.tasks.core.caption import file_columns, with_caption
 from clipcrawl.tasks.core.uri import atomic_write, open_uri
 
 IDS_ROW_GROUP = 65_536
@@ -22,7 +23,7 @@ IDS_SCHEMA = pa.schema(
         ("shard", pa.string()),  # shard stem: images/{shard}.tar, embeddings/*_{shard}.npy
         ("row", pa.int64()),  # row in the shard's embeddings and metadata
         ("url", pa.string()),
-        ("text", pa.string()),  # the caption
+        ("caption", pa.string()),
         ("similarity", pa.float32()),  # image-text cosine similarity
         ("duplicate_group", pa.int64()),  # id of the first sample of its near-duplicate group (itself if unique)
     ]
@@ -50,7 +51,8 @@ def write_ids(uri: str, tables: Iterable[pa.Table]) -> int:
 
 
 class IdTable:
-    """Random access to index/ids.parquet by id, reading only the row groups needed."""
+    """Random access to index/ids.parquet by id, reading only the row groups needed (the caption under caption,
+    also in an ids.parquet of an earlier version)."""
 
     def __init__(self, uri: str):
         self._file = pq.ParquetFile(open_uri(uri))
@@ -61,7 +63,7 @@ class IdTable:
         if g not in self._groups:
             if len(self._groups) >= 64:  # bounded cache: a long-running server reads the whole table otherwise
                 self._groups.pop(next(iter(self._groups)))
-            self._groups[g] = self._file.read_row_group(g)
+            self._groups[g] = with_caption(self._file.read_row_group(g))
         return self._groups[g]
 
     def lookup(self, ids: Iterable[int]) -> list[dict]:
@@ -77,7 +79,8 @@ class IdTable:
 
     def column(self, name: str) -> np.ndarray:
         """One column of every row, in id order (reads that column only)."""
-        return self._file.read(columns=[name])[name].to_numpy(zero_copy_only=False)
+        (column,) = file_columns(self._file.schema_arrow.names, [name])
+        return self._file.read(columns=[column])[column].to_numpy(zero_copy_only=False)
 
     def column_range(self, name: str, start: int, stop: int) -> np.ndarray:
         """One column of the ids start..stop-1, reading only the row groups that hold them."""
@@ -86,11 +89,12 @@ class IdTable:
         if start == stop:
             return pa.array([], IDS_SCHEMA.field(name).type).to_numpy(zero_copy_only=False)
         first, last = start // IDS_ROW_GROUP, (stop - 1) // IDS_ROW_GROUP
-        table = self._file.read_row_groups(range(first, last + 1), columns=[name])
+        (column,) = file_columns(self._file.schema_arrow.names, [name])
+        table = self._file.read_row_groups(range(first, last + 1), columns=[column])
         offset = start - first * IDS_ROW_GROUP
-        return table[name].slice(offset, stop - start).to_numpy(zero_copy_only=False)
+        return table[column].slice(offset, stop - start).to_numpy(zero_copy_only=False)
 
     def tables(self) -> Iterable[pa.Table]:
         """The whole table, a row group at a time."""
         for g in range(self._file.num_row_groups):
-            yield self._file.read_row_group(g)
+            yield with_caption(self._file.read_row_group(g))

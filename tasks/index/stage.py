@@ -28,6 +28,7 @@ from prefect import task
 
 from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.cache import transient_retries
+from clipcrawl.tasks.core.caption import CAPTION, read_columns
 from clipcrawl.tasks.core.config import IndexSettings
 from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.uri import (
@@ -41,6 +42,7 @@ from clipcrawl.tasks.core.uri import (
     write_json,
 )
 from clipcrawl.tasks.index.choice import index_memory
+from clipcrawl.tasks.index.clip_metadata import publish_clip_metadata
 from clipcrawl.tasks.index.ids import IdTable, write_ids
 from clipcrawl.tasks.index.neardup import near_duplicate_groups
 from clipcrawl.tasks.index.train import add, build, index_gpus, read_index, set_threads, write_index
@@ -296,7 +298,8 @@ def index_modality(plan: Plan, modality: str) -> dict:
 
 def _id_table(shard: Shard, groups: np.ndarray, gone: Tombstones | None = None) -> pa.Table:
     """ids.parquet rows of a new shard."""
-    meta = pq.read_table(open_uri(shard.metadata), columns=["key", "url", "text", "similarity"])
+    with open_uri(shard.metadata) as f:
+        meta = read_columns(pq.ParquetFile(f), ["key", "url", CAPTION, "similarity"])
     rows = kept_rows(shard, gone)
     if rows is not None:
         meta = meta.take(pa.array(rows))
@@ -377,6 +380,7 @@ def finish_index(plan: Plan, image: dict, text: dict) -> dict:
             keys = written.column_range("key", span.start, span.stop)
             dropped += _mark_dataset(shard, updated, pa.array(keys, pa.string()), settings.drop_near_duplicates)
     _publish(staged, ids_uri)
+    publish_clip_metadata(plan.index)  # index/metadata/, as clip-retrieval back reads it
 
     duplicates = int((updated != np.arange(plan.count)).sum())
     infos = {

@@ -59,7 +59,7 @@ SCHEMA = pa.schema(
     [
         ("uid", pa.uint64()),
         ("url", pa.string()),
-        ("text", pa.string()),
+        ("caption", pa.string()),
         ("page_url", pa.string()),
         ("language", pa.string()),
         ("license", pa.string()),

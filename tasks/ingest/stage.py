@@ -27,7 +27,7 @@ PAIRS_SCHEMA = pa.schema(
     [
         ("uid", pa.uint64()),
         ("url", pa.string()),
-        ("text", pa.string()),
+        ("caption", pa.string()),
         ("page_url", pa.string()),
         ("source", pa.string()),
         ("language", pa.string()),

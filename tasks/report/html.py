@@ -23,7 +23,7 @@ from PIL import Image
 from clipcrawl.tasks.core.layout import report_dir, report_html
 from clipcrawl.tasks.core.stats import top_reasons
 from clipcrawl.tasks.core.uri import atomic_write
-from clipcrawl.tasks.download.shards import read_member, tar_members
+from clipcrawl.tasks.download.shard_reader import image_index, read_image
 
 Thumbnail = Callable[[dict], "bytes | None"]
 KEPT, REJECTED, NEUTRAL = "#2a9d8f", "#e76f51", "#4c72b0"
@@ -461,7 +461,7 @@ def cards(items: list[dict], thumbnail: Thumbnail) -> str:
         out.append(
             f'<div class="card {"kept" if s["kept"] else "rejected"}" title="{esc(s["url"])}">{img}'
             f'<div class="sim">similarity {s["similarity"]:.3f}</div>'
-            f'<div class="host">{esc(urlsplit(s["url"] or "").hostname)}</div><p>{esc(s["text"])}</p></div>'
+            f'<div class="host">{esc(urlsplit(s["url"] or "").hostname)}</div><p>{esc(s["caption"])}</p></div>'
         )
     return '<div class="cards">' + "".join(out) + "</div>"
 
@@ -597,8 +597,9 @@ def render(stats: dict, thumbnail: Thumbnail) -> str:
 
 
 def tar_thumbnails(max_side: int = 160) -> Thumbnail:
-    """thumbnail(sample): sample["key"] read from the shard tar sample["tar"], as a JPEG of at most
-    max_side pixels a side; None when the tar, the member or the image is missing or unreadable."""
+    """thumbnail(sample): sample["key"] read from the shard sample["tar"] (a tar, a folder of files or a parquet
+    with the image bytes), as a JPEG of at most max_side pixels a side; None when the shard, the image or its
+    bytes are missing or unreadable."""
     members: dict[str, dict] = {}  # per tar, read once
 
     def thumbnail(sample: dict) -> bytes | None:
@@ -607,14 +608,14 @@ def tar_thumbnails(max_side: int = 160) -> Thumbnail:
             return None
         if tar not in members:
             try:
-                members[tar] = tar_members(tar)
+                members[tar] = image_index(tar)
             except OSError:
                 members[tar] = {}
         member = members[tar].get(sample["key"])
         if member is None:
             return None
         try:
-            with Image.open(io.BytesIO(read_member(tar, sample["key"], member))) as image:
+            with Image.open(io.BytesIO(read_image(tar, sample["key"], member))) as image:
                 image = image.convert("RGB")
                 image.thumbnail((max_side, max_side))
                 buf = io.BytesIO()

@@ -25,13 +25,14 @@ from prefect import task
 from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core import stats as stage_stats
 from clipcrawl.tasks.core.cache import transient_retries
+from clipcrawl.tasks.core.caption import CAPTION, file_columns, with_caption
 from clipcrawl.tasks.core.config import ReportSettings
 from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.status import NSFW_TAGS, DownloadStatus, PairStatus
 from clipcrawl.tasks.core.uri import exists, name_of, open_uri, read_json, write_json
 from clipcrawl.tasks.report.gates import check_gates
 
-VERSION = 1
+VERSION = 2  # stats.json's layout: 2, the samples' caption under `caption` (was `text`)
 BATCH_ROWS = 65_536
 STAGES = ("ingest", "download", "embed", "index")
 SAMPLE_TEXT_CHARS = 300  # thumbnails' captions are cut: 2,000 full alt texts per shard would be megabytes
@@ -84,17 +85,20 @@ def _optional_json(uri: str) -> dict | None:
 
 
 def _batches(uri: str, columns: list[str], optional: tuple[str, ...] = ()):
-    """The columns of a parquet file as dicts of lists, a batch at a time; errors name the file."""
+    """The columns of a parquet file as dicts of lists, a batch at a time; errors name the file. A caption
+    column asked for is read from an older output's text too."""
     if not exists(uri):
         raise FileNotFoundError(f"{uri}: missing")
     try:
         with open_uri(uri) as f:
             parquet = pq.ParquetFile(f)
-            if missing := [c for c in columns if c not in parquet.schema_arrow.names]:
+            names = parquet.schema_arrow.names
+            read = file_columns(names, columns) if CAPTION in columns else columns
+            if missing := [c for c in read if c not in names]:
                 raise ValueError(f"no column {', '.join(missing)}")
-            wanted = columns + [c for c in optional if c in parquet.schema_arrow.names]
+            wanted = read + [c for c in optional if c in names]
             for batch in parquet.iter_batches(BATCH_ROWS, columns=wanted):
-                yield batch.to_pydict()
+                yield (with_caption(batch) if CAPTION in columns else batch).to_pydict()
     except (OSError, ValueError, pa.ArrowException) as exc:
         raise ValueError(f"{uri}: unreadable parquet ({exc})") from exc
 
@@ -172,7 +176,7 @@ def _segment(uri: str) -> str:
 def _count_downloads(uri: str, counts: dict) -> dict[str, str]:
     """Count the shard's download rows; returns key -> segment of its decoded samples, for the later stages."""
     segments, key_segment = {}, {}
-    columns = ["key", "url", "text", "status", "original_width", "original_height", "source", "language"]
+    columns = ["key", "url", CAPTION, "status", "original_width", "original_height", "source", "language"]
     for b in _batches(uri, columns):
         rows = Counter()
         for key, url, status, source, language in zip(b["key"], b["url"], b["status"], b["source"], b["language"]):
@@ -189,7 +193,7 @@ def _count_downloads(uri: str, counts: dict) -> dict[str, str]:
                 rows[("segments", segment, "decoded")] += 1
                 key_segment[key] = segment
         _fold(counts, rows)
-        lengths = [len(t or "") for t in b["text"]]
+        lengths = [len(t or "") for t in b[CAPTION]]
         decoded = [i for i, s in enumerate(b["status"]) if s == SUCCESS]
         width = np.array([b["original_width"][i] for i in decoded], dtype=float)
         height = np.array([b["original_height"][i] for i in decoded], dtype=float)
@@ -216,7 +220,7 @@ def _count_embedded(
     dropped), so it adds up to clip_passed; the ground truth measures the similarity filter alone."""
     threshold, drop_nsfw = embed["similarity_threshold"], embed.get("drop_nsfw", False)
     heaps: dict[bool, list] = {True: [], False: []}
-    for b in _batches(uri, ["key", "url", "text", "similarity", "NSFW"]):
+    for b in _batches(uri, ["key", "url", CAPTION, "similarity", "NSFW"]):
         sims = np.array(b["similarity"], dtype=float)
         kept = (sims >= threshold) & ~((np.array(b["NSFW"], dtype=object) == "NSFW") & drop_nsfw)
         _add(
@@ -229,7 +233,7 @@ def _count_embedded(
         )
         _add(counts["totals"], {"embedded": len(sims), "similarity_sum": float(sims.sum())})
         rows = Counter(("nsfw", tag) for tag in b["NSFW"])
-        for key, url, text, sim, keep in zip(b["key"], b["url"], b["text"], b["similarity"], kept.tolist()):
+        for key, url, caption, sim, keep in zip(b["key"], b["url"], b[CAPTION], b["similarity"], kept.tolist()):
             rows[("segments", key_segment.get(key, "unknown"), "clip_passed")] += keep
             _offer(
                 heaps[keep],
@@ -239,15 +243,15 @@ def _count_embedded(
                     "key": key,
                     "url": url,
                     "similarity": sim,
-                    "text": (text or "")[:SAMPLE_TEXT_CHARS],
+                    "caption": (caption or "")[:SAMPLE_TEXT_CHARS],
                     "kept": keep,
                     "tar": tar,
                 },
             )
-            if truth is not None and (url, text) not in truth:
+            if truth is not None and (url, caption) not in truth:
                 rows[("totals", "not_in_manifest")] += 1
             elif truth is not None:
-                matches, case = truth[(url, text)]
+                matches, case = truth[(url, caption)]
                 rows[("ground_truth", case, CELL[(bool(matches), sim >= threshold)])] += 1
         _fold(counts, rows)
     return [sample for heap in heaps.values() for _, _, sample in heap]
@@ -486,7 +490,7 @@ def _samples(summaries: list[dict], settings: ReportSettings) -> list[dict]:
             target = pool[round(q * (len(pool) - 1))]["similarity"]
             nearest = sorted(pool, key=lambda s: (abs(s["similarity"] - target), s["key"]))
             shown += [
-                {"quantile": q, **{k: s[k] for k in ("kept", "key", "url", "text", "similarity", "tar")}}
+                {"quantile": q, **{k: s[k] for k in ("kept", "key", "url", "caption", "similarity", "tar")}}
                 for s in sorted(nearest[: settings.thumbnails_per_quantile], key=lambda s: s["similarity"])
             ]
     return shown

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import faiss
@@ -23,7 +24,8 @@ import numpy as np
 
 from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.uri import exists, read_json
-from clipcrawl.tasks.download.shards import IMAGE_TYPES, read_member, tar_members
+from clipcrawl.tasks.download.shard_reader import image_index, read_image
+from clipcrawl.tasks.download.shards import IMAGE_TYPES
 from clipcrawl.tasks.index.ids import IdTable
 from clipcrawl.tasks.index.train import read_index
 
@@ -31,7 +33,9 @@ if TYPE_CHECKING:
     from clipcrawl.tasks.embed.clip_model import ClipModel
 
 MODALITIES = ("image", "text")
-DEDUP_FETCH = 4  # deduplicate: search this many times k, more while groups repeat
+SAMPLE_FIELDS = ("id", "key", "url", "caption", "shard", "duplicate_group")  # a result, with its similarity
+DEDUP_FETCH = 4  # deduplicate: search this many times k, DEDUP_FETCH times more while groups repeat,
+DEDUP_DEPTH = 16  # up to this many times k candidates: when those hold fewer than k groups, fewer results come
 TAR_MAPS = 32  # member maps of this many tars are kept (a map is ~100 bytes a sample)
 ORIENTATION = 0x0112  # the EXIF tag
 
@@ -54,6 +58,22 @@ def query_pixels(model: ClipModel, data: bytes) -> np.ndarray:
             return model.prepare(image)
     except Exception as exc:  # PIL raises several kinds (UnidentifiedImageError, OSError, DecompressionBomb...)
         raise ValueError(f"cannot decode the query image: {exc}") from exc
+
+
+def given_embedding(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A query embedding given as numbers -> (1, d) float32, L2-normalised; ValueError naming what is wrong."""
+    try:
+        vector = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError("the embedding must be a list of numbers") from None
+    if vector.ndim != 1 or not len(vector):
+        raise ValueError(f"the embedding must be a flat, non-empty list of numbers (got shape {vector.shape})")
+    if not np.isfinite(vector).all():
+        raise ValueError("the embedding holds a non-finite number (NaN or infinity)")
+    norm = float(np.linalg.norm(vector))
+    if norm == 0:
+        raise ValueError("the embedding is all zeros")
+    return np.ascontiguousarray(vector[None] / norm, dtype=np.float32)
 
 
 class Searcher:
@@ -91,6 +111,7 @@ class Searcher:
         self._model = model
         self._lock = threading.Lock()  # the model load, IdTable's reader and cache, the tar maps
         self._tar_maps: OrderedDict[str, dict[str, tuple[int, int, str]]] = OrderedDict()
+        self._groups: np.ndarray | None = None  # duplicate_group by id, for deduplicated searches
 
     @property
     def model(self) -> ClipModel:
@@ -147,61 +168,74 @@ class Searcher:
         k: int = 10,
         modality: str = "image",
         deduplicate: bool = False,
+        embedding: Sequence[float] | np.ndarray | None = None,
     ) -> list[dict]:
-        """The k nearest samples to the query in the `modality` index, best first.
+        """The k nearest samples to the query (a text, an image, or an `embedding` given as numbers: searched
+        L2-normalised) in the `modality` index, best first.
 
         Each result: id, key, url, caption, similarity (inner product = cosine), shard, duplicate_group.
         deduplicate keeps the best result of each near-duplicate group, searching deeper until k groups
-        are found or the index has no more vectors.
+        are found, DEDUP_DEPTH * k candidates were searched or the index has no more vectors. It reads the
+        candidates' duplicate_group only (the index's column, held in memory: 8 bytes a sample, read at the
+        first deduplicated search); full rows are built for the results kept.
         """
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}: search the 'image' or the 'text' index")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        query = self.embed_query(text, image)
+        if embedding is not None and (text is not None or image is not None):
+            raise ValueError("give one of a text, an image or an embedding query (got several)")
+        query = self.embed_query(text, image) if embedding is None else given_embedding(embedding)
         index = self.indices[modality]
         if query.shape[1] != index.d:
+            model = f": the model {self.infos.get('clip')} is not the one the index was built with"
             raise ValueError(
-                f"the query embedding has {query.shape[1]} dimensions, the {modality} index {index.d}: "
-                f"the model {self.infos.get('clip')} is not the one the index was built with"
+                f"the query embedding has {query.shape[1]} dimensions, the {modality} index {index.d}"
+                + ("" if embedding is not None else model)
             )
         total = index.ntotal
-        fetch = min(k * DEDUP_FETCH if deduplicate else k, total)
+        if not deduplicate:
+            return self._results(*self._knn(index, query, min(k, total)))
+        groups = self._duplicate_groups()
+        limit = min(k * DEDUP_DEPTH, total)
+        fetch = min(k * DEDUP_FETCH, limit)
         while True:
-            found = self._search(index, query, fetch)
-            if not deduplicate:
-                return found[:k]
-            unique, groups = [], set()
-            for result in found:
-                if result["duplicate_group"] not in groups:
-                    groups.add(result["duplicate_group"])
-                    unique.append(result)
-            if len(unique) >= k or fetch >= total or len(found) < fetch:  # enough, or nothing more to find
-                return unique[:k]
-            fetch = min(fetch * DEDUP_FETCH, total)
+            ids, similarities = self._knn(index, query, fetch)
+            _, first = np.unique(groups[ids], return_index=True)  # each group's best candidate
+            keep = np.sort(first)[:k]
+            if len(keep) >= k or fetch >= limit or len(ids) < fetch:  # enough, or nothing more to search
+                return self._results(ids[keep], similarities[keep])
+            fetch = min(fetch * DEDUP_FETCH, limit)
 
-    def _search(self, index: faiss.Index, query: np.ndarray, k: int) -> list[dict]:
+    def _knn(self, index: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ids and similarities of the k nearest vectors, best first (fewer where the index finds fewer)."""
         if k == 0:
-            return []
+            return np.empty(0, np.int64), np.empty(0, np.float32)
         distances, ids = index.search(query, k)
-        hits = [(int(i), float(d)) for i, d in zip(ids[0], distances[0]) if i >= 0]  # -1: fewer than k found
+        found = ids[0] >= 0  # -1: fewer than k found
+        return ids[0][found].astype(np.int64), distances[0][found]
+
+    def _results(self, ids: np.ndarray, similarities: np.ndarray) -> list[dict]:
+        samples = self.samples(ids.tolist())
+        return [dict(sample, similarity=float(s)) for sample, s in zip(samples, similarities)]
+
+    def _duplicate_groups(self) -> np.ndarray:
+        """duplicate_group of every id (read once: one int64 column)."""
         with self._lock:
-            rows = self.ids.lookup(i for i, _ in hits)
-        return [
-            {
-                "id": row["id"],
-                "key": row["key"],
-                "url": row["url"],
-                "caption": row["text"],
-                "similarity": similarity,
-                "shard": row["shard"],
-                "duplicate_group": row["duplicate_group"],
-            }
-            for row, (_, similarity) in zip(rows, hits)
-        ]
+            if self._groups is None:
+                self._groups = self.ids.column("duplicate_group").astype(np.int64)
+            return self._groups
+
+    def samples(self, ids: Iterable[int]) -> list[dict]:
+        """The samples of index ids, in the order given: id, key, url, caption, shard, duplicate_group (IndexError
+        naming an id out of range)."""
+        with self._lock:
+            rows = self.ids.lookup(ids)
+        return [{name: row[name] for name in SAMPLE_FIELDS} for row in rows]
 
     def thumbnail(self, id: int) -> tuple[bytes, str]:
-        """The image of sample `id` as stored in its shard's tar, and its MIME type."""
+        """The image of sample `id` as stored in its shard (a tar, a folder of files or a parquet bytes column,
+        whatever its output format), and its MIME type."""
         try:
             with self._lock:
                 row = self.ids.lookup([id])[0]
@@ -216,15 +250,16 @@ class Searcher:
         member = self._members(tar_uri).get(key)
         if member is None:
             raise NotFound(f"id {id}: no image member {key}.jpg|jpeg|webp|png in {tar_uri}")
-        return read_member(tar_uri, key, member), IMAGE_TYPES[member[2]]
+        return read_image(tar_uri, key, member), IMAGE_TYPES[member.ext]
 
-    def _members(self, tar_uri: str) -> dict[str, tuple[int, int, str]]:
-        """The tar's member map (shards.tar_members), built once, kept for TAR_MAPS tars."""
+    def _members(self, tar_uri: str) -> dict:
+        """The shard's image map (shard_reader.image_index: a tar's members, a folder's files, a parquet's rows),
+        built once, kept for TAR_MAPS shards."""
         with self._lock:
             if tar_uri in self._tar_maps:
                 self._tar_maps.move_to_end(tar_uri)
                 return self._tar_maps[tar_uri]
-        members = tar_members(tar_uri)
+        members = image_index(tar_uri)
         with self._lock:
             self._tar_maps[tar_uri] = members
             while len(self._tar_maps) > TAR_MAPS:

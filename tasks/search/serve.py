@@ -7,9 +7,12 @@
     GET  /api/thumbnail/{id}    the sample's image from its shard's tar
     GET  /api/info              counts, index keys, search parameters, measured recall
 
+and clip-retrieval's back-end API (clip_back.py: /indices-list, /knn-service, /metadata) for its ClipClient
+and front end.
+
 Searches run one at a time in a worker thread (faiss and torch use every core themselves);
 thumbnails are read by a few threads of their own so a page of them does not wait behind a search.
-Bad requests get 400 and {"error": reason}.
+Bad requests get 400 and {"error": reason}, bodies over MAX_UPLOAD 413.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,7 +29,7 @@ from pathlib import Path
 from aiohttp import web
 
 from clipcrawl.tasks.core import layout
-from clipcrawl.tasks.core.uri import filesystem
+from clipcrawl.tasks.core.uri import filesystem, is_local, name_of
 from clipcrawl.tasks.search.search import MODALITIES, NotFound, Searcher
 
 STATIC = Path(__file__).parent / "static"
@@ -45,43 +49,59 @@ log = logging.getLogger(__name__)
 class BadRequest(ValueError):
     """A request the API cannot serve; the message is the reason given to the client."""
 
+    status = 400
+
+
+class TooLarge(BadRequest):
+    """A request body over MAX_UPLOAD bytes."""
+
+    status = 413
+
 
 def _error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status)
 
 
-def _k(value) -> int:
+def count(value, name: str, default: int, top: int, clamp: bool = False) -> int:
+    """A count parameter (k, num_images, ...): an integer, or its decimal digits as a query parameter gives them;
+    `default` when absent or empty; between 1 and `top` (over `top`: `top` when `clamp`, else refused)."""
     if value is None or value == "":
-        return 10
+        return default
     try:
-        k = int(value)
-        if isinstance(value, (bool, float)) or str(k) != str(value).strip():
+        number = int(value)
+        if isinstance(value, (bool, float)) or str(number) != str(value).strip():
             raise ValueError
     except (TypeError, ValueError):
-        raise BadRequest(f"k must be an integer, got {value!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise BadRequest(f"k must be between 1 and {MAX_K}, got {k}")
-    return k
+        raise BadRequest(f"{name} must be an integer, got {value!r}") from None
+    if clamp and number > top:
+        return top
+    if not 1 <= number <= top:
+        raise BadRequest(f"{name} must be between 1 and {top}, got {number}")
+    return number
 
 
-def _flag(value) -> bool:
+def _k(value) -> int:
+    return count(value, "k", 10, MAX_K)
+
+
+def flag(value, name: str = "deduplicate") -> bool:
     if isinstance(value, bool) or value is None:
         return bool(value)
     if str(value).lower() in TRUE:
         return True
     if str(value).lower() in FALSE:
         return False
-    raise BadRequest(f"deduplicate must be true or false (1/0), got {value!r}")
+    raise BadRequest(f"{name} must be true or false (1/0), got {value!r}")
 
 
-def _modality(value) -> str:
+def modality(value) -> str:
     value = value or "image"
     if value not in MODALITIES:
         raise BadRequest(f"modality must be one of {', '.join(MODALITIES)}, got {value!r}")
     return value
 
 
-def _base64_image(value) -> bytes:
+def base64_image(value) -> bytes:
     if not isinstance(value, str):
         raise BadRequest("image must be a base64 string")
     if value.startswith("data:"):  # a data: URL, as a browser's FileReader gives
@@ -108,10 +128,10 @@ def query_from_params(params) -> dict:
     image = params.get("image")
     return {
         "text": _text(params.get("text")),
-        "image": None if image in (None, "") else _base64_image(image),
+        "image": None if image in (None, "") else base64_image(image),
         "k": _k(params.get("k")),
-        "modality": _modality(params.get("modality")),
-        "deduplicate": _flag(params.get("deduplicate")),
+        "modality": modality(params.get("modality")),
+        "deduplicate": flag(params.get("deduplicate")),
     }
 
 
@@ -194,7 +214,7 @@ async def json_errors(request: web.Request, handler):
     try:
         return await handler(request)
     except BadRequest as exc:
-        return _error(400, str(exc))
+        return _error(exc.status, str(exc))
     except web.HTTPException as exc:
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
@@ -237,8 +257,21 @@ async def current(app: web.Application) -> Searcher:
     return fresh
 
 
-def make_app(searcher: Searcher, thumbnail_threads: int = 8) -> web.Application:
-    """The aiohttp application serving `searcher` (loaded again when its index changes, current())."""
+def index_name_of(index_dir: str) -> str:
+    """The index's name in clip-retrieval's API: its folder's name (a local path resolved first: `.` is named)."""
+    if not is_local(index_dir):
+        return name_of(index_dir)
+    return name_of(os.path.abspath(index_dir.removeprefix("file://"))) or index_dir
+
+
+def make_app(
+    searcher: Searcher, thumbnail_threads: int = 8, index_name: str | None = None, allow_addresses: list[str] = ()
+) -> web.Application:
+    """The aiohttp application serving `searcher` (loaded again when its index changes, current()), with
+    clip-retrieval's back-end API for the index `index_name` (default: the index folder's name); image_url
+    queries may reach the internal networks of `allow_addresses` (CIDRs), public addresses only otherwise."""
+    from clipcrawl.tasks.search.clip_back import add_clip_routes  # it builds on this module's helpers
+
     app = web.Application(middlewares=[json_errors], client_max_size=MAX_UPLOAD)
     app[SEARCHER] = searcher
     app[CHECKED] = [time.monotonic(), infos_mtime(searcher.index_dir), searcher]
@@ -255,12 +288,23 @@ def make_app(searcher: Searcher, thumbnail_threads: int = 8) -> web.Application:
     app.router.add_post("/api/search", search_post)
     app.router.add_get("/api/thumbnail/{id}", thumbnail)
     app.router.add_get("/api/info", info)
+    add_clip_routes(app, index_name or index_name_of(searcher.index_dir), allow_addresses)
     return app
 
 
-def serve(index_dir: str, host: str = "127.0.0.1", port: int = 1234) -> None:
+def serve(
+    index_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 1234,
+    index_name: str | None = None,
+    allow_addresses: list[str] = (),
+) -> None:
     """Load the index and its CLIP model, then serve until interrupted."""
     searcher = Searcher(index_dir)
     searcher.model  # noqa: B018 - load now: a missing model fails at start, and the first query is not slow
-    print(f"serving {searcher.count} samples of {index_dir} at http://{host}:{port}/", flush=True)
-    web.run_app(make_app(searcher), host=host, port=port, print=None)
+    name = index_name or index_name_of(index_dir)
+    app = make_app(searcher, index_name=name, allow_addresses=allow_addresses)
+    print(
+        f"serving {searcher.count} samples of {index_dir} at http://{host}:{port}/ (indice_name {name!r})", flush=True
+    )
+    web.run_app(app, host=host, port=port, print=None)

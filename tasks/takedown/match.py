@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipcrawl.tasks.core import layout
+from clipcrawl.tasks.core.caption import CAPTION, LEGACY_CAPTION
 from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.uri import exists, filesystem, is_local, open_uri
 from clipcrawl.tasks.ingest.normalize import resolve_url
@@ -153,7 +154,7 @@ class Matched:
         return hit
 
 
-CAPTION_COLUMNS = ("text", "caption", "TEXT")
+CAPTION_COLUMNS = (CAPTION, LEGACY_CAPTION, "TEXT")  # outputs of earlier versions too; dataset/'s TEXT
 WANTED = (*URL_COLUMNS, *ID_COLUMNS, "sha256", "key", *CAPTION_COLUMNS)
 
 

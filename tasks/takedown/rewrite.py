@@ -21,11 +21,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from clipcrawl.tasks.core import layout
+from clipcrawl.tasks.core.caption import with_caption
 from clipcrawl.tasks.core.config import IndexSettings
 from clipcrawl.tasks.core.errors import InputError
-from clipcrawl.tasks.core.uri import atomic_write, exists, is_local, listdir, name_of, open_uri, read_json, write_json
-from clipcrawl.tasks.download.shards import img2dataset_counts, member_key
+from clipcrawl.tasks.core.uri import (
+    atomic_write,
+    exists,
+    filesystem,
+    is_local,
+    listdir,
+    name_of,
+    open_uri,
+    read_json,
+    write_json,
+)
+from clipcrawl.tasks.download.shard_reader import folder_files, image_column
+from clipcrawl.tasks.download.shards import IMAGE_TYPES, img2dataset_counts, member_key
+from clipcrawl.tasks.download.sinks import ROWS_PER_GROUP, image_parquet_writer
 from clipcrawl.tasks.index.choice import index_memory
+from clipcrawl.tasks.index.clip_metadata import publish_clip_metadata
 from clipcrawl.tasks.index.ids import write_ids
 from clipcrawl.tasks.index.stage import Shard, absolute
 from clipcrawl.tasks.index.train import build, read_index, write_index
@@ -82,6 +96,40 @@ def _rewrite_tar(uri: str, keys: set[str]) -> tuple[int, int]:
     return removed, image_bytes
 
 
+def _rewrite_folder(folder: str, keys: set[str]) -> tuple[int, int]:
+    """Remove the files of `keys` from a files shard's folder; returns (files removed, image bytes left in it)."""
+    removed = image_bytes = 0
+    for uri, size in folder_files(folder) if exists(folder) else []:
+        split = member_key(name_of(uri))
+        if split is not None and split[0] in keys:
+            fs, path = filesystem(uri)
+            fs.rm(path)
+            removed += 1
+        elif split is not None and split[1] in IMAGE_TYPES:
+            image_bytes += size
+    return removed, image_bytes
+
+
+def _rewrite_images(shard: str, keys: set[str]) -> tuple[int, int | None]:
+    """The images of `keys` out of the shard's tar or folder: (members removed, image bytes left); a parquet shard's
+    bytes are in its rows, blanked with them ((0, None))."""
+    fmt = layout.shard_format(shard)
+    if fmt == "files":
+        return _rewrite_folder(shard, keys)
+    if fmt == "webdataset" and exists(shard):
+        return _rewrite_tar(shard, keys)
+    return 0, None
+
+
+def _shard_rows(uri: str) -> tuple[pa.Table, str | None]:
+    """A shard's parquet without its image bytes, its caption under caption; and its image column (output format
+    parquet: the encode format's column; None for the other formats)."""
+    with open_uri(uri) as f:
+        pf = pq.ParquetFile(f)
+        image = image_column(pf.schema_arrow.names, pf.schema_arrow.types)
+        return with_caption(pf.read(columns=[name for name in pf.schema_arrow.names if name != image])), image
+
+
 def blank(table: pa.Table, hit: pa.Array, keep: tuple[str, ...] = ()) -> pa.Table:
     """The table with the `hit` rows emptied (every column null but `keep`): rows keep their positions, so the
     download's shard slices and keys, which count rows, stay those of the run."""
@@ -107,35 +155,65 @@ def _shard_counts(stats: dict, table: pa.Table) -> None:
     stats["bytes"] = sum(b or 0 for b in table["bytes"].to_pylist())
 
 
+def _taken_down(table: pa.Table, hit: pa.Array) -> pa.Table:
+    """The shard rows with the `hit` ones emptied but for their key, their status taken_down."""
+    kept = blank(table, hit, keep=("key",))
+    for name, value in (("status", TAKEN_DOWN), ("error_message", TAKEN_DOWN_MESSAGE)):
+        if name in kept.column_names:
+            column = pc.if_else(hit, pa.scalar(value, kept.schema.field(name).type), kept[name])
+            kept = kept.set_column(kept.schema.get_field_index(name), name, column)
+    return kept
+
+
+def _rewrite_image_parquet(uri: str, image: str, hit: pa.Array, stats_uri: str, stats: dict) -> None:
+    """A parquet-format shard rewritten one row group at a time, as ParquetSink writes it (sinks.image_parquet_writer,
+    ROWS_PER_GROUP rows a group): the `hit` rows' values and image bytes gone. The stats (their image_bytes taken
+    while the groups are written) are published before the parquet, as for the other formats."""
+    hit = hit.combine_chunks() if isinstance(hit, pa.ChunkedArray) else hit
+    image_bytes = offset = 0
+    with open_uri(uri) as src, atomic_write(uri) as dst:
+        pf = pq.ParquetFile(src)
+        schema = _taken_down(with_caption(pf.schema_arrow.empty_table()), pa.array([], pa.bool_())).schema
+        with image_parquet_writer(dst, schema, image) as writer:
+            for group in range(pf.metadata.num_row_groups):
+                part = with_caption(pf.read_row_group(group))
+                part = _taken_down(part, hit.slice(offset, part.num_rows)).cast(schema)
+                offset += part.num_rows
+                image_bytes += int(pc.sum(pc.binary_length(part[image])).as_py() or 0)
+                writer.write_table(part, row_group_size=ROWS_PER_GROUP)
+        stats["image_bytes"] = image_bytes
+        write_json(stats_uri, stats)
+
+
 def rewrite_shards(out: str, matched: Matched) -> dict[str, int]:
     """images/{shard}: each matched row becomes a taken_down row holding only its key (as the download writes a
-    tombstoned sample), its members leave the tar, the counts are taken again. The tar and the stats are written
-    before the parquet, whose matched rows are what a resumed takedown redoes."""
+    tombstoned sample), its members leave the tar (its files the folder; its bytes the parquet, with the row's
+    other values), the counts are taken again. The tar and the stats are written before the parquet, whose matched
+    rows are what a resumed takedown redoes. A rewritten parquet of an earlier version calls the caption caption."""
     removed: dict[str, int] = {}
     images = layout.images_dir(out)
-    for tar in layout.published_shards(images):
-        parquet = layout.shard_parquet_of(tar)
+    for shard in layout.published_shards(images):
+        parquet = layout.shard_parquet_of(shard)
         if not exists(parquet):
             continue
-        table = _read(parquet)
+        table, image = _shard_rows(parquet)
         hit = pc.and_(matched.mask(table), pc.fill_null(pc.not_equal(table["status"], TAKEN_DOWN), True))
         keys = set(table.filter(hit)["key"].to_pylist())
         if not keys:
             continue
-        members, image_bytes = _rewrite_tar(tar, keys) if exists(tar) else (0, 0)
-        kept = blank(table, hit, keep=("key",))
-        for name, value in (("status", TAKEN_DOWN), ("error_message", TAKEN_DOWN_MESSAGE)):
-            if name in kept.column_names:
-                column = pc.if_else(hit, pa.scalar(value, kept.schema.field(name).type), kept[name])
-                kept = kept.set_column(kept.schema.get_field_index(name), name, column)
-        stats_uri = layout.shard_stats(images, layout.shard_stem(tar))
+        members, image_bytes = _rewrite_images(shard, keys)
+        kept = _taken_down(table, hit)
+        stats_uri = layout.shard_stats(images, layout.shard_stem(shard))
         stats = read_json(stats_uri)
         _shard_counts(stats, kept)
-        if exists(tar):
-            stats["image_bytes"] = image_bytes
-        write_json(stats_uri, stats)
-        _write_table(parquet, kept)
-        removed[tar], removed[parquet], removed[stats_uri] = members, len(keys), len(keys)
+        if image is not None:  # the image bytes are in the parquet's rows (output format parquet)
+            _rewrite_image_parquet(parquet, image, hit, stats_uri, stats)
+        else:
+            if image_bytes is not None:
+                stats["image_bytes"] = image_bytes
+            write_json(stats_uri, stats)
+            _write_table(parquet, kept)
+        removed[shard], removed[parquet], removed[stats_uri] = members, len(keys), len(keys)
     return removed
 
 
@@ -163,7 +241,7 @@ def rewrite_embeddings(out: str, matched: Matched, run: str = "") -> dict[str, i
     embeddings, dataset = layout.embeddings_dir(out), layout.dataset_dir(out)
     for meta in parquet_files(out, [layout.metadata_dir(embeddings)]):
         stem = layout.metadata_stem(meta)
-        table = _read(meta)
+        table = with_caption(_read(meta))  # an earlier version's metadata is rewritten with caption
         hit = matched.mask(table).to_numpy(zero_copy_only=False)
         if not hit.any():
             continue
@@ -285,7 +363,7 @@ def rewrite_index(out: str, matched: Matched, force: bool = False) -> tuple[dict
     if not (exists(infos_uri) and exists(ids_uri)):
         return {}, {}
     infos = read_json(infos_uri)
-    ids = _read(ids_uri)
+    ids = with_caption(_read(ids_uri))  # an earlier version's ids.parquet (text) is written again with caption
     gone_mask = matched.mask(ids, keyed=False).to_numpy(zero_copy_only=False)
     names = ids["shard"].to_numpy(zero_copy_only=False)
     shards = [resolve_shard(out, Shard(**s)) for s in infos["shards"]]
@@ -327,6 +405,7 @@ def rewrite_index(out: str, matched: Matched, force: bool = False) -> tuple[dict
         infos[modality]["memory_bytes"] = index_memory(infos[modality]["index_key"], index.ntotal, index.d)
     write_ids(ids_uri, [table])
     removed[ids_uri] = len(gone)
+    removed[publish_clip_metadata(index_dir)] = len(gone)  # metadata/: ids.parquet for clip-retrieval back
     own = np.arange(len(table), dtype=np.int64)
     before = infos["count"]  # as infos recorded it: ids.parquet may have lost the rows in an interrupted run
     infos["count"] = len(table)
@@ -388,7 +467,7 @@ def rewrite_parquets(out: str, matched: Matched, marks: dict[str, tuple], run: s
     download's shard slices and keys stay those of the run; the pairs stats marked with the takedown `run`).
     A file is rewritten only when it changes."""
     removed: dict[str, int] = {}
-    skip = {layout.ids_file(layout.index_dir(out))}
+    skip = {layout.ids_file(layout.index_dir(out)), layout.clip_metadata_file(layout.index_dir(out))}
     images, meta = layout.images_dir(out).rstrip("/") + "/", layout.metadata_dir(layout.embeddings_dir(out))
     pairs = layout.pairs_dir(out)
     in_pairs = pairs.rstrip("/") + "/"

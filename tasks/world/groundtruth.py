@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 
 from clipcrawl.tasks.core import layout
+from clipcrawl.tasks.core.caption import read_columns
 from clipcrawl.tasks.core.uri import listdir, open_uri
 from clipcrawl.tasks.takedown.log import tombstones
 
@@ -13,16 +14,16 @@ def _pair_columns(out: str, columns: list[str]):
     """The given columns of each parquet file published under OUT/pairs/, as dicts of lists."""
     for uri in listdir(layout.pairs_dir(out), ".parquet"):
         with open_uri(uri) as f:
-            yield pq.read_table(f, columns=columns).to_pydict()
+            yield read_columns(pq.ParquetFile(f), columns).to_pydict()
 
 
 def read_pair_set(out: str) -> tuple[set[tuple[str, str]], int]:
-    """The (url, text) pairs published under OUT/pairs/, and the row count (to spot duplicates)."""
+    """The (url, caption) pairs published under OUT/pairs/, and the row count (to spot duplicates)."""
     found: set[tuple[str, str]] = set()
     rows = 0
-    for t in _pair_columns(out, ["url", "text"]):
+    for t in _pair_columns(out, ["url", "caption"]):
         rows += len(t["url"])
-        found.update(zip(t["url"], t["text"]))
+        found.update(zip(t["url"], t["caption"]))
     return found, rows
 
 
@@ -35,10 +36,10 @@ def compare_pairs(world, out: str, examples: int = 5) -> dict:
     found: set[tuple[str, str]] = set()
     rows = licensed = 0
     wrong_license = []
-    for t in _pair_columns(out, ["url", "text", "page_url", "license"]):
+    for t in _pair_columns(out, ["url", "caption", "page_url", "license"]):
         t = {k: [v for v, url in zip(values, t["url"]) if url is not None] for k, values in t.items()}
         rows += len(t["url"])
-        found.update(zip(t["url"], t["text"]))
+        found.update(zip(t["url"], t["caption"]))
         for url, page, license in zip(t["url"], t["page_url"], t["license"]):
             licensed += license is not None
             if license != page_licenses.get(page):
@@ -91,11 +92,11 @@ def compare_downloads(world, out: str, examples: int = 5) -> dict:
 
 
 def read_embedded(out: str) -> list[dict]:
-    """url, text, similarity, NSFW of every embedded sample under OUT/embeddings/metadata/."""
+    """url, caption, similarity, NSFW of every embedded sample under OUT/embeddings/metadata/."""
     rows: list[dict] = []
     for uri in listdir(layout.metadata_dir(layout.embeddings_dir(out)), ".parquet"):
         with open_uri(uri) as f:
-            rows += pq.read_table(f, columns=["url", "text", "similarity", "NSFW"]).to_pylist()
+            rows += read_columns(pq.ParquetFile(f), ["url", "caption", "similarity", "NSFW"]).to_pylist()
     return rows
 
 
@@ -114,7 +115,7 @@ def compare_embeddings(world, out: str, threshold: float = 0.3, examples: int = 
     cases: dict[str, list[int]] = {}
     wrong, nsfw = [], {"flagged_samples": 0, "flagged_tagged_nsfw": 0, "unflagged_tagged_nsfw": 0}
     for row in rows:
-        match, case = matches[(row["url"], row["text"])]
+        match, case = matches[(row["url"], row["caption"])]
         agree = (row["similarity"] >= threshold) == match
         cases.setdefault(case, [0, 0])[0] += agree
         cases[case][1] += 1
@@ -122,7 +123,7 @@ def compare_embeddings(world, out: str, threshold: float = 0.3, examples: int = 
             wrong.append(
                 {
                     "url": row["url"],
-                    "text": row["text"][:80],
+                    "caption": row["caption"][:80],
                     "similarity": round(row["similarity"], 3),
                     "matches": match,
                 }

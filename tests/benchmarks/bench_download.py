@@ -305,7 +305,7 @@ def write_pairs(path: str, urls: list[str]) -> None:
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     pq.write_table(
-        pa.table({"url": urls, "text": [f"a photo number {i} of a synthetic scene" for i in range(len(urls))]}), path
+        pa.table({"url": urls, "caption": [f"a photo number {i} of a synthetic scene" for i in range(len(urls))]}), path
     )
 
 
@@ -334,7 +334,7 @@ def build_world(name: str, size: int, port: int, args: argparse.Namespace) -> Wo
 
 def img2dataset_cmd(exe: str, pairs: str, out: str) -> list[str]:
     return [
-        *(exe, "--url_list", pairs, "--input_format", "parquet", "--url_col", "url", "--caption_col", "text"),
+        *(exe, "--url_list", pairs, "--input_format", "parquet", "--url_col", "url", "--caption_col", "caption"),
         *("--output_folder", out, "--processes_count", "2", "--thread_count", "64"),
         *("--image_size", str(IMAGE_SIZE), "--resize_mode", RESIZE_MODE, "--output_format", "webdataset"),
         *("--number_sample_per_shard", "1000", "--enable_wandb", "False"),

@@ -64,7 +64,7 @@ def ours(path: str, detect_language: bool):
     stats = FileStats(uri=path)
     out = set()
     for batch in iter_pairs(path, ExtractSettings(detect_language=detect_language), stats):
-        out.update(zip(batch.column("url").to_pylist(), batch.column("text").to_pylist()))
+        out.update(zip(batch.column("url").to_pylist(), batch.column("caption").to_pylist()))
     return out, stats
 
 

@@ -60,7 +60,7 @@ def _samples(job: tuple[int, int, int, int, int]) -> list[tuple[dict, object]]:
             "key": sample_key(shard, index, shard_size),
             "uid": pair_uid(url, text),
             "url": url,
-            "text": text,
+            "caption": text,
             "status": image.status,
             "error_message": image.error_message,
             "http_status": 200,
