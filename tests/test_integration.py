@@ -1,24 +1,30 @@
-"""The pipeline as users run it, against real servers: infra/local/up.sh starts a Prefect server, a Dask
-scheduler, a CPU worker, a GPU-tagged worker and a Prefect worker as separate processes; deployments/deploy.sh
-registers the deployments; runs are triggered, watched and retried through the Prefect API, as the UI does."""
+"""The pipeline as users run it, against real servers: infra/local/up.sh starts PostgreSQL, a Prefect server on it
+(as infra/docker-compose.yml runs it), a Dask scheduler, a CPU worker, a GPU-tagged worker and a Prefect worker as
+separate processes; deployments/deploy.sh registers the deployments; runs are triggered, watched and retried
+through the Prefect API, as the UI does."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
 from pathlib import Path
 
+import asyncpg
 import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
     FlowRunFilter,
     FlowRunFilterId,
     FlowRunFilterParentFlowRunId,
@@ -48,11 +54,15 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """The local cluster of infra/local, up for this module; its environment (PREFECT_API_URL, ...)."""
-    state = tmp_path_factory.mktemp("local")
+def servers():
+    """The local cluster of infra/local on PostgreSQL, up for this module; its environment (PREFECT_API_URL, ...)."""
+    # not under pytest's private temporary folder: PostgreSQL runs as the user postgres when the tests run as root
+    state = Path(tempfile.mkdtemp(prefix="clipcrawl-local-"))
+    state.chmod(0o711)
     env = os.environ | {
         "CLIPCRAWL_LOCAL": str(state),
+        "PREFECT_DATABASE": "postgres",
+        "POSTGRES_PORT": str(free_port()),
         "PREFECT_PORT": str(free_port()),
         "DASK_PORT": str(free_port()),
         "DASK_DASHBOARD_PORT": str(free_port()),
@@ -60,6 +70,7 @@ def servers(tmp_path_factory):
         "PYTHON": sys.executable,
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
         "PREFECT_AUTH_STRING": AUTH_STRING,
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",  # the server's scheduler: every 2 s, not 60
     }
     env.pop("PREFECT_API_URL", None)
     up = subprocess.run(
@@ -79,6 +90,8 @@ def servers(tmp_path_factory):
             ["bash", "infra/local/down.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
         )
         left = [g for g in groups if subprocess.run(["pgrep", "-g", str(g)], check=False).returncode == 0]
+        if not left:
+            shutil.rmtree(state, ignore_errors=True)
         assert down.returncode == 0 and not left, f"process groups {left} still running: {down.stdout}{down.stderr}"
 
 
@@ -166,6 +179,22 @@ def test_deployments_are_registered_with_schedule_form_and_limits(deployed, clie
     assert limits == {"commoncrawl": 16, "gpu": 1}
 
 
+def test_the_server_schedules_runs_of_the_scheduled_deployment(deployed, client):
+    """The server's scheduler creates the cron deployment's coming runs (with SQLAlchemy 2.1 it failed on every
+    loop, and a scheduled ingestion never ran)."""
+    scheduled = deployed["ingest_new_crawls/scheduled"]
+    deadline = time.monotonic() + 120
+    while True:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[scheduled.id])))
+        if runs or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert runs, "no run of ingest_new_crawls/scheduled after 120 s"
+    assert all(r.state.type == StateType.SCHEDULED for r in runs)
+    times = sorted(r.expected_start_time for r in runs)
+    assert all((t.month, t.day, t.hour, t.minute) == (1, 1, 4, 0) for t in times), times  # cron 0 4 1 1 *
+
+
 def test_pipeline_deployment_runs_on_the_cluster(deployed, client, world, tmp_path):
     with ImageServer(world.root) as server:
         run = client.create_flow_run_from_deployment(
@@ -229,6 +258,32 @@ def test_failed_task_then_retry_from_the_api_serves_finished_tasks_from_cache(de
     assert compare_pairs(world, str(tmp_path / "run"))["equal"]
 
 
+def postgres_password(servers) -> str:
+    return Path(servers["CLIPCRAWL_LOCAL"], "postgres", "password").read_text().strip()
+
+
+def test_the_server_keeps_its_runs_in_postgresql(servers, client):
+    """The runs the API reports are the rows of Prefect's flow_run table in PostgreSQL, and no SQLite file exists."""
+
+    async def flow_run_ids() -> set[str]:
+        connection = await asyncpg.connect(
+            host="127.0.0.1",
+            port=int(servers["POSTGRES_PORT"]),
+            user="prefect",
+            password=postgres_password(servers),
+            database="prefect",
+        )
+        try:
+            return {str(row["id"]) for row in await connection.fetch("SELECT id FROM flow_run")}
+        finally:
+            await connection.close()
+
+    api = {str(run.id) for run in client.read_flow_runs(limit=200)}
+    assert len(api) >= 5, "the runs above and their subflows"
+    assert api <= asyncio.run(flow_run_ids())  # <=: the scheduler may add a scheduled run in between
+    assert not list(Path(servers["CLIPCRAWL_LOCAL"], "prefect").glob("*.db"))
+
+
 def test_the_server_requires_the_auth_string(servers):
     def read_flow_runs(credentials: str | None) -> int:
         headers = {"Content-Type": "application/json"}
@@ -254,4 +309,4 @@ def test_the_auth_string_never_reaches_logs_or_artifacts(servers, client):
     assert len(logs) >= 4
     texts["process logs"] = [path.read_text(errors="replace") for path in logs]
     password = AUTH_STRING.split(":", 1)[1]
-    assert secrets_found(texts, [password, b64encode(AUTH_STRING.encode()).decode()]) == []
+    assert secrets_found(texts, [password, b64encode(AUTH_STRING.encode()).decode(), postgres_password(servers)]) == []

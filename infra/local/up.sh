@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Start a clipcrawl cluster on this machine, each part its own process: a Prefect server (SQLite), a Dask
-# scheduler, CPU workers, one GPU-tagged worker (--resources GPU=1: CUDA when present, else the CPU) and a
-# Prefect worker polling the process pool. Stop it with infra/local/down.sh.
+# Start a clipcrawl cluster on this machine, each part its own process: a Prefect server (SQLite, or PostgreSQL
+# with PREFECT_DATABASE=postgres), a Dask scheduler, CPU workers, one GPU-tagged worker (--resources GPU=1:
+# CUDA when present, else the CPU) and a Prefect worker polling the process pool. Stop it with
+# infra/local/down.sh.
 #
 #   bash infra/local/up.sh && eval "$(bash infra/local/up.sh --env)"
 #
@@ -12,6 +13,10 @@
 #                   authentication (a cluster across machines: infra/docker-compose.yml, infra/kubernetes/).
 # PREFECT_PORT (4200), DASK_PORT (8786), DASK_DASHBOARD_PORT (8787), CPU_WORKERS (cores - 1, at least 1),
 # CLIPCRAWL_WORK_POOL (clipcrawl-process), PYTHON (python3 of the environment clipcrawl is installed in)
+# PREFECT_DATABASE  sqlite (default: a file in the state folder) or postgres: a PostgreSQL cluster of its own in
+#                   $CLIPCRAWL_LOCAL/postgres (Debian's postgresql package; run as the user postgres when up.sh
+#                   runs as root, which PostgreSQL refuses), on 127.0.0.1:POSTGRES_PORT (5432), the database and
+#                   superuser prefect with a password generated once (kept in postgres/password), as docker-compose runs it
 set -euo pipefail
 state="$(realpath -m "${CLIPCRAWL_LOCAL:-.clipcrawl-local}")"
 host="${CLIPCRAWL_HOST:-127.0.0.1}"
@@ -69,8 +74,53 @@ wait_for() {  # NAME SECONDS CHECK...: until CHECK succeeds, or fail with the lo
   exit 1
 }
 
+start_postgres() {  # a cluster in $state/postgres; exports the server's PREFECT_API_DATABASE_CONNECTION_URL
+  local bin="" dir="$state/postgres" port="${POSTGRES_PORT:-5432}" as_owner=() candidate
+  for candidate in "$(pg_config --bindir 2>/dev/null)" $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
+    if [[ -x "$candidate/initdb" ]]; then bin="$candidate"; break; fi
+  done
+  if [[ -z "$bin" ]]; then
+    echo "up.sh: PREFECT_DATABASE=postgres needs PostgreSQL's server (Debian: apt-get install postgresql)" >&2
+    exit 2
+  fi
+  if [[ "$(id -u)" == 0 ]]; then  # PostgreSQL refuses to run as root: the package's user postgres runs it
+    as_owner=(setpriv --reuid=postgres --regid=postgres --init-groups --)
+    if ! "${as_owner[@]}" test -x "$state"; then
+      echo "up.sh: the user postgres cannot reach $state: choose a CLIPCRAWL_LOCAL it can enter" >&2
+      exit 2
+    fi
+  fi
+  if [[ ! -f "$dir/data/PG_VERSION" ]]; then
+    mkdir -p "$dir" && chmod 700 "$dir"
+    [[ ${#as_owner[@]} == 0 ]] || chown postgres:postgres "$dir"
+    (umask 077 && "$python" -c "import secrets; print(secrets.token_hex(16))" >"$dir/password")
+    [[ ${#as_owner[@]} == 0 ]] || chown postgres:postgres "$dir/password"
+    "${as_owner[@]}" "$bin/initdb" -D "$dir/data" -U prefect --pwfile="$dir/password" --auth-local=scram-sha-256 \
+      --auth-host=scram-sha-256 -E UTF8 >"$state/logs/postgres-initdb.log" 2>&1 \
+      || { echo "up.sh: initdb failed; the end of $state/logs/postgres-initdb.log:" >&2; tail -20 "$state/logs/postgres-initdb.log" >&2; exit 1; }
+  fi
+  local password; password="$(cat "$dir/password")"
+  start postgres "${as_owner[@]}" "$bin/postgres" -D "$dir/data" -c listen_addresses=127.0.0.1 -c port="$port" \
+    -c unix_socket_directories="$dir"
+  export PGPASSWORD="$password"
+  wait_for postgres 60 "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U prefect -d postgres
+  if [[ "$("$bin/psql" -h 127.0.0.1 -p "$port" -U prefect -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'prefect'")" != 1 ]]; then
+    "$bin/createdb" -h 127.0.0.1 -p "$port" -U prefect prefect
+  fi
+  unset PGPASSWORD
+  export PREFECT_API_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect:$password@127.0.0.1:$port/prefect"
+}
+
+if [[ "${PREFECT_DATABASE:-sqlite}" == postgres ]]; then
+  start_postgres
+elif [[ "${PREFECT_DATABASE:-sqlite}" != sqlite ]]; then
+  echo "up.sh: PREFECT_DATABASE is sqlite or postgres, not ${PREFECT_DATABASE}" >&2
+  exit 2
+fi
+
 # the first start creates the database: ~40 s on 2 cores
 start prefect-server "$python" -m prefect server start --host "$host" --port "$prefect_port"
+unset PREFECT_API_DATABASE_CONNECTION_URL  # the server's alone: no other process gets the password
 wait_for prefect-server 180 "$python" -c "import sys, urllib.request as u; r = u.Request('$api/health');
 import os, base64; a = os.environ.get('PREFECT_API_AUTH_STRING')
 a and r.add_header('Authorization', 'Basic ' + base64.b64encode(a.encode()).decode()); u.urlopen(r, timeout=5)"

@@ -18,7 +18,7 @@ it ends and a table at the end. The commands keep their defaults apart from size
                      --image_size 256 --resize_mode border --output_format webdataset
                      --number_sample_per_shard 1000 --enable_wandb False
   clipcrawl          clipcrawl download --pairs PAIRS_DIR --out OUT --image-size 256 --resize-mode border
-                     --allow-address 127.0.0.1/32   (+ --config FILE in the hosts world, see below)
+                     --allow-addresses 127.0.0.1/32 (+ --config FILE in the hosts world, see below)
   clipcrawl +server  (--prefect-server) the same command with PREFECT_API_URL set: a `prefect server start`
                      started once beforehand, as a deployment has one, instead of the temporary API
                      each command starts when none is configured (its CPU is in sys ms/img, not in
@@ -343,7 +343,7 @@ def img2dataset_cmd(exe: str, pairs: str, out: str) -> list[str]:
 
 def clipcrawl_cmd(pairs_dir: str, out: str, config: str | None) -> list[str]:
     cmd = [CLIPCRAWL, "download", "--pairs", pairs_dir, "--out", out]
-    cmd += ["--image-size", str(IMAGE_SIZE), "--resize-mode", RESIZE_MODE, "--allow-address", ALLOW_ADDRESS]
+    cmd += ["--image-size", str(IMAGE_SIZE), "--resize-mode", RESIZE_MODE, "--allow-addresses", ALLOW_ADDRESS]
     return cmd + (["--config", config] if config else [])
 
 
