@@ -4,7 +4,8 @@
 # SIGKILL to whatever of the group is left after 30 s.
 set -uo pipefail
 state="$(realpath -m "${CLIPCRAWL_LOCAL:-.clipcrawl-local}")"
-alive() { pgrep -g "$1" >/dev/null 2>&1; }
+# a service's process group, and its children in groups of their own (PostgreSQL's backends call setsid)
+alive() { pgrep -g "$1" >/dev/null 2>&1 || pgrep -P "$1" >/dev/null 2>&1; }
 for name in prefect-worker dask-gpu-worker dask-cpu-workers dask-scheduler prefect-server postgres; do
   file="$state/pids/$name.pid"
   [[ -f "$file" ]] || continue
@@ -15,6 +16,7 @@ for name in prefect-worker dask-gpu-worker dask-cpu-workers dask-scheduler prefe
     for _ in $(seq 60); do alive "$group" || break; sleep 0.5; done
     if alive "$group"; then
       echo "down.sh: $name did not stop in 30 s: killing it" >&2
+      pkill -KILL -P "$group" 2>/dev/null
       kill -KILL -- "-$group" 2>/dev/null
       for _ in $(seq 20); do alive "$group" || break; sleep 0.5; done
     fi

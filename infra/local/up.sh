@@ -100,11 +100,18 @@ start_postgres() {  # a cluster in $state/postgres; exports the server's PREFECT
       || { echo "up.sh: initdb failed; the end of $state/logs/postgres-initdb.log:" >&2; tail -20 "$state/logs/postgres-initdb.log" >&2; exit 1; }
   fi
   local password; password="$(cat "$dir/password")"
-  start postgres "${as_owner[@]}" "$bin/postgres" -D "$dir/data" -c listen_addresses=127.0.0.1 -c port="$port" \
-    -c unix_socket_directories="$dir"
+  if ! { [[ -f "$state/pids/postgres.pid" ]] && kill -0 "$(cat "$state/pids/postgres.pid")" 2>/dev/null; } \
+    && "$bin/pg_isready" -q -h 127.0.0.1 -p "$port"; then  # another server (Debian's own cluster: 5432) answers there
+    echo "up.sh: port $port already has a PostgreSQL server; set POSTGRES_PORT to a free port" >&2
+    exit 2
+  fi
+  # TCP on 127.0.0.1 only (no socket: its path in a deep CLIPCRAWL_LOCAL could pass the 107-byte limit); without
+  # the Prefect auth string in its environment
+  start postgres env -u PREFECT_SERVER_API_AUTH_STRING -u PREFECT_API_AUTH_STRING "${as_owner[@]}" "$bin/postgres" \
+    -D "$dir/data" -c listen_addresses=127.0.0.1 -c port="$port" -c unix_socket_directories=''
   export PGPASSWORD="$password"
   wait_for postgres 60 "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -U prefect -d postgres
-  if [[ "$("$bin/psql" -h 127.0.0.1 -p "$port" -U prefect -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'prefect'")" != 1 ]]; then
+  if [[ "$("$bin/psql" -X -h 127.0.0.1 -p "$port" -U prefect -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'prefect'")" != 1 ]]; then
     "$bin/createdb" -h 127.0.0.1 -p "$port" -U prefect prefect
   fi
   unset PGPASSWORD
