@@ -5,12 +5,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from clipcrawl.flows.artifacts import publish_index
-from clipcrawl.flows.runner import cpu_work, gather, gpu_work, stopwatch, task_runner, wait_result
+from clipcrawl.flows.runner import cpu_work, gather, stopwatch, task_runner, wait_result, work
 from clipcrawl.tasks.core.config import IndexSettings
 from clipcrawl.tasks.core.errors import InputError
 from clipcrawl.tasks.core.layout import index_dir
 from clipcrawl.tasks.core.stats import run_label
-from clipcrawl.tasks.index.clip_metadata import ensure_clip_metadata
 from clipcrawl.tasks.index.stage import finish_index_task, index_modality_task, plan_index_task
 
 
@@ -55,7 +54,6 @@ def build_index(
                 "img_emb/img_emb_S.npy and text_emb/text_emb_S.npy, as `clipcrawl embed` writes)"
             )
         logger.info("index of %d vectors already holds every shard of %s", plan.existing["count"], embeddings)
-        ensure_clip_metadata(plan.index)  # an index of an earlier version gains index/metadata/
         return summary(plan.existing)
     new = plan.shards[plan.new_from :]
     logger.info(
@@ -67,7 +65,7 @@ def build_index(
     )
     # device=cuda: the two index tasks go to GPU-tagged workers (auto: CPU workers, which use a GPU they see)
     resource = "GPU" if plan.settings.device == "cuda" else "CPU"
-    with gpu_work() if resource == "GPU" else cpu_work():
+    with work(resource):
         futures = {m: index_modality_task.submit(plan, m) for m in ("image", "text")}
     done, failed = gather(futures, "index", label, resource=resource)
     if failed:

@@ -119,14 +119,20 @@ def task_runner(dask_address: str | None = None) -> DaskTaskRunner:
     return DaskTaskRunner(cluster_class=local_cluster)
 
 
+def work(resource: str):
+    """Annotate the submissions inside so they run only on workers offering `resource` (CPU or GPU); gather and
+    wait_result take the same name for their Watchdog."""
+    return dask.annotate(resources={resource: 1})
+
+
 def cpu_work():
     """Annotate the submissions inside so they run on CPU workers only."""
-    return dask.annotate(resources={"CPU": 1})
+    return work("CPU")
 
 
 def gpu_work():
     """Annotate the submissions inside so they run on GPU-tagged workers only."""
-    return dask.annotate(resources={"GPU": 1})
+    return work("GPU")
 
 
 def result_storage(out: str, results: str | None = None):

@@ -134,3 +134,20 @@ def chromium():
             pytest.fail("chromium is not installed (apt-get install chromium); CI must run the browser tests")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     return path
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The synthetic world's tiny CLIP model, loaded once per module."""
+    from clipcrawl.tasks.embed.clip_model import load_model
+    from clipcrawl.tasks.world.tiny_clip import embed_settings
+
+    return load_model(embed_settings())
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory):
+    """A small built index over two crawls (tests/test_search.py's build_index), once per module."""
+    from tests.test_search import build_index
+
+    return build_index(tmp_path_factory.mktemp("index"))

@@ -22,7 +22,6 @@ import requests
 from aiohttp import web
 
 from clipcrawl.flows import cli
-from clipcrawl.tasks.embed.clip_model import load_model
 from clipcrawl.tasks.index.clip_metadata import ensure_clip_metadata, is_published
 from clipcrawl.tasks.search import clip_back
 from clipcrawl.tasks.search import serve as serve_module
@@ -31,8 +30,6 @@ from clipcrawl.tasks.search.search import Searcher
 from clipcrawl.tasks.search.serve import MAX_UPLOAD, make_app
 from clipcrawl.tasks.takedown.match import Matched
 from clipcrawl.tasks.takedown.rewrite import rewrite_index
-from clipcrawl.tasks.world.tiny_clip import embed_settings
-from tests.test_search import build_index
 
 NAME = "clipcrawl_test"
 
@@ -56,16 +53,6 @@ def clip_retrieval_module(name: str):
 
 cc = clip_retrieval_module("clip_client")
 clip_back_module = clip_retrieval_module("clip_back")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(embed_settings())
-
-
-@pytest.fixture(scope="module")
-def fx(tmp_path_factory):
-    return build_index(tmp_path_factory.mktemp("clip-retrieval"))
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def img2dataset_rows(n: int = 6, caption_col: bool = True) -> tuple[list[dict], 
         rows.append(
             {
                 "url": f"https://img.example/{i}.jpg",
-                "caption": caption if caption_col else None,
+                "caption": caption,
                 "NSFW": "UNLIKELY",  # an input column kept by save_additional_columns
                 "key": key,
                 "status": "success" if ok else "failed_to_download",
@@ -79,6 +79,8 @@ def img2dataset_rows(n: int = 6, caption_col: bool = True) -> tuple[list[dict], 
                 "sha256": f"{i:064x}" if ok else None,
             }
         )
+        if not caption_col:  # img2dataset adds caption to its rows and json only with a caption_col
+            del rows[-1]["caption"]
         if ok:
             body = io.BytesIO()
             img.save(body, "JPEG")

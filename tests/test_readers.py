@@ -25,10 +25,9 @@ def out(pipeline) -> Path:
 
 
 def caption_column(names) -> str:
-    """The caption's column: caption (img2dataset's and clip-retrieval's name); text in earlier outputs."""
-    found = [name for name in ("caption", "text") if name in names]
-    assert found, f"no caption column among {list(names)}"
-    return found[0]
+    """The caption's column, as the pipeline writes it: caption (img2dataset's and clip-retrieval's name)."""
+    assert "caption" in names and "text" not in names, f"the caption is not `caption` among {list(names)}"
+    return "caption"
 
 
 def tars(out: Path) -> list[Path]:

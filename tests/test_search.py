@@ -20,7 +20,6 @@ from clipcrawl.tasks.core.config import DownloadSettings, IndexSettings
 from clipcrawl.tasks.core.uri import read_json, write_json
 from clipcrawl.tasks.download.images import process_image
 from clipcrawl.tasks.download.shards import ShardWriter, sample_key
-from clipcrawl.tasks.embed.clip_model import load_model
 from clipcrawl.tasks.embed.stage import embed_shard
 from clipcrawl.tasks.index.ids import write_ids
 from clipcrawl.tasks.index.stage import SettingsMismatch, finish_index, index_modality, plan_index
@@ -129,16 +128,6 @@ def build_index(out: Path, seed: int = 0) -> Fixture:
     fx.shards = [s["name"] for s in fx.infos["shards"] for _ in range(s["count"])]
     fx.groups = [i - fx.duplicates[0] if i in fx.duplicates else i for i in range(len(fx.scenes))]
     return fx
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(embed_settings())
-
-
-@pytest.fixture(scope="module")
-def fx(tmp_path_factory) -> Fixture:
-    return build_index(tmp_path_factory.mktemp("search"))
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,11 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from clipcrawl.tasks.embed.clip_model import load_model
 from clipcrawl.tasks.search.search import Searcher
 from clipcrawl.tasks.search.serve import make_app
 from clipcrawl.tasks.world.tiny_clip import embed_settings
 from tests.helpers import keep_screenshot, run_chromium
-from tests.test_search import build_index, tar_member
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(embed_settings())
-
-
-@pytest.fixture(scope="module")
-def fx(tmp_path_factory):
-    return build_index(tmp_path_factory.mktemp("serve"))
+from tests.test_search import tar_member
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,7 @@ because a stage may read a folder given on its own (`clipcrawl embed --images DI
 
 from __future__ import annotations
 
-import contextlib
-
-from clipcrawl.tasks.core.uri import join, listdir, name_of, read_json
+from clipcrawl.tasks.core.uri import join, listdir, name_of
 
 SUMMARY = "_summary.json"  # a stage's run summary in its output folder
 SHARD_STATS_SUFFIX = "_stats.json"  # img2dataset's per-shard stats, each shard's completion marker
@@ -158,25 +156,16 @@ def shard_format(shard: str) -> str:
 
 def published_shards(images: str) -> list[str]:
     """The shards of IMAGES whose download finished (their _stats.json, written last, exists), in order, each named
-    by where its images are: {stem}.tar (webdataset), the folder {stem} (files) or {stem}.parquet (parquet: the image
-    bytes in a column of the shard's rows). A shard written again in another format has the other format's images
-    removed before its stats are published, so the listing decides; were a tar and a folder both there, the format
-    its stats record (output_format) would (img2dataset's own stats record none: then the tar)."""
+    by where its images are: {stem}.tar (webdataset), else the folder {stem} (files), else {stem}.parquet (parquet:
+    the image bytes in a column of the shard's rows). A shard written again in another format has the other
+    format's images removed before its stats are published (ShardWriter.close), so one of them is there."""
     entries = listdir(images)
     names = {name_of(uri) for uri in entries}
     shards = []
     for uri in entries:
-        if not uri.endswith(SHARD_STATS_SUFFIX):
-            continue
-        base = uri.removesuffix(SHARD_STATS_SUFFIX)
-        stem = name_of(base)
-        if f"{stem}.tar" in names and stem in names:
-            recorded = None
-            with contextlib.suppress(OSError, ValueError):
-                stats = read_json(uri)
-                recorded = stats.get("output_format") if isinstance(stats, dict) else None
-            shards.append(base + SHARD_SUFFIXES.get(recorded, ".tar"))
-        else:
+        if uri.endswith(SHARD_STATS_SUFFIX):
+            base = uri.removesuffix(SHARD_STATS_SUFFIX)
+            stem = name_of(base)
             shards.append(base + ".tar" if f"{stem}.tar" in names else base if stem in names else base + ".parquet")
     return shards
 
@@ -236,10 +225,15 @@ def index_infos(index: str) -> str:
     return join(index, "index_infos.json")
 
 
+def clip_metadata_dir(index: str) -> str:
+    """index/metadata/: where `clip-retrieval back` reads an index's metadata (its ParquetMetadataProvider
+    concatenates metadata/*.parquet in name order: row i is id i)."""
+    return join(index, "metadata")
+
+
 def clip_metadata_file(index: str) -> str:
-    """index/metadata/ids.parquet: ids.parquet where `clip-retrieval back` reads an index's metadata (its
-    ParquetMetadataProvider concatenates metadata/*.parquet in name order: row i is id i)."""
-    return join(index, "metadata", "ids.parquet")
+    """index/metadata/ids.parquet: ids.parquet again, for `clip-retrieval back`."""
+    return join(clip_metadata_dir(index), "ids.parquet")
 
 
 # ---- report/

@@ -57,8 +57,9 @@ def input_files(source: str, input_format: str = "auto") -> list[tuple[str, str]
     if input_format != "auto" and not fs.isdir(path) and fs.exists(path):  # a file without the suffix
         return [(source, input_format)]
     found: dict[str, list[str]] = {}
+    names = [f for f in listdir(source) if not name_of(f).startswith(("_", "."))]  # one listing for every format
     for fmt in wanted:
-        files = [f for f in listdir(source, "." + fmt) if not name_of(f).startswith(("_", ".")) and format_of(f) == fmt]
+        files = [f for f in names if format_of(f) == fmt]
         if files:
             found[fmt] = files
         if fmt == "parquet" and files:

@@ -168,11 +168,12 @@ def image_index(shard: str) -> dict[str, ImageRef]:
             index = {}
             for group in range(pf.metadata.num_row_groups):
                 table = pf.read_row_group(group, columns=wanted)
-                ok = pc.equal(table["status"], DownloadStatus.SUCCESS.value) if "status" in wanted else None
-                ok = [True] * table.num_rows if ok is None else pc.fill_null(ok, False).to_pylist()
-                for row, (key, good) in enumerate(zip(table["key"].to_pylist(), ok)):
-                    if good and key is not None:
-                        index.setdefault(key, ImageRef((group, row), -1, column))
+                ok = pc.is_valid(table["key"])
+                if "status" in wanted:
+                    ok = pc.and_(ok, pc.fill_null(pc.equal(table["status"], DownloadStatus.SUCCESS.value), False))
+                rows = pc.indices_nonzero(ok)
+                for row, key in zip(rows.to_pylist(), table["key"].take(rows).to_pylist(), strict=True):
+                    index.setdefault(key, ImageRef((group, row), -1, column))
             return index
     except (pa.ArrowException, OSError) as exc:
         raise OSError(f"{shard}: cannot read the shard's parquet: {exc}") from exc

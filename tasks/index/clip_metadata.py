@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.caption import LEGACY_CAPTION, caption_column, with_caption
-from clipcrawl.tasks.core.uri import atomic_write, exists, filesystem, is_local, open_uri
+from clipcrawl.tasks.core.uri import atomic_write, exists, filesystem, is_local, makedirs, open_uri
 
 SOURCE = b"clipcrawl.ids_parquet"  # a renamed copy's key-value metadata: the fingerprint of the ids.parquet it copies
 
@@ -79,7 +79,7 @@ def publish_clip_metadata(index_dir: str) -> str:
     source, target = layout.ids_file(index_dir), layout.clip_metadata_file(index_dir)
     fs, src = filesystem(source)
     dst = filesystem(target)[1]
-    fs.makedirs(os.path.dirname(dst) if is_local(target) else dst.rsplit("/", 1)[0], exist_ok=True)
+    makedirs(layout.clip_metadata_dir(index_dir))
     with open_uri(source) as f:
         legacy = caption_column(pq.read_schema(f).names) == LEGACY_CAPTION
     if legacy:

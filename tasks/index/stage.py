@@ -42,7 +42,7 @@ from clipcrawl.tasks.core.uri import (
     write_json,
 )
 from clipcrawl.tasks.index.choice import index_memory
-from clipcrawl.tasks.index.clip_metadata import publish_clip_metadata
+from clipcrawl.tasks.index.clip_metadata import ensure_clip_metadata, publish_clip_metadata
 from clipcrawl.tasks.index.ids import IdTable, write_ids
 from clipcrawl.tasks.index.neardup import near_duplicate_groups
 from clipcrawl.tasks.index.train import add, build, index_gpus, read_index, set_threads, write_index
@@ -196,6 +196,8 @@ def plan_index(
     known = {s.stem for s in old if s.embeddings == embeddings}
     new = find_shards(embeddings, dataset, source, existing["count"], known, gone)
     plan = Plan(out, tuple(old + new), len(old), "add" if new else "none", tuple(sources), existing, settings, gone)
+    if not new:
+        ensure_clip_metadata(plan.index)  # an index of an earlier version gains index/metadata/
     wanted = settings.index_key or existing["image"]["index_key"]
     budget = settings.max_index_memory_gb * 2**30
     if new and (wanted != existing["image"]["index_key"] or index_memory(wanted, plan.count, existing["dim"]) > budget):
