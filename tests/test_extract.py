@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sys
+from urllib.parse import urljoin
 
 import pyarrow as pa
 import pytest
@@ -12,8 +14,10 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from clipcrawl.tasks.core.config import ExtractSettings
+from clipcrawl.tasks.core.status import PairStatus
+from clipcrawl.tasks.ingest import language
 from clipcrawl.tasks.ingest.extract import ExtractError, FileStats, iter_pairs
-from clipcrawl.tasks.ingest.normalize import pair_uid
+from clipcrawl.tasks.ingest.normalize import normalize_text, pair_uid, resolve_base, resolve_url
 
 PAGE = "http://example.com/dir/page.html"
 
@@ -306,6 +310,78 @@ def test_language(tmp_path):
     assert table.column("language").to_pylist() == ["ru", "en", "de"]
     table, _ = run(tmp_path / "a.wat.gz", detect_language=False)
     assert table.column("language").null_count == 3
+
+
+def test_language_cache_gives_each_text_its_own_language(monkeypatch):
+    """Repeated alt texts are predicted once; each text still gets its own language, in later batches too and
+    after the cache is cleared when full (a cache that returned another text's entry would fail here)."""
+    texts = [
+        "A red bicycle leaning against the wall",
+        "Ein rotes Fahrrad lehnt an der Wand",
+        "Красный велосипед стоит у стены",
+        "un vélo rouge contre le mur",
+    ]
+    batch = [texts[i] for i in (0, 1, 0, 2, 1, 3, 3, 0)]
+    uncached = [language.LanguageDetector()._predict([text])[0] for text in batch]  # one text at a time
+    assert uncached == ["en", "de", "en", "ru", "de", "fr", "fr", "en"]
+
+    detector = language.LanguageDetector()
+    predicted = []
+    predict = detector._predict
+    monkeypatch.setattr(detector, "_predict", lambda todo: predicted.append(todo) or predict(todo))
+    assert detector.detect_many(batch) == uncached
+    assert predicted == [texts]  # each distinct text once
+    assert detector.detect_many(batch[::-1]) == uncached[::-1]
+    assert detector.detect_many(batch[3:] + ["ein Fahrrad"]) == uncached[3:] + ["de"]
+    assert predicted[1:] == [["ein Fahrrad"]]  # only the new text
+
+    monkeypatch.setattr(language, "_CACHE_MAX", 3)  # full after every batch: cleared, refilled
+    small = language.LanguageDetector()
+    for part in (batch, batch[::-1], batch[2:5]):
+        assert small.detect_many(part) == [uncached[batch.index(text)] for text in part]
+
+
+def test_normalize_text_fast_path_equals_split_join():
+    """Text returned as is (no whitespace but single inner spaces) equals the split-and-join of every other."""
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()]
+    for space in spaces:
+        for text in (f"{space}a", f"a{space}", f"a{space}b", f"a {space}b", space, f"a{space}{space}b"):
+            assert normalize_text(text) == " ".join(text.split()), repr(text)
+    for text in ("a b", "a  b", " a", "a ", "", "ab\u200bc", "é ü"):
+        assert normalize_text(text) == " ".join(text.split()), repr(text)
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "http://h.com/a/b/c.html?q=1#f",
+        "https://h.com",
+        "http://h.com/a/",
+        "http://h.com:81/a/b/c/",
+        "http://h.com/a//b/c",  # urljoin drops empty segments
+        "http://h.com/a/./b/../c/d",  # and resolves the base's dot segments
+        "http://u:p@h.com/a/b",
+        "http://h.com/a b/\u00e9/x",
+    ],
+)
+def test_dot_relative_srcs_resolve_as_urljoin(base):
+    srcs = ["./a.jpg", "../a.jpg", "../../../../a.jpg", "./../img/a.jpg", "../img/./a.jpg", "../a/../b.jpg"]
+    srcs += [
+        "../a.jpg?x=../y",
+        "../a.jpg#../f",
+        "../a;p.jpg",
+        "../a;?x=1",
+        "../a?#f",
+        "./a//b.jpg",
+        "../",
+        "./",
+        ".",
+        "..",
+    ]
+    srcs += ["../a:b.jpg", "./?q", "../#f", ".a.jpg", "..a.jpg", "../ä.jpg"]
+    page = resolve_base(base, None)
+    for src in srcs:
+        assert resolve_url(src, page) == (urljoin(base, src), PairStatus.KEPT), src
 
 
 def test_batches_are_bounded(tmp_path):

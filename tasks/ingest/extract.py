@@ -35,6 +35,7 @@ from clipcrawl.tasks.ingest.container import NotWarc, open_stream, records
 from clipcrawl.tasks.ingest.language import LanguageDetector
 from clipcrawl.tasks.ingest.normalize import (
     is_license_url,
+    normalize_text,
     pair_uid,
     plain_http_url,
     resolve_base,
@@ -95,10 +96,12 @@ class FileStats:
     _kinds: set = field(default_factory=set, repr=False)
 
     def drop(self, status: PairStatus, n: int = 1) -> None:
-        self.dropped[status.value] = self.dropped.get(status.value, 0) + n
+        key = status.value  # an enum's .value is a property: read once
+        self.dropped[key] = self.dropped.get(key, 0) + n
 
     def skip(self, status: RecordStatus) -> None:
-        self.skipped_records[status.value] = self.skipped_records.get(status.value, 0) + 1
+        key = status.value
+        self.skipped_records[key] = self.skipped_records.get(key, 0) + 1
 
     def saw(self, kind: str) -> None:
         if kind not in self._kinds:
@@ -158,7 +161,7 @@ class _PairBuilder:
             with_alt += 1
             if escaped and "&" in alt:  # the test first: a call costs more than the search
                 alt = unescape_attribute(alt)
-            text = " ".join(alt.split())
+            text = normalize_text(alt)
             n = len(text)
             if n < min_len:
                 drop(PairStatus.ALT_TOO_SHORT)

@@ -19,6 +19,8 @@ _DROP_TAB_NEWLINE = str.maketrans("", "", "\t\n\r")  # WHATWG URL parser removes
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 # Absolute http(s) URL with a plain host: valid without asking urlsplit (the common case).
 _PLAIN_HTTP = re.compile(r"https?://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?:[/?#]|$)")
+# Its origin (scheme, host, port), followed by the path, query or fragment.
+_PLAIN_ORIGIN = re.compile(r"(https?)://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(?=[/?#]|$)")
 _LICENSE_HOSTS = frozenset({"creativecommons.org", "www.creativecommons.org"})
 _LICENSE_PATHS = ("/licenses/", "/publicdomain/")
 _CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[^\t\n\f <&#;]{1,32};?)")
@@ -114,7 +116,13 @@ def unescape_attribute(value: str) -> str:
 
 
 def normalize_text(alt: str) -> str:
-    """Collapse all Unicode whitespace (nbsp included) to single spaces, trimmed."""
+    """Collapse all Unicode whitespace (nbsp included) to single spaces, trimmed.
+
+    Most alt texts already are: printable (every whitespace but the ASCII space is not), with no double,
+    leading or trailing space. Those are returned as they are, without the split and join.
+    """
+    if alt.isprintable() and "  " not in alt and alt[:1] != " " and alt[-1:] != " ":
+        return alt
     return " ".join(alt.split())
 
 
@@ -142,25 +150,59 @@ class _Base:
 
     def __init__(self, url: str) -> None:
         self.url, self.origin, self.scheme, self.directory = url, None, None, None
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return
-        if parts.scheme in ("http", "https") and parts.netloc and url.startswith(f"{parts.scheme}://{parts.netloc}"):
-            self.scheme = parts.scheme
-            self.origin = f"{parts.scheme}://{parts.netloc}"
-            path = parts.path or "/"
-            self.directory = self.origin + path[: path.rfind("/") + 1]
+        plain = _PLAIN_ORIGIN.match(url) if url.isprintable() else None  # nothing for urlsplit to strip
+        if plain is not None:  # the common case, as urlsplit splits it
+            self.scheme, self.origin = plain[1], plain[0]
+            path = url[plain.end() :].partition("?")[0].partition("#")[0] or "/"
+        else:
+            try:
+                parts = urlsplit(url)
+            except ValueError:
+                return
+            origin = f"{parts.scheme}://{parts.netloc}"
+            if parts.scheme not in ("http", "https") or not parts.netloc or not url.startswith(origin):
+                return
+            self.scheme, self.origin, path = parts.scheme, origin, parts.path or "/"
+        self.directory = self.origin + path[: path.rfind("/") + 1]
 
     def join(self, src: str) -> str:
-        # Same result as urljoin for these forms: no dot segments, no query/fragment-only, no trailing ?/#.
-        if self.origin is not None and "/." not in src and src[-1] not in "?#." and src[0] not in "?#.":
-            if src[0] == "/":
-                if src[1:2] == "/":
-                    return f"{self.scheme}:{src}"
-                return self.origin + src
-            if ":" not in src.split("/", 1)[0]:
-                return self.directory + src
+        # Same result as urljoin for these forms: no dot segments but leading ./ and ../, no query/fragment-only,
+        # no trailing ?/#.
+        if self.origin is not None and src[-1] not in "?#." and src[0] not in "?#":
+            if src[0] == ".":
+                return self._join_dotted(src)
+            if "/." not in src:
+                if src[0] == "/":
+                    if src[1:2] == "/":
+                        return f"{self.scheme}:{src}"
+                    return self.origin + src
+                if ":" not in src.split("/", 1)[0]:
+                    return self.directory + src
+        return urljoin(self.url, src)
+
+    def _join_dotted(self, src: str) -> str:
+        """`./a.jpg`, `../../img/a.jpg`: each ../ goes one directory up, never above the root, as urljoin does
+        (which also drops empty segments and resolves the base's dot segments: those go to urljoin)."""
+        directory, rest = self.directory, src
+        path = directory[len(self.origin) :]
+        while rest[:2] == "./" or rest[:3] == "../":
+            if rest[1] == "/":
+                rest = rest[2:]
+            else:
+                rest = rest[3:]
+                if len(directory) > len(self.origin) + 1:  # above the root stays at the root
+                    directory = directory[: directory.rfind("/", 0, -1) + 1]
+        if (
+            rest[:1] not in ("", ".", "/", "?", "#")
+            and "/." not in rest
+            and "//" not in rest
+            and "//" not in path
+            and "/." not in path
+            and ":" not in rest.split("/", 1)[0]
+            and ";" not in rest  # urljoin drops an empty ;params, ?query (a?#b) or #fragment
+            and "?#" not in rest
+        ):
+            return directory + rest
         return urljoin(self.url, src)
 
 
