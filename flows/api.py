@@ -1,7 +1,8 @@
 """The Prefect API a command reports to: the configured one, else a temporary server of its own.
 
 This module imports no Prefect at import time: the temporary server's process imports it to start
-(multiprocessing's spawn imports the target's module in the new process).
+(multiprocessing's spawn imports the target's module in the new process), and a command starts the server
+(`start_early`) before it imports Prefect itself, so the two imports run side by side.
 """
 
 from __future__ import annotations
@@ -32,17 +33,17 @@ class TemporaryAPI:
     Its settings are those Prefect gives its own (prefect.server.api.server.SubprocessASGIServer).
     """
 
-    def __init__(self):
-        from prefect.settings import get_current_settings
-
+    def __init__(self, environment: dict[str, str] | None = None):
+        """`environment`: settings the server's process gets beyond this process's environment (which it
+        inherits), for settings made in this process rather than in its environment or profile."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/api"
-        environment = get_current_settings().to_environment_variables(exclude_unset=True)
+        environment = dict(environment or {})
         environment |= {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         self.process = multiprocessing.get_context("spawn").Process(
-            target=_serve_api, args=(self.port, environment), name="prefect-temporary-server"
+            target=_serve_api, args=(self.port, environment), name="prefect-temporary-server", daemon=True
         )
         self.process.start()
 
@@ -67,24 +68,43 @@ class TemporaryAPI:
             self.process.join()
 
 
-@contextlib.contextmanager
-def prefect_api() -> Iterator[Callable[[], None]]:
-    """The Prefect API for a command: the configured one (PREFECT_API_URL), else a temporary server
-    started in the background for the block. Yields a function that waits until the API answers."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_ALLOW_EPHEMERAL_MODE, temporary_settings
+def start_early() -> TemporaryAPI | None:
+    """A temporary server started before this process imports Prefect (which takes seconds), unless the
+    environment names an API; `prefect_api(early=...)` adopts it, or stops it when a profile names one."""
+    return None if os.environ.get("PREFECT_API_URL") else TemporaryAPI()
 
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
-        yield lambda: None
-        return
-    server = TemporaryAPI()
+
+@contextlib.contextmanager
+def prefect_api(early: TemporaryAPI | None = None) -> Iterator[Callable[[], None]]:
+    """The Prefect API for a command: the configured one (PREFECT_API_URL), else a temporary server
+    started in the background for the block (`early`, when one was started already). Yields a function
+    that waits until the API answers. The temporary server is stopped whatever happens, from the first line."""
+    server = early
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.url}):
+        from prefect.settings import (
+            PREFECT_API_URL,
+            PREFECT_SERVER_ALLOW_EPHEMERAL_MODE,
+            get_current_settings,
+            temporary_settings,
+        )
+
+        if PREFECT_API_URL.value() or not PREFECT_SERVER_ALLOW_EPHEMERAL_MODE.value():
+            if server is not None:
+                server.stop()  # now: it would take cores from the command for nothing
+                server = None
+            yield lambda: None
+            return
+        server = server or TemporaryAPI(get_current_settings().to_environment_variables(exclude_unset=True))
+        # no flow run heartbeats: they tell a long-lived server which runs crashed, and this one ends with the
+        # command; their thread also holds the end of every flow run for up to a second
+        with temporary_settings(updates={PREFECT_API_URL: server.url, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": None}):
             try:
                 yield server.wait
             finally:
                 _drain_to_api()
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 def _drain_to_api(timeout: float = 10.0) -> None:

@@ -470,15 +470,22 @@ def takedown(args: argparse.Namespace) -> None:
     print(json.dumps(state.result(), indent=2))
 
 
-def run_command(args: argparse.Namespace, address: str) -> None:
-    """The flow of a command that runs one, its summary printed as JSON."""
+def command_flow(args: argparse.Namespace):
+    """The flow a one-stage command runs (None for demo and run), imported."""
+    if args.command not in FLOWS:
+        return None
+    module, name, _, _ = FLOWS[args.command]
+    return getattr(importlib.import_module(f"clipcrawl.flows.{module}"), name)
+
+
+def run_command(args: argparse.Namespace, address: str, flow) -> None:
+    """The flow of a command that runs one (`flow`, from command_flow), its summary printed as JSON."""
     if args.command == "demo":
         return demo(args, address)
     if args.command == "run":
         result = run_pipeline(args, address, args.settings, args.ground_truth)
     else:
-        module, name, stage, parameters = FLOWS[args.command]
-        flow = getattr(importlib.import_module(f"clipcrawl.flows.{module}"), name)
+        _, _, stage, parameters = FLOWS[args.command]
         result = run_flow(
             flow, address, out=args.out, settings=args.settings[stage], **{p: getattr(args, p) for p in parameters}
         )
@@ -499,19 +506,20 @@ def main(argv: list[str] | None = None) -> None:
             from clipcrawl.tasks.search.serve import serve
 
             return serve(args.index, args.host, args.port, args.index_name, args.allow_addresses)
-        from clipcrawl.flows.api import prefect_api
+        from clipcrawl.flows.api import prefect_api, start_early
 
-        if args.command == "takedown":
-            with prefect_api() as api_ready:
+        # the Prefect API, this process's imports and the Dask cluster start side by side: the API first, since it
+        # takes longest, then the flow's modules and the cluster while it boots
+        with prefect_api(early=start_early()) as api_ready:
+            if args.command == "takedown":
                 api_ready()
                 return takedown(args)
-        # the Prefect API and the Dask cluster start side by side: the API first, since it takes longest
-        with prefect_api() as api_ready:
             from clipcrawl.flows.runner import cluster
 
+            flow = command_flow(args)
             with cluster(args.dask_address, gpu_workers=gpu_workers(args)) as address:
                 api_ready()
-                run_command(args, address)
+                run_command(args, address, flow)
     except KeyboardInterrupt:
         raise SystemExit("clipcrawl: interrupted") from None
     except SystemExit:

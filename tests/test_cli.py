@@ -400,6 +400,36 @@ def test_help_imports_no_heavy_module():
     assert out.strip() == "[]"
 
 
+def test_a_command_starts_its_temporary_api_before_importing_prefect_and_adopts_it(monkeypatch):
+    """start_early: spawned before this process imports Prefect (unless the environment names an API); prefect_api
+    uses that server, without flow run heartbeats (their thread holds each flow run's end up to a second), and stops
+    it with the block; when a profile (not the environment) names an API, the early server is stopped unused."""
+    from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+    from clipcrawl.flows.api import prefect_api, start_early
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert start_early() is None
+    monkeypatch.delenv("PREFECT_API_URL")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        early = start_early()
+        assert early is not None and early.process.is_alive()
+        with prefect_api(early=early) as api_ready:
+            assert PREFECT_API_URL.value() == early.url
+            assert get_current_settings().flows.heartbeat_frequency is None
+            api_ready()
+            with urllib.request.urlopen(f"{early.url}/health", timeout=5) as response:
+                assert response.status == 200
+        assert not early.process.is_alive()
+        assert get_current_settings().flows.heartbeat_frequency is not None
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):  # as a profile would name it
+        early = start_early()
+        with prefect_api(early=early) as api_ready:
+            api_ready()
+            assert PREFECT_API_URL.value() == "http://127.0.0.1:9/api"
+            assert not early.process.is_alive()
+
+
 def test_without_a_configured_api_a_command_starts_a_temporary_one_and_stops_it():
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

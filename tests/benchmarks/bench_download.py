@@ -219,7 +219,9 @@ def reap(sampler: TreeSampler, grace: float = 15) -> int:
 
 def measure(cmd: list[str], server_pid: int, log: str, env: dict | None = None) -> dict:
     """Run `cmd` to completion: its wall time, the machine's and the server's CPU meanwhile, the CPU
-    and peak RSS of its process tree, and its stdout."""
+    and peak RSS of its process tree, and its stdout. Python caches bytecode, as on a user's machine, even
+    where this harness runs with PYTHONDONTWRITEBYTECODE set."""
+    env = {k: v for k, v in (os.environ if env is None else env).items() if k != "PYTHONDONTWRITEBYTECODE"}
     cpu0, busy0, server0 = _children_cpu(), busy_cpu_seconds(), process_cpu(server_pid)
     sampler = TreeSampler({server_pid} | BACKGROUND)
     start, started = time.time(), time.perf_counter()
