@@ -31,6 +31,7 @@ from clipcrawl.tasks.core.uri import is_local
 
 PROGRESS_UPDATES = 50  # at most this many progress updates per stage run (one API call each)
 API_PAGE = 200  # the most task runs the API returns per call (PREFECT_SERVER_API_DEFAULT_LIMIT)
+TABLE_ROWS = 1000  # the most rows of a units table: every failed unit, then the slowest (a crawl has 90,000 files)
 RECORD_WAIT_S = 10.0  # the API records the workers' task run states from events, a little after they happen
 
 
@@ -127,6 +128,16 @@ def unit_rows(stage: str, futures: dict, counts: dict, done: dict, failed: dict)
     return rows
 
 
+def table_rows(rows: list[dict], limit: int = TABLE_ROWS) -> list[dict]:
+    """The rows a units table shows: all of them up to `limit`; past it every failed unit, then the slowest, in
+    submission order. A row per unit of a crawl would put tens of thousands in the Prefect database each run; the
+    stage's markdown summary counts them all."""
+    if len(rows) <= limit:
+        return rows
+    ranked = sorted(range(len(rows)), key=lambda i: (rows[i]["state"] != "Failed", -rows[i]["seconds"]))
+    return [rows[i] for i in sorted(ranked[:limit])]
+
+
 def table(header: list[str], rows: list[list]) -> list[str]:
     """A markdown table, numbers right-aligned."""
     align = ["---:" if any(isinstance(r[i], (int, float)) for r in rows) else "---" for i in range(len(header))]
@@ -182,9 +193,10 @@ def publish_stage(
         add_counts(reasons, count["reasons"])
     publish(
         create_table_artifact,
-        table=rows,
+        table=table_rows(rows),
         key=artifact_key(stage, label, "units"),
-        description=f"{stage} of {label}: one row per {units_of(stage)[:-1]}",
+        description=f"{stage} of {label}: one row per {units_of(stage)[:-1]}"
+        + (f" (every failed one, then the slowest: {TABLE_ROWS} of {len(rows)})" if len(rows) > TABLE_ROWS else ""),
     )
     publish(
         create_markdown_artifact,

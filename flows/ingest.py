@@ -1,4 +1,5 @@
-"""Flow `ingest_crawl`: WAT/WARC files -> OUT/pairs/ (one task per file), then the cross-file dedup.
+"""Flow `ingest_crawl`: WAT/WARC files -> OUT/pairs/ (one task per new file), deduplicated against the uid store
+of what is published (the crawl's, or one shared by several crawls).
 Flow `ingest_new_crawls`: the scheduled ingestion of the crawls not yet ingested, a few segments per run."""
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from clipcrawl.flows.runner import (
     task_runner,
 )
 from clipcrawl.tasks.core.config import IngestSettings
-from clipcrawl.tasks.core.layout import pairs_dir, summary_file
-from clipcrawl.tasks.core.stats import run_label, segment_of
+from clipcrawl.tasks.core.layout import crawls_uid_store, pairs_dir, summary_file, uid_store
+from clipcrawl.tasks.core.stats import run_label
 from clipcrawl.tasks.core.status import RecordStatus
 from clipcrawl.tasks.core.uri import join, write_json
-from clipcrawl.tasks.ingest import dedup
+from clipcrawl.tasks.ingest import incremental
 from clipcrawl.tasks.ingest import stage as pairs
 from clipcrawl.tasks.ingest.crawl import (
     COLLINFO_URI,
@@ -55,7 +56,17 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
             settings.files_per_segment,
         )
     names = pairs.output_names(uris)
-    logger.info("ingesting %d files into %s", len(uris), out)
+    folder = pairs_dir(out)
+    store = settings.dedup_store or uid_store(folder)
+    run = incremental.plan(store, folder, uris, names, settings.extract, settings.dedup_partitions)
+    logger.info(
+        "ingesting %d files into %s: %d new, %d published before (uid store %s)",
+        len(uris),
+        out,
+        len(run.new),
+        len(run.committed),
+        store,
+    )
     storage = result_storage(out, results)
     # a tag-based concurrency limit named commoncrawl (deployments/deploy.sh) caps the requests to Common Crawl
     tags = {"clipcrawl", "extract"} | (
@@ -69,35 +80,47 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
         timeout_seconds=settings.file_timeout,
         result_storage=storage,
     )
+    refresh = extract.with_options(refresh_cache=True)  # the file's staging is gone: extract it again
     with cpu_work():
-        futures = {uri: extract.submit(uri, out, name, settings.extract) for uri, name in zip(uris, names)}
+        futures = {
+            uri: (refresh if name in run.refresh else extract).submit(uri, out, name, settings.extract)
+            for uri, name in run.new
+        }
     extracted, failed = gather(futures, "ingest", label)
 
-    order = [(uri, name) for uri, name in zip(uris, names) if uri in extracted]
-    done_names = [name for _, name in order]
-    run_id = pairs.run_digest([extracted[uri] for uri, _ in order])
-    buckets = dedup.bucket_count(sum(extracted[u]["kept"] for u, _ in order), settings.dedup_rows_per_bucket)
-    find = pairs.find_duplicates_task.with_options(result_storage=storage)
-    with cpu_work():
-        bucket_futures = {b: find.submit(out, done_names, b, buckets, run_id) for b in range(buckets)}
-    dedup_done, dedup_failed = gather(bucket_futures, "dedup")
-    if dedup_failed:
-        raise IngestFailed(f"dedup pass failed for buckets {sorted(dedup_failed)}: {next(iter(dedup_failed.values()))}")
+    published: dict[str, dict] = {}
+    order = [(uri, name) for uri, name in run.new if uri in extracted]
+    if order:
+        new_uids = sum(extracted[uri]["kept"] for uri, _ in order)
+        tasks = incremental.prepare_dedup(run, order, new_uids, settings.dedup_rows_per_bucket)
+        with cpu_work():
+            dedup_futures = {t[:2]: pairs.dedup_partitions_task.submit(store, *t) for t in tasks}
+        _, dedup_failed = gather(dedup_futures, "dedup")
+        if dedup_failed:
+            first = next(iter(dedup_failed.values()))
+            raise IngestFailed(f"dedup against {store} failed for partitions {sorted(dedup_failed)}: {first}")
+        losers = [t[2] for t in tasks]
+        with cpu_work():
+            publish_futures = {
+                uri: pairs.publish_file_task.submit(out, name, i, losers) for i, (uri, name) in enumerate(order)
+            }
+        published, publish_failed = gather(publish_futures, "publish")
+        failed |= publish_failed
+        incremental.commit(run, {name: (uri, published[uri]) for uri, name in order if uri in published})
+    else:
+        incremental.clean(run, incremental.leftover_staging(run))
 
-    loser_uris = [dedup_done[b]["uri"] for b in range(buckets)]
-    publish = pairs.publish_file_task.with_options(result_storage=storage)
-    with cpu_work():
-        publish_futures = {uri: publish.submit(out, name, i, loser_uris) for i, (uri, name) in enumerate(order)}
-    published, publish_failed = gather(publish_futures, "publish")
-    failed |= publish_failed
-
-    segments = sorted({segment_of(uri) for uri in uris}) if settings.crawl and not settings.inputs else None
-    summary = pairs.summarize(list(published.values()), failed, run_id) | {
+    everything = incremental.committed_stats(run)  # the crawl's published files, this run's and earlier ones
+    failed |= incremental.carried_failures(incremental.previous_summary(folder), uris, everything)
+    segments = incremental.segments(uris, everything) if settings.crawl and not settings.inputs else None
+    summary = pairs.summarize(everything, failed) | {
         "crawl": settings.crawl,
         "segments": segments,
+        "new_files": len(run.new),
         "wall_seconds": elapsed(),
     }
-    write_json(summary_file(pairs_dir(out)), summary)
+    write_json(summary_file(folder), summary)
+    # the units table lists the files this run worked on: the files published before are in the summary only
     publish_stage("ingest", label, pairs_dir(out), futures, published, failed, summary["wall_seconds"])
     logger.info(
         "pairs: %d kept from %d files (%d partial, %d failed); records: %d malformed, %d over max_record_bytes "
@@ -125,12 +148,15 @@ def ingest_new_crawls(
     oldest: str | None = None,
     results: str | None = None,
     dask_address: str | None = None,
+    cross_crawl: bool = False,
 ) -> dict:
     """Scheduled ingestion: the crawls of Common Crawl's collinfo.json (newest first, none older than `oldest`)
     not yet fully ingested under OUT/<crawl>/, at most `max_segments` new segments per run.
 
-    Each crawl's run ingests its finished segments again (cache hits) with the new ones, so the cross-file
-    dedup spans the whole crawl. settings.source says where the crawl files are read from."""
+    Each crawl's run lists its finished segments with the new ones, and extracts, dedups and publishes only the
+    files its uid store does not hold yet: the dedup spans the whole crawl, finished segments cost nothing.
+    With `cross_crawl`, every crawl dedups against one store, OUT/_uids: a pair published for one crawl is
+    dropped from the crawls ingested after it. settings.source says where the crawl files are read from."""
     logger = get_run_logger()
     crawls = [c for c in list_crawls(collinfo) if oldest is None or c >= oldest]
     done = {c: ingested_segments(join(out, c)) for c in crawls}
@@ -148,7 +174,7 @@ def ingest_new_crawls(
                 "sample_seed": None,
                 "segment_list": done[crawl] + new,
                 "inputs": [],
-            }
+            } | ({"dedup_store": crawls_uid_store(out)} if cross_crawl else {})
             state = ingest_crawl.with_options(task_runner=task_runner(address))(
                 out=join(out, crawl), settings=settings.model_copy(update=update), results=results, return_state=True
             )

@@ -14,7 +14,7 @@ from tests.helpers import embed, task_states
 
 TASK_KINDS = {
     "extract_file": "extract",
-    "find_duplicates": "dedup",
+    "dedup_partitions": "dedup",
     "publish_file": "publish",
     "download_shard_async": "download",
     "embed_shard": "embed",

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.core.status import FileStatus, PairStatus
+from clipcrawl.tasks.core.uri import read_json
 from clipcrawl.tasks.world.groundtruth import compare_pairs
 from tests.helpers import run, task_states
 
@@ -23,6 +24,7 @@ def test_crawl_extraction_equals_ground_truth_and_reruns_from_cache(dask_address
     state = run(dask_address, out, crawl=small_world.crawl_id, source=str(small_world.root))
     assert state.is_completed(), state.message
     summary = state.result()
+    written = read_json(str(out / "pairs" / "_summary.json"))
     report = compare_pairs(small_world, str(out))
     assert report["equal"], report
     assert summary["kept"] == len(small_world.expected_pairs())
@@ -47,13 +49,24 @@ def test_crawl_extraction_equals_ground_truth_and_reruns_from_cache(dask_address
     assert {"uid", "url", "caption", "page_url", "source", "language"} <= set(table.column_names)
     assert set(table.column("source").to_pylist()) <= set(wats)
 
-    # a rerun serves every file from the persistent cache
+    # published files are committed to the crawl's uid store and their staging is gone
+    assert sorted(p.name for p in (out / "pairs").iterdir() if p.name.startswith("_")) == ["_summary.json", "_uids"]
+
+    # a rerun finds every file in the uid store: no task runs, the same summary
     again = run(dask_address, out, crawl=small_world.crawl_id, source=str(small_world.root))
     assert again.is_completed(), again.message
-    states = task_states(again)
-    extract_states = [s for name, s in states.items() if name.startswith("extract-")]
-    assert len(extract_states) == len(wats) and set(extract_states) == {"Cached"}
-    assert again.result()["kept"] == summary["kept"]
+    assert task_states(again) == {}
+    assert {k: v for k, v in again.result().items() if k not in ("wall_seconds", "new_files")} == {
+        k: v for k, v in written.items() if k not in ("wall_seconds", "new_files")
+    }
+
+    # the store's listing lost: every file is ingested again, not from the cache (its staging is gone)
+    (out / "pairs" / "_uids" / "files.parquet").unlink()
+    lost = run(dask_address, out, crawl=small_world.crawl_id, source=str(small_world.root))
+    assert lost.is_completed(), lost.message
+    extract_states = [s for name, s in task_states(lost).items() if name.startswith("extract-")]
+    assert len(extract_states) == len(wats) and set(extract_states) == {"Completed"}
+    assert compare_pairs(small_world, str(out))["equal"] and lost.result()["kept"] == summary["kept"]
 
 
 def test_warc_files_give_the_same_pairs_as_wat(dask_address, small_world, tmp_path):
@@ -173,7 +186,7 @@ def test_scheduled_ingestion_takes_new_segments_of_new_crawls_per_run(dask_addre
     assert len(segments("CC-MAIN-2099-20")) == 2 and len(segments(older)) == 1
     assert compare_pairs(newer, str(out / "CC-MAIN-2099-20"))["equal"]
 
-    second = scheduled_run()  # the older crawl's last segment, ingested again with its first
+    second = scheduled_run()  # the older crawl's last segment, deduplicated against its first
     assert list(second) == [older] and len(second[older]["segments"]) == 2
     assert compare_pairs(small_world, str(out / older))["equal"]
     assert not (out / "CC-MAIN-2098-01").exists(), "crawls older than `oldest` are left alone"
@@ -226,3 +239,103 @@ def test_a_file_that_drips_forever_times_out_alone(dask_address, small_world, tm
     assert [f["uri"] for f in summary["failed"]] == [url]
     assert "exceeded timeout of 5.0 second" in summary["failed"][0]["error"]
     assert summary["kept"] > 0 and summary["files"] == 2
+
+
+def scheduled(out, source, collinfo, dask_address, **options) -> tuple[dict, list[str]]:
+    """One ingest_new_crawls run: its result, and the names of the extract task runs of its crawls' runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    from clipcrawl.flows.ingest import ingest_new_crawls
+    from clipcrawl.tasks.core.config import IngestSettings
+
+    state = ingest_new_crawls(
+        out=str(out),
+        settings=IngestSettings(source=str(source), extract=ExtractSettings(detect_language=False)),
+        collinfo=str(collinfo),
+        dask_address=dask_address,
+        return_state=True,
+        **options,
+    )
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        parent = FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=parent))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])))
+    return state.result(), sorted(t.name for t in tasks if t.name.startswith("extract-"))
+
+
+def crawl_source(tmp_path, *worlds) -> tuple[Path, Path]:
+    """A source holding the worlds' crawls, and a collinfo.json listing them in the given order."""
+    source = tmp_path / "source"
+    (source / "crawl-data").mkdir(parents=True)
+    for world in worlds:
+        (source / "crawl-data" / world.crawl_id).symlink_to(f"{world.root}/crawl-data/{world.crawl_id}")
+    collinfo = source / "collinfo.json"
+    collinfo.write_text(json.dumps([{"id": w.crawl_id} for w in worlds]))
+    return source, collinfo
+
+
+def rows_by_file(pairs: Path) -> dict[str, list[dict]]:
+    return {p.stem: sorted(pq.read_table(p).to_pylist(), key=lambda r: r["uid"]) for p in pairs.glob("*.parquet")}
+
+
+def test_scheduled_runs_over_a_growing_crawl_equal_one_run_over_the_whole(dask_address, tmp_path):
+    from clipcrawl.tasks.ingest.stage import output_names
+    from clipcrawl.tasks.world import WorldSpec, generate_world
+
+    spec = WorldSpec(seed=5, crawl_id="CC-MAIN-2099-30", segments=3, files_per_segment=1, pages_per_file=12, warc=False)
+    world = generate_world(tmp_path / "world", spec)
+    source, collinfo = crawl_source(tmp_path, world)
+    settings = {"crawl": world.crawl_id, "source": str(source), "extract": ExtractSettings(detect_language=False)}
+    whole = run(dask_address, tmp_path / "whole", **settings)
+    assert whole.is_completed(), whole.message
+    names = output_names(world.wat_uris())  # one file a segment, in segment order
+
+    pairs = tmp_path / "crawls" / world.crawl_id / "pairs"
+    for n in range(3):  # a segment a run, as the crawl grows
+        result, extracted = scheduled(tmp_path / "crawls", source, collinfo, dask_address, max_segments=1)
+        assert extracted == [f"extract-{names[n]}"], "only the new segment's file is extracted"
+        assert len(result[world.crawl_id]["segments"]) == n + 1
+        assert sorted(p.name for p in pairs.iterdir() if p.name.startswith("_")) == ["_summary.json", "_uids"]
+        assert not list(pairs.glob("**/_next")) and not list(pairs.glob("**/*.tmp-*"))
+    assert scheduled(tmp_path / "crawls", source, collinfo, dask_address, max_segments=1) == ({}, [])
+
+    ours, theirs = rows_by_file(pairs), rows_by_file(tmp_path / "whole" / "pairs")
+    assert ours == theirs
+    assert (
+        sum(len(r) for r in ours.values()) == whole.result()["kept"] == read_json(str(pairs / "_summary.json"))["kept"]
+    )
+    assert any(json.loads((pairs / f"{n}.stats.json").read_text())["duplicates_across_files"] for n in names[1:])
+
+
+def test_crawls_sharing_a_uid_store_drop_the_pairs_an_earlier_crawl_published(dask_address, small_world, tmp_path):
+    from clipcrawl.tasks.ingest.incremental import ingest_files
+    from clipcrawl.tasks.world import WorldSpec, generate_world
+
+    spec = WorldSpec(seed=3, crawl_id="CC-MAIN-2099-40", segments=1, files_per_segment=1, pages_per_file=10, warc=False)
+    newer = generate_world(tmp_path / "newer", spec)
+    source, collinfo = crawl_source(tmp_path, newer, small_world)
+    # the newer crawl also lists the older crawl's first segment: its pairs are published with the newer crawl
+    listing = source / "crawl-data" / newer.crawl_id
+    listing.unlink()
+    listing.mkdir()
+    (listing / "segments").symlink_to(f"{newer.root}/crawl-data/{newer.crawl_id}/segments")
+    paths = [u.removeprefix(f"{w.root}/") for w in (newer, small_world) for u in w.wat_uris()][:3]
+    (listing / "wat.paths.gz").write_bytes(gzip.compress("\n".join(paths).encode()))
+
+    result, _ = scheduled(tmp_path / "crawls", source, collinfo, dask_address, max_segments=10, cross_crawl=True)
+    assert list(result) == [newer.crawl_id, small_world.crawl_id]
+    crawls = tmp_path / "crawls"
+    assert (crawls / "_uids" / "files.parquet").exists() and not (crawls / newer.crawl_id / "pairs" / "_uids").exists()
+    first = rows_by_file(crawls / newer.crawl_id / "pairs")
+    taken = {r["uid"] for rows in first.values() for r in rows}
+
+    alone = tmp_path / "alone"  # the older crawl ingested on its own
+    uris = [str(source / u.removeprefix(f"{small_world.root}/")) for u in small_world.wat_uris()]
+    ingest_files(uris, str(alone), ExtractSettings(detect_language=False))
+    expected = {
+        name: [r for r in rows if r["uid"] not in taken] for name, rows in rows_by_file(alone / "pairs").items()
+    }
+    assert rows_by_file(crawls / small_world.crawl_id / "pairs") == expected
+    assert sum(map(len, expected.values())) < sum(map(len, rows_by_file(alone / "pairs").values()))

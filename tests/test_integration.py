@@ -253,7 +253,7 @@ def test_failed_task_then_retry_from_the_api_serves_finished_tasks_from_cache(de
     ingest = subflow_runs(client, run.id)["ingest_crawl"]
     states = task_states(client, ingest.id)
     extract = {name: state for name, state in states.items() if name.startswith("extract-")}
-    assert sorted(extract.values()) == ["Cached", "Cached", "Cached", "Completed"], extract
+    assert list(extract.values()) == ["Completed"], extract  # the others, published by the first try, not run again
     assert extract[f"extract-{wat.name.removesuffix('.warc.wat.gz')}"] == "Completed"
     assert compare_pairs(world, str(tmp_path / "run"))["equal"]
 

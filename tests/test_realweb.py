@@ -27,7 +27,7 @@ from clipcrawl.tasks.core.status import DownloadStatus as S
 from clipcrawl.tasks.download.fetch import Fetcher
 from clipcrawl.tasks.download.shards import plan_shards
 from clipcrawl.tasks.download.stage import download_shard
-from clipcrawl.tasks.ingest.stage import extract_file, find_duplicates, output_names, publish_file, run_digest
+from clipcrawl.tasks.ingest.incremental import ingest_files
 from tests.replay import RawServer, Replay, Request, response, stored_responses
 
 REALWEB = Path(os.environ.get("CLIPCRAWL_REALWEB", Path(__file__).resolve().parents[2] / "shared" / "realweb"))
@@ -115,13 +115,7 @@ def replay(stored, tmp_path_factory):
 
 def extract_pairs(uris: list[str], out: str) -> list[str]:
     """OUT/pairs/ of WARC files, by the ingest stage's functions in the flow's order (extract, dedup, publish)."""
-    names = output_names(uris)
-    settings = ExtractSettings()
-    extracted = [extract_file(uri, out, name, settings) for uri, name in zip(uris, names)]
-    run_id = run_digest(extracted)
-    losers = find_duplicates(out, names, 0, 1, run_id)["uri"]
-    for i, name in enumerate(names):
-        publish_file(out, name, i, [losers])
+    ingest_files(uris, out, ExtractSettings())
     return sorted(str(p) for p in Path(out, "pairs").glob("*.parquet"))
 
 

@@ -224,7 +224,7 @@ def test_result_storage_is_on_s3_and_reruns_are_served_from_it(chain):
     for stage, prefix in (("ingest", "extract-"), ("download", "download-"), ("embed", "embed-")):
         assert again[stage].is_completed(), again[stage].message
         states = {s for name, s in task_states(again[stage]).items() if name.startswith(prefix)}
-        assert states == {"Cached"}, (stage, states)
+        assert states == (set() if stage == "ingest" else {"Cached"}), (stage, states)  # ingest: in the uid store
     # the index grows by the shards it does not hold: with none new, the rerun plans and builds nothing
     assert again["index"].is_completed(), again["index"].message
     assert not [n for n in task_states(again["index"]) if n.startswith(("index-", "finish_index"))]

@@ -103,7 +103,17 @@ class IngestSettings(BaseModel):
     files_per_segment: int | None = Field(None, ge=1, description="Cap on files taken from each segment.")
     inputs: list[str] = Field(default_factory=list, description="Explicit WAT/WARC URIs instead of a crawl.")
     dedup_rows_per_bucket: int = Field(
-        20_000_000, ge=1, description="Pairs per hash partition of the cross-file dedup pass (bounds its memory)."
+        20_000_000,
+        ge=1,
+        description="New pairs per task of the cross-file dedup pass (bounds its memory, with one store partition).",
+    )
+    dedup_store: str | None = Field(
+        None,
+        description="The uid store the run dedups against and adds to (none: OUT/pairs/_uids). Runs of several "
+        "crawls given one store drop the pairs an earlier run published (cross-crawl dedup).",
+    )
+    dedup_partitions: int = Field(
+        256, ge=1, description="Hash partitions of a uid store, fixed when the store is created."
     )
     retries: int = Field(
         3, ge=0, description="Retries of a file's task on transient errors (connection, timeout, 5xx, S3 SlowDown)."

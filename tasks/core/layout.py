@@ -87,22 +87,73 @@ def published_pairs_stats(pairs: str) -> list[str]:
     return listdir(pairs, PAIRS_STATS_SUFFIX)
 
 
+def staging_dir(pairs: str) -> str:
+    """Files extracted and not yet published: emptied as each run commits them."""
+    return join(pairs, "_staging")
+
+
 def staged_pairs(pairs: str, name: str) -> str:
     """A file's pairs after extraction, before the cross-file dedup."""
-    return join(pairs, "_staging", f"{name}.parquet")
+    return join(staging_dir(pairs), f"{name}.parquet")
 
 
 def staged_uids(pairs: str, name: str) -> str:
-    return join(pairs, "_staging", f"{name}.uids.parquet")
+    return join(staging_dir(pairs), f"{name}.uids.parquet")
 
 
 def staged_stats(pairs: str, name: str) -> str:
-    return join(pairs, "_staging", name + PAIRS_STATS_SUFFIX)
+    return join(staging_dir(pairs), name + PAIRS_STATS_SUFFIX)
 
 
-def dedup_losers(pairs: str, run_id: str, bucket: int) -> str:
-    """One bucket of a dedup pass's losers (the rows other files keep)."""
-    return join(pairs, "_dedup", run_id, f"bucket-{bucket:05d}.parquet")
+def staged_losers(pairs: str, task: int) -> str:
+    """The losers (the rows other files keep) of one dedup task of the current run: a fixed name, overwritten."""
+    return join(staging_dir(pairs), f"losers-{task:05d}.parquet")
+
+
+def uid_store(pairs: str) -> str:
+    """The crawl's uid store (tasks/ingest/uidstore.py): the uids published in pairs/ and which file won each."""
+    return join(pairs, "_uids")
+
+
+def crawls_uid_store(out: str) -> str:
+    """The uid store that the crawls under OUT/<crawl>/ share when they are deduplicated across crawls."""
+    return join(out, "_uids")
+
+
+# ---- a uid store (tasks/ingest/uidstore.py): OUT/pairs/_uids/, OUT/_uids/ or a folder of its own
+
+
+def store_config(store: str) -> str:
+    """store.json: the store's format version and partition count."""
+    return join(store, "store.json")
+
+
+def store_partition(store: str, p: int) -> str:
+    return join(store, f"part-{p:05d}.parquet")
+
+
+def store_files(store: str) -> str:
+    """The committed files."""
+    return join(store, "files.parquet")
+
+
+def store_next_dir(store: str) -> str:
+    """A run's work in progress: fixed names, overwritten by the next run, removed once it commits."""
+    return join(store, "_next")
+
+
+def store_next_partition(store: str, p: int) -> str:
+    return join(store_next_dir(store), f"part-{p:05d}.parquet")
+
+
+def store_new_files(store: str) -> str:
+    """The run's new files in run order (key, uid list URI): the order in which they win a uid."""
+    return join(store_next_dir(store), "new.parquet")
+
+
+def legacy_dedup_dir(pairs: str) -> str:
+    """Where earlier versions kept each run's loser lists (removed by the next run)."""
+    return join(pairs, "_dedup")
 
 
 # ---- images/: img2dataset's shards

@@ -1,4 +1,5 @@
-"""One WAT/WARC file -> OUT/pairs/<name>.parquet: extraction to staging, then cross-file dedup.
+"""One WAT/WARC file -> OUT/pairs/<name>.parquet: extraction to staging, then the dedup against the uid store
+(tasks/ingest/dedup.py, incremental.py), then publishing.
 
 Plain functions first (testable without Prefect), thin @task wrappers at the end.
 """
@@ -8,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from clipcrawl.tasks.core import layout
 from clipcrawl.tasks.core.cache import cache_key, retry_transient
@@ -20,7 +23,7 @@ from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.core.stats import add_counts
 from clipcrawl.tasks.core.status import FileStatus, PairStatus
 from clipcrawl.tasks.core.uri import atomic_write, name_of, open_uri, write_json
-from clipcrawl.tasks.ingest import dedup
+from clipcrawl.tasks.ingest import dedup, uidstore
 from clipcrawl.tasks.ingest.extract import FileStats, iter_pairs
 
 PAIRS_SCHEMA = pa.schema(
@@ -47,8 +50,8 @@ def output_names(uris: list[str]) -> list[str]:
                 name = name[: -len(suffix)]
                 break
         stems.append(name)
-    seen = {s for s in stems if stems.count(s) > 1}
-    return [f"{s}-{hashlib.sha1(u.encode()).hexdigest()[:8]}" if s in seen else s for s, u in zip(stems, uris)]
+    repeated = {s for s, n in Counter(stems).items() if n > 1}  # not stems.count per stem: a crawl has 90,000 files
+    return [f"{s}-{hashlib.sha1(u.encode()).hexdigest()[:8]}" if s in repeated else s for s, u in zip(stems, uris)]
 
 
 def extract_file(uri: str, out: str, name: str, settings: ExtractSettings) -> dict:
@@ -66,19 +69,14 @@ def extract_file(uri: str, out: str, name: str, settings: ExtractSettings) -> di
             writer.write_table(table.cast(PAIRS_SCHEMA), row_group_size=settings.batch_rows)
             uids.append(batch.column("uid").to_numpy())
     dedup.write_uids(layout.staged_uids(pairs, name), np.concatenate(uids) if uids else np.empty(0, np.uint64))
-    result = stats.to_dict() | {"name": name}
+    result = stats.to_dict() | {"name": name, "extract_digest": uidstore.settings_digest(settings)}
     write_json(layout.staged_stats(pairs, name), result)
     return result
 
 
-def find_duplicates(out: str, names: list[str], bucket: int, buckets: int, run_id: str) -> dict:
-    """One bucket of the cross-file dedup pass (files in the run's order)."""
-    uid_uris = [layout.staged_uids(layout.pairs_dir(out), n) for n in names]
-    return dedup.find_losers(uid_uris, bucket, buckets, layout.dedup_losers(layout.pairs_dir(out), run_id, bucket))
-
-
-def summarize(published: list[dict], failed: dict[str, str], run_id: str) -> dict:
-    """The run's totals over the published files, and the failed ones with their reasons."""
+def summarize(published: list[dict], failed: dict[str, str]) -> dict:
+    """The totals over the published files (of every run over OUT), and the failed ones with their reasons (a
+    file published before that fails in this run counts once in `files`)."""
     dropped: dict[str, int] = {}
     skipped: dict[str, int] = {}
     for stats in published:
@@ -95,20 +93,13 @@ def summarize(published: list[dict], failed: dict[str, str], run_id: str) -> dic
         "truncated_pages",
     )
     return {
-        "run_id": run_id,
-        "files": len(published) + len(failed),
+        "files": len({s["uri"] for s in published} | set(failed)),
         "partial": sum(s["status"] == FileStatus.PARTIAL for s in published),
         "failed": [{"uri": uri, "error": why} for uri, why in failed.items()],
         "dropped": dropped,
         "skipped_records": skipped,
         **{c: sum(s.get(c, 0) for s in published) for c in counters},
     }
-
-
-def run_digest(results: list[dict]) -> str:
-    """Names the dedup pass of one set of extracted files (changes when any file's extraction does)."""
-    keys = [{k: v for k, v in r.items() if k != "seconds"} for r in results]
-    return cache_key("run", keys)[:16]
 
 
 def publish_file(out: str, name: str, file_index: int, loser_uris: list[str]) -> dict:
@@ -145,23 +136,22 @@ extract_file_task = task(
     task_run_name="extract-{name}",
     tags=["clipcrawl", "extract"],
     retry_condition_fn=retry_transient,
+    # served from the cache only while the file's staging holds it: the flow refreshes the others
+    # (incremental.plan), as staging is removed once a file is committed
     cache_key_fn=lambda ctx, p: cache_key("extract", p["uri"], p["out"], p["name"], p["settings"]),
     persist_result=True,
 )
-find_duplicates_task = task(
-    find_duplicates,
-    name="find_duplicates",
-    task_run_name="dedup-bucket-{bucket}",
+dedup_partitions_task = task(
+    dedup.dedup_partitions,
+    name="dedup_partitions",
+    task_run_name="dedup-{first}-{last}",
     tags=["clipcrawl", "dedup"],
-    cache_key_fn=lambda ctx, p: cache_key("dedup", p["out"], p["names"], p["bucket"], p["buckets"], p["run_id"]),
-    persist_result=True,
+    cache_policy=NO_CACHE,  # reads and writes the store's current state: never served from a cache
 )
 publish_file_task = task(
     publish_file,
     name="publish_file",
     task_run_name="publish-{name}",
     tags=["clipcrawl", "publish"],
-    # the loser lists are named by the run digest, so the key follows the dedup pass of this very run
-    cache_key_fn=lambda ctx, p: cache_key("publish", p["out"], p["name"], p["file_index"], p["loser_uris"]),
-    persist_result=True,
+    cache_policy=NO_CACHE,  # the loser lists have fixed names: each run publishes its new files anew
 )

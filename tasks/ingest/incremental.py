@@ -1,0 +1,201 @@
+"""One ingest run against the uid store: which files are new, the dedup plan, the commit, and the crawl's summary.
+
+A file is committed once its pairs are published and the store lists it (files.parquet). A run ingests only
+the files that are not committed with the run's extract settings: a committed file costs nothing, a file
+committed with other settings is extracted and published again (its old rows leave the store). The order of
+a run, each step leaving a state the next run finishes:
+  extract new files to pairs/_staging/  ->  dedup tasks write losers + the store's _next/  ->  publish
+  ->  commit: each partition replaced by its next contents, then files.parquet  ->  staging removed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from clipcrawl.tasks.core import layout
+from clipcrawl.tasks.core.config import ExtractSettings
+from clipcrawl.tasks.core.stats import segment_of
+from clipcrawl.tasks.core.uri import exists, filesystem, is_local, join, listdir, name_of, read_json
+from clipcrawl.tasks.ingest import dedup, uidstore
+from clipcrawl.tasks.ingest.stage import extract_file, output_names, publish_file
+
+
+@dataclass
+class Run:
+    """What one run over OUT does: `new` files (uri, name) in run order, the others `committed` (names)."""
+
+    store: str
+    pairs: str
+    partitions: int
+    digest: str
+    new: list[tuple[str, str]]
+    committed: list[str]
+    refresh: set[str] = field(default_factory=set)  # new files whose staging cannot serve a cached extraction
+
+
+def plan(store: str, pairs: str, uris: list[str], names: list[str], settings: ExtractSettings, partitions: int) -> Run:
+    """Open (or create) the store and split the run's files into committed and new. A new file's cached
+    extraction may be used only when its staging holds this very extraction (the staged stats name the
+    source and the settings): staging is removed once a file is committed, a file may be ingested again later,
+    and a run stopped early may leave the staging of another source of the same name."""
+    partitions = uidstore.open_store(store, partitions)
+    digest = uidstore.settings_digest(settings)
+    files = uidstore.read_files(store)
+    done = {(key, d) for key, d in zip(files.column("key").to_pylist(), files.column("digest").to_pylist())}
+    folder = uidstore.pairs_name(store, pairs)
+    new, committed = [], []
+    for uri, name in zip(uris, names):
+        if (uidstore.file_key(folder, name), digest) in done:
+            committed.append(name)
+        else:
+            new.append((uri, name))
+    staged = staged_names(pairs)
+    reusable = [(uri, name) for uri, name in new if name in staged]
+    stats = read_jsons([layout.staged_stats(pairs, name) for _, name in reusable])
+    cached = {
+        name for (uri, name), s in zip(reusable, stats) if s.get("uri") == uri and s.get("extract_digest") == digest
+    }
+    refresh = {name for _, name in new if name not in cached}
+    return Run(store, pairs, partitions, digest, new, committed, refresh)
+
+
+def prepare_dedup(run: Run, order: list[tuple[str, str]], new_uids: int, rows_per_task: int) -> list[tuple]:
+    """Record the run's extracted files (in run order) for the dedup tasks; their arguments (first, last,
+    losers URI), one tuple a task."""
+    folder = uidstore.pairs_name(run.store, run.pairs)
+    keys = [uidstore.file_key(folder, name) for _, name in order]
+    uidstore.write_new_files(run.store, keys, [layout.staged_uids(run.pairs, name) for _, name in order])
+    ranges = dedup.task_ranges(run.partitions, new_uids, rows_per_task)
+    return [(first, last, layout.staged_losers(run.pairs, t)) for t, (first, last) in enumerate(ranges)]
+
+
+def commit(run: Run, published: dict[str, tuple[str, dict]]) -> None:
+    """Make the published files ({name: (uri, stats)}) committed: the store's partitions take their next
+    contents, files.parquet lists the files, and their staging and the run's dedup files are removed.
+
+    files.parquet loses every file of the run's dedup (uidstore.read_new_files) that is not published: the
+    partitions hold its new winners, not what pairs/ holds of it, so its rows must not stand; the next run
+    ingests it again."""
+    for p in range(run.partitions):
+        uidstore.commit_partition(run.store, p)
+    files = uidstore.read_files(run.store)
+    folder = uidstore.pairs_name(run.store, run.pairs)
+    keys = {uidstore.file_key(folder, name): name for name in published}
+    deduped, _ = uidstore.read_new_files(run.store)
+    stale = pc.is_in(files.column("key"), value_set=pa.array(list(keys) + deduped.tolist(), pa.uint64()))
+    rows = [
+        {
+            "key": key,
+            "pairs": folder,
+            "name": name,
+            "uri": published[name][0],
+            "rows": published[name][1]["kept"],
+            "digest": run.digest,
+        }
+        for key, name in keys.items()
+    ]
+    added = pa.Table.from_pylist(rows, schema=uidstore.FILES_SCHEMA)
+    uidstore.write_files(run.store, pa.concat_tables([files.filter(pc.invert(stale)), added]))
+    clean(run, list(published) + leftover_staging(run))
+
+
+def clean(run: Run, names: list[str]) -> None:
+    """Remove the staging of committed files `names`, the run's loser lists and the store's _next/ (and the
+    per-run folders of earlier versions)."""
+    staging = layout.staging_dir(run.pairs)
+    listed = {name_of(u) for u in listdir(staging)}
+    doomed = [u for n in names for u in staged_files(run.pairs, n)] + [
+        join(staging, n) for n in listed if n.startswith("losers-")
+    ]
+    folders = [layout.store_next_dir(run.store), layout.legacy_dedup_dir(run.pairs)]
+    uidstore.remove([u for u in doomed if name_of(u) in listed] + [u for u in folders if exists(u)])
+    if is_local(staging) and exists(staging) and not listdir(staging):
+        fs, path = filesystem(staging)
+        fs.rmdir(path)
+
+
+def staged_files(pairs: str, name: str) -> tuple[str, str, str]:
+    return layout.staged_pairs(pairs, name), layout.staged_uids(pairs, name), layout.staged_stats(pairs, name)
+
+
+def leftover_staging(run: Run) -> list[str]:
+    """Committed files that still have staging (a run stopped while cleaning up)."""
+    suffixes = (layout.PAIRS_STATS_SUFFIX, ".uids.parquet", ".parquet")
+    staged = {
+        next((n.removesuffix(x) for x in suffixes if n.endswith(x)), n)
+        for n in map(name_of, listdir(layout.staging_dir(run.pairs)))
+    }
+    return [name for name in run.committed if name in staged]
+
+
+def staged_names(pairs: str) -> set[str]:
+    """The files whose extraction is whole in staging (pairs, uids and stats)."""
+    listed = {name_of(u) for u in listdir(layout.staging_dir(pairs))}
+    suffix = layout.PAIRS_STATS_SUFFIX
+    names = {n.removesuffix(suffix) for n in listed if n.endswith(suffix)}
+    return {n for n in names if all(name_of(u) in listed for u in staged_files(pairs, n))}
+
+
+def committed_stats(run: Run) -> list[dict]:
+    """The published stats of every file the store lists in this pairs folder, in name order."""
+    files = uidstore.read_files(run.store)
+    mine = files.filter(pc.equal(files.column("pairs"), uidstore.pairs_name(run.store, run.pairs)))
+    names = sorted(mine.column("name").to_pylist())
+    return read_jsons([layout.pairs_stats(run.pairs, name) for name in names])
+
+
+def read_jsons(uris: list[str]) -> list[dict]:
+    """JSON files of one filesystem, in order: on an object store in one concurrent request, not one each."""
+    if not uris:
+        return []
+    if is_local(uris[0]):
+        return [read_json(u) for u in uris]
+    fs, _ = filesystem(uris[0])
+    paths = [filesystem(u)[1] for u in uris]
+    blobs = fs.cat(paths)
+    return [json.loads(blobs[path]) for path in paths]
+
+
+def carried_failures(previous: dict, uris: list[str], stats: list[dict]) -> dict[str, str]:
+    """Failures of earlier runs over files this run did not try and that are not published since."""
+    tried = set(uris) | {s["uri"] for s in stats}
+    return {f["uri"]: f["error"] for f in previous.get("failed", []) if f["uri"] not in tried}
+
+
+def segments(uris: list[str], stats: list[dict]) -> list[str]:
+    """Every segment this run listed or a committed file came from."""
+    return sorted({s for s in [segment_of(u) for u in uris] + [segment_of(s["uri"]) for s in stats] if s})
+
+
+def previous_summary(pairs: str) -> dict:
+    uri = layout.summary_file(pairs)
+    return read_json(uri) if exists(uri) else {}
+
+
+def ingest_files(
+    uris: list[str],
+    out: str,
+    settings: ExtractSettings,
+    store: str | None = None,
+    partitions: int = 256,
+    rows_per_task: int = 20_000_000,
+) -> dict[str, dict]:
+    """The flow's steps in one process and in its order, without Prefect: extract the new files, dedup them
+    against the store, publish, commit. Returns the published stats by file name."""
+    pairs = layout.pairs_dir(out)
+    run = plan(store or layout.uid_store(pairs), pairs, uris, output_names(uris), settings, partitions)
+    kept = sum(extract_file(uri, out, name, settings)["kept"] for uri, name in run.new)
+    if not run.new:
+        clean(run, leftover_staging(run))
+        return {}
+    tasks = prepare_dedup(run, run.new, kept, rows_per_task)
+    for first, last, losers in tasks:
+        dedup.dedup_partitions(run.store, first, last, losers)
+    losers = [uri for _, _, uri in tasks]
+    published = {name: (uri, publish_file(out, name, i, losers)) for i, (uri, name) in enumerate(run.new)}
+    commit(run, published)
+    return {name: stats for name, (_, stats) in published.items()}
