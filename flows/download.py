@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
 from clipcrawl.flows.artifacts import publish_stage
-from clipcrawl.flows.runner import cpu_work, gather, result_storage, stopwatch, task_runner
+from clipcrawl.flows.runner import gather, result_storage, stopwatch, task_runner
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.layout import images_dir, inputs_staging, summary_file
 from clipcrawl.tasks.core.stats import run_label
@@ -37,8 +39,7 @@ def download_images(
         timeout_seconds=settings.shard_timeout,
         result_storage=result_storage(out, results),
     )
-    with cpu_work():
-        futures = {spec.shard: download.submit(spec, out, settings) for spec in specs}
+    futures = {spec.shard: functools.partial(download.submit, spec, out, settings) for spec in specs}
     done, failed = gather(futures, "download", label)
     summary = summarize(list(done.values()), failed) | {"wall_seconds": elapsed()}
     write_json(summary_file(images_dir(out)), summary)

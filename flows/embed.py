@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 from prefect import flow, get_run_logger
 
 from clipcrawl.flows.artifacts import publish_stage
-from clipcrawl.flows.runner import gather, gpu_work, result_storage, stopwatch, task_runner
+from clipcrawl.flows.runner import gather, result_storage, stopwatch, task_runner
 from clipcrawl.tasks.core.cache import transient_retries
 from clipcrawl.tasks.core.config import EmbedSettings
 from clipcrawl.tasks.core.errors import InputError
@@ -42,8 +44,7 @@ def embed_and_filter(
         timeout_seconds=settings.shard_timeout,
         result_storage=result_storage(out, results),
     )
-    with gpu_work():
-        futures = {name_of(tar): embed.submit(tar, out, settings) for tar in tars}
+    futures = {name_of(tar): functools.partial(embed.submit, tar, out, settings) for tar in tars}
     done, failed = gather(futures, "embed", label, resource="GPU")
     summary = summarize(list(done.values()), failed) | {"wall_seconds": elapsed()}
     write_json(summary_file(dataset_dir(out)), summary)

@@ -4,13 +4,14 @@ Flow `ingest_new_crawls`: the scheduled ingestion of the crawls not yet ingested
 
 from __future__ import annotations
 
+import functools
+
 from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
 from clipcrawl.flows.artifacts import publish_stage
 from clipcrawl.flows.runner import (
     cluster,
-    cpu_work,
     gather,
     result_storage,
     stopwatch,
@@ -81,11 +82,10 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
         result_storage=storage,
     )
     refresh = extract.with_options(refresh_cache=True)  # the file's staging is gone: extract it again
-    with cpu_work():
-        futures = {
-            uri: (refresh if name in run.refresh else extract).submit(uri, out, name, settings.extract)
-            for uri, name in run.new
-        }
+    futures = {
+        uri: functools.partial((refresh if name in run.refresh else extract).submit, uri, out, name, settings.extract)
+        for uri, name in run.new
+    }
     extracted, failed = gather(futures, "ingest", label)
 
     published: dict[str, dict] = {}
@@ -93,17 +93,16 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     if order:
         new_uids = sum(extracted[uri]["kept"] for uri, _ in order)
         tasks = incremental.prepare_dedup(run, order, new_uids, settings.dedup_rows_per_bucket)
-        with cpu_work():
-            dedup_futures = {t[:2]: pairs.dedup_partitions_task.submit(store, *t) for t in tasks}
+        dedup_futures = {t[:2]: functools.partial(pairs.dedup_partitions_task.submit, store, *t) for t in tasks}
         _, dedup_failed = gather(dedup_futures, "dedup")
         if dedup_failed:
             first = next(iter(dedup_failed.values()))
             raise IngestFailed(f"dedup against {store} failed for partitions {sorted(dedup_failed)}: {first}")
         losers = [t[2] for t in tasks]
-        with cpu_work():
-            publish_futures = {
-                uri: pairs.publish_file_task.submit(out, name, i, losers) for i, (uri, name) in enumerate(order)
-            }
+        publish_futures = {
+            uri: functools.partial(pairs.publish_file_task.submit, out, name, i, losers)
+            for i, (uri, name) in enumerate(order)
+        }
         published, publish_failed = gather(publish_futures, "publish")
         failed |= publish_failed
         incremental.commit(run, {name: (uri, published[uri]) for uri, name in order if uri in published})

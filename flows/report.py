@@ -3,6 +3,8 @@ and the quality gates (a crossed gate fails the run, or warns, per setting)."""
 
 from __future__ import annotations
 
+import functools
+
 from prefect import flow, get_run_logger
 
 from clipcrawl.flows.artifacts import publish_report
@@ -30,8 +32,7 @@ def build_report(out: str, settings: ReportSettings = ReportSettings(), ground_t
     label = run_label(out)
     stems = report_shards(out)
     logger.info("report over %s: %d image shards", out, len(stems))
-    with cpu_work():
-        futures = {stem: report_shard_task.submit(out, stem, settings, ground_truth) for stem in stems}
+    futures = {stem: functools.partial(report_shard_task.submit, out, stem, settings, ground_truth) for stem in stems}
     done, failed = gather(futures, "report", label=label)
     if failed:
         raise ReportFailed("; ".join(f"shard {stem}: {why}" for stem, why in sorted(failed.items())))

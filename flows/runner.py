@@ -1,14 +1,15 @@
 """Dask task runners and resource placement shared by every flow.
 
 Workers that own a GPU offer the Dask resource GPU=1, CPU workers offer CPU=1 per
-slot; embedding is submitted under `gpu_work()`, everything else under `cpu_work()`,
-so CPU work never occupies the GPU worker and GPU work never lands on a CPU worker.
+slot; embedding is submitted under `work("GPU")` (gather's resource), everything else under
+`work("CPU")`, so CPU work never occupies the GPU worker and GPU work never lands on a CPU worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import queue
@@ -177,11 +178,6 @@ def cpu_work():
     return work("CPU")
 
 
-def gpu_work():
-    """Annotate the submissions inside so they run on GPU-tagged workers only."""
-    return work("GPU")
-
-
 def result_storage(out: str, results: str | None = None):
     """Prefect result storage every worker can reach: `results`, else OUT/_results.
 
@@ -259,55 +255,82 @@ class Finished:
     state: State
 
 
-def gather(futures: dict, what: str, label: str | None = None, resource: str = "CPU") -> tuple[dict, dict]:
-    """Wait for every future; split results from failures ({key: error message}). With a run label,
-    a progress artifact of stage `what` follows the futures as they finish. The futures were submitted
-    under `resource` (cpu_work/gpu_work): while they wait, a Watchdog fails the stage if no worker offers it.
-    Each future in `futures` is replaced by its Finished record as it finishes."""
+SUBMIT_WINDOW = 1000  # the most tasks a stage has submitted and unfinished at once, or twice the cluster's threads
+
+
+def gather(units: dict, what: str, label: str | None = None, resource: str = "CPU") -> tuple[dict, dict]:
+    """Run a stage's units: {key: a submission (a call that submits the unit's task, e.g. functools.partial(
+    task.submit, ...)) or a future already submitted}. Submissions go out under work(resource) through a window,
+    at most SUBMIT_WINDOW (or twice the cluster's threads) unfinished at once, topped up as tasks finish: the Dask
+    scheduler holds every submitted task's spec (~80 KB with Prefect's context), 7 GB for a crawl's 90,000 files
+    submitted at once. Returns the results and the failures ({key: error message}); each unit in `units` is
+    replaced by its Finished record as it finishes. With a run label, a progress artifact of stage `what` follows
+    the units; while none finishes, a Watchdog fails the stage if no worker offers `resource`."""
     logger = get_run_logger()
-    progress = Progress(what, label, len(futures)) if label else None
+    total = len(units)
+    progress = Progress(what, label, total) if label else None
+    watchdog = Watchdog(what, resource)
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    waiting, keys = iter(list(units)), {}
     done, failed = {}, {}
-    keys = {id(f): k for k, f in futures.items()}
-    for i, future in enumerate(_as_completed(list(futures.values()), Watchdog(what, resource)), 1):
-        key = keys.pop(id(future))
-        future.wait()
-        if future.state.is_completed():
-            done[key] = future.result()
-        else:
-            failed[key] = future.state.message or "failed"
-            logger.error("%s %s failed: %s", what, key, failed[key])
-        futures[key] = Finished(future.task_run_id, future.state)
-        if i % max(1, len(futures) // 20) == 0 or i == len(futures):
-            logger.info("%s: %d/%d done, %d failed", what, i, len(futures), len(failed))
-        if progress:
-            progress.step(i, len(failed))
+
+    def submit(count: int) -> None:
+        for key in itertools.islice(waiting, count):
+            future = units[key]() if callable(units[key]) else units[key]
+            units[key], keys[id(future)] = future, key
+            future.add_done_callback(finished.put)
+
+    with work(resource):  # one block for every submission: Prefect's settings serialized once for them all
+        submit(_submit_window())
+        for i in range(1, total + 1):
+            future = _next_finished(finished, watchdog)
+            key = keys.pop(id(future))
+            future.wait()
+            if future.state.is_completed():
+                done[key] = future.result()
+            else:
+                failed[key] = future.state.message or "failed"
+                logger.error("%s %s failed: %s", what, key, failed[key])
+            units[key] = Finished(future.task_run_id, future.state)
+            del future
+            submit(1)
+            if i % max(1, total // 20) == 0 or i == total:
+                logger.info("%s: %d/%d done, %d failed", what, i, total, len(failed))
+            if progress:
+                progress.step(i, len(failed))
     return done, failed
+
+
+def _submit_window() -> int:
+    """SUBMIT_WINDOW, or twice the threads of the flow's Dask cluster where that is more."""
+    context = FlowRunContext.get()
+    task_runner = context.task_runner if context else None
+    try:
+        threads = sum(task_runner.client.nthreads().values()) if isinstance(task_runner, DaskTaskRunner) else 0
+    except (OSError, TimeoutError):
+        threads = 0
+    return max(SUBMIT_WINDOW, 2 * threads)
 
 
 def wait_result(future, what: str, resource: str = "CPU"):
     """future.result() of one task submitted under `resource`, waited for under a Watchdog as gather waits."""
-    for _ in _as_completed([future], Watchdog(what, resource)):
-        pass
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    future.add_done_callback(finished.put)
+    _next_finished(finished, Watchdog(what, resource))
     return future.result()
 
 
-def _as_completed(futures: list, watchdog: Watchdog) -> Iterator:
-    """The futures as they finish, the watchdog checked every WATCH_SECONDS while none does. One done callback a
-    future (prefect's as_completed with a timeout would add one a future at every call)."""
-    finished: queue.SimpleQueue = queue.SimpleQueue()
-    for future in futures:
-        future.add_done_callback(finished.put)
-    count = len(futures)
-    del futures  # each future only until it is handed out, so that the caller can let it go
-    for _ in range(count):
-        while True:
-            try:
-                future = finished.get(timeout=WATCH_SECONDS)
-                break
-            except queue.Empty:
-                watchdog.check()
+def _next_finished(finished: queue.SimpleQueue, watchdog: Watchdog):
+    """The next future a done callback put in `finished`, the watchdog checked every WATCH_SECONDS while none comes
+    (one done callback a future: prefect's as_completed with a timeout would add one a future at every call)."""
+    while True:
+        try:
+            future = finished.get(timeout=WATCH_SECONDS)
+        except queue.Empty:
+            watchdog.check()
+            continue
         watchdog.since = None
-        yield future
+        return future
 
 
 def stopwatch() -> Callable[[], float]:

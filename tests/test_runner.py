@@ -9,6 +9,7 @@ import dask.base
 from prefect import flow, task
 from prefect.context import FlowRunContext, SettingsContext, hydrated_context, serialize_context
 
+from clipcrawl.flows import runner
 from clipcrawl.flows.runner import Finished, cpu_work, gather, task_runner, work
 
 
@@ -57,3 +58,27 @@ def test_gather_lets_each_finished_future_go_and_keeps_its_task_run_and_state(da
     assert done == {i: i * i for i in range(20)} and failed == {}
     assert records == {i: (Finished, ids[i], "Completed") for i in range(20)}
     assert still_held == 0  # the scheduler forgot every task (held futures would keep all 20)
+
+
+def test_gather_submits_through_a_window_topped_up_as_tasks_finish(dask_address, monkeypatch):
+    monkeypatch.setattr(runner, "_submit_window", lambda: 3)
+
+    @flow(task_runner=task_runner(dask_address))
+    def stage() -> tuple:
+        units, out_at_submit = {}, []
+
+        def submission(i: int):
+            def submit():
+                out_at_submit.append(sum(not callable(u) and not isinstance(u, Finished) for u in units.values()))
+                return square.submit(i)
+
+            return submit
+
+        units.update({i: submission(i) for i in range(10)})
+        done, failed = gather(units, "test")
+        return done, failed, out_at_submit, {type(u) for u in units.values()}
+
+    done, failed, out_at_submit, kinds = stage()
+    assert done == {i: i * i for i in range(10)} and failed == {} and kinds == {Finished}
+    assert len(out_at_submit) == 10 and out_at_submit[:3] == [0, 1, 2]
+    assert max(out_at_submit) == 2  # never a 4th out while 3 were unfinished (all at once: 0, 1, ..., 9)

@@ -3,6 +3,7 @@ after CLIPCRAWL_NO_WORKER_TIMEOUT seconds, instead of waiting in the scheduler's
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -74,7 +75,10 @@ def test_a_slow_stage_with_its_workers_passes_and_every_future_comes_once(monkey
     monkeypatch.setattr(Watchdog, "offered", lambda self: asked.append(1) or True)
     futures = [_Future(str(i), 0.1 + 0.1 * i) for i in range(5)]
     dog = Watchdog("download", "CPU", timeout=0.01)  # far below the stage's 0.5 s: the workers are there
-    got = [f.name for f in runner._as_completed(futures, dog)]
+    finished = queue.SimpleQueue()
+    for future in futures:
+        future.add_done_callback(finished.put)
+    got = [runner._next_finished(finished, dog).name for _ in futures]
     assert got == ["0", "1", "2", "3", "4"]
     assert asked  # the watchdog asked while nothing finished
 

@@ -296,11 +296,11 @@ def resolve(out: str, hashed: Hashed) -> Matched:
     tests += [(c, hashed.uids, str) for c in ID_COLUMNS] + [("sha256", hashed.sha256, str)]
     for uri, table in _tables(out):
         keyed = is_keyed(out, uri)
-        hit = pa.array([False] * len(table))
+        hit = pa.array([False] * len(table), pa.bool_())
         for column, values, _ in tests + ([("key", hashed.keys, str)] if keyed else []):
             if column in table.column_names and values:
                 mine = [v is not None and digest(str(v)) in values for v in table[column].to_pylist()]
-                hit = pc.or_(hit, pa.array(mine))
+                hit = pc.or_(hit, pa.array(mine, pa.bool_()))
         rows = table.filter(hit)
         if len(rows):
             _collect(found, rows, keyed)
