@@ -109,15 +109,10 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
     else:
         incremental.clean(run, incremental.leftover_staging(run))
 
-    everything = incremental.committed_stats(run)  # the crawl's published files, this run's and earlier ones
-    failed |= incremental.carried_failures(incremental.previous_summary(folder), uris, everything)
-    segments = incremental.segments(uris, everything) if settings.crawl and not settings.inputs else None
-    summary = pairs.summarize(everything, failed) | {
-        "crawl": settings.crawl,
-        "segments": segments,
-        "new_files": len(run.new),
-        "wall_seconds": elapsed(),
-    }
+    summary, failed = incremental.crawl_summary(
+        run, uris, failed, list_segments=bool(settings.crawl and not settings.inputs)
+    )
+    summary |= {"crawl": settings.crawl, "wall_seconds": elapsed()}
     write_json(summary_file(folder), summary)
     # the units table lists the files this run worked on: the files published before are in the summary only
     publish_stage("ingest", label, pairs_dir(out), futures, published, failed, summary["wall_seconds"])

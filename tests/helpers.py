@@ -12,7 +12,9 @@ from prefect.client.schemas.sorting import TaskRunSort
 from clipcrawl.flows.embed import embed_and_filter
 from clipcrawl.flows.ingest import ingest_crawl
 from clipcrawl.flows.runner import task_runner
-from clipcrawl.tasks.core.config import IngestSettings
+from clipcrawl.tasks.core import layout
+from clipcrawl.tasks.core.config import ExtractSettings, IngestSettings
+from clipcrawl.tasks.ingest import dedup, incremental, stage
 from clipcrawl.tasks.world import tiny_clip
 
 
@@ -105,3 +107,30 @@ def secrets_found(texts: dict[str, list[str]], secrets: list[str]) -> list[str]:
         for secret in secrets
         if secret in item
     ]
+
+
+def ingest_files(
+    uris: list[str],
+    out: str,
+    settings: ExtractSettings,
+    store: str | None = None,
+    partitions: int = 256,
+    rows_per_task: int = 20_000_000,
+) -> dict[str, dict]:
+    """ingest_crawl's steps in one process and in its order, without Prefect (a test's reference run): extract the
+    new files, dedup them against the store, publish, commit. Returns the published stats by file name."""
+    pairs = layout.pairs_dir(out)
+    run = incremental.plan(
+        store or layout.uid_store(pairs), pairs, uris, stage.output_names(uris), settings, partitions
+    )
+    kept = sum(stage.extract_file(uri, out, name, settings)["kept"] for uri, name in run.new)
+    if not run.new:
+        incremental.clean(run, incremental.leftover_staging(run))
+        return {}
+    tasks = incremental.prepare_dedup(run, run.new, kept, rows_per_task)
+    for first, last, losers in tasks:
+        dedup.dedup_partitions(run.store, first, last, losers)
+    losers = [uri for _, _, uri in tasks]
+    published = {name: (uri, stage.publish_file(out, name, i, losers)) for i, (uri, name) in enumerate(run.new)}
+    incremental.commit(run, published)
+    return {name: stats for name, (_, stats) in published.items()}

@@ -14,6 +14,7 @@ from clipcrawl.tasks.core.status import FileStatus
 from clipcrawl.tasks.core.uri import exists
 from clipcrawl.tasks.ingest import dedup, incremental, uidstore
 from clipcrawl.tasks.ingest.stage import extract_file, output_names, publish_file, summarize
+from tests.helpers import ingest_files
 
 TOP = (1 << 64) - 1  # in the last partition, whose range has no upper bound
 
@@ -169,7 +170,7 @@ def store_rows(out) -> list[tuple[int, str | None]]:
 def clean(small_world, tmp_path_factory):
     """One uninterrupted run over the world's files."""
     out = tmp_path_factory.mktemp("clean")
-    incremental.ingest_files(small_world.wat_uris(), str(out), SETTINGS, partitions=8)
+    ingest_files(small_world.wat_uris(), str(out), SETTINGS, partitions=8)
     return published(out), store_rows(out)
 
 
@@ -200,25 +201,25 @@ def test_a_run_stopped_at_any_step_is_finished_by_the_next(small_world, clean, t
     uris = small_world.wat_uris()
     stopped_run(uris[:2], tmp_path, "commit")  # an earlier run, whole
     stopped_run(uris, tmp_path, stop)
-    assert set(incremental.ingest_files(uris, str(tmp_path), SETTINGS)) == {n for n in output_names(uris[2:])}
+    assert set(ingest_files(uris, str(tmp_path), SETTINGS)) == {n for n in output_names(uris[2:])}
     assert (published(tmp_path), store_rows(tmp_path)) == clean
 
 
 def test_a_rerun_extracts_nothing_and_removes_leftover_staging(small_world, clean, tmp_path):
     uris = small_world.wat_uris()
-    incremental.ingest_files(uris, str(tmp_path), SETTINGS)
+    ingest_files(uris, str(tmp_path), SETTINGS)
     leftover = layout.staged_uids(str(tmp_path / "pairs"), output_names(uris)[0])
     dedup.write_uids(leftover, u64([1]))  # as a run stopped while removing staging leaves it
-    assert incremental.ingest_files(uris, str(tmp_path), SETTINGS) == {}
+    assert ingest_files(uris, str(tmp_path), SETTINGS) == {}
     assert (published(tmp_path), store_rows(tmp_path)) == clean
 
 
 def test_other_extract_settings_publish_every_file_again(small_world, tmp_path):
     uris = small_world.wat_uris()
     stricter = ExtractSettings(detect_language=False, min_alt_length=20)
-    incremental.ingest_files(uris, str(tmp_path / "fresh"), stricter, partitions=8)
-    incremental.ingest_files(uris[:3], str(tmp_path / "again"), SETTINGS, partitions=8)
-    again = incremental.ingest_files(uris, str(tmp_path / "again"), stricter)
+    ingest_files(uris, str(tmp_path / "fresh"), stricter, partitions=8)
+    ingest_files(uris[:3], str(tmp_path / "again"), SETTINGS, partitions=8)
+    again = ingest_files(uris, str(tmp_path / "again"), stricter)
     assert len(again) == len(uris)
     assert published(tmp_path / "again") == published(tmp_path / "fresh")
     assert store_rows(tmp_path / "again") == store_rows(tmp_path / "fresh")
@@ -241,10 +242,10 @@ def test_an_out_folder_moved_elsewhere_keeps_its_store(small_world, clean, tmp_p
     uris = small_world.wat_uris()
     crawl = "CC-MAIN-2099-13" if shared else ""  # a store OUT/_uids shared by crawls, or the crawl's own
     store = (lambda root: str(root / "_uids")) if shared else (lambda root: None)
-    incremental.ingest_files(uris[:2], str(tmp_path / "a" / crawl), SETTINGS, store(tmp_path / "a"), partitions=8)
+    ingest_files(uris[:2], str(tmp_path / "a" / crawl), SETTINGS, store(tmp_path / "a"), partitions=8)
     (tmp_path / "a").rename(tmp_path / "b")
     monkeypatch.chdir(tmp_path)  # and named relative to another working directory
-    again = incremental.ingest_files(uris, str(Path("b") / crawl), SETTINGS, store(Path("b")))
+    again = ingest_files(uris, str(Path("b") / crawl), SETTINGS, store(Path("b")))
     assert set(again) == set(output_names(uris[2:])), "the files published before are not extracted again"
     if shared:
         assert published(tmp_path / "b" / crawl) == clean[0]
@@ -254,7 +255,7 @@ def test_an_out_folder_moved_elsewhere_keeps_its_store(small_world, clean, tmp_p
 
 def test_a_file_whose_publish_fails_is_not_committed(small_world, clean, tmp_path):
     uris = small_world.wat_uris()
-    incremental.ingest_files(uris[:3], str(tmp_path), SETTINGS, partitions=8)
+    ingest_files(uris[:3], str(tmp_path), SETTINGS, partitions=8)
     stricter = ExtractSettings(detect_language=False, min_alt_length=20)
     pairs = layout.pairs_dir(str(tmp_path))
     run = incremental.plan(layout.uid_store(pairs), pairs, uris[:3], output_names(uris[:3]), stricter, 8)
@@ -267,5 +268,5 @@ def test_a_file_whose_publish_fails_is_not_committed(small_world, clean, tmp_pat
     stats = {name: (uri, publish_file(str(tmp_path), name, i, losers)) for i, (uri, name) in enumerate(run.new)}
     incremental.commit(run, {name: s for name, s in stats.items() if name != failing})
     assert failing not in uidstore.read_files(run.store).column("name").to_pylist()
-    again = incremental.ingest_files(uris, str(tmp_path), SETTINGS)  # the file's old settings: it is redone
+    again = ingest_files(uris, str(tmp_path), SETTINGS)  # the file's old settings: it is redone
     assert failing in again and (published(tmp_path), store_rows(tmp_path)) == clean

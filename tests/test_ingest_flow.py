@@ -16,7 +16,7 @@ from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.core.status import FileStatus, PairStatus
 from clipcrawl.tasks.core.uri import read_json
 from clipcrawl.tasks.world.groundtruth import compare_pairs
-from tests.helpers import run, task_states
+from tests.helpers import ingest_files, run, task_states
 
 
 def test_crawl_extraction_equals_ground_truth_and_reruns_from_cache(dask_address, small_world, tmp_path):
@@ -310,7 +310,6 @@ def test_scheduled_runs_over_a_growing_crawl_equal_one_run_over_the_whole(dask_a
 
 
 def test_crawls_sharing_a_uid_store_drop_the_pairs_an_earlier_crawl_published(dask_address, small_world, tmp_path):
-    from clipcrawl.tasks.ingest.incremental import ingest_files
     from clipcrawl.tasks.world import WorldSpec, generate_world
 
     spec = WorldSpec(seed=3, crawl_id="CC-MAIN-2099-40", segments=1, files_per_segment=1, pages_per_file=10, warc=False)

@@ -27,7 +27,7 @@ from clipcrawl.tasks.core.status import DownloadStatus as S
 from clipcrawl.tasks.download.fetch import Fetcher
 from clipcrawl.tasks.download.shards import plan_shards
 from clipcrawl.tasks.download.stage import download_shard
-from clipcrawl.tasks.ingest.incremental import ingest_files
+from tests.helpers import ingest_files
 from tests.replay import RawServer, Replay, Request, response, stored_responses
 
 REALWEB = Path(os.environ.get("CLIPCRAWL_REALWEB", Path(__file__).resolve().parents[2] / "shared" / "realweb"))

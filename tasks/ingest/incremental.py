@@ -21,7 +21,7 @@ from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.core.stats import segment_of
 from clipcrawl.tasks.core.uri import exists, filesystem, is_local, join, listdir, name_of, read_json
 from clipcrawl.tasks.ingest import dedup, uidstore
-from clipcrawl.tasks.ingest.stage import extract_file, output_names, publish_file
+from clipcrawl.tasks.ingest.stage import summarize
 
 
 @dataclass
@@ -176,26 +176,13 @@ def previous_summary(pairs: str) -> dict:
     return read_json(uri) if exists(uri) else {}
 
 
-def ingest_files(
-    uris: list[str],
-    out: str,
-    settings: ExtractSettings,
-    store: str | None = None,
-    partitions: int = 256,
-    rows_per_task: int = 20_000_000,
-) -> dict[str, dict]:
-    """The flow's steps in one process and in its order, without Prefect: extract the new files, dedup them
-    against the store, publish, commit. Returns the published stats by file name."""
-    pairs = layout.pairs_dir(out)
-    run = plan(store or layout.uid_store(pairs), pairs, uris, output_names(uris), settings, partitions)
-    kept = sum(extract_file(uri, out, name, settings)["kept"] for uri, name in run.new)
-    if not run.new:
-        clean(run, leftover_staging(run))
-        return {}
-    tasks = prepare_dedup(run, run.new, kept, rows_per_task)
-    for first, last, losers in tasks:
-        dedup.dedup_partitions(run.store, first, last, losers)
-    losers = [uri for _, _, uri in tasks]
-    published = {name: (uri, publish_file(out, name, i, losers)) for i, (uri, name) in enumerate(run.new)}
-    commit(run, published)
-    return {name: stats for name, (_, stats) in published.items()}
+def crawl_summary(run: Run, uris: list[str], failed: dict[str, str], list_segments: bool) -> tuple[dict, dict]:
+    """The summary of the whole pairs folder after a run: every committed file's stats (this run's and earlier
+    ones'), with the failures of this run and the earlier ones not retried since. Returns it and every failure."""
+    everything = committed_stats(run)
+    failed = failed | carried_failures(previous_summary(run.pairs), uris, everything)
+    summary = summarize(everything, failed) | {
+        "segments": segments(uris, everything) if list_segments else None,
+        "new_files": len(run.new),
+    }
+    return summary, failed
