@@ -1,6 +1,7 @@
 """Benchmark: `clipcrawl download` against `img2dataset`, both run as users run them, side by side.
 
-The one command, from the repository root:
+The one command, from the repository root, with the README's runtime install (`.venv` from the set-up's first
+command: what a user runs; the test lock adds pandas, which pyarrow imports in every process):
 
     .venv/bin/python tests/benchmarks/bench_download.py
 
@@ -73,6 +74,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib.util
 import io
 import json
 import os
@@ -597,6 +599,7 @@ def print_header(args, port: int, sizes: list[int]) -> None:
     print(f"command {BASELINE}: {' '.join(img2dataset_cmd(args.img2dataset, 'PAIRS.parquet', 'OUT'))}")
     print(f"  (env NO_ALBUMENTATIONS_UPDATE=1; hosts world: PYTHONPATH=<dns shim>, *{HOST_SUFFIX} -> {LOOPBACK})")
     print(f"command {CLIPCRAWL_CLI}: {' '.join(clipcrawl_cmd('PAIRS_DIR', 'OUT', None))}")
+    print(f"  ({CLIPCRAWL}: {install_kind()})")
     print("  (hosts world: + --config FILE holding download: {resolve: {'HOST:PORT': '127.0.0.1:PORT', ...}})")
     if args.prefect_server:
         print(f"{WITH_SERVER}: the same command with PREFECT_API_URL={args.prefect_api} (a `prefect server start`")
@@ -604,6 +607,15 @@ def print_header(args, port: int, sizes: list[int]) -> None:
     if args.engine:
         print(f"{ENGINE}: download_shard for each shard in one process, settings of the command")
     print(flush=True)
+
+
+def install_kind() -> str:
+    """Which install the clipcrawl measured is: the README's runtime lock has no pandas; the test lock's does, and
+    pyarrow then imports it in each process that first builds an array from Python objects (~20 MiB and ~0.4
+    CPU-s a process: the workers and the command)."""
+    if importlib.util.find_spec("pandas") is None:
+        return "the runtime lock's install: no pandas, as a user's"
+    return "pandas is installed (the test lock): pyarrow imports it in every process, ~20 MiB each; run the benchmark with the runtime lock's interpreter for a user's figures"
 
 
 # ------------------------------------------------------------------------------ main
