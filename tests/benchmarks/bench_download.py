@@ -7,7 +7,7 @@ command: what a user runs; the test lock adds pandas, which pyarrow imports in e
 
     options: --urls 12000,40000   sizes (URLs per run)
              --worlds one-host,hosts   --hosts 1000   (host names of the hosts world)
-             --repeat 1   --prefect-server   --engine (add those rows)   --no-check   --json PATH
+             --repeat 1   --prefect-server   --run-cluster   --engine (add those rows)   --no-check   --json PATH
              --img2dataset /work/venvs/img2dataset/bin/img2dataset   --workdir /tmp/clipcrawl-bench-download
 
 For each size, for each world, for each repeat it runs img2dataset, then clipcrawl (then the engine),
@@ -24,6 +24,10 @@ it ends and a table at the end. The commands keep their defaults apart from size
                      started once beforehand, as a deployment has one, instead of the temporary API
                      each command starts when none is configured (its CPU is in sys ms/img, not in
                      the tree's figures)
+  clipcrawl run's cluster  (--run-cluster) +server with --dask-address: the local cluster `clipcrawl run`
+                     starts (CPU workers on the cores one GPU-tagged worker leaves: one on 2 cores), started
+                     once beforehand: the download stage as it runs inside `clipcrawl run`, without the
+                     cluster's start-up (its workers are outside the tree: sys ms/img counts them, RSS not)
   clipcrawl engine   (--engine) clipcrawl.tasks.download.stage.download_shard for each shard, in one
                      process: what a Dask worker runs, without Prefect or Dask; the command's settings
 
@@ -103,6 +107,7 @@ HOST_SUFFIX = ".bench.test"
 WORLDS = ("one-host", "hosts")
 BASELINE, CLIPCRAWL_CLI, ENGINE = "img2dataset", "clipcrawl", "clipcrawl engine"
 WITH_SERVER = "clipcrawl +server"  # the command with PREFECT_API_URL set: a Prefect server already running
+RUN_CLUSTER = "clipcrawl run's cluster"  # +server, on a cluster laid out as `clipcrawl run` lays out its own
 BACKGROUND: set[int] = set()  # processes outside every tool's tree: the image server, a Prefect server
 
 DNS_SHIM = f"""# Written by bench_download.py for img2dataset's processes: *{HOST_SUFFIX} resolves to {LOOPBACK}.
@@ -391,6 +396,35 @@ def run_with_server(args, world: World, out: str, server_pid: int, log: str) -> 
     return run_clipcrawl(args, world, out, server_pid, log, os.environ | {"PREFECT_API_URL": args.prefect_api})
 
 
+def run_on_run_cluster(args, world: World, out: str, server_pid: int, log: str) -> dict:
+    cmd = clipcrawl_cmd(world.pairs_dir, out, world.config) + ["--dask-address", args.run_cluster]
+    m = measure(cmd, server_pid, log, os.environ | {"PREFECT_API_URL": args.prefect_api})
+    m["successes"] = last_json_object(m["stdout"])["successes"]
+    return m
+
+
+RUN_CLUSTER_SCRIPT = """
+from clipcrawl.flows.runner import local_cluster
+import time
+cluster = local_cluster()  # what `clipcrawl run` starts: CPU workers on the cores a GPU-tagged worker leaves
+print(cluster.scheduler_address, flush=True)
+time.sleep(10**9)
+"""
+
+
+def start_run_cluster(api: str) -> tuple[subprocess.Popen, str]:
+    """`clipcrawl run`'s local cluster, started once beforehand and kept (outside every measured tree, like the
+    Prefect server): the download stage's per-image cost there, without the cluster's start-up."""
+    env = os.environ | {"PREFECT_API_URL": api}
+    proc = subprocess.Popen([sys.executable, "-c", RUN_CLUSTER_SCRIPT], stdout=subprocess.PIPE, env=env, text=True)
+    address = proc.stdout.readline().strip()
+    if not address.startswith("tcp://"):
+        proc.kill()
+        raise SystemExit(f"run's cluster did not start: {address!r}")
+    time.sleep(5)  # the GPU-tagged worker's torch import, before any measured run
+    return proc, address
+
+
 def start_prefect_server(workdir: str) -> tuple[subprocess.Popen, str]:
     """`prefect server start` on a free port, as a deployment runs it (outside every measured tree)."""
     with socket.socket() as probe:
@@ -412,7 +446,13 @@ def start_prefect_server(workdir: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"the Prefect server did not start; see {log.name}")
 
 
-TOOLS = {BASELINE: run_img2dataset, CLIPCRAWL_CLI: run_clipcrawl, WITH_SERVER: run_with_server, ENGINE: run_engine}
+TOOLS = {
+    BASELINE: run_img2dataset,
+    CLIPCRAWL_CLI: run_clipcrawl,
+    WITH_SERVER: run_with_server,
+    RUN_CLUSTER: run_on_run_cluster,
+    ENGINE: run_engine,
+}
 
 
 def run_one(args, tool: str, world: World, repeat: int, port: int, server_pid: int) -> dict:
@@ -604,6 +644,9 @@ def print_header(args, port: int, sizes: list[int]) -> None:
     if args.prefect_server:
         print(f"{WITH_SERVER}: the same command with PREFECT_API_URL={args.prefect_api} (a `prefect server start`")
         print("  started once beforehand, as a deployment has one: outside the tree; its CPU is in sys ms/img)")
+    if args.run_cluster:
+        print(f"{RUN_CLUSTER}: +server with --dask-address {args.run_cluster}: the cluster `clipcrawl run` starts")
+        print("  (CPU workers on the cores one GPU-tagged worker leaves), started once beforehand, outside the tree")
     if args.engine:
         print(f"{ENGINE}: download_shard for each shard in one process, settings of the command")
     print(flush=True)
@@ -633,6 +676,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="also run the command with PREFECT_API_URL set, a Prefect server started once beforehand",
     )
+    ap.add_argument(
+        "--run-cluster",
+        action="store_true",
+        help="also run +server on the local cluster `clipcrawl run` starts (implies --prefect-server)",
+    )
     ap.add_argument("--pool-size", type=int, default=80, help="distinct JPEGs behind the URLs")
     ap.add_argument("--img2dataset", default=IMG2DATASET)
     ap.add_argument("--no-check", action="store_true", help="skip reading back the tars of each tool's last run")
@@ -640,6 +688,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--workdir", default="/tmp/clipcrawl-bench-download")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.urls.split(",")]
+    args.prefect_server = args.prefect_server or args.run_cluster
     args.world_names = args.worlds.split(",")
     if unknown := set(args.world_names) - set(WORLDS):
         ap.error(f"unknown worlds {sorted(unknown)}: choose from {', '.join(WORLDS)}")
@@ -650,9 +699,8 @@ def main() -> None:
     args = parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     become_subreaper()
-    tools = (
-        [BASELINE, CLIPCRAWL_CLI] + ([WITH_SERVER] if args.prefect_server else []) + ([ENGINE] if args.engine else [])
-    )
+    tools = [BASELINE, CLIPCRAWL_CLI] + [WITH_SERVER] * args.prefect_server + [RUN_CLUSTER] * args.run_cluster
+    tools += [ENGINE] * args.engine
     plan = [
         (size, name, r, tool)
         for size in args.sizes
@@ -662,10 +710,15 @@ def main() -> None:
     ]
     last_of_tool = {tool: i for i, (*_, tool) in enumerate(plan)}
     server, port = start_server(args.workdir, max(args.sizes), args.pool_size)
-    prefect_server = None
+    prefect_server = run_cluster = None
     if args.prefect_server:
         prefect_server, args.prefect_api = start_prefect_server(args.workdir)
         BACKGROUND.add(prefect_server.pid)
+    if args.run_cluster:
+        run_cluster, args.run_cluster = start_run_cluster(args.prefect_api)
+        BACKGROUND.update(
+            p.pid for p in [psutil.Process(run_cluster.pid), *psutil.Process(run_cluster.pid).children(True)]
+        )
     runs, checks = [], []
     try:
         print_header(args, port, args.sizes)
@@ -678,7 +731,7 @@ def main() -> None:
             shutil.rmtree(run["out"], ignore_errors=True)  # disk: the big sizes' outputs add up
             runs.append({k: v for k, v in run.items() if k != "stdout"})
     finally:
-        for proc in filter(None, (server, prefect_server)):
+        for proc in filter(None, (server, prefect_server, run_cluster)):
             proc.terminate()
             proc.wait()
     print()
