@@ -369,8 +369,10 @@ def run_img2dataset(args, world: World, out: str, server_pid: int, log: str) -> 
     return m
 
 
-def run_clipcrawl(args, world: World, out: str, server_pid: int, log: str, env: dict | None = None) -> dict:
-    m = measure(clipcrawl_cmd(world.pairs_dir, out, world.config), server_pid, log, env)
+def run_clipcrawl(
+    args, world: World, out: str, server_pid: int, log: str, env: dict | None = None, extra: tuple[str, ...] = ()
+) -> dict:
+    m = measure(clipcrawl_cmd(world.pairs_dir, out, world.config) + list(extra), server_pid, log, env)
     m["successes"] = last_json_object(m["stdout"])["successes"]
     return m
 
@@ -397,10 +399,8 @@ def run_with_server(args, world: World, out: str, server_pid: int, log: str) -> 
 
 
 def run_on_run_cluster(args, world: World, out: str, server_pid: int, log: str) -> dict:
-    cmd = clipcrawl_cmd(world.pairs_dir, out, world.config) + ["--dask-address", args.run_cluster]
-    m = measure(cmd, server_pid, log, os.environ | {"PREFECT_API_URL": args.prefect_api})
-    m["successes"] = last_json_object(m["stdout"])["successes"]
-    return m
+    env = os.environ | {"PREFECT_API_URL": args.prefect_api}
+    return run_clipcrawl(args, world, out, server_pid, log, env, ("--dask-address", args.run_cluster_address))
 
 
 RUN_CLUSTER_SCRIPT = """
@@ -418,10 +418,9 @@ def start_run_cluster(api: str) -> tuple[subprocess.Popen, str]:
     env = os.environ | {"PREFECT_API_URL": api}
     proc = subprocess.Popen([sys.executable, "-c", RUN_CLUSTER_SCRIPT], stdout=subprocess.PIPE, env=env, text=True)
     address = proc.stdout.readline().strip()
-    if not address.startswith("tcp://"):
+    if not address.startswith("tcp://"):  # the workers' preloads (torch on the GPU-tagged one) ran before this
         proc.kill()
         raise SystemExit(f"run's cluster did not start: {address!r}")
-    time.sleep(5)  # the GPU-tagged worker's torch import, before any measured run
     return proc, address
 
 
@@ -645,7 +644,9 @@ def print_header(args, port: int, sizes: list[int]) -> None:
         print(f"{WITH_SERVER}: the same command with PREFECT_API_URL={args.prefect_api} (a `prefect server start`")
         print("  started once beforehand, as a deployment has one: outside the tree; its CPU is in sys ms/img)")
     if args.run_cluster:
-        print(f"{RUN_CLUSTER}: +server with --dask-address {args.run_cluster}: the cluster `clipcrawl run` starts")
+        print(
+            f"{RUN_CLUSTER}: +server with --dask-address {args.run_cluster_address}: the cluster `clipcrawl run` starts"
+        )
         print("  (CPU workers on the cores one GPU-tagged worker leaves), started once beforehand, outside the tree")
     if args.engine:
         print(f"{ENGINE}: download_shard for each shard in one process, settings of the command")
@@ -715,10 +716,8 @@ def main() -> None:
         prefect_server, args.prefect_api = start_prefect_server(args.workdir)
         BACKGROUND.add(prefect_server.pid)
     if args.run_cluster:
-        run_cluster, args.run_cluster = start_run_cluster(args.prefect_api)
-        BACKGROUND.update(
-            p.pid for p in [psutil.Process(run_cluster.pid), *psutil.Process(run_cluster.pid).children(True)]
-        )
+        run_cluster, args.run_cluster_address = start_run_cluster(args.prefect_api)
+        BACKGROUND.add(run_cluster.pid)  # with its subtree, the workers
     runs, checks = [], []
     try:
         print_header(args, port, args.sizes)
