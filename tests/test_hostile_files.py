@@ -19,6 +19,7 @@ from warcio.warcwriter import WARCWriter
 
 from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.core.status import FileStatus, RecordStatus
+from clipcrawl.tasks.ingest import container
 from tests.fuzz_extract import MUTATIONS, inflate, members
 from tests.hostile import GOOD_AFTER, GOOD_BEFORE, gzip_member, warc_record, write_hostile
 from tests.test_extract import html_page, pairs, run, wat_json, write_warc
@@ -231,6 +232,23 @@ def test_a_cut_file_keeps_what_was_before_the_cut(tmp_path):
     table, stats = run(tmp_path / "cut.warc.wat.gz")
     assert pairs(table) == set().union(*page_pairs[:3])
     assert stats.status == FileStatus.PARTIAL and "truncated" in stats.error
+
+
+def test_a_member_that_fails_its_checksum_hands_out_nothing(tmp_path):
+    """A member inflated in several pieces whose checksum fails at its end: none of its bytes reach the parser
+    (its record is not counted), and the members around it give their pairs."""
+    rng = random.Random(5)
+    pages = [f"http://p{i}.test/" for i in range(3)]
+    links = [[(f"/{i}/{j}.jpg", f"picture {j} " + rng.randbytes(40).hex()) for j in range(150)] for i in range(3)]
+    write_warc(tmp_path / "three.warc.wat.gz", [("wat", p, wat_json(p, ls)) for p, ls in zip(pages, links)])
+    parts = members((tmp_path / "three.warc.wat.gz").read_bytes())
+    assert len(parts[2]) > 2 * container.INFLATE_PIECE  # the second page: inflated piece by piece
+    parts[2] = parts[2][:-8] + bytes([parts[2][-8] ^ 0xFF]) + parts[2][-7:]  # its CRC-32
+    (tmp_path / "crc.warc.wat.gz").write_bytes(b"".join(parts))
+    table, stats = run(tmp_path / "crc.warc.wat.gz")
+    assert pairs(table) == {(f"http://p{i}.test{src}", alt) for i in (0, 2) for src, alt in links[i]}
+    assert stats.records == 3 and stats.malformed_records == 0  # warcinfo and two pages
+    assert stats.status == FileStatus.PARTIAL and "checksum" in stats.error
 
 
 # ---- regressions: damage of several kinds together, the parser's read-ahead, floods that cost time
