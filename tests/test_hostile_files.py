@@ -234,21 +234,46 @@ def test_a_cut_file_keeps_what_was_before_the_cut(tmp_path):
     assert stats.status == FileStatus.PARTIAL and "truncated" in stats.error
 
 
-def test_a_member_that_fails_its_checksum_hands_out_nothing(tmp_path):
-    """A member inflated in several pieces whose checksum fails at its end: none of its bytes reach the parser
-    (its record is not counted), and the members around it give their pairs."""
+@pytest.mark.parametrize("damaged", [0, 2])  # warcinfo, sniffed first; the second page, inflated piece by piece
+def test_a_member_that_fails_its_checksum_hands_out_nothing(tmp_path, damaged):
+    """A member whose checksum fails at its end: none of its bytes reach the parser (its record is not
+    counted), and the members around it give their pairs."""
     rng = random.Random(5)
     pages = [f"http://p{i}.test/" for i in range(3)]
     links = [[(f"/{i}/{j}.jpg", f"picture {j} " + rng.randbytes(40).hex()) for j in range(150)] for i in range(3)]
     write_warc(tmp_path / "three.warc.wat.gz", [("wat", p, wat_json(p, ls)) for p, ls in zip(pages, links)])
     parts = members((tmp_path / "three.warc.wat.gz").read_bytes())
-    assert len(parts[2]) > 2 * container.INFLATE_PIECE  # the second page: inflated piece by piece
-    parts[2] = parts[2][:-8] + bytes([parts[2][-8] ^ 0xFF]) + parts[2][-7:]  # its CRC-32
+    assert len(parts[2]) > 2 * container.INFLATE_PIECE
+    parts[damaged] = parts[damaged][:-8] + bytes([parts[damaged][-8] ^ 0xFF]) + parts[damaged][-7:]  # its CRC-32
     (tmp_path / "crc.warc.wat.gz").write_bytes(b"".join(parts))
     table, stats = run(tmp_path / "crc.warc.wat.gz")
-    assert pairs(table) == {(f"http://p{i}.test{src}", alt) for i in (0, 2) for src, alt in links[i]}
-    assert stats.records == 3 and stats.malformed_records == 0  # warcinfo and two pages
+    kept = (0, 1, 2) if damaged == 0 else (0, 2)
+    assert pairs(table) == {(f"http://p{i}.test{src}", alt) for i in kept for src, alt in links[i]}
+    assert stats.records == 3 and stats.malformed_records == 0  # four records less the damaged one
     assert stats.status == FileStatus.PARTIAL and "checksum" in stats.error
+
+
+def test_a_false_member_inside_a_damaged_one_does_not_hide_the_members_after_it():
+    """Member A's stored block runs past its end, over a false gzip header (itself a stored block that runs
+    far) and into the members after it: looking again inside A finds the false member, and inside that, B."""
+    rng = random.Random(1)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+    def stored(length: int) -> bytes:  # a final stored deflate block's header
+        return bytes([1]) + struct.pack("<HH", length, length ^ 0xFFFF)
+
+    plains = [b"<B>" + b"b" * 300, *(b"<%c>" % c + rng.randbytes(3000) for c in b"CDEF")]
+    after = [b"".join(gzip_member([p])) for p in plains]
+    inside = b"a" * 3000 + header + stored(8000) + b"a" * 100
+    damaged = header + stored(len(inside) + len(after[0]) + len(after[1]) // 2) + inside
+    stream = container._Members(io.BytesIO(damaged + b"".join(after)))
+    out = b""
+    while True:
+        while data := stream.read(65536):
+            out += data
+        if not stream.restart():
+            break
+    assert all(p in out for p in plains)
 
 
 # ---- regressions: damage of several kinds together, the parser's read-ahead, floods that cost time

@@ -5,8 +5,8 @@ member. The members are inflated here one at a time (ISA-L), in bounded chunks, 
 streams through, and one parser (fastwarc) reads the records across them:
 - a member that does not inflate (a flipped bit, a cut, garbage between members) ends the parser's
   stream there; reading resumes with a new parser at the next gzip header. A member's bytes reach the
-  parser once its checksum holds, unless it inflates to more than what is left of the parser's read (up to
-  READ_SIZE): those are handed on as they inflate;
+  parser once its checksum holds (one that inflates to more than READ_SIZE past the parser's read is handed
+  on as it inflates);
 - a record whose Content-Length runs past the end of its gzip member is cut there, and parsing resumes
   at the next member, so it cannot swallow the next records as payload (in a plain WARC, or a file
   compressed as one gzip stream, it does, as in any WARC reader);
@@ -30,7 +30,7 @@ WARC_LINE = b"\nWARC/1."  # a record's first line (WARC/1.0 or WARC/1.1), after 
 READ_SIZE = 1 << 16  # inflated bytes handed to the parser at most at once
 HISTORY_BYTES = 1 << 20  # what was handed out lately, kept to hand out again (resync, a record cut short)
 MEMBER_STARTS = 4096  # member starts kept (those before the last record parsed are dropped as it is)
-CHUNK_SIZE = 1 << 16  # compressed bytes read at once
+CHUNK_SIZE = 1 << 14  # compressed bytes read at once
 # Compressed bytes handed to the inflater at once: ISA-L inflates a file of ~1 KB members ~15% faster in 2 KB
 # pieces than in 4-16 KB ones (docs/benchmarks.md), and a member's end copies at most a piece's rest.
 INFLATE_PIECE = 2048
@@ -188,6 +188,8 @@ class _Members(_Stream):
         # another is found again inside the damaged one
         self._fed: list[bytes] | None = []
         self._fed_bytes = 0
+        self._fed_from = 0  # compressed offset where the member's latest chunk of the file began to be fed
+        self._held_over = b""  # inflated past a read's size to finish a member: handed out by the next read
         self._rescanned_to = 0  # compressed offset up to which damaged bytes were looked through already
         self._bad_in_row = 0  # damaged members since the last whole one
         self.one_member = False  # a read ends at the end of its member (sniffing the first ones)
@@ -195,20 +197,28 @@ class _Members(_Stream):
     def _next(self, size: int) -> bytes:
         """Up to `size` inflated bytes, from as many whole members as fit (fewer calls from the parser).
 
-        The inflater is fed `buf` through a memoryview, INFLATE_PIECE bytes at a time: a member's end then
-        copies at most that much (its unused_data), and `buf` is cut once per call, not once per member. A
-        member's output is held until its end, so a member that does not inflate hands out none of it (one
-        larger than what is left of `size` is handed out as it inflates)."""
+        A member's output is held until its end, so a member that does not inflate hands out none of it: the
+        member under way when `size` is reached is inflated on, up to READ_SIZE past it, and what is past `size`
+        is handed out first by the next call (`_held_over`). One larger than that is handed out as it inflates, and
+        one cut short by the file's end as far as it inflated. The inflater is fed `buf` through a memoryview,
+        INFLATE_PIECE bytes at a time: a member's end then copies at most that much (its unused_data), and
+        `buf` is cut once per call, not once per member."""
         parts, n = [], 0
+        if self._held_over:  # first, then on with the next members as far as `size`, as a parser reads ahead
+            first, self._held_over = self._held_over[:size], self._held_over[size:]
+            if self._held_over or self.one_member:
+                return first
+            parts, n = [first], len(first)
         member, held = [], 0  # the current member's output, not yet in parts
+        limit = size + READ_SIZE
         buf, at = self.buf, 0  # buf[at:] is not fed yet
         view = memoryview(buf)
         try:
-            while n + held < size and not self._broken:
+            while n < size and not self._broken:
                 if self._inflater is None:
                     if buf.startswith(GZIP_MAGIC, at):  # the next member right there: the usual case, inline
                         self._inflater, self._start = _new_inflater(_GZIP_WBITS), self.compressed_pos - len(buf) + at
-                        self._fed, self._fed_bytes = [], 0
+                        self._fed, self._fed_bytes, self._fed_from = [], 0, self._start
                     else:
                         self.buf = buf[at:]
                         began = self._begin_member()
@@ -224,9 +234,10 @@ class _Members(_Stream):
                     at_end = not self.fill()
                     buf, at = self.buf, 0
                     view = memoryview(buf)
+                    self._fed_from = self.offset
                 piece = view[at : at + INFLATE_PIECE]
                 try:
-                    out = inflater.decompress(piece, size - n - held)  # at the end: b"", flushes what it holds
+                    out = inflater.decompress(piece, limit - n - held)  # at the end: b"", flushes what it holds
                 except isal_zlib.error as exc:
                     member, held = [], 0
                     self._break(f"corrupt gzip data ({exc})")
@@ -253,10 +264,22 @@ class _Members(_Stream):
                 if at_end and not out:
                     self._break("truncated: the file ends inside this gzip member" if self.failed is None else "")
                     break
+                if n + held >= limit:
+                    break
         finally:
             view.release()
             self.buf = buf[at:] if at else buf
-        parts += member  # a member cut short by the file's end, or larger than `size`: what did inflate
+        parts += member  # a member larger than `limit`, or cut short by the file's end: what did inflate
+        n += held
+        if n > size:  # the member under way at `size` was finished: its rest goes out next
+            kept = n - size
+            while kept >= len(parts[-1]):
+                kept -= len(parts[-1])
+                self._held_over = parts.pop() + self._held_over
+            if kept:
+                last = parts.pop()
+                parts.append(last[: len(last) - kept])
+                self._held_over = last[len(last) - kept :] + self._held_over
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _member_start(self, start: int) -> int | None:
@@ -284,7 +307,7 @@ class _Members(_Stream):
             if not found:
                 return False
         self._inflater, self._start = isal_zlib.decompressobj(_GZIP_WBITS), self.offset
-        self._fed, self._fed_bytes = [], 0
+        self._fed, self._fed_bytes, self._fed_from = [], 0, self._start
         return True
 
     def _break(self, why: str) -> None:
@@ -299,24 +322,26 @@ class _Members(_Stream):
         if self._bad_in_row > MAX_BAD_MEMBERS:
             self.note_damage(f"gave up after {MAX_BAD_MEMBERS} damaged gzip members in a row")
             return False
-        self._broken, self._pending = False, b""
+        self._broken, self._pending, self._held_over = False, b"", b""
         self._history.clear()
         self._kept = 0
         self._inflater = None
-        cheap = self.offset - self._start <= RESCAN_CHEAP  # it failed within a few KB
+        # where it failed, to the chunk of the file: within its first chunk counts as the member's start
+        failed_at = max(self._start, self._fed_from)
+        cheap = failed_at - self._start <= RESCAN_CHEAP  # it failed within a few KB
         if self._fed is not None and (self._start >= self._rescanned_to or cheap):
             # look again from just past the damaged member's header; inside bytes looked through already only
             # after a cheap failure: a flood of false headers each inflating far would cost time quadratic in it
-            self._rescanned_to = max(self._rescanned_to, self.offset)
+            self._rescanned_to = max(self._rescanned_to, failed_at)
             if self._fed:
                 self.buf = b"".join(self._fed) + self.buf
             return self._skip_to_magic(1)
         return self._skip_to_magic(1 if self.offset == self._start else 0)  # nothing inflated: past its header
 
     def abandon(self, why: str) -> bool:
-        if self._inflater is None:  # between members: what was handed out again is this member's rest
+        if self._inflater is None:  # between members: what was handed out again, or held over, is this member's rest
             self.note_damage(why)
-            self._pending, self._kept = b"", 0
+            self._pending, self._held_over, self._kept = b"", b"", 0
             self._history.clear()
             return True
         self._break(why)
@@ -378,9 +403,10 @@ def open_stream(f: IO[bytes], name: str) -> _Stream:
 
 
 def _read_member_on(stream: _Members) -> None:
-    """Inflate the rest of the current member, up to SNIFF_BYTES, to learn whether it is damaged."""
+    """Inflate the rest of the current member, up to SNIFF_BYTES, to learn whether it is damaged (what it held
+    over is the rest of it too)."""
     seen, stream.one_member = 0, True
-    while stream._inflater is not None and not stream._broken and seen < SNIFF_BYTES:
+    while (stream._inflater is not None or stream._held_over) and not stream._broken and seen < SNIFF_BYTES:
         data = stream.read(READ_SIZE)
         if not data:
             break
