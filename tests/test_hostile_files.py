@@ -11,9 +11,11 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
+from fastwarc.warc import WarcRecordType
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -251,6 +253,34 @@ def test_a_member_that_fails_its_checksum_hands_out_nothing(tmp_path, damaged):
     assert pairs(table) == {(f"http://p{i}.test{src}", alt) for i in kept for src, alt in links[i]}
     assert stats.records == 3 and stats.malformed_records == 0  # four records less the damaged one
     assert stats.status == FileStatus.PARTIAL and "checksum" in stats.error
+
+
+def test_a_member_that_inflates_to_exactly_what_a_read_holds_is_checked_too():
+    """The member under way is inflated on to READ_SIZE past the read: one that ends right there, its trailer in
+    the next piece of input, still fails its checksum before any of it is handed out (header lengths that move
+    the trailer across every piece boundary)."""
+    data = bytes(8 + container.READ_SIZE)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = deflate.compress(data) + deflate.flush()
+    trailer = struct.pack("<II", zlib.crc32(data) ^ 0xFF, len(data))  # its CRC-32 is wrong
+    for pad in range(1, 2 * container.INFLATE_PIECE + 16):
+        header = b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\xff" + b"x" * pad + b"\x00"  # FNAME of `pad` bytes
+        stream = container._Members(io.BytesIO(header + body + trailer + b"".join(gzip_member([b"WARC/1.0"]))))
+        assert stream.read(8) == b"", pad
+
+
+def test_a_first_member_sniffed_past_its_limit_is_read_to_its_end():
+    """A first member that is no WARC, a little over SNIFF_BYTES: the sniff reads it to its end, so a record line
+    inside it, just past where reads of READ_SIZE after the first 8 bytes pass SNIFF_BYTES, is not taken for the
+    start of the file."""
+    fake = b"WARC/1.0\r\nWARC-Type: resource\r\nWARC-Target-URI: http://inside.test/\r\nContent-Length: 3\r\n\r\nabc\r\n\r\n"
+    at = 8 + container.SNIFF_BYTES
+    body = bytes(at) + fake + bytes(11_000)
+    warcinfo = b"WARC/1.0\r\nWARC-Type: warcinfo\r\nContent-Length: 0\r\n\r\n\r\n\r\n"
+    data = gzip.compress(body, mtime=0) + gzip.compress(warcinfo, mtime=0)
+    stream = container.open_stream(io.BytesIO(data), "x.warc.gz")
+    assert stream.damaged == 1 and "holds no WARC record" in stream.damage
+    assert [str(r.record_type) for r in container.records(stream, print)] == [str(WarcRecordType.warcinfo)]
 
 
 def test_a_false_member_inside_a_damaged_one_does_not_hide_the_members_after_it():

@@ -237,7 +237,8 @@ class _Members(_Stream):
                     self._fed_from = self.offset
                 piece = view[at : at + INFLATE_PIECE]
                 try:
-                    out = inflater.decompress(piece, limit - n - held)  # at the end: b"", flushes what it holds
+                    # one byte past `limit` at most: a member that reaches it is larger, not one whose trailer is next
+                    out = inflater.decompress(piece, limit + 1 - n - held)  # at the end: b"", flushes what it holds
                 except isal_zlib.error as exc:
                     member, held = [], 0
                     self._break(f"corrupt gzip data ({exc})")
@@ -264,7 +265,7 @@ class _Members(_Stream):
                 if at_end and not out:
                     self._break("truncated: the file ends inside this gzip member" if self.failed is None else "")
                     break
-                if n + held >= limit:
+                if n + held > limit:
                     break
         finally:
             view.release()
@@ -377,7 +378,7 @@ def open_stream(f: IO[bytes], name: str) -> _Stream:
     for _ in range(SNIFF_MEMBERS):
         start = stream.pos
         head = stream.read(len(WARC_LINE))
-        first = head if first is None else first
+        first = first or head  # the first member's head that inflated: what the error shows
         if head.startswith(b"WARC/") or not isinstance(stream, _Members):
             break
         if head:  # a damaged member may inflate to garbage before its checksum says so; a whole one is no WARC
@@ -406,7 +407,7 @@ def _read_member_on(stream: _Members) -> None:
     """Inflate the rest of the current member, up to SNIFF_BYTES, to learn whether it is damaged (what it held
     over is the rest of it too)."""
     seen, stream.one_member = 0, True
-    while (stream._inflater is not None or stream._held_over) and not stream._broken and seen < SNIFF_BYTES:
+    while (stream._inflater is not None and seen < SNIFF_BYTES or stream._held_over) and not stream._broken:
         data = stream.read(READ_SIZE)
         if not data:
             break
