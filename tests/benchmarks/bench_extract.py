@@ -2,12 +2,17 @@
 
     python tests/benchmarks/bench_extract.py [--pages 32000] [--cc2dataset-python /work/venvs/cc2dataset/bin/python]
 
+with the README's runtime install as `python` (the test lock adds pandas, which pyarrow imports in the process:
+0.3-0.5 s more of a whole process).
+
 Generates (or reuses) a single-file synthetic world WAT (>= 100 MB compressed with the
 default --pages), then on that file measures, single process, best of --repeat runs:
 raw gzip inflate with zlib and isal, our iter_pairs (language off and on) and
-cc2dataset's process_wat (in its own venv, subprocess, timed inside). Prints MB/s of
-compressed input, pairs/s, the ratio, and compares the two pair sets after applying
-our normalisation to cc2dataset's raw output.
+cc2dataset's process_wat (in its own venv, subprocess, timed inside). Then each as a whole
+process, as a user's script runs it: a fresh interpreter that imports the tool and reads the
+file, CPU from the child's rusage (start-up and imports included; one process, no workers).
+Prints MB/s of compressed input, pairs/s, the ratios, and compares the two pair sets after
+applying our normalisation to cc2dataset's raw output.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import gzip
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -38,6 +44,34 @@ dt, dc = time.perf_counter() - t, time.process_time() - c
 with open(sys.argv[2], "w") as f:
     json.dump({"seconds": dt, "cpu": dc, "pairs": [(r[1], r[2]) for r in rows]}, f)
 """
+
+
+# Whole processes: a fresh interpreter imports the tool and reads the file, nothing written (argv: path, language).
+OURS_PROCESS = """
+import sys
+from clipcrawl.tasks.core.config import ExtractSettings
+from clipcrawl.tasks.ingest.extract import FileStats, iter_pairs
+settings = ExtractSettings(detect_language=sys.argv[2] == "1")
+for batch in iter_pairs(sys.argv[1], settings, FileStats(uri=sys.argv[1])):
+    pass
+"""
+CC2_PROCESS = """
+import sys
+from cc2dataset.main import process_wat
+for row in process_wat(sys.argv[1], "image"):
+    pass
+"""
+
+
+def process_cpu(cmd: list[str], repeat: int) -> float:
+    """Best CPU seconds (user + system, from rusage) of `repeat` runs of a command as a process of its own."""
+    best = float("inf")
+    for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best = min(best, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return best
 
 
 def best_of(fn, repeat: int, cpu: list | None = None):
@@ -184,6 +218,13 @@ def main() -> None:
         f"  pairs/s (each counted as emitted: ours deduplicated + filtered, cc2dataset raw): "
         f"{(n / t_ours) / (n_raw / t_cc2):.2f}x"
     )
+
+    p_off = process_cpu([sys.executable, "-c", OURS_PROCESS, path, "0"], args.repeat)
+    p_on = process_cpu([sys.executable, "-c", OURS_PROCESS, path, "1"], args.repeat)
+    p_cc2 = process_cpu([args.cc2dataset_python, "-c", CC2_PROCESS, path], args.repeat)
+    print("\nwhole processes (a fresh interpreter imports the tool and reads the file; CPU from rusage):")
+    print(f"  clipcrawl language off {p_off:.2f} s, on {p_on:.2f} s; cc2dataset {p_cc2:.2f} s")
+    print(f"  per core: language off: {p_cc2 / p_off:.2f}x    language on: {p_cc2 / p_on:.2f}x")
 
     cc2_norm, why = normalised_cc2(raw, ExtractSettings())
     print("\npair sets (cc2dataset's output passed through our rules):")
