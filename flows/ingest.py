@@ -56,10 +56,24 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
             settings.sample_seed,
             settings.files_per_segment,
         )
-    names = pairs.output_names(uris)
+    listed = len(uris)
+    uris = list(dict.fromkeys(uris))  # a file listed twice is one file: both would publish under one name
+    if len(uris) < listed:
+        logger.warning("%d files are listed more than once: each is ingested once", listed - len(uris))
     folder = pairs_dir(out)
     store = settings.dedup_store or uid_store(folder)
+    names = pairs.output_names(uris, incremental.committed_sources(store, folder))
     run = incremental.plan(store, folder, uris, names, settings.extract, settings.dedup_partitions)
+    if run.elsewhere:
+        name, before, now = run.elsewhere[0]
+        logger.warning(
+            "%d files listed are published under their name from another location, and are not ingested again "
+            "(a file's name is its identity in pairs/): first %s, published from %s, listed as %s",
+            len(run.elsewhere),
+            name,
+            before,
+            now,
+        )
     logger.info(
         "ingesting %d files into %s: %d new, %d published before (uid store %s)",
         len(uris),
@@ -150,7 +164,9 @@ def ingest_new_crawls(
     Each crawl's run lists its finished segments with the new ones, and extracts, dedups and publishes only the
     files its uid store does not hold yet: the dedup spans the whole crawl, finished segments cost nothing.
     With `cross_crawl`, every crawl dedups against one store, OUT/_uids: a pair published for one crawl is
-    dropped from the crawls ingested after it. settings.source says where the crawl files are read from."""
+    dropped from the crawls ingested after it. A crawl published against the other kind of store (cross_crawl
+    switched for an OUT ingested before) fails with the reason: its files would be extracted and published again.
+    settings.source says where the crawl files are read from."""
     logger = get_run_logger()
     crawls = [c for c in list_crawls(collinfo) if oldest is None or c >= oldest]
     done = {c: ingested_segments(join(out, c)) for c in crawls}
@@ -160,15 +176,22 @@ def ingest_new_crawls(
         return {}
     logger.info("ingesting %s", "; ".join(f"{c}: {len(s)} new segments" for c, s in plan.items()))
     ingested, failed = {}, {}
+    shared = crawls_uid_store(out)
     with cluster(dask_address, gpu_workers=0) as address:  # ingestion embeds nothing
         for crawl, new in plan.items():
+            if not cross_crawl and (n := len(incremental.committed_sources(shared, pairs_dir(join(out, crawl))))):
+                failed[crawl] = (
+                    f"{n} files were published against the uid store {shared} that crawls share (cross_crawl): "
+                    "ingest it with cross_crawl, or into another OUT"
+                )
+                continue
             update = {
                 "crawl": crawl,
                 "segments": None,
                 "sample_seed": None,
                 "segment_list": done[crawl] + new,
                 "inputs": [],
-            } | ({"dedup_store": crawls_uid_store(out)} if cross_crawl else {})
+            } | ({"dedup_store": shared} if cross_crawl else {})
             state = ingest_crawl.with_options(task_runner=task_runner(address))(
                 out=join(out, crawl), settings=settings.model_copy(update=update), results=results, return_state=True
             )

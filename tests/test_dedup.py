@@ -1,6 +1,7 @@
 """The uid store and the dedup against it: unit tests on synthetic uids, and the ingest steps run in one process
 (no Prefect) over the small world, stopped at each step as a crash would stop them."""
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -174,11 +175,11 @@ def clean(small_world, tmp_path_factory):
     return published(out), store_rows(out)
 
 
-def stopped_run(uris, out, stop: str):
+def stopped_run(uris, out, stop: str, settings: ExtractSettings = SETTINGS):
     """The ingest steps in the flow's order, up to `stop`, as a crash there leaves them."""
     pairs = layout.pairs_dir(str(out))
-    run = incremental.plan(layout.uid_store(pairs), pairs, uris, output_names(uris), SETTINGS, 8)
-    kept = sum(extract_file(uri, str(out), name, SETTINGS)["kept"] for uri, name in run.new)
+    run = incremental.plan(layout.uid_store(pairs), pairs, uris, output_names(uris), settings, 8)
+    kept = sum(extract_file(uri, str(out), name, settings)["kept"] for uri, name in run.new)
     tasks = incremental.prepare_dedup(run, run.new, kept, 10**9)
     for first, last, losers in tasks:
         dedup.dedup_partitions(run.store, first, last, losers)
@@ -202,6 +203,16 @@ def test_a_run_stopped_at_any_step_is_finished_by_the_next(small_world, clean, t
     stopped_run(uris[:2], tmp_path, "commit")  # an earlier run, whole
     stopped_run(uris, tmp_path, stop)
     assert set(ingest_files(uris, str(tmp_path), SETTINGS)) == {n for n in output_names(uris[2:])}
+    assert (published(tmp_path), store_rows(tmp_path)) == clean
+
+
+def test_a_reingest_stopped_after_publishing_is_undone_by_a_run_with_the_first_settings(small_world, clean, tmp_path):
+    """Files published again with other settings, then a stop before the commit: a run with the first settings
+    must not take them for committed (pairs/ holds the other settings' rows)."""
+    uris = small_world.wat_uris()
+    stopped_run(uris, tmp_path, "commit")
+    stopped_run(uris, tmp_path, "publish", ExtractSettings(detect_language=False, min_alt_length=20))
+    assert set(ingest_files(uris, str(tmp_path), SETTINGS)) == set(output_names(uris))
     assert (published(tmp_path), store_rows(tmp_path)) == clean
 
 
@@ -251,6 +262,25 @@ def test_an_out_folder_moved_elsewhere_keeps_its_store(small_world, clean, tmp_p
         assert published(tmp_path / "b" / crawl) == clean[0]
     else:
         assert (published(tmp_path / "b"), store_rows(tmp_path / "b")) == clean
+
+
+def test_a_published_file_keeps_its_name_when_another_of_that_name_is_listed(small_world, tmp_path):
+    """Names are the files' identity in pairs/: a file published as `x` stays `x` when a file named x from another
+    folder joins a later run (that one gets a hashed name), and a file named x listed alone from another folder
+    is taken for the one published (listed in Run.elsewhere, not ingested again)."""
+    uris = small_world.wat_uris()
+    other = tmp_path / "elsewhere" / Path(uris[0]).name  # another file, the same name
+    other.parent.mkdir()
+    shutil.copy(uris[1], other)
+    out = tmp_path / "out"
+    ingest_files([uris[0]], str(out), SETTINGS, partitions=8)
+    [name] = published(out)
+    again = ingest_files([uris[0], str(other)], str(out), SETTINGS)
+    assert list(again) == [output_names([uris[0], str(other)])[1]] and again[list(again)[0]]["kept"] > 0
+    assert set(published(out)) == {name, *again}
+    pairs = layout.pairs_dir(str(out))
+    alone = incremental.plan(layout.uid_store(pairs), pairs, [str(other)], [name], SETTINGS, 8)
+    assert (alone.new, alone.elsewhere) == ([], [(name, uris[0], str(other))])
 
 
 def test_a_file_whose_publish_fails_is_not_committed(small_world, clean, tmp_path):

@@ -81,6 +81,16 @@ def test_warc_files_give_the_same_pairs_as_wat(dask_address, small_world, tmp_pa
     assert wat.result()["kept"] == state.result()["kept"] > 0
 
 
+def test_a_file_listed_twice_is_ingested_once(dask_address, small_world, tmp_path):
+    uri = small_world.wat_uris()[0]
+    once = run(dask_address, tmp_path / "once", inputs=[uri], extract=ExtractSettings(detect_language=False))
+    twice = run(dask_address, tmp_path / "twice", inputs=[uri, uri], extract=ExtractSettings(detect_language=False))
+    assert twice.is_completed(), twice.message
+    assert twice.result()["kept"] == once.result()["kept"] > 0
+    [published] = (tmp_path / "twice" / "pairs").glob("*.parquet")
+    assert pq.read_table(published).num_rows == once.result()["kept"]
+
+
 def test_bad_files_fail_alone_and_are_listed(dask_address, small_world, tmp_path):
     good, other = small_world.wat_uris()[:2]
     truncated = tmp_path / "truncated.warc.wat.gz"
@@ -239,6 +249,31 @@ def test_a_file_that_drips_forever_times_out_alone(dask_address, small_world, tm
     assert [f["uri"] for f in summary["failed"]] == [url]
     assert "exceeded timeout of 5.0 second" in summary["failed"][0]["error"]
     assert summary["kept"] > 0 and summary["files"] == 2
+
+
+def test_switching_cross_crawl_for_an_ingested_out_fails_with_the_reason(dask_address, small_world, tmp_path):
+    """A crawl published against its own store cannot go on against the shared one, nor the other way round:
+    its files would be extracted and published again (and a crawl dedup against a store that lacks them)."""
+    from clipcrawl.flows.ingest import ingest_new_crawls
+    from clipcrawl.tasks.core.config import IngestSettings
+
+    source, collinfo = crawl_source(tmp_path, small_world)
+    settings = IngestSettings(source=str(source), extract=ExtractSettings(detect_language=False))
+    for first, then, why in [(False, True, "own uid store"), (True, False, "that crawls share")]:
+        out = tmp_path / f"crawls-{first}"
+        scheduled(out, source, collinfo, dask_address, max_segments=1, cross_crawl=first)
+        before = sorted(p.name for p in out.rglob("*") if p.is_file())
+        state = ingest_new_crawls(
+            out=str(out),
+            settings=settings,
+            collinfo=str(collinfo),
+            dask_address=dask_address,
+            max_segments=1,
+            cross_crawl=then,
+            return_state=True,
+        )
+        assert state.is_failed() and small_world.crawl_id in state.message and why in state.message, state.message
+        assert sorted(p.name for p in out.rglob("*") if p.is_file()) == before, "nothing published or stored"
 
 
 def scheduled(out, source, collinfo, dask_address, **options) -> tuple[dict, list[str]]:

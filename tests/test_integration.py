@@ -170,6 +170,8 @@ def test_deployments_are_registered_with_schedule_form_and_limits(deployed, clie
     assert {"ingest_new_crawls/scheduled", "pipeline/run", "build_index/rebuild"} <= set(deployed)
     scheduled = deployed["ingest_new_crawls/scheduled"]
     assert [s.schedule.cron for s in scheduled.schedules] == ["0 4 1 1 *"]
+    assert scheduled.parameters["cross_crawl"] is False  # the option shows in the deployment, off
+    assert "cross_crawl" in scheduled.parameter_openapi_schema["properties"]
     assert all(d.work_pool_name == "clipcrawl-process" for d in deployed.values())
     # the UI's form: the settings models are in the parameter schema with their fields
     schema = deployed["pipeline/run"].parameter_openapi_schema

@@ -35,6 +35,9 @@ class Run:
     new: list[tuple[str, str]]
     committed: list[str]
     refresh: set[str] = field(default_factory=set)  # new files whose staging cannot serve a cached extraction
+    # (name, URI published from, URI listed now) of committed files listed from another location: the name is
+    # the file's identity, so they are not ingested again (a crawl read over S3 after HTTPS is the same crawl)
+    elsewhere: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def plan(store: str, pairs: str, uris: list[str], names: list[str], settings: ExtractSettings, partitions: int) -> Run:
@@ -42,17 +45,27 @@ def plan(store: str, pairs: str, uris: list[str], names: list[str], settings: Ex
     extraction may be used only when its staging holds this very extraction (the staged stats name the
     source and the settings): staging is removed once a file is committed, a file may be ingested again later,
     and a run stopped early may leave the staging of another source of the same name."""
+    own = layout.uid_store(pairs)
+    if uidstore.path_of(store) != uidstore.path_of(own) and (n := len(committed_sources(own, pairs))):
+        raise uidstore.StoreError(
+            f"{pairs}: {n} files were published against its own uid store {own}, not {store}: a run against "
+            f"{store} would extract and publish them again; ingest into another OUT, or against {own}"
+        )
     partitions = uidstore.open_store(store, partitions)
     digest = uidstore.settings_digest(settings)
     files = uidstore.read_files(store)
-    done = {(key, d) for key, d in zip(files.column("key").to_pylist(), files.column("digest").to_pylist())}
+    keys, digests, sources = (files.column(c).to_pylist() for c in ("key", "digest", "uri"))
+    done = {(key, d): source for key, d, source in zip(keys, digests, sources)}
     folder = uidstore.pairs_name(store, pairs)
-    new, committed = [], []
+    new, committed, elsewhere = [], [], []
     for uri, name in zip(uris, names):
-        if (uidstore.file_key(folder, name), digest) in done:
-            committed.append(name)
-        else:
+        source = done.get((uidstore.file_key(folder, name), digest))
+        if source is None:
             new.append((uri, name))
+            continue
+        committed.append(name)
+        if source != uri:
+            elsewhere.append((name, source, uri))
     staged = staged_names(pairs)
     reusable = [(uri, name) for uri, name in new if name in staged]
     stats = read_jsons([layout.staged_stats(pairs, name) for _, name in reusable])
@@ -60,7 +73,16 @@ def plan(store: str, pairs: str, uris: list[str], names: list[str], settings: Ex
         name for (uri, name), s in zip(reusable, stats) if s.get("uri") == uri and s.get("extract_digest") == digest
     }
     refresh = {name for _, name in new if name not in cached}
-    return Run(store, pairs, partitions, digest, new, committed, refresh)
+    return Run(store, pairs, partitions, digest, new, committed, refresh, elsewhere)
+
+
+def committed_sources(store: str, pairs: str) -> dict[str, str]:
+    """{name: URI published from} of the committed files of the pairs folder `pairs` (none: no such store)."""
+    if not exists(layout.store_config(store)):
+        return {}
+    files = uidstore.read_files(store)
+    mine = files.filter(pc.equal(files.column("pairs"), uidstore.pairs_name(store, pairs)))
+    return dict(zip(mine.column("name").to_pylist(), mine.column("uri").to_pylist()))
 
 
 def prepare_dedup(run: Run, order: list[tuple[str, str]], new_uids: int, rows_per_task: int) -> list[tuple]:
@@ -69,6 +91,14 @@ def prepare_dedup(run: Run, order: list[tuple[str, str]], new_uids: int, rows_pe
     folder = uidstore.pairs_name(run.store, run.pairs)
     keys = [uidstore.file_key(folder, name) for _, name in order]
     uidstore.write_new_files(run.store, keys, [layout.staged_uids(run.pairs, name) for _, name in order])
+    # A file committed before (with other settings) stops being committed now, before its pairs/ file is
+    # published again: a run stopped between that publish and the commit then leaves it new for the next run,
+    # whatever that run's settings, not listed with the old digest beside pairs/ of the new one. The dedup
+    # already counts its stored rows as no one's (dedup.dedup_partitions: `live`).
+    files = uidstore.read_files(run.store)
+    again = pc.is_in(files.column("key"), value_set=pa.array(keys, pa.uint64()))
+    if pc.any(again).as_py():
+        uidstore.write_files(run.store, files.filter(pc.invert(again)))
     ranges = dedup.task_ranges(run.partitions, new_uids, rows_per_task)
     return [(first, last, layout.staged_losers(run.pairs, t)) for t, (first, last) in enumerate(ranges)]
 

@@ -40,8 +40,10 @@ PAIRS_SCHEMA = pa.schema(
 SUFFIXES = (".warc.wat.gz", ".wat.gz", ".warc.gz", ".warc", ".wat", ".gz")
 
 
-def output_names(uris: list[str]) -> list[str]:
-    """A unique output name per input URI: its file name without WARC suffixes."""
+def output_names(uris: list[str], committed: dict[str, str] | None = None) -> list[str]:
+    """A unique output name per input URI: its file name without WARC suffixes; files of the same name get a hash
+    of their URI after it, but for the one published before under the plain name (`committed`: {name: URI}), which
+    keeps it whatever else a run lists."""
     stems = []
     for uri in uris:
         name = name_of(uri)
@@ -51,7 +53,11 @@ def output_names(uris: list[str]) -> list[str]:
                 break
         stems.append(name)
     repeated = {s for s, n in Counter(stems).items() if n > 1}  # not stems.count per stem: a crawl has 90,000 files
-    return [f"{s}-{hashlib.sha1(u.encode()).hexdigest()[:8]}" if s in repeated else s for s, u in zip(stems, uris)]
+    committed = committed or {}
+    return [
+        f"{s}-{hashlib.sha1(u.encode()).hexdigest()[:8]}" if s in repeated and committed.get(s) != u else s
+        for s, u in zip(stems, uris)
+    ]
 
 
 def extract_file(uri: str, out: str, name: str, settings: ExtractSettings) -> dict:
