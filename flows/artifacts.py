@@ -176,7 +176,9 @@ def stage_markdown(
         lines += [*table(["reason", "items"], ranked), ""]
     failures = [[r["unit"], r["reasons"]] for r in rows if r["state"] == "Failed"]
     if failures:
-        lines += [f"## Failed {kind}", "", *table(["unit", "error"], failures)]
+        lines += [f"## Failed {kind}", "", *table(["unit", "error"], failures[:TABLE_ROWS])]
+        if len(failures) > TABLE_ROWS:
+            lines += ["", f"and {len(failures) - TABLE_ROWS} more (each in the stage's _summary.json)"]
     return "\n".join(lines)
 
 

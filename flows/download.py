@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.tasks import exponential_backoff
 
 from clipcrawl.flows.artifacts import publish_stage
-from clipcrawl.flows.runner import gather, result_storage, stopwatch, task_runner
+from clipcrawl.flows.runner import failure_listing, gather, result_storage, stopwatch, task_runner
 from clipcrawl.tasks.core.config import DownloadSettings
 from clipcrawl.tasks.core.layout import images_dir, inputs_staging, summary_file
 from clipcrawl.tasks.core.stats import run_label
@@ -51,8 +51,5 @@ def download_images(
         ", ".join(f"{k} {v}" for k, v in sorted(summary["status"].items())),
     )
     if failed:
-        raise DownloadFailed(
-            f"{len(failed)} of {len(specs)} shards failed: "
-            + "; ".join(f"shard {s}: {why}" for s, why in sorted(failed.items()))
-        )
+        raise DownloadFailed(f"{len(failed)} of {len(specs)} shards failed: {failure_listing(failed, 'shard ')}")
     return summary

@@ -7,7 +7,7 @@ import functools
 from prefect import flow, get_run_logger
 
 from clipcrawl.flows.artifacts import publish_stage
-from clipcrawl.flows.runner import gather, result_storage, stopwatch, task_runner
+from clipcrawl.flows.runner import failure_listing, gather, result_storage, stopwatch, task_runner
 from clipcrawl.tasks.core.cache import transient_retries
 from clipcrawl.tasks.core.config import EmbedSettings
 from clipcrawl.tasks.core.errors import InputError
@@ -57,8 +57,5 @@ def embed_and_filter(
         summary["nsfw"],
     )
     if failed:
-        raise EmbedFailed(
-            f"{len(failed)} of {len(tars)} shards failed: "
-            + "; ".join(f"{name}: {why}" for name, why in sorted(failed.items()))
-        )
+        raise EmbedFailed(f"{len(failed)} of {len(tars)} shards failed: {failure_listing(failed)}")
     return summary

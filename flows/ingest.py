@@ -12,6 +12,7 @@ from prefect.tasks import exponential_backoff
 from clipcrawl.flows.artifacts import publish_stage
 from clipcrawl.flows.runner import (
     cluster,
+    failure_listing,
     gather,
     result_storage,
     stopwatch,
@@ -142,8 +143,7 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
         summary["truncated_pages"],
     )
     if failed:
-        listing = "; ".join(f"{uri}: {why}" for uri, why in failed.items())
-        raise IngestFailed(f"{len(failed)} of {len(uris)} files failed: {listing}")
+        raise IngestFailed(f"{len(failed)} of {len(uris)} files failed: {failure_listing(failed)}")
     return summary
 
 

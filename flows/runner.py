@@ -127,7 +127,7 @@ def task_runner(dask_address: str | None = None) -> DaskTaskRunner:
 def work(resource: str) -> Iterator[None]:
     """Annotate the submissions inside so they run only on workers offering `resource` (CPU or GPU); gather and
     wait_result take the same name for their Watchdog. Prefect's settings are serialized once for them all."""
-    with dask.annotate(resources={resource: 1}), _settings_serialized_once():
+    with dask.annotate(resources={resource: RESOURCE_PER_TASK}), _settings_serialized_once():
         yield
 
 
@@ -194,6 +194,20 @@ def result_storage(out: str, results: str | None = None):
     return block
 
 
+FAILURES_LISTED = 20  # failed units a stage's error names; the stage's summary and units table list them all
+
+
+def failure_listing(failed: dict, unit: str = "") -> str:
+    """ "<unit><key>: <why>; ..." of the first FAILURES_LISTED failed units (in key order), then how many more: a
+    crawl's stage may fail thousands of units, and the error becomes the flow run's state message (in the
+    database, the UI and the command's one line)."""
+    items = sorted(failed.items())
+    text = "; ".join(f"{unit}{key}: {why}" for key, why in items[:FAILURES_LISTED])
+    more = len(items) - FAILURES_LISTED
+    return text + (f"; and {more} more (each in the stage's _summary.json)" if more > 0 else "")
+
+
+RESOURCE_PER_TASK = 1  # what a task asks of its Dask resource (CPU or GPU): a worker offering less never takes it
 NO_WORKER_TIMEOUT_ENV = "CLIPCRAWL_NO_WORKER_TIMEOUT"
 NO_WORKER_TIMEOUT = 600.0  # seconds a stage waits for a live worker offering its resource; 0: forever
 WATCH_SECONDS = 5.0  # how often a waiting stage asks the scheduler for its workers
@@ -215,7 +229,9 @@ class Watchdog:
         self.since: float | None = None  # when the resource was last seen missing, first of a row of checks
 
     def offered(self) -> bool | None:
-        """Whether a live worker offers the resource now; None without a Dask client to ask."""
+        """Whether a live worker offers the resource now, as much as a task asks; None without a Dask client to ask.
+        A worker that takes no new task (paused above its memory limit's pause fraction, or retiring) counts only
+        while it runs tasks: those may be the stage's own."""
         context = FlowRunContext.get()
         task_runner = context.task_runner if context else None
         if not isinstance(task_runner, DaskTaskRunner):
@@ -225,7 +241,11 @@ class Watchdog:
         except (OSError, TimeoutError) as exc:  # CommClosedError is an OSError: a blip is no answer, not a "no"
             logging.getLogger(__name__).warning("%s: cannot ask the scheduler for its workers: %s", self.what, exc)
             return None
-        return any(w.get("resources", {}).get(self.resource, 0) > 0 for w in workers.values())
+        return any(
+            w.get("resources", {}).get(self.resource, 0) >= RESOURCE_PER_TASK
+            and (w.get("status") == "running" or w.get("metrics", {}).get("task_counts", {}).get("executing", 0) > 0)
+            for w in workers.values()
+        )
 
     def check(self) -> None:
         """Raise NoWorkerError once the resource has been missing for `timeout` seconds in a row."""
@@ -239,8 +259,9 @@ class Watchdog:
         if now - self.since >= self.timeout:
             raise NoWorkerError(
                 f"{self.what}: no live Dask worker offers the {self.resource} resource its tasks need "
-                f"(waited {self.timeout:g} s, {NO_WORKER_TIMEOUT_ENV}); start a worker with "
-                f"--resources {self.resource}=1 and retry the run"
+                f"({self.resource}={RESOURCE_PER_TASK} on a running worker; waited {self.timeout:g} s, "
+                f"{NO_WORKER_TIMEOUT_ENV}); start a worker with --resources {self.resource}={RESOURCE_PER_TASK} "
+                "and retry the run"
             )
 
 

@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import Artifact
 from prefect.types.names import raise_on_name_alphanumeric_dashes_only
 
-from clipcrawl.flows.artifacts import artifact_key, publish, table_rows
+from clipcrawl.flows.artifacts import TABLE_ROWS, artifact_key, publish, stage_markdown, table_rows
 from clipcrawl.flows.index import build_index
 from clipcrawl.flows.runner import task_runner
 from clipcrawl.tasks.core.stats import run_label
@@ -203,3 +203,11 @@ def test_a_units_table_past_its_limit_keeps_every_failure_then_the_slowest_in_or
     dropped = [r for r in rows if r not in kept]
     assert min(r["seconds"] for r in kept if r["state"] != "Failed") >= max(r["seconds"] for r in dropped)
     assert [int(r["unit"]) for r in kept] == sorted(int(r["unit"]) for r in kept)  # submission order
+
+
+def test_the_failed_units_section_is_capped_as_the_units_table_is():
+    row = {"state": "Failed", "status": "failed", "seconds": 1.0, "retries": 0, "in": None, "out": None}
+    rows = [row | {"unit": f"f{i}", "reasons": f"why {i}"} for i in range(TABLE_ROWS + 7)]
+    text = stage_markdown("ingest", "run", "/out", rows, {}, 1.0)
+    assert "| f0 | why 0 |" in text and f"| f{TABLE_ROWS - 1} |" in text and f"| f{TABLE_ROWS} |" not in text
+    assert text.endswith("and 7 more (each in the stage's _summary.json)")

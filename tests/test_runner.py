@@ -82,3 +82,12 @@ def test_gather_submits_through_a_window_topped_up_as_tasks_finish(dask_address,
     assert done == {i: i * i for i in range(10)} and failed == {} and kinds == {Finished}
     assert len(out_at_submit) == 10 and out_at_submit[:3] == [0, 1, 2]
     assert max(out_at_submit) == 2  # never a 4th out while 3 were unfinished (all at once: 0, 1, ..., 9)
+
+
+def test_a_stage_error_names_the_first_failures_and_counts_the_rest():
+    few = {f"f{i}": "why" for i in range(3)}
+    assert runner.failure_listing(few, "shard ") == "shard f0: why; shard f1: why; shard f2: why"
+    many = {f"f{i:05d}": f"why {i}" for i in range(50_000)}
+    text = runner.failure_listing(many)
+    assert text.startswith("f00000: why 0; f00001: why 1;") and text.count(": why") == runner.FAILURES_LISTED
+    assert text.endswith(f"; and {50_000 - runner.FAILURES_LISTED} more (each in the stage's _summary.json)")

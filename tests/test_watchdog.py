@@ -99,6 +99,32 @@ def test_a_scheduler_that_cannot_answer_is_no_missing_resource(monkeypatch):
     dog.check()  # no failure: unknown is not "missing"
 
 
+@pytest.mark.parametrize(
+    "worker, offered",
+    [
+        ({"resources": {"GPU": 1}, "status": "running"}, True),
+        ({"resources": {"GPU": 0.5}, "status": "running"}, False),  # less than a task asks: never takes one
+        ({"resources": {"CPU": 1}, "status": "running"}, False),
+        ({"resources": {"GPU": 1}, "status": "paused", "metrics": {"task_counts": {}}}, False),  # takes no task
+        ({"resources": {"GPU": 1}, "status": "paused", "metrics": {"task_counts": {"executing": 1}}}, True),
+        ({"resources": {"GPU": 2}, "status": "closing_gracefully"}, False),
+    ],
+)
+def test_only_a_running_worker_with_a_tasks_share_offers_the_resource(monkeypatch, worker, offered):
+    class Client:
+        def scheduler_info(self, n_workers):
+            return {"workers": {"tcp://127.0.0.1:1": worker}}
+
+    class Runner(runner.DaskTaskRunner):
+        client = Client()
+
+    class Context:
+        task_runner = Runner()
+
+    monkeypatch.setattr(runner.FlowRunContext, "get", staticmethod(lambda: Context))
+    assert Watchdog("embed", "GPU").offered() is offered
+
+
 def test_the_watchdog_reads_the_cluster_of_the_flow_it_runs_in(dask_address):
     @flow(task_runner=task_runner(dask_address))
     def ask() -> dict:

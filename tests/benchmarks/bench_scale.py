@@ -23,11 +23,14 @@ Figures per command (printed as each ends, then as JSON):
   trigger->first s    command start -> the first task run's start time, as the API recorded it
   flow RSS MiB        peak RSS of the command's process (the flow runs in it; with a cluster address it starts no
                       Dask scheduler of its own)
-  scheduler RSS MiB   peak RSS of the Dask scheduler process (up.sh's)
-  server RSS MiB      peak RSS of the Prefect server process
+  scheduler RSS MiB   peak RSS of the Dask scheduler process (up.sh's), and at the command's start ("at start":
+                      the scheduler serves every command of the run, and its RSS does not come back down after one)
+  server RSS MiB      peak RSS of the Prefect server process, and at the command's start
   API ms p50/p95/max  latency of GET /api/health and of POST /api/task_runs/count (a query over the table the
-                      run fills), each asked every 0.5 s during the command from this process
-  database MB         the Prefect database's size after the command (pg_database_size, or the SQLite file)
+                      run fills), asked one after the other from this process, a pair every 0.5 s or when the
+                      last answer came; "failed": requests refused or not answered within 30 s
+  database MB         the Prefect database's size after the command (pg_database_size, or the SQLite file), and
+                      before it ("at start": a later command's figure holds the earlier commands' runs)
 """
 
 from __future__ import annotations
@@ -163,15 +166,34 @@ class Cluster:
         return asyncio.run(size()) / 1e6
 
 
-class Monitor(threading.Thread):
-    """Every SAMPLE_S: RSS of the watched processes, latency of two API requests."""
+class Monitor:
+    """Every SAMPLE_S: RSS of the watched processes (one thread), latency of two API requests (another, so that a
+    slow API does not space out the RSS samples). The RSS each process had when the monitor started is kept too:
+    the servers and the scheduler outlive a command, so what a command adds shows against it."""
 
     def __init__(self, api: str, processes: dict[str, psutil.Process]):
-        super().__init__(daemon=True)
         self.api, self.processes = api, processes
-        self.rss = dict.fromkeys(processes, 0)
+        self.start_rss = {name: self.rss_of(process) for name, process in processes.items()}
+        self.rss = dict(self.start_rss)
         self.latency: dict[str, list[float]] = {"health": [], "task_runs/count": []}
+        self.failed = dict.fromkeys(self.latency, 0)  # requests refused or over 30 s: no latency of their own
         self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=loop, daemon=True) for loop in (self.sample_rss, self.probe_api)]
+
+    @staticmethod
+    def rss_of(process: psutil.Process) -> int:
+        with contextlib.suppress(psutil.Error):
+            return process.memory_info().rss
+        return 0
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def sample_rss(self) -> None:
+        while not self.stopping.wait(SAMPLE_S):
+            for name, process in self.processes.items():
+                self.rss[name] = max(self.rss[name], self.rss_of(process))
 
     def ask(self, what: str, request: urllib.request.Request) -> None:
         started = time.perf_counter()
@@ -180,13 +202,10 @@ class Monitor(threading.Thread):
                 response.read()
             self.latency[what].append(time.perf_counter() - started)
         except OSError:
-            self.latency[what].append(float("inf"))
+            self.failed[what] += 1
 
-    def run(self) -> None:
+    def probe_api(self) -> None:
         while not self.stopping.wait(SAMPLE_S):
-            for name, process in self.processes.items():
-                with contextlib.suppress(psutil.Error):
-                    self.rss[name] = max(self.rss[name], process.memory_info().rss)
             self.ask("health", urllib.request.Request(f"{self.api}/health"))
             count = urllib.request.Request(
                 f"{self.api}/task_runs/count", data=b"{}", headers={"Content-Type": "application/json"}, method="POST"
@@ -195,13 +214,18 @@ class Monitor(threading.Thread):
 
     def stop(self) -> dict:
         self.stopping.set()
-        self.join()
+        for thread in self.threads:
+            thread.join()
         figures = {f"{name} RSS MiB": round(rss / 2**20) for name, rss in self.rss.items()}
+        figures |= {
+            f"{name} RSS MiB at start": round(rss / 2**20) for name, rss in self.start_rss.items() if name != "flow"
+        }
         for what, values in self.latency.items():
             ms = sorted(v * 1000 for v in values)
             if ms:
                 p95 = ms[min(len(ms) - 1, math.ceil(0.95 * len(ms)) - 1)]
                 figures[f"API {what} ms p50/p95/max"] = [round(statistics.median(ms)), round(p95), round(ms[-1])]
+            figures[f"API {what} failed"] = self.failed[what]
         return figures
 
 
@@ -245,6 +269,7 @@ def flow_task_runs(api: str, flow_name: str, since: datetime) -> list[dict]:
 def run_command(name: str, argv: list[str], cluster: Cluster, flow_name: str, units: int, slots: int) -> dict:
     env = os.environ | cluster.client_env
     since = datetime.now().astimezone()
+    database_before = cluster.database_mb()
     started, start_time = time.perf_counter(), time.time()
     log = os.path.join(os.path.dirname(cluster.state), f"{name}.log")
     with open(log, "wb") as out:
@@ -279,6 +304,7 @@ def run_command(name: str, argv: list[str], cluster: Cluster, flow_name: str, un
         "trigger->first s": round(first - start_time, 1),
         **figures,
         "database MB": round(cluster.database_mb(), 1),
+        "database MB at start": round(database_before, 1),
     }
     print(json.dumps(result))
     return result
