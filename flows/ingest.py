@@ -114,6 +114,7 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
             first = next(iter(dedup_failed.values()))
             raise IngestFailed(f"dedup against {store} failed for partitions {sorted(dedup_failed)}: {first}")
         losers = [t[2] for t in tasks]
+        incremental.before_publish(run)
         publish_futures = {
             uri: functools.partial(pairs.publish_file_task.submit, out, name, i, losers)
             for i, (uri, name) in enumerate(order)
@@ -179,7 +180,10 @@ def ingest_new_crawls(
     shared = crawls_uid_store(out)
     with cluster(dask_address, gpu_workers=0) as address:  # ingestion embeds nothing
         for crawl, new in plan.items():
-            if not cross_crawl and (n := len(incremental.committed_sources(shared, pairs_dir(join(out, crawl))))):
+            pairs_of_crawl = pairs_dir(join(out, crawl))
+            if not (cross_crawl or settings.dedup_store) and (
+                n := len(incremental.committed_sources(shared, pairs_of_crawl))
+            ):
                 failed[crawl] = (
                     f"{n} files were published against the uid store {shared} that crawls share (cross_crawl): "
                     "ingest it with cross_crawl, or into another OUT"

@@ -119,6 +119,7 @@ def ingest_files(
 ) -> dict[str, dict]:
     """ingest_crawl's steps in one process and in its order, without Prefect (a test's reference run): extract the
     new files, dedup them against the store, publish, commit. Returns the published stats by file name."""
+    uris = list(dict.fromkeys(uris))
     pairs = layout.pairs_dir(out)
     store = store or layout.uid_store(pairs)
     names = stage.output_names(uris, incremental.committed_sources(store, pairs))
@@ -131,6 +132,7 @@ def ingest_files(
     for first, last, losers in tasks:
         dedup.dedup_partitions(run.store, first, last, losers)
     losers = [uri for _, _, uri in tasks]
+    incremental.before_publish(run)
     published = {name: (uri, stage.publish_file(out, name, i, losers)) for i, (uri, name) in enumerate(run.new)}
     incremental.commit(run, published)
     return {name: stats for name, (_, stats) in published.items()}

@@ -178,13 +178,15 @@ def clean(small_world, tmp_path_factory):
 def stopped_run(uris, out, stop: str, settings: ExtractSettings = SETTINGS):
     """The ingest steps in the flow's order, up to `stop`, as a crash there leaves them."""
     pairs = layout.pairs_dir(str(out))
-    run = incremental.plan(layout.uid_store(pairs), pairs, uris, output_names(uris), settings, 8)
+    names = output_names(uris, incremental.committed_sources(layout.uid_store(pairs), pairs))
+    run = incremental.plan(layout.uid_store(pairs), pairs, uris, names, settings, 8)
     kept = sum(extract_file(uri, str(out), name, settings)["kept"] for uri, name in run.new)
     tasks = incremental.prepare_dedup(run, run.new, kept, 10**9)
     for first, last, losers in tasks:
         dedup.dedup_partitions(run.store, first, last, losers)
     if stop == "dedup":
         return
+    incremental.before_publish(run)
     stats = {
         name: (uri, publish_file(str(out), name, i, [t[2] for t in tasks])) for i, (uri, name) in enumerate(run.new)
     }
@@ -213,6 +215,18 @@ def test_a_reingest_stopped_after_publishing_is_undone_by_a_run_with_the_first_s
     stopped_run(uris, tmp_path, "commit")
     stopped_run(uris, tmp_path, "publish", ExtractSettings(detect_language=False, min_alt_length=20))
     assert set(ingest_files(uris, str(tmp_path), SETTINGS)) == set(output_names(uris))
+    assert (published(tmp_path), store_rows(tmp_path)) == clean
+
+
+def test_a_reingest_stopped_in_its_dedup_leaves_the_files_committed(small_world, clean, tmp_path):
+    """Nothing of the other settings was published: the files stay committed (a store shared by crawls must not
+    take their rows for no one's), and a run with the first settings has nothing to do."""
+    uris = small_world.wat_uris()
+    stopped_run(uris, tmp_path, "commit")
+    stopped_run(uris, tmp_path, "dedup", ExtractSettings(detect_language=False, min_alt_length=20))
+    store = layout.uid_store(str(tmp_path / "pairs"))
+    assert sorted(uidstore.read_files(store).column("name").to_pylist()) == sorted(output_names(uris))
+    assert ingest_files(uris, str(tmp_path), SETTINGS) == {}
     assert (published(tmp_path), store_rows(tmp_path)) == clean
 
 
@@ -281,6 +295,10 @@ def test_a_published_file_keeps_its_name_when_another_of_that_name_is_listed(sma
     pairs = layout.pairs_dir(str(out))
     alone = incremental.plan(layout.uid_store(pairs), pairs, [str(other)], [name], SETTINGS, 8)
     assert (alone.new, alone.elsewhere) == ([], [(name, uris[0], str(other))])
+    both = tmp_path / "both"  # published together: both under hashed names, which they keep when listed alone
+    assert len(ingest_files([uris[0], str(other)], str(both), SETTINGS, partitions=8)) == 2
+    assert ingest_files([str(other)], str(both), SETTINGS) == {}
+    assert ingest_files([uris[0], uris[0]], str(both), SETTINGS) == {}
 
 
 def test_a_file_whose_publish_fails_is_not_committed(small_world, clean, tmp_path):
@@ -294,6 +312,7 @@ def test_a_file_whose_publish_fails_is_not_committed(small_world, clean, tmp_pat
     for first, last, losers in tasks:
         dedup.dedup_partitions(run.store, first, last, losers)
     losers = [t[2] for t in tasks]
+    incremental.before_publish(run)
     failing = run.new[0][1]  # its publish fails: the others are published and committed
     stats = {name: (uri, publish_file(str(tmp_path), name, i, losers)) for i, (uri, name) in enumerate(run.new)}
     incremental.commit(run, {name: s for name, s in stats.items() if name != failing})

@@ -91,16 +91,21 @@ def prepare_dedup(run: Run, order: list[tuple[str, str]], new_uids: int, rows_pe
     folder = uidstore.pairs_name(run.store, run.pairs)
     keys = [uidstore.file_key(folder, name) for _, name in order]
     uidstore.write_new_files(run.store, keys, [layout.staged_uids(run.pairs, name) for _, name in order])
-    # A file committed before (with other settings) stops being committed now, before its pairs/ file is
-    # published again: a run stopped between that publish and the commit then leaves it new for the next run,
-    # whatever that run's settings, not listed with the old digest beside pairs/ of the new one. The dedup
-    # already counts its stored rows as no one's (dedup.dedup_partitions: `live`).
+    ranges = dedup.task_ranges(run.partitions, new_uids, rows_per_task)
+    return [(first, last, layout.staged_losers(run.pairs, t)) for t, (first, last) in enumerate(ranges)]
+
+
+def before_publish(run: Run) -> None:
+    """Once the dedup is done, before the run's files are published: those committed before (the run ingests
+    them again, with other settings) stop being committed, so a run stopped between their publish and the commit
+    leaves them new for the next run, whatever its settings, not listed with the old digest beside the new
+    settings' pairs/ files. The dedup counted their stored rows as no one's already (dedup_partitions: `live`);
+    a run stopped before this point leaves them as they were."""
+    keys, _ = uidstore.read_new_files(run.store)
     files = uidstore.read_files(run.store)
     again = pc.is_in(files.column("key"), value_set=pa.array(keys, pa.uint64()))
     if pc.any(again).as_py():
         uidstore.write_files(run.store, files.filter(pc.invert(again)))
-    ranges = dedup.task_ranges(run.partitions, new_uids, rows_per_task)
-    return [(first, last, layout.staged_losers(run.pairs, t)) for t, (first, last) in enumerate(ranges)]
 
 
 def commit(run: Run, published: dict[str, tuple[str, dict]]) -> None:

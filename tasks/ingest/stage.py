@@ -41,9 +41,9 @@ SUFFIXES = (".warc.wat.gz", ".wat.gz", ".warc.gz", ".warc", ".wat", ".gz")
 
 
 def output_names(uris: list[str], committed: dict[str, str] | None = None) -> list[str]:
-    """A unique output name per input URI: its file name without WARC suffixes; files of the same name get a hash
-    of their URI after it, but for the one published before under the plain name (`committed`: {name: URI}), which
-    keeps it whatever else a run lists."""
+    """A unique output name per input URI (listed once each): its file name without WARC suffixes; files of the same
+    name get a hash of their URI after it. A URI published before keeps the name it was published under
+    (`committed`: {name: URI}), whatever else a run lists."""
     stems = []
     for uri in uris:
         name = name_of(uri)
@@ -53,9 +53,9 @@ def output_names(uris: list[str], committed: dict[str, str] | None = None) -> li
                 break
         stems.append(name)
     repeated = {s for s, n in Counter(stems).items() if n > 1}  # not stems.count per stem: a crawl has 90,000 files
-    committed = committed or {}
+    published = {uri: name for name, uri in (committed or {}).items()}
     return [
-        f"{s}-{hashlib.sha1(u.encode()).hexdigest()[:8]}" if s in repeated and committed.get(s) != u else s
+        published.get(u) or (f"{s}-{hashlib.sha1(u.encode()).hexdigest()[:8]}" if s in repeated else s)
         for s, u in zip(stems, uris)
     ]
 
