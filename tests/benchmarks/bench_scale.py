@@ -256,7 +256,7 @@ def flow_task_runs(api: str, flow_name: str, since: datetime) -> list[dict]:
         while True:
             page = client.read_task_runs(
                 task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[runs[0].id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+                sort=TaskRunSort.ID_DESC,  # unique: pages by offset neither overlap nor skip
                 limit=200,
                 offset=offset,
             )
