@@ -34,6 +34,7 @@ from clipcrawl.tasks.ingest.crawl import (
     list_segments,
     plan_new_segments,
 )
+from clipcrawl.tasks.ingest.uidstore import StoreError
 
 
 class IngestFailed(RuntimeError):
@@ -57,14 +58,12 @@ def ingest_crawl(out: str, settings: IngestSettings = IngestSettings(), results:
             settings.sample_seed,
             settings.files_per_segment,
         )
-    listed = len(uris)
-    uris = list(dict.fromkeys(uris))  # a file listed twice is one file: both would publish under one name
-    if len(uris) < listed:
-        logger.warning("%d files are listed more than once: each is ingested once", listed - len(uris))
     folder = pairs_dir(out)
     store = settings.dedup_store or uid_store(folder)
-    names = pairs.output_names(uris, incremental.committed_sources(store, folder))
-    run = incremental.plan(store, folder, uris, names, settings.extract, settings.dedup_partitions)
+    run = incremental.plan(store, folder, uris, settings.extract, settings.dedup_partitions)
+    if len(run.listed) < len(uris):
+        logger.warning("%d files are listed more than once: each is ingested once", len(uris) - len(run.listed))
+    uris = run.listed
     if run.elsewhere:
         name, before, now = run.elsewhere[0]
         logger.warning(
@@ -180,15 +179,13 @@ def ingest_new_crawls(
     shared = crawls_uid_store(out)
     with cluster(dask_address, gpu_workers=0) as address:  # ingestion embeds nothing
         for crawl, new in plan.items():
-            pairs_of_crawl = pairs_dir(join(out, crawl))
-            if not (cross_crawl or settings.dedup_store) and (
-                n := len(incremental.committed_sources(shared, pairs_of_crawl))
-            ):
-                failed[crawl] = (
-                    f"{n} files were published against the uid store {shared} that crawls share (cross_crawl): "
-                    "ingest it with cross_crawl, or into another OUT"
-                )
-                continue
+            if not cross_crawl:  # the shared store must not list this crawl (ingest_crawl checks its own store)
+                pairs_of_crawl = pairs_dir(join(out, crawl))
+                try:
+                    incremental.check_store(settings.dedup_store or uid_store(pairs_of_crawl), shared, pairs_of_crawl)
+                except StoreError as exc:
+                    failed[crawl] = str(exc)
+                    continue
             update = {
                 "crawl": crawl,
                 "segments": None,

@@ -119,11 +119,8 @@ def ingest_files(
 ) -> dict[str, dict]:
     """ingest_crawl's steps in one process and in its order, without Prefect (a test's reference run): extract the
     new files, dedup them against the store, publish, commit. Returns the published stats by file name."""
-    uris = list(dict.fromkeys(uris))
     pairs = layout.pairs_dir(out)
-    store = store or layout.uid_store(pairs)
-    names = stage.output_names(uris, incremental.committed_sources(store, pairs))
-    run = incremental.plan(store, pairs, uris, names, settings, partitions)
+    run = incremental.plan(store or layout.uid_store(pairs), pairs, uris, settings, partitions)
     kept = sum(stage.extract_file(uri, out, name, settings)["kept"] for uri, name in run.new)
     if not run.new:
         incremental.clean(run, incremental.leftover_staging(run))

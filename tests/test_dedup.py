@@ -178,8 +178,7 @@ def clean(small_world, tmp_path_factory):
 def stopped_run(uris, out, stop: str, settings: ExtractSettings = SETTINGS):
     """The ingest steps in the flow's order, up to `stop`, as a crash there leaves them."""
     pairs = layout.pairs_dir(str(out))
-    names = output_names(uris, incremental.committed_sources(layout.uid_store(pairs), pairs))
-    run = incremental.plan(layout.uid_store(pairs), pairs, uris, names, settings, 8)
+    run = incremental.plan(layout.uid_store(pairs), pairs, uris, settings, 8)
     kept = sum(extract_file(uri, str(out), name, settings)["kept"] for uri, name in run.new)
     tasks = incremental.prepare_dedup(run, run.new, kept, 10**9)
     for first, last, losers in tasks:
@@ -257,7 +256,7 @@ def test_a_cached_extraction_is_used_only_while_its_staging_holds_it(small_world
     extract_file(uris[0], str(tmp_path), names[0], SETTINGS)
     extract_file(uris[1], str(tmp_path), names[1], ExtractSettings(detect_language=False, min_alt_length=20))
     extract_file(uris[0], str(tmp_path), names[3], SETTINGS)  # a file of the same name from elsewhere
-    run = incremental.plan(layout.uid_store(pairs), pairs, uris, names, SETTINGS, 4)
+    run = incremental.plan(layout.uid_store(pairs), pairs, uris, SETTINGS, 4)
     # staging: this extraction, other settings, none, another file's
     assert [n for _, n in run.new] == names and run.refresh == set(names[1:])
 
@@ -293,7 +292,7 @@ def test_a_published_file_keeps_its_name_when_another_of_that_name_is_listed(sma
     assert list(again) == [output_names([uris[0], str(other)])[1]] and again[list(again)[0]]["kept"] > 0
     assert set(published(out)) == {name, *again}
     pairs = layout.pairs_dir(str(out))
-    alone = incremental.plan(layout.uid_store(pairs), pairs, [str(other)], [name], SETTINGS, 8)
+    alone = incremental.plan(layout.uid_store(pairs), pairs, [str(other)], SETTINGS, 8)
     assert (alone.new, alone.elsewhere) == ([], [(name, uris[0], str(other))])
     both = tmp_path / "both"  # published together: both under hashed names, which they keep when listed alone
     assert len(ingest_files([uris[0], str(other)], str(both), SETTINGS, partitions=8)) == 2
@@ -306,7 +305,7 @@ def test_a_file_whose_publish_fails_is_not_committed(small_world, clean, tmp_pat
     ingest_files(uris[:3], str(tmp_path), SETTINGS, partitions=8)
     stricter = ExtractSettings(detect_language=False, min_alt_length=20)
     pairs = layout.pairs_dir(str(tmp_path))
-    run = incremental.plan(layout.uid_store(pairs), pairs, uris[:3], output_names(uris[:3]), stricter, 8)
+    run = incremental.plan(layout.uid_store(pairs), pairs, uris[:3], stricter, 8)
     kept = sum(extract_file(uri, str(tmp_path), name, stricter)["kept"] for uri, name in run.new)
     tasks = incremental.prepare_dedup(run, run.new, kept, 10**9)
     for first, last, losers in tasks:

@@ -259,8 +259,10 @@ def test_switching_cross_crawl_for_an_ingested_out_fails_with_the_reason(dask_ad
 
     source, collinfo = crawl_source(tmp_path, small_world)
     settings = IngestSettings(source=str(source), extract=ExtractSettings(detect_language=False))
-    for first, then, why in [(False, True, "own uid store"), (True, False, "that crawls share")]:
+    for first, then in [(False, True), (True, False)]:
         out = tmp_path / f"crawls-{first}"
+        listing = out / "_uids" if first else out / small_world.crawl_id / "pairs" / "_uids"  # the store used first
+        why = f"published against the uid store {listing}, not "
         scheduled(out, source, collinfo, dask_address, max_segments=1, cross_crawl=first)
         before = sorted(p.name for p in out.rglob("*") if p.is_file())
         state = ingest_new_crawls(

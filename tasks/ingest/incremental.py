@@ -21,7 +21,7 @@ from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.core.stats import segment_of
 from clipcrawl.tasks.core.uri import exists, filesystem, is_local, join, listdir, name_of, read_json
 from clipcrawl.tasks.ingest import dedup, uidstore
-from clipcrawl.tasks.ingest.stage import summarize
+from clipcrawl.tasks.ingest.stage import output_names, summarize
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Run:
     pairs: str
     partitions: int
     digest: str
+    listed: list[str]  # the run's URIs, each once, in order
     new: list[tuple[str, str]]
     committed: list[str]
     refresh: set[str] = field(default_factory=set)  # new files whose staging cannot serve a cached extraction
@@ -40,27 +41,24 @@ class Run:
     elsewhere: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def plan(store: str, pairs: str, uris: list[str], names: list[str], settings: ExtractSettings, partitions: int) -> Run:
-    """Open (or create) the store and split the run's files into committed and new. A new file's cached
-    extraction may be used only when its staging holds this very extraction (the staged stats name the
-    source and the settings): staging is removed once a file is committed, a file may be ingested again later,
-    and a run stopped early may leave the staging of another source of the same name."""
-    own = layout.uid_store(pairs)
-    if uidstore.path_of(store) != uidstore.path_of(own) and (n := len(committed_sources(own, pairs))):
-        raise uidstore.StoreError(
-            f"{pairs}: {n} files were published against its own uid store {own}, not {store}: a run against "
-            f"{store} would extract and publish them again; ingest into another OUT, or against {own}"
-        )
+def plan(store: str, pairs: str, uris: list[str], settings: ExtractSettings, partitions: int) -> Run:
+    """Open (or create) the store, name the run's files (stage.output_names; a file listed twice is one file) and
+    split them into committed and new. A new file's cached extraction may be used only when its staging holds
+    this very extraction (the staged stats name the source and the settings): staging is removed once a file is
+    committed, a file may be ingested again later, and a run stopped early may leave the staging of another
+    source of the same name."""
+    check_store(store, layout.uid_store(pairs), pairs)
     partitions = uidstore.open_store(store, partitions)
     digest = uidstore.settings_digest(settings)
     files = uidstore.read_files(store)
-    keys, digests, sources = (files.column(c).to_pylist() for c in ("key", "digest", "uri"))
-    done = {(key, d): source for key, d, source in zip(keys, digests, sources)}
-    folder = uidstore.pairs_name(store, pairs)
+    mine = files.filter(pc.equal(files.column("pairs"), uidstore.pairs_name(store, pairs)))
+    names, sources, digests = (mine.column(c).to_pylist() for c in ("name", "uri", "digest"))
+    published = {name: (source, d) for name, source, d in zip(names, sources, digests)}
+    listed = list(dict.fromkeys(uris))
     new, committed, elsewhere = [], [], []
-    for uri, name in zip(uris, names):
-        source = done.get((uidstore.file_key(folder, name), digest))
-        if source is None:
+    for uri, name in zip(listed, output_names(listed, {name: source for name, (source, _) in published.items()})):
+        source, d = published.get(name, (None, None))
+        if d != digest:
             new.append((uri, name))
             continue
         committed.append(name)
@@ -73,7 +71,18 @@ def plan(store: str, pairs: str, uris: list[str], names: list[str], settings: Ex
         name for (uri, name), s in zip(reusable, stats) if s.get("uri") == uri and s.get("extract_digest") == digest
     }
     refresh = {name for _, name in new if name not in cached}
-    return Run(store, pairs, partitions, digest, new, committed, refresh, elsewhere)
+    return Run(store, pairs, partitions, digest, listed, new, committed, refresh, elsewhere)
+
+
+def check_store(store: str, other: str, pairs: str) -> None:
+    """Refuse a run of the pairs folder `pairs` against `store` when `other`, another store, lists files of it:
+    they would be extracted and published again, and `store` would lack their pairs (cross_crawl switched for an
+    OUT ingested before, or another --dedup-store)."""
+    if uidstore.path_of(store) != uidstore.path_of(other) and (n := len(committed_sources(other, pairs))):
+        raise uidstore.StoreError(
+            f"{pairs}: {n} files were published against the uid store {other}, not {store}: a run against "
+            f"{store} would extract and publish them again; ingest into another OUT, or against {other}"
+        )
 
 
 def committed_sources(store: str, pairs: str) -> dict[str, str]:
