@@ -32,10 +32,10 @@ class Run:
     pairs: str
     partitions: int
     digest: str
-    listed: list[str]  # the run's URIs, each once, in order
     new: list[tuple[str, str]]
     committed: list[str]
     refresh: set[str] = field(default_factory=set)  # new files whose staging cannot serve a cached extraction
+    listed: list[str] = field(default_factory=list)  # the run's URIs, each once, in order
     # (name, URI published from, URI listed now) of committed files listed from another location: the name is
     # the file's identity, so they are not ingested again (a crawl read over S3 after HTTPS is the same crawl)
     elsewhere: list[tuple[str, str, str]] = field(default_factory=list)
@@ -71,7 +71,7 @@ def plan(store: str, pairs: str, uris: list[str], settings: ExtractSettings, par
         name for (uri, name), s in zip(reusable, stats) if s.get("uri") == uri and s.get("extract_digest") == digest
     }
     refresh = {name for _, name in new if name not in cached}
-    return Run(store, pairs, partitions, digest, listed, new, committed, refresh, elsewhere)
+    return Run(store, pairs, partitions, digest, new, committed, refresh, listed, elsewhere)
 
 
 def check_store(store: str, other: str, pairs: str) -> None:
