@@ -312,9 +312,8 @@ def test_language(tmp_path):
     assert table.column("language").null_count == 3
 
 
-def test_language_cache_gives_each_text_its_own_language(monkeypatch):
-    """Repeated alt texts are predicted once; each text still gets its own language, in later batches too and
-    after the cache is cleared when full (a cache that returned another text's entry would fail here)."""
+def test_each_text_of_a_batch_gets_its_own_language():
+    """A batch of repeated, mixed texts gives each text the language it gets alone, in a later batch too."""
     texts = [
         "A red bicycle leaning against the wall",
         "Ein rotes Fahrrad lehnt an der Wand",
@@ -322,23 +321,11 @@ def test_language_cache_gives_each_text_its_own_language(monkeypatch):
         "un vélo rouge contre le mur",
     ]
     batch = [texts[i] for i in (0, 1, 0, 2, 1, 3, 3, 0)]
-    uncached = [language.LanguageDetector()._predict([text])[0] for text in batch]  # one text at a time
-    assert uncached == ["en", "de", "en", "ru", "de", "fr", "fr", "en"]
-
+    alone = [language.LanguageDetector().detect(text) for text in batch]
+    assert alone == ["en", "de", "en", "ru", "de", "fr", "fr", "en"]
     detector = language.LanguageDetector()
-    predicted = []
-    predict = detector._predict
-    monkeypatch.setattr(detector, "_predict", lambda todo: predicted.append(todo) or predict(todo))
-    assert detector.detect_many(batch) == uncached
-    assert predicted == [texts]  # each distinct text once
-    assert detector.detect_many(batch[::-1]) == uncached[::-1]
-    assert detector.detect_many(batch[3:] + ["ein Fahrrad"]) == uncached[3:] + ["de"]
-    assert predicted[1:] == [["ein Fahrrad"]]  # only the new text
-
-    monkeypatch.setattr(language, "_CACHE_MAX", 3)  # full after every batch: cleared, refilled
-    small = language.LanguageDetector()
-    for part in (batch, batch[::-1], batch[2:5]):
-        assert small.detect_many(part) == [uncached[batch.index(text)] for text in part]
+    assert detector.detect_many(batch) == alone
+    assert detector.detect_many(batch[::-1]) == alone[::-1]
 
 
 def test_normalize_text_fast_path_equals_split_join():

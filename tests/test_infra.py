@@ -249,21 +249,30 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 def test_dockerfile_layout():
+    """A build stage (the full python image: compilers, headers) makes every package a wheel, clipcrawl's own (its C
+    part) last; the slim stage installs them, the locked dependencies before the code so that their layer survives
+    code changes, and runs as a user."""
     steps = instructions(INFRA / "Dockerfile")
-    kinds = [k for k, _ in steps]
-    base = dict(steps)["FROM"]
-    version = re.match(r"python:3\.(\d+)-slim", base)
-    assert version and int(version.group(1)) >= 11, base
-    assert ("WORKDIR", "/opt/clipcrawl") in steps
-    index = {args: i for i, (_, args) in enumerate(steps)}
+    starts = [i for i, (kind, _) in enumerate(steps) if kind == "FROM"]
+    assert len(starts) == 2, starts
+    build, final = steps[: starts[1]], steps[starts[1] :]
+    built = re.fullmatch(r"python:3\.(\d+)-bookworm AS build", build[0][1])
+    version = re.fullmatch(r"python:3\.(\d+)-slim-bookworm", final[0][1])
+    assert built and version and built.group(1) == version.group(1) and int(version.group(1)) >= 11, steps
+    wheels = [a for k, a in build if k == "RUN" and a.startswith("pip wheel ")]
+    assert len(wheels) == 2 and "-r requirements.lock" in wheels[0] and re.search(r"--no-deps \. ", wheels[1])
+    assert build.index(("COPY", "requirements.lock ./")) < build.index(("COPY", ". .")), build
+
+    assert ("WORKDIR", "/opt/clipcrawl") in final
+    index = {args: i for i, (_, args) in enumerate(final)}
     lock_copy, code_copy = index["requirements.lock ./"], index[". ."]
-    lock_install = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "-r requirements.lock" in a)
-    code_install = next(
-        i for i, (k, a) in enumerate(steps) if k == "RUN" and re.search(r"pip install .*--no-deps \.(\s|$)", a)
-    )
-    assert "--no-deps" in steps[lock_install][1]
+    runs = [(i, a) for i, (k, a) in enumerate(final) if k == "RUN" and "from=build" in a]
+    (lock_install, lock_args), (code_install, code_args) = runs
+    assert "--no-deps" in lock_args and "--no-index" in lock_args and "-r requirements.lock" in lock_args
+    assert re.search(r"pip install .*--no-deps .*clipcrawl-\*\.whl", code_args), code_args
     assert lock_copy < lock_install < code_copy < code_install  # the dependency layer survives code changes
-    user = [a for k, a in steps if k == "USER"]
+    kinds = [k for k, _ in final]
+    user = [a for k, a in final if k == "USER"]
     assert user and user[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
     assert kinds.index("USER") > code_install
 
@@ -615,7 +624,7 @@ def test_names_the_flows_and_deployments_rely_on():
 
 
 def test_the_image_install_ships_every_package():
-    """The Dockerfile's `pip install .` (not editable) installs only the packages pyproject.toml lists: every folder
+    """The Dockerfile's wheel of `.` (not editable) holds only the packages pyproject.toml lists: every folder
     of flows/ and tasks/ with an __init__.py must be there (clipcrawl.tasks.takedown once was not)."""
     import tomllib
 

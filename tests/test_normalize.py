@@ -120,7 +120,7 @@ def test_language_detects_real_languages(text, lang):
     assert LanguageDetector().detect(text) == lang
 
 
-def test_language_batch_cache_and_odd_texts():
+def test_language_batch_and_odd_texts():
     texts = [
         "A red bicycle leaning against the wall",
         "Ein rotes Fahrrad lehnt an der Wand",
@@ -134,4 +134,4 @@ def test_language_batch_cache_and_odd_texts():
     first = detector.detect_many(texts * 2)
     assert first[:2] == ["en", "de"] and first == first[: len(texts)] * 2
     assert all(isinstance(code, str) and 2 <= len(code) <= 3 for code in first)
-    assert detector.detect_many(texts) == first[: len(texts)]  # cached: same answers
+    assert detector.detect_many(texts) == first[: len(texts)]  # a later batch: same answers

