@@ -11,7 +11,6 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 COMMON_CRAWL_HTTPS = "https://data.commoncrawl.org"
@@ -137,6 +136,8 @@ def load_config(path: str | Path) -> dict:
     text = Path(path).read_text()
     if str(path).endswith(".toml"):
         return tomllib.loads(text)
+    import yaml  # only for a settings file: not at every import of the settings
+
     return yaml.safe_load(text) or {}
 
 

@@ -8,10 +8,10 @@ import os
 import posixpath
 import uuid
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-import fsspec
-from fsspec.core import url_to_fs
+if TYPE_CHECKING:
+    import fsspec
 
 
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -21,6 +21,8 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     and replace objects, and a listing cached in a long-lived worker would hide them from listdir, make
     exists() answer False, and give a replaced object its old size when it is opened.
     """
+    from fsspec.core import url_to_fs  # imported at first use: a script that reads a file pays it once, not at start
+
     return url_to_fs(uri) if is_local(uri) else url_to_fs(uri, use_listings_cache=False)
 
 
@@ -42,7 +44,10 @@ def is_local(uri: str) -> bool:
 
 
 def open_uri(uri: str, mode: str = "rb", **kwargs) -> IO:
-    """Open a URI for streaming (no compression handling: callers decide)."""
+    """Open a URI for streaming (no compression handling: callers decide). A plain local path is opened by
+    Python itself: the file object fsspec would wrap around it costs a Python call per read."""
+    if "://" not in uri and not kwargs:
+        return open(uri, mode)  # noqa: SIM115 - the caller closes it, as it closes fsspec's
     fs, path = filesystem(uri)
     return fs.open(path, mode, **kwargs)
 

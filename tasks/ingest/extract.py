@@ -31,16 +31,17 @@ from fastwarc.warc import WarcRecordType
 from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.core.status import FileStatus, PairStatus, RecordStatus
 from clipcrawl.tasks.core.uri import open_uri
+from clipcrawl.tasks.ingest import _pairs
 from clipcrawl.tasks.ingest.container import NotWarc, open_stream, records
 from clipcrawl.tasks.ingest.language import LanguageDetector
 from clipcrawl.tasks.ingest.normalize import (
+    _Base,
     is_license_url,
     normalize_text,
-    pair_uid,
-    plain_http_url,
     resolve_base,
     resolve_url,
     unescape_attribute,
+    xxh3_64,
 )
 from clipcrawl.tasks.ingest.page_optout import PageRules
 from clipcrawl.tasks.ingest.warc import cap_tags, is_html, page_links_from_html
@@ -143,62 +144,50 @@ class _PairBuilder:
         self.licenses: list[str | None] = []
         self.detector = LanguageDetector() if settings.detect_language else None
         self.rules = PageRules.of(settings)
+        self._config = (
+            settings.min_alt_length,
+            settings.max_alt_length,
+            unescape_attribute,
+            normalize_text,
+            xxh3_64,
+            PairStatus.NO_ALT.value,
+            PairStatus.ALT_TOO_SHORT.value,
+            PairStatus.ALT_TOO_LONG.value,
+            PairStatus.DUPLICATE.value,
+            PairStatus.UNSUPPORTED_SCHEME.value,
+        )
 
     def add(self, page: PageLinks) -> None:
-        """Normalise one page's links; the loop is the per-link hot path."""
-        drop = self.stats.drop
-        min_len, max_len = self.settings.min_alt_length, self.settings.max_alt_length
-        escaped = page.escaped
-        base = None  # resolved on the first relative src only: most srcs are already absolute
-        seen, uids, urls, texts = self.seen, self.uids, self.urls, self.texts
+        """Normalise one page's links into pairs (the per-link loop is _pairs.c's)."""
         # the page's opt-out or TDM reservation, if any: drops the links that would become pairs
         withheld = self.rules.verdict(page) if page.metas or page.headers else None
-        with_alt = kept = 0
-        for src, alt in page.links:
-            if alt is None:
-                drop(PairStatus.NO_ALT)
-                continue
-            with_alt += 1
-            if escaped and "&" in alt:  # the test first: a call costs more than the search
-                alt = unescape_attribute(alt)
-            text = normalize_text(alt)
-            n = len(text)
-            if n < min_len:
-                drop(PairStatus.ALT_TOO_SHORT)
-                continue
-            if n > max_len:
-                drop(PairStatus.ALT_TOO_LONG)
-                continue
-            if escaped and "&" in src:
-                src = unescape_attribute(src)
-            if plain_http_url(src):
-                url = src
-            else:
-                if base is None:
-                    base = _page_base(page)
-                url, why = resolve_url(src, base)
-                if url is None:
-                    drop(why)
-                    continue
-            if withheld is not None:  # not `seen`: the same pair on a page that does not opt out is kept
-                drop(withheld)
-                continue
-            uid = pair_uid(url, text)
-            if uid in seen:
-                drop(PairStatus.DUPLICATE)
-                continue
-            seen.add(uid)
-            uids.append(uid)
-            urls.append(url)
-            texts.append(text)
-            kept += 1
+        base = []  # the page's base, resolved on the first relative src only: most srcs are already absolute
+
+        def page_base() -> _Base:
+            if not base:
+                base.append(_page_base(page))
+            return base[0]
+
+        with_alt, kept = _pairs.add(
+            page.links,
+            page.escaped,
+            page_base,
+            lambda src: resolve_url(src, page_base()),
+            None if withheld is None else withheld.value,
+            self.seen,
+            self.uids,
+            self.urls,
+            self.texts,
+            self.stats.dropped,
+            self._config,
+        )
         self.stats.img_links += len(page.links)
         self.stats.with_alt += with_alt
         if kept:
             self.pages.extend([page.page_url] * kept)
             license = None
             if page.license_links:
-                license = page_license(page, base if base is not None else _page_base(page))
+                license = page_license(page, page_base())
             self.licenses.extend([license] * kept)
             self.stats.kept += kept
 
@@ -227,7 +216,7 @@ class _PairBuilder:
         return batch
 
 
-def _page_base(page: PageLinks):
+def _page_base(page: PageLinks) -> _Base:
     base_href = page.base_href
     if page.escaped and base_href:
         base_href = unescape_attribute(base_href)

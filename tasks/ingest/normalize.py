@@ -261,7 +261,7 @@ def pair_uid(url: str, text: str) -> int:
     XXH3 is a fixed, documented algorithm (xxhash >= 1.0 gives the same value on every
     platform), cheaper than blake2b here; the id only needs to be stable and well mixed.
     """
-    return _xxh3_64(f"{url}\n{text}".encode("utf-8", "surrogatepass"))
+    return xxh3_64(f"{url}\n{text}".encode("utf-8", "surrogatepass"))
 
 
-_xxh3_64 = xxhash.xxh3_64_intdigest
+xxh3_64 = xxhash.xxh3_64_intdigest  # also _pairs.c's, for the same uid

@@ -10,8 +10,11 @@ named by its name, else its http-equiv), and its response headers HTTP-Response-
 ({name: value}, names as sent; a repeated header's values are a list): both are read only for the names
 a caller asks for (page opt-outs), at most MAX_PAGE_METAS of each per page.
 
-Speed: the JSON is decoded by msgspec into the few typed fields below; everything
-else (Container, the links' "text", ...) is validated and skipped
+Speed: the regular record (well-formed, no opt-out names mentioned) is read by a fast path in C
+(`_watjson.c`), which builds Python objects only for the page's URL, base, status, img links and license
+candidates: the other <a> links, most of a page's, cost no object at all. Every other record, and any the fast
+path does not read exactly as msgspec would, goes to `page_links_msgspec`: the JSON is decoded by msgspec
+into the few typed fields below; everything else (Container, the links' "text", ...) is validated and skipped
 without building Python objects, faster than a full orjson.loads. Link fields
 stay `Any` so a link that is not an img may hold anything, as with a plain decode.
 Head.Link is kept undecoded (msgspec.Raw) and read only on pages that mention
@@ -28,6 +31,8 @@ import functools
 from typing import Any, NamedTuple
 
 import msgspec
+
+from clipcrawl.tasks.ingest import _watjson
 
 IMG_MARKER = b'"IMG@/src"'
 RESPONSE_MARKER = b'"HTTP-Response-Metadata"'
@@ -146,7 +151,21 @@ def page_links_from_wat(
     """The img links of a WAT record's JSON payload; None when it describes no HTML response.
 
     `meta_names` and `header_names` (lowercase): the <meta> tags and response headers to collect.
+    The regular record is read by the C fast path; any other by msgspec (`page_links_msgspec`).
     """
+    page = _watjson.page(payload, _encoded(meta_names), _encoded(header_names), is_license_rel)
+    if page is False:
+        return page_links_msgspec(payload, meta_names, header_names)
+    if page is None:
+        return None
+    page_url, base, status, links, license_links = page
+    return PageLinks(page_url, base, status, links, True, license_links)
+
+
+def page_links_msgspec(
+    payload: bytes, meta_names: frozenset[str] = frozenset(), header_names: frozenset[str] = frozenset()
+) -> PageLinks | None:
+    """page_links_from_wat for every record: decoded by msgspec, the reason of a malformed one said."""
     try:
         envelope = _DECODER.decode(payload).Envelope
     except msgspec.ValidationError as exc:
