@@ -146,3 +146,30 @@ def test_texts_must_be_a_list_of_str(models):
         ours.predict(["fine", b"not text"], 200)
     with pytest.raises(TypeError):
         ours.predict(("a tuple",), 200)
+
+
+def crafted(labels: int, counts: int = 10, input_matrix: bytes | None = None, out_value: float = 0.0) -> bytes:
+    """A tiny supervised model file of fastText's format (version 12, hierarchical softmax, dim 1): one word,
+    `labels` labels of count `counts` each, dense matrices unless `input_matrix` says otherwise."""
+    head = struct.pack("<ii", 793712314, 12) + struct.pack("<12id", 1, 5, 5, 1, 5, 1, 1, 3, 1, 0, 0, 100, 1e-4)
+    prune = 0 if input_matrix is not None else -1
+    words = struct.pack("<iiiqq", 1 + labels, 1, labels, 100, prune) + b"hello\0" + struct.pack("<qb", 1, 0)
+    words += b"".join(b"__label__%d\0" % i + struct.pack("<qb", counts, 1) for i in range(labels))
+    dense = input_matrix or b"\0" + struct.pack("<qq", 2 + labels, 1) + struct.pack("<f", 1.0) * (2 + labels)
+    return (
+        head + words + dense + b"\0" + struct.pack("<qq", labels - 1, 1) + struct.pack("<f", out_value) * (labels - 1)
+    )
+
+
+def test_crafted_model_files_fail_with_the_reason_or_predict_without_harm():
+    """A label count the Huffman tree cannot order, a quantised matrix whose row count overflows, and a tree that
+    is a chain as deep as its 300,000 labels (each once read out of bounds, or crashed the process)."""
+    assert _lid.Model(crafted(3)).predict(["hello world"], 200) in (["0"], ["1"], ["2"])
+    with pytest.raises(ValueError, match="a label count out of range"):
+        _lid.Model(crafted(3, counts=2 * 10**15))
+    rows = 2**62 + 1  # x 4 sub-quantisers: 4 bytes of codes, modulo 2**64
+    quantised = b"\1\0" + struct.pack("<qqi", rows, 4, 4) + bytes(4) + struct.pack("<iiii", 4, 4, 1, 1) + bytes(4096)
+    with pytest.raises(ValueError, match="not a readable fastText model"):
+        _lid.Model(crafted(2, input_matrix=quantised))
+    chain = _lid.Model(crafted(300_000, counts=0, out_value=-100.0))
+    assert chain.predict(["hello world"], 200)[0] in chain.labels

@@ -102,7 +102,8 @@ CASES = [
     (json.dumps(doc(**{"Response-Message": "HTTP/1.1 200"})).encode(), True),
     (json.dumps(doc(**{"Response-Message": {"Reason": "\ud800"}})).encode(), False),
     (json.dumps(doc(**{"Response-Message": {"Reas\u00f6n": "ok"}})).encode().replace(b"\xc3\xb6", b"\xff"), False),
-    (json.dumps(doc()).encode().replace(b'"Base": "/x/"', b'"Base": {"a": [1, 2e5, true]}'), True),
+    (json.dumps(doc()).encode().replace(b'"Base": "/x/"', b'"Base": {"a": [1, -2.5, true, null]}'), True),
+    (json.dumps(doc()).encode().replace(b'"Base": "/x/"', b'"Base": [2e5]'), False),  # an exponent: msgspec's
     (json.dumps(doc()).encode().replace(b'"Base": "/x/"', b'"Base": "/x/", "Base": "/y/"'), False),
     (json.dumps(doc()).encode().replace(b'"Status"', b'"Stat\\u0075s"'), False),
     (json.dumps(doc()).encode() + b"x", False),
@@ -136,6 +137,18 @@ CASES = [
     (json.dumps({"Envelope": {"Payload-Metadata": {"HTTP-Request-Metadata": {}}}}).encode(), True),  # None
     (json.dumps({"Envelope": {"Payload-Metadata": doc()["Envelope"]["Payload-Metadata"]}}).encode(), False),
     (json.dumps({"Envelope": {"WARC-Header-Metadata": {"WARC-Target-URI": PAGE}}}).encode(), False),
+    (
+        json.dumps(doc(**{"Response-Message": {"Status": 200, "Reason": "@N@"}})).encode().replace(b'"@N@"', b"1e309"),
+        False,
+    ),
+    (json.dumps(doc()).encode().replace(b'"Base": "/x/"', b'"Base": ' + b"1" * 4301), False),
+    (links(IMG, {"path": "SCRIPT@/src", "url": 1}).replace(b'"url": 1}', b'"url": -1e309}'), False),
+    (links(IMG, {"path": "A@/href", "url": "x", "title": 1}).replace(b'"title": 1}', b'"title": 1e309}'), True),
+    (license_page([], [LINK_CC, {"path": "LINK@/href", "alt": 1}]).replace(b'"alt": 1}', b'"alt": 1e309}'), False),
+    (
+        json.dumps(doc()).encode().replace(b'"WARC-Target-URI":', b'"WARC-Target-URI": "x", "WARC-Target-URI":', 1),
+        False,
+    ),
     (b"[]", False),
     (b"", False),
 ]

@@ -21,6 +21,7 @@
 
 #define FT_MAGIC 793712314
 #define KSUB 256
+#define MAX_DECODED ((int64_t)1 << 30) /* bytes of floats a quantised matrix may decode to */
 #define LOSS_HS 1
 #define MODEL_SUP 3
 #define LABEL_PREFIX "__label__"
@@ -40,6 +41,11 @@ static int take(Reader *r, void *out, size_t n) {
     r->p += n;
     return 0;
 }
+
+typedef struct {
+    int32_t node;
+    float score;
+} Visit;
 
 typedef struct {
     int64_t m, n;
@@ -65,6 +71,7 @@ typedef struct {
     uint32_t prune_mask;
     Matrix in, out;   /* input rows: alpha folded in at load (fastText adds alpha * centroid) */
     int32_t *left, *right;  /* the Huffman tree over the labels (nodes nlabels.. are internal) */
+    Visit *stack; /* dfs's: one entry per node at most */
     int32_t eos;
     float log_threshold;
     PyObject *labels; /* tuple of str: the label names without the "__label__" prefix */
@@ -161,23 +168,29 @@ typedef struct {
     int32_t node; /* -1: none yet */
 } Best;
 
-/* HierarchicalSoftmaxLoss::dfs with k = 1: the same visiting order, pruning and tie rule (a later leaf with an
-   equal score wins), so the same label as fastText. */
-static void dfs(const Model *m, int32_t node, float score, const float *hidden, Best *best) {
-    if (score < m->log_threshold) return;
-    if (best->node >= 0 && score < best->score) return;
-    if (m->left[node] == -1 && m->right[node] == -1) {
-        best->score = score, best->node = node;
-        return;
+/* HierarchicalSoftmaxLoss::dfs with k = 1: the same visiting order (left subtree first), pruning and tie rule (a
+   later leaf with an equal score wins), so the same label as fastText; a stack of its own in place of the
+   recursion (a tree of a crafted file may be a chain as deep as its labels). */
+static void dfs(const Model *m, const float *hidden, Visit *stack, Best *best) {
+    size_t top = 0;
+    stack[top++] = (Visit){2 * m->nlabels - 2, 0.0f};
+    while (top > 0) {
+        Visit v = stack[--top];
+        if (v.score < m->log_threshold) continue;
+        if (best->node >= 0 && v.score < best->score) continue;
+        if (m->left[v.node] == -1 && m->right[v.node] == -1) {
+            best->score = v.score, best->node = v.node;
+            continue;
+        }
+        const int64_t row = v.node - m->nlabels;
+        const float *w = m->out.rows + row * m->out.n;
+        float f = 0.0f;
+        for (int64_t j = 0; j < m->out.n; j++) f += w[j] * hidden[j];
+        if (m->out.alpha) f *= m->out.alpha[row];
+        f = (float)(1. / (1.0f + expf(-f)));
+        stack[top++] = (Visit){m->right[v.node], v.score + std_log(f)};
+        stack[top++] = (Visit){m->left[v.node], v.score + std_log((float)(1.0 - f))};
     }
-    const int64_t row = node - m->nlabels;
-    const float *w = m->out.rows + row * m->out.n;
-    float f = 0.0f;
-    for (int64_t j = 0; j < m->out.n; j++) f += w[j] * hidden[j];
-    if (m->out.alpha) f *= m->out.alpha[row];
-    f = (float)(1. / (1.0f + expf(-f)));
-    dfs(m, m->left[node], score + std_log((float)(1.0 - f)), hidden, best);
-    dfs(m, m->right[node], score + std_log(f), hidden, best);
 }
 
 /* The label of one UTF-8 text (at most the caller's characters), or -1 when fastText predicts none. */
@@ -205,7 +218,7 @@ static int predict_one(const Model *m, const uint8_t *s, size_t len, Ids *ids, u
     const float scale = (float)(1.0 / (double)ids->n);
     for (int j = 0; j < dim; j++) hidden[j] *= scale;
     Best best = {0.0f, -1};
-    dfs(m, 2 * m->nlabels - 2, 0.0f, hidden, &best);
+    dfs(m, hidden, m->stack, &best);
     if (best.node < 0) return -1;
     *prob = expf(best.score);
     return best.node;
@@ -247,6 +260,7 @@ static PyObject *predict(Model *m, PyObject *const *args, Py_ssize_t nargs, int 
     uint8_t *bow = NULL;
     size_t bow_cap = 0;
     float *hidden = PyMem_Malloc(sizeof(float) * m->dim);
+    if (hidden == NULL) PyErr_NoMemory();
     if (result == NULL || hidden == NULL) goto fail;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *text = PyList_GET_ITEM(texts, i);
@@ -262,6 +276,7 @@ static PyObject *predict(Model *m, PyObject *const *args, Py_ssize_t nargs, int 
             bow_cap = (size_t)n + 2;
             uint8_t *b = PyMem_Realloc(bow, bow_cap);
             if (b == NULL) {
+                PyErr_NoMemory();
                 Py_DECREF(holder);
                 goto fail;
             }
@@ -328,9 +343,9 @@ static int load_matrix(Reader *r, int quantised, int fold_alpha, Matrix *out) {
     }
     r->p += codesize;
     if (take(r, &dim, 4) || take(r, &nsubq, 4) || take(r, &dsub, 4) || take(r, &lastdsub, 4)) return -1;
-    if (out->n <= 0 || out->n > 4096 || dim != out->n || nsubq <= 0 || dsub <= 0 || lastdsub <= 0 ||
-        (int64_t)(nsubq - 1) * dsub + lastdsub != dim || out->m < 0 || (int64_t)codesize != out->m * nsubq ||
-        (int64_t)dim * KSUB * 4 > r->end - r->p) {
+    if (out->n <= 0 || out->n > 4096 || dim != out->n || nsubq <= 0 || nsubq > dim || dsub <= 0 || lastdsub <= 0 ||
+        (int64_t)(nsubq - 1) * dsub + lastdsub != dim || out->m < 0 || out->m > codesize ||
+        (int64_t)codesize != out->m * nsubq || (int64_t)dim * KSUB * 4 > r->end - r->p) {
         r->why = "inconsistent product quantiser";
         return -1;
     }
@@ -352,6 +367,10 @@ static int load_matrix(Reader *r, int quantised, int fold_alpha, Matrix *out) {
             return -1;
         }
         if (take(r, norm_centroids, sizeof(norm_centroids))) return -1;
+    }
+    if (out->m * out->n > MAX_DECODED / 4) { /* a few MB of codes may stand for many GB of floats */
+        r->why = "a quantised matrix that decodes to over 1 GiB";
+        return -1;
     }
     out->rows = PyMem_Malloc(sizeof(float) * out->m * out->n);
     if (out->rows == NULL) return -2;
@@ -457,7 +476,14 @@ static int load(Model *m, Reader *r) {
             r->why = "words and labels out of order";
             return -1;
         }
-        if (i >= m->nwords) counts[i - m->nwords] = count;
+        if (i >= m->nwords) {
+            if (count < 0 || count >= (int64_t)1e15) { /* the tree's internal nodes start at 1e15 (buildTree) */
+                PyMem_Free(counts);
+                r->why = "a label count out of range";
+                return -1;
+            }
+            counts[i - m->nwords] = count;
+        }
         if (find_word(m, (const uint8_t *)m->word[i], m->word_len[i]) >= 0) {
             PyMem_Free(counts);
             r->why = "a word listed twice";
@@ -550,7 +576,8 @@ static int load(Model *m, Reader *r) {
     int64_t *count = PyMem_Malloc(sizeof(int64_t) * nodes);
     m->left = PyMem_Malloc(sizeof(int32_t) * nodes);
     m->right = PyMem_Malloc(sizeof(int32_t) * nodes);
-    if (!err && (!count || !m->left || !m->right)) err = -2;
+    m->stack = PyMem_Malloc(sizeof(Visit) * (nodes + 1));
+    if (!err && (!count || !m->left || !m->right || !m->stack)) err = -2;
     if (!err) {
         for (int32_t i = 0; i < nodes; i++) count[i] = i < osz ? counts[i] : (int64_t)1e15, m->left[i] = m->right[i] = -1;
         int32_t leaf = osz - 1, node = osz;
@@ -594,6 +621,7 @@ static void Model_dealloc(Model *m) {
     PyMem_Free(m->out.alpha);
     PyMem_Free(m->left);
     PyMem_Free(m->right);
+    PyMem_Free(m->stack);
     Py_XDECREF(m->labels);
     Py_TYPE(m)->tp_free((PyObject *)m);
 }

@@ -216,11 +216,15 @@ static int add_one(Ctx *c, PyObject *src, PyObject *alt) {
     if (c->escaped && has_amp(alt)) {
         Py_SETREF(alt, PyObject_CallOneArg(cfg[UNESCAPE], alt));
         if (alt == NULL) goto done;
+        if (!PyUnicode_Check(alt)) {
+            PyErr_SetString(PyExc_TypeError, "unescape_attribute must return str");
+            goto done;
+        }
     }
     text = normalised(alt) ? Py_NewRef(alt) : PyObject_CallOneArg(cfg[NORMALIZE], alt);
     if (text == NULL) goto done;
-    if (!PyUnicode_Check(text) || !PyUnicode_Check(alt)) {
-        PyErr_SetString(PyExc_TypeError, "unescape_attribute and normalize_text must return str");
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "normalize_text must return str");
         goto done;
     }
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
@@ -255,6 +259,11 @@ static int add_one(Ctx *c, PyObject *src, PyObject *alt) {
                 goto done;
             }
             url = Py_NewRef(PyTuple_GET_ITEM(resolved, 0));
+            if (url != Py_None && !PyUnicode_Check(url)) {
+                Py_DECREF(resolved);
+                PyErr_SetString(PyExc_TypeError, "resolve() must return (url or None, status)");
+                goto done;
+            }
             if (url == Py_None) {
                 why = PyObject_GetAttrString(PyTuple_GET_ITEM(resolved, 1), "value");
                 Py_DECREF(resolved);

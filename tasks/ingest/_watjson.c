@@ -201,6 +201,9 @@ static PyObject *to_str(Scan *s, const Str *str) {
     return out;
 }
 
+/* A number, by JSON's grammar. One msgspec decodes (`validate`) is left to it unless it is a plain one: an
+   exponent or hundreds of digits may overflow a float or pass Python's limit on an int's digits, where msgspec
+   raises. */
 static int skip_number(Scan *s) {
     const char *p = s->p, *end = s->end;
     if (p < end && *p == '-') p++;
@@ -219,7 +222,9 @@ static int skip_number(Scan *s) {
         if (p < end && (*p == '+' || *p == '-')) p++;
         if (p >= end || *p < '0' || *p > '9') return BAIL;
         while (p < end && *p >= '0' && *p <= '9') p++;
+        if (s->validate) return BAIL;
     }
+    if (s->validate && p - s->p > 300) return BAIL;
     s->p = p;
     return 0;
 }
@@ -368,10 +373,12 @@ static int link_member(Scan *s, const Str *key, void *state) {
     return *kind < 0 ? BAIL : 0;
 }
 
+/* 1 when the link's path is `name`, 0 when not, -1 out of memory (the record goes to msgspec). */
 static int is_path(Scan *s, const Link *link, const char *name) {
     size_t n;
     const char *path = unescaped(s, &link->path, &n);
-    return path != NULL && n == strlen(name) && memcmp(path, name, n) == 0;
+    if (path == NULL) return -1;
+    return n == strlen(name) && memcmp(path, name, n) == 0;
 }
 
 static int link_element(Scan *s, void *state) {
@@ -380,7 +387,9 @@ static int link_element(Scan *s, void *state) {
     if (object(s, link_member, &link) || TWICE(&link)) return BAIL;
     if (link.path_kind != 1) return 0;
     if (link.url_kind == 0) link.url = (Str){"", 0, 0}; /* msgspec's default: "" */
-    if (page->marker && link.url_kind <= 1 && is_path(s, &link, A_PATH)) {
+    int anchor = page->marker && link.url_kind <= 1 ? is_path(s, &link, A_PATH) : 0;
+    if (anchor < 0) return BAIL;
+    if (anchor) {
         if (link.rel_kind == 3) return BAIL; /* a rel that is no string: msgspec's path keeps it as decoded */
         if (page->n_anchors == page->anchors_cap) {
             size_t cap = page->anchors_cap ? 2 * page->anchors_cap : 64;
@@ -391,7 +400,8 @@ static int link_element(Scan *s, void *state) {
         page->anchors[page->n_anchors++] = (Anchor){link.url, link.rel, link.rel_kind};
         return 0;
     }
-    if (!is_path(s, &link, IMG_PATH)) return 0;
+    int img = is_path(s, &link, IMG_PATH);
+    if (img <= 0) return img < 0 ? BAIL : 0;
     if (link.url_kind == 2 || link.url_kind == 3 || link.alt_kind == 3) return BAIL; /* msgspec's path says why */
     PyObject *url = link.url_kind == 1 ? to_str(s, &link.url) : PyUnicode_FromStringAndSize("", 0);
     if (url == NULL) return BAIL;
@@ -517,6 +527,7 @@ static int header_member(Scan *s, const Str *key, void *state) {
     if (KEY("WARC-Target-URI", 0)) {
         Str str;
         if (s->p >= s->end || *s->p != '"' || scan_string(s, &str)) return BAIL;
+        Py_CLEAR(st->page->page_url); /* written twice: the record goes to msgspec, the first is not kept */
         st->page->page_url = to_str(s, &str);
         return st->page->page_url == NULL ? BAIL : 0;
     }
