@@ -206,6 +206,18 @@ static int resolve_common(Ctx *c, PyObject *src, PyObject **url, PyObject **why)
     return 1;
 }
 
+/* A WAT value (written as in the page) with its character references decoded, in place; -1 on error. */
+static int unescape(Ctx *c, PyObject **value) {
+    if (!c->escaped || !has_amp(*value)) return 0;
+    Py_SETREF(*value, PyObject_CallOneArg(c->cfg[UNESCAPE], *value));
+    if (*value == NULL) return -1;
+    if (!PyUnicode_Check(*value)) {
+        PyErr_SetString(PyExc_TypeError, "unescape_attribute must return str");
+        return -1;
+    }
+    return 0;
+}
+
 /* One link: 1 kept, 0 dropped (counted), -1 error. Takes no reference of src or alt. */
 static int add_one(Ctx *c, PyObject *src, PyObject *alt) {
     PyObject *const *cfg = c->cfg;
@@ -213,14 +225,7 @@ static int add_one(Ctx *c, PyObject *src, PyObject *alt) {
     int result = -1;
     Py_INCREF(alt);
     Py_INCREF(src);
-    if (c->escaped && has_amp(alt)) {
-        Py_SETREF(alt, PyObject_CallOneArg(cfg[UNESCAPE], alt));
-        if (alt == NULL) goto done;
-        if (!PyUnicode_Check(alt)) {
-            PyErr_SetString(PyExc_TypeError, "unescape_attribute must return str");
-            goto done;
-        }
-    }
+    if (unescape(c, &alt)) goto done;
     text = normalised(alt) ? Py_NewRef(alt) : PyObject_CallOneArg(cfg[NORMALIZE], alt);
     if (text == NULL) goto done;
     if (!PyUnicode_Check(text)) {
@@ -232,14 +237,7 @@ static int add_one(Ctx *c, PyObject *src, PyObject *alt) {
         result = drop(c->dropped, cfg[n < c->min_len ? TOO_SHORT : TOO_LONG]) ? -1 : 0;
         goto done;
     }
-    if (c->escaped && has_amp(src)) {
-        Py_SETREF(src, PyObject_CallOneArg(cfg[UNESCAPE], src));
-        if (src == NULL) goto done;
-        if (!PyUnicode_Check(src)) {
-            PyErr_SetString(PyExc_TypeError, "unescape_attribute must return str");
-            goto done;
-        }
-    }
+    if (unescape(c, &src)) goto done;
     if (plain_http(src)) {
         url = Py_NewRef(src);
     } else {

@@ -237,18 +237,40 @@ static int literal(Scan *s, const char *word, size_t n) {
     return 0;
 }
 
-/* Object members: calls `member` for each key, at its value; returns 0 at the closing brace. */
+/* At an object's or array's opening character: 1 when it closes right away, 0 when items follow, BAIL. */
+static int open_container(Scan *s, char open, char close) {
+    if (s->p >= s->end || *s->p != open || ++s->depth > MAX_DEPTH) return BAIL;
+    s->p++;
+    skip_ws(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++, s->depth--;
+        return 1;
+    }
+    return 0;
+}
+
+/* After an item: 1 at a comma (another follows), 0 at the closing character (the container ends), BAIL. */
+static int next_item(Scan *s, char close) {
+    skip_ws(s);
+    if (s->p >= s->end) return BAIL;
+    if (*s->p == ',') {
+        s->p++;
+        skip_ws(s);
+        return 1;
+    }
+    if (*s->p != close) return BAIL;
+    s->p++, s->depth--;
+    return 0;
+}
+
+/* Object members: calls `member` for each key, at its value (NULL: skips the values). */
 typedef int (*Member)(Scan *s, const Str *key, void *state);
 
 static int object(Scan *s, Member member, void *state) {
-    if (s->p >= s->end || *s->p != '{' || ++s->depth > MAX_DEPTH) return BAIL;
-    s->p++;
-    skip_ws(s);
-    if (s->p < s->end && *s->p == '}') {
-        s->p++, s->depth--;
-        return 0;
-    }
-    for (;;) {
+    int opened = open_container(s, '{', '}');
+    if (opened != 0) return opened < 0 ? BAIL : 0;
+    int more = 1;
+    while (more > 0) {
         Str key;
         if (s->p >= s->end || *s->p != '"' || scan_string(s, &key)) return BAIL;
         skip_ws(s);
@@ -256,42 +278,23 @@ static int object(Scan *s, Member member, void *state) {
         s->p++;
         skip_ws(s);
         if ((member ? member(s, &key, state) : skip_value(s))) return BAIL;
-        skip_ws(s);
-        if (s->p >= s->end) return BAIL;
-        if (*s->p == ',') {
-            s->p++;
-            skip_ws(s);
-            continue;
-        }
-        if (*s->p != '}') return BAIL;
-        s->p++, s->depth--;
-        return 0;
+        more = next_item(s, '}');
     }
+    return more;
 }
 
+/* Array elements: calls `element` at each (NULL: skips them). */
 typedef int (*Element)(Scan *s, void *state);
 
 static int array(Scan *s, Element element, void *state) {
-    if (s->p >= s->end || *s->p != '[' || ++s->depth > MAX_DEPTH) return BAIL;
-    s->p++;
-    skip_ws(s);
-    if (s->p < s->end && *s->p == ']') {
-        s->p++, s->depth--;
-        return 0;
-    }
-    for (;;) {
+    int opened = open_container(s, '[', ']');
+    if (opened != 0) return opened < 0 ? BAIL : 0;
+    int more = 1;
+    while (more > 0) {
         if ((element ? element(s, state) : skip_value(s))) return BAIL;
-        skip_ws(s);
-        if (s->p >= s->end) return BAIL;
-        if (*s->p == ',') {
-            s->p++;
-            skip_ws(s);
-            continue;
-        }
-        if (*s->p != ']') return BAIL;
-        s->p++, s->depth--;
-        return 0;
+        more = next_item(s, ']');
     }
+    return more;
 }
 
 static int skip_value(Scan *s) {
@@ -424,6 +427,20 @@ typedef struct {
     Page *page;
 } Level;
 
+/* An object read by `member` for the page; `required`: the bits of the keys it must hold. */
+static int nested(Scan *s, Page *page, Member member, int required) {
+    Level level = {0, page};
+    return object(s, member, &level) || TWICE(&level) || (level.seen & required) != required ? BAIL : 0;
+}
+
+/* A value kept as its raw JSON (where it starts and ends in the payload). */
+static int raw(Scan *s, const char **start, const char **end) {
+    *start = s->p;
+    if (skip_value(s)) return BAIL;
+    *end = s->p;
+    return 0;
+}
+
 static int head_member(Scan *s, const Str *key, void *state) {
     Level *st = state;
     if (KEY("Base", 0)) {
@@ -436,27 +453,14 @@ static int head_member(Scan *s, const Str *key, void *state) {
         }
         return skip_decoded(s); /* not a string: no base */
     }
-    if (KEY("Metas", 1)) {
-        st->page->metas = s->p;
-        if (skip_value(s)) return BAIL;
-        st->page->metas_end = s->p;
-        return 0;
-    }
-    if (KEY("Link", 2)) {
-        st->page->head_links = s->p;
-        if (skip_value(s)) return BAIL;
-        st->page->head_links_end = s->p;
-        return 0;
-    }
+    if (KEY("Metas", 1)) return raw(s, &st->page->metas, &st->page->metas_end);
+    if (KEY("Link", 2)) return raw(s, &st->page->head_links, &st->page->head_links_end);
     return skip_value(s);
 }
 
 static int html_member(Scan *s, const Str *key, void *state) {
     Level *st = state;
-    if (KEY("Head", 0)) {
-        Level head = {0, st->page};
-        return object(s, head_member, &head) || TWICE(&head) ? BAIL : 0;
-    }
+    if (KEY("Head", 0)) return nested(s, st->page, head_member, 0);
     if (KEY("Links", 1)) return array(s, link_element, st->page);
     return skip_value(s);
 }
@@ -498,16 +502,10 @@ static int http_member(Scan *s, const Str *key, void *state) {
         }
         return skip_decoded(s); /* message["Status"] of a non-object: no status */
     }
-    if (KEY("Headers", 1)) {
-        st->page->headers = s->p;
-        if (skip_value(s)) return BAIL;
-        st->page->headers_end = s->p;
-        return 0;
-    }
+    if (KEY("Headers", 1)) return raw(s, &st->page->headers, &st->page->headers_end);
     if (KEY("HTML-Metadata", 2)) {
-        Level html = {0, st->page};
         st->page->has_html = 1;
-        return object(s, html_member, &html) || TWICE(&html) ? BAIL : 0;
+        return nested(s, st->page, html_member, 0);
     }
     return skip_value(s);
 }
@@ -515,9 +513,8 @@ static int http_member(Scan *s, const Str *key, void *state) {
 static int payload_member(Scan *s, const Str *key, void *state) {
     Level *st = state;
     if (KEY("HTTP-Response-Metadata", 0)) {
-        Level http = {0, st->page};
         st->page->has_http = 1;
-        return object(s, http_member, &http) || TWICE(&http) ? BAIL : 0;
+        return nested(s, st->page, http_member, 0);
     }
     return skip_value(s);
 }
@@ -536,23 +533,14 @@ static int header_member(Scan *s, const Str *key, void *state) {
 
 static int envelope_member(Scan *s, const Str *key, void *state) {
     Level *st = state;
-    if (KEY("WARC-Header-Metadata", 0)) {
-        Level header = {0, st->page};
-        return object(s, header_member, &header) || TWICE(&header) || !(header.seen & 1) ? BAIL : 0;
-    }
-    if (KEY("Payload-Metadata", 1)) {
-        Level payload = {0, st->page};
-        return object(s, payload_member, &payload) || TWICE(&payload) ? BAIL : 0;
-    }
+    if (KEY("WARC-Header-Metadata", 0)) return nested(s, st->page, header_member, 1); /* WARC-Target-URI */
+    if (KEY("Payload-Metadata", 1)) return nested(s, st->page, payload_member, 0);
     return skip_value(s);
 }
 
 static int root_member(Scan *s, const Str *key, void *state) {
     Level *st = state;
-    if (KEY("Envelope", 0)) {
-        Level envelope = {0, st->page};
-        return object(s, envelope_member, &envelope) || TWICE(&envelope) || !(envelope.seen & 2) ? BAIL : 0;
-    }
+    if (KEY("Envelope", 0)) return nested(s, st->page, envelope_member, 2); /* Payload-Metadata */
     return skip_value(s);
 }
 
