@@ -14,7 +14,9 @@ RecordStatus reason, or malformed (anything that stops reading it stops only it)
 
 Speed: WAT records that cannot hold an img link (requests, WARC metadata, responses
 without images: most of a WAT) are skipped by a bytes search before any JSON parsing;
-license links are only looked for on pages that mention creativecommons.org. The
+license links are only looked for on pages that mention creativecommons.org. The WAT
+JSON (wat.py), the per-link loop (`_PairBuilder.add`) and language id are C extensions
+(`_watjson.c`, `_pairs.c`, `_lid.c`), each tested against the Python it stands for. The
 figures are in docs/benchmarks.md.
 """
 

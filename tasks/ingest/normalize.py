@@ -242,7 +242,8 @@ def plain_http_url(src: str) -> bool:
 
     The common case (most img srcs): no base needed, no cleanup. Leading whitespace
     fails the pattern; `isprintable` rules out tabs/newlines anywhere and other
-    trailing whitespace but a space, checked last.
+    trailing whitespace but a space, checked last. Extraction runs it in C (`_pairs.c`'s
+    `plain_http`); this is the rule's statement, which tests/test_pairs.py checks that one against.
     """
     return _PLAIN_HTTP.match(src) is not None and src[-1] != " " and src.isprintable()
 
