@@ -250,7 +250,7 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 def test_dockerfile_layout():
     """A build stage (the full python image: compilers, headers) makes every package a wheel, clipcrawl's own (its C
-    part) last; the slim stage installs them, the locked dependencies before the code so that their layer survives
+    parts) last; the slim stage installs them, the locked dependencies before the code so that their layer survives
     code changes, and runs as a user."""
     steps = instructions(INFRA / "Dockerfile")
     starts = [i for i, (kind, _) in enumerate(steps) if kind == "FROM"]

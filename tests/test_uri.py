@@ -31,10 +31,10 @@ def test_join_and_name_keep_schemes():
 
 
 def test_open_uri_reads_a_local_file_by_path_uri_or_home(tmp_path, monkeypatch):
-    """A plain path is opened by Python itself; file:// and ~ (expanded, as fsspec expands it) read the same."""
+    """A plain path is opened by Python itself; file://, file: and ~ (expanded, as fsspec expands it) read the same."""
     (tmp_path / "a.txt").write_bytes(b"local bytes")
     monkeypatch.setenv("HOME", str(tmp_path))
-    for uri in (str(tmp_path / "a.txt"), f"file://{tmp_path}/a.txt", "~/a.txt"):
+    for uri in (str(tmp_path / "a.txt"), f"file://{tmp_path}/a.txt", f"file:{tmp_path}/a.txt", "~/a.txt"):
         with open_uri(uri) as f:
             assert f.read() == b"local bytes", uri
     with open_uri(str(tmp_path / "a.txt"), "r") as f:

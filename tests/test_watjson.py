@@ -132,7 +132,22 @@ CASES = [
     (license_page([], [LINK_CC, "not an object"]), False),
     (license_page([], [LINK_CC | {"title": "\ud800"}]), False),
     (license_page([A_CC], []).replace(b"creativecommons.org/licenses", b"creativecommons.org/\\u006cicenses"), True),
-    (json.dumps(doc(Headers={"X-Robots-Tag": "noai"})).encode(), False),
+    (json.dumps(doc(Headers={"X-Robots-Tag": "noai"})).encode(), True),
+    (json.dumps(doc(Headers={"X-Robots-Tag": ["noai", "noimageai"], "TDM-Reservation": "1"})).encode(), True),
+    (json.dumps(doc(Headers={"X-Robots-Tag": 5})).encode(), True),
+    (
+        json.dumps(doc())
+        .encode()
+        .replace(b'"Title": "a page"', b'"Title": "a page", "Metas": [{"name": "ROBOTS", "content": "noai"}]'),
+        True,
+    ),
+    (
+        json.dumps(doc())
+        .encode()
+        .replace(b'"Title": "a page"', b'"Title": "a page", "Metas": [{"name": "robots"}, 5, null]'),
+        True,
+    ),
+    (json.dumps(doc()).encode().replace(b'"Title": "a page"', b'"Title": "a page", "Metas": {"robots": 1}'), True),
     (json.dumps(doc(Headers={"X-Other": "noai"})).encode(), True),
     (json.dumps({"Envelope": {"Payload-Metadata": {"HTTP-Request-Metadata": {}}}}).encode(), True),  # None
     (json.dumps({"Envelope": {"Payload-Metadata": doc()["Envelope"]["Payload-Metadata"]}}).encode(), False),

@@ -46,7 +46,7 @@ def is_local(uri: str) -> bool:
 def open_uri(uri: str, mode: str = "rb", **kwargs) -> IO:
     """Open a URI for streaming (no compression handling: callers decide). A plain local path is opened by
     Python itself: the file object fsspec would wrap around it costs a Python call per read."""
-    if "://" not in uri and not uri.startswith("~") and not kwargs:  # fsspec expands ~: Python does not
+    if ":" not in uri and not uri.startswith("~") and not kwargs:  # file:/x, a::chain and ~ stay fsspec's
         return open(uri, mode)  # noqa: SIM115 - the caller closes it, as it closes fsspec's
     fs, path = filesystem(uri)
     return fs.open(path, mode, **kwargs)

