@@ -1,6 +1,6 @@
 /* A page's raw img links -> pairs: the per-link loop of extract._PairBuilder.add, in C.
 
-   add(links, escaped, base, resolve, withheld, seen, uids, urls, texts, dropped, config) -> (with_alt, kept)
+   add(links, escaped, base, withheld, seen, uids, urls, texts, dropped, config) -> (with_alt, kept)
 
    For each (src, alt) of `links`, in order, the same steps and drop reasons as normalize.py's functions:
    no alt; the alt's character references decoded (HTML attribute rules) and its whitespace collapsed; its
@@ -8,28 +8,27 @@
    else resolved against the page's base; the page's opt-out (`withheld`, a PairStatus value or None); the
    pair's uid (XXH3-64 of url "\n" text) seen before in the file. The common cases run here; the rare ones call
    the Python functions they belong to (`config` holds them): unescape_attribute for a value with '&',
-   normalize_text for an alt that is not already normalised, `resolve(src) -> (url or None, PairStatus)`
-   (resolve_url) for a src that is neither a plain URL, nor another scheme, nor a relative form _Base.join
-   joins itself ("/x", "//host/x", "x/y": no dot segments, query or fragment at either end) that gives a plain
-   URL; `base()` gives the page's normalize._Base, asked for once, at the first relative src. Kept pairs are
-   appended to uids/urls/texts and their uids added to `seen`; dropped ones are counted in `dropped`
-   ({PairStatus value: n}, FileStats.dropped). tests/test_pairs.py runs the Python loop beside it.
+   normalize_text for an alt that is not already normalised, resolve_url(src, base) for a src that is neither a
+   plain URL, nor another scheme, nor a relative form _Base.join joins itself ("/x", "//host/x", "x/y": no dot
+   segments, query or fragment at either end) that gives a plain URL; `base()` gives the page's
+   normalize._Base, asked for once, at the first relative src. Kept pairs are appended to uids/urls/texts and
+   their uids added to `seen`; dropped ones are counted in `dropped` ({PairStatus value: n}, FileStats.dropped).
+   tests/test_pairs.py runs the Python loop beside it.
 
-   config: (min_len, max_len, unescape_attribute, normalize_text, xxh3_64_intdigest,
+   config: (min_len, max_len, unescape_attribute, normalize_text, resolve_url, xxh3_64_intdigest,
             "no_alt", "alt_too_short", "alt_too_long", "duplicate", "unsupported_scheme") */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-enum { MIN_LEN, MAX_LEN, UNESCAPE, NORMALIZE, XXH3, NO_ALT, TOO_SHORT, TOO_LONG, DUPLICATE, UNSUPPORTED, CONFIG_SIZE };
+enum { MIN_LEN, MAX_LEN, UNESCAPE, NORMALIZE, RESOLVE, XXH3, NO_ALT, TOO_SHORT, TOO_LONG, DUPLICATE, UNSUPPORTED, CONFIG_SIZE };
 
 /* One call's state: its arguments, and the page's base (scheme, origin, directory), asked for once. */
 typedef struct {
     int escaped;
-    PyObject *base, *resolve, *withheld, *seen, *uids, *urls, *texts, *dropped;
+    PyObject *base, *withheld, *seen, *uids, *urls, *texts, *dropped;
     PyObject *const *cfg;
     Py_ssize_t min_len, max_len;
-    int base_read;
     PyObject *page_base; /* the page's normalize._Base, or NULL before it is asked for */
 } Ctx;
 
@@ -139,6 +138,12 @@ static int ascii_ws(Py_UCS4 c) { return c == ' ' || c == '\t' || c == '\n' || c 
 
 static int scheme_char(Py_UCS4 c) { return host_char(c) || c == '+'; }
 
+/* The page's normalize._Base (borrowed), asked of `base()` once, at the first src that needs it; NULL on error. */
+static PyObject *page_base(Ctx *c) {
+    if (c->page_base == NULL) c->page_base = PyObject_CallNoArgs(c->base);
+    return c->page_base;
+}
+
 /* normalize.resolve_url for the common relative srcs, against the page's _Base: 1 and *url set; 0 dropped (counted
    in *why); 2: not one of them, for resolve_url itself. The forms and tests are _Base.join's. */
 static int resolve_common(Ctx *c, PyObject *src, PyObject **url, PyObject **why) {
@@ -165,11 +170,7 @@ static int resolve_common(Ctx *c, PyObject *src, PyObject **url, PyObject **why)
     if (first == '?' || first == '#' || first == '.' || last == '?' || last == '#' || last == '.') return 2;
     for (Py_ssize_t k = 0; k + 1 < n; k++)
         if (AT(k) == '/' && AT(k + 1) == '.') return 2;
-    if (!c->base_read) {
-        c->base_read = 1;
-        c->page_base = PyObject_CallNoArgs(c->base);
-        if (c->page_base == NULL) return -1;
-    }
+    if (page_base(c) == NULL) return -1;
     PyObject *origin = PyObject_GetAttrString(c->page_base, "origin");
     if (origin == NULL) return -1;
     PyObject *joined = NULL;
@@ -249,17 +250,18 @@ static int add_one(Ctx *c, PyObject *src, PyObject *alt) {
             goto done;
         }
         if (r == 2) {
-            PyObject *resolved = PyObject_CallOneArg(c->resolve, src);
+            PyObject *base = page_base(c);
+            PyObject *resolved = base == NULL ? NULL : PyObject_CallFunctionObjArgs(cfg[RESOLVE], src, base, NULL);
             if (resolved == NULL) goto done;
             if (!PyTuple_Check(resolved) || PyTuple_GET_SIZE(resolved) != 2) {
                 Py_DECREF(resolved);
-                PyErr_SetString(PyExc_TypeError, "resolve() must return (url or None, status)");
+                PyErr_SetString(PyExc_TypeError, "resolve_url() must return (url or None, status)");
                 goto done;
             }
             url = Py_NewRef(PyTuple_GET_ITEM(resolved, 0));
             if (url != Py_None && !PyUnicode_Check(url)) {
                 Py_DECREF(resolved);
-                PyErr_SetString(PyExc_TypeError, "resolve() must return (url or None, status)");
+                PyErr_SetString(PyExc_TypeError, "resolve_url() must return (url or None, status)");
                 goto done;
             }
             if (url == Py_None) {
@@ -299,19 +301,19 @@ done:
 }
 
 static PyObject *add(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 11 || !PyList_Check(args[0]) || !PySet_Check(args[5]) || !PyList_Check(args[6]) ||
-        !PyList_Check(args[7]) || !PyList_Check(args[8]) || !PyDict_Check(args[9]) || !PyTuple_Check(args[10]) ||
-        PyTuple_GET_SIZE(args[10]) != CONFIG_SIZE) {
+    if (nargs != 10 || !PyList_Check(args[0]) || !PySet_Check(args[4]) || !PyList_Check(args[5]) ||
+        !PyList_Check(args[6]) || !PyList_Check(args[7]) || !PyDict_Check(args[8]) || !PyTuple_Check(args[9]) ||
+        PyTuple_GET_SIZE(args[9]) != CONFIG_SIZE) {
         PyErr_SetString(PyExc_TypeError,
-                        "add(links: list, escaped, base, resolve, withheld, seen: set, uids: list, urls: list, "
-                        "texts: list, dropped: dict, config: tuple)");
+                        "add(links: list, escaped, base, withheld, seen: set, uids: list, urls: list, texts: list, "
+                        "dropped: dict, config: tuple)");
         return NULL;
     }
     Ctx c = {0};
     c.escaped = PyObject_IsTrue(args[1]);
     if (c.escaped < 0) return NULL;
-    c.base = args[2], c.resolve = args[3], c.withheld = args[4], c.seen = args[5], c.uids = args[6];
-    c.urls = args[7], c.texts = args[8], c.dropped = args[9], c.cfg = &PyTuple_GET_ITEM(args[10], 0);
+    c.base = args[2], c.withheld = args[3], c.seen = args[4], c.uids = args[5];
+    c.urls = args[6], c.texts = args[7], c.dropped = args[8], c.cfg = &PyTuple_GET_ITEM(args[9], 0);
     c.min_len = PyLong_AsSsize_t(c.cfg[MIN_LEN]), c.max_len = PyLong_AsSsize_t(c.cfg[MAX_LEN]);
     if (PyErr_Occurred()) return NULL;
     PyObject *links = args[0], *result = NULL;
@@ -341,7 +343,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"add", (PyCFunction)(void (*)(void))add, METH_FASTCALL,
-     "add(links, escaped, base, resolve, withheld, seen, uids, urls, texts, dropped, config) -> (with_alt, kept)"},
+     "add(links, escaped, base, withheld, seen, uids, urls, texts, dropped, config) -> (with_alt, kept)"},
     {NULL}};
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_pairs", "a page's img links to pairs", -1, methods};
