@@ -353,6 +353,20 @@ def test_two_kinds_of_damage_in_a_row(tmp_path, damage):
     assert adds_up(stats.to_dict())
 
 
+def test_a_length_past_its_member_is_cut_where_the_next_record_begins_past_a_member_that_begins_none(tmp_path):
+    """A Content-Length that runs past its member, over a member that begins no record, into the pages after it:
+    the record is cut where the next record begins (it was looked for at the very next member only, and the
+    pages after were swallowed as its payload)."""
+    parts, page_pairs = five_pages(tmp_path)
+    tail = b"".join(gzip_member([b"a tail of text that begins no record\r\n"]))
+    (tmp_path / "f.warc.gz").write_bytes(
+        b"".join(parts[:2]) + length_past_member(parts[2]) + tail + b"".join(parts[3:])
+    )
+    table, stats = run(tmp_path / "f.warc.gz")
+    assert pairs(table) == page_pairs[0] | page_pairs[2] | page_pairs[3] | page_pairs[4]
+    assert stats.malformed_records == 1 and adds_up(stats.to_dict())
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_each_rejected_member_in_a_row_is_counted(tmp_path, n):
     parts, page_pairs = five_pages(tmp_path)

@@ -14,6 +14,11 @@ streams through, and one parser (fastwarc) reads the records across them:
   is skipped to the next line that starts a WARC record, in a compressed file or a plain one.
 
 Nothing raises from inside the parser's reads: errors are kept and looked at between records.
+
+The fast path (`Parts`, with `_watgz.c`) reads a gzipped WAT file's regular members first, each whole; the
+stream above reads what it does not (any damage, any other kind or form of record, a plain file) from there,
+with the file's bytes as they are, and hands back at the next regular member: a file reads as the stream alone
+would read it (tests/test_watgz.py compares the two).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ SNIFF_BYTES = 1 << 20  # of a first member that is not WARC, inflated to see whe
 RESCAN_CHEAP = 4096  # compressed bytes a false member may take and still be looked through again
 MAX_BAD_MEMBERS = 1000  # damaged gzip members in a row before the rest of the file is given up
 MAX_RESYNCS = 32  # stretches rejected in a row before the rest of the member (or plain file) is given up
+FAST_CHUNK = 1 << 20  # compressed bytes the fast path (Parts) reads at once
+FIND_WINDOW = 8 << 20  # compressed bytes past a member the fast path does not read, searched for a regular one
 _GZIP_WBITS = 31  # zlib's wbits for one gzip member (header and trailer checked)
 _new_inflater = isal_zlib.decompressobj
 
@@ -60,13 +67,27 @@ class _Stream:
         self.damaged = 0
         self.buf = b""  # read from the file, not yet handed on
         self._pending = b""  # handed on next, before anything new (after a rewind)
+        self._held_over = b""  # handed on after it (a gzip member's rest, inflated past a read's size: _Members)
         self._history: deque[tuple[int, bytes]] = deque()  # (stream offset, bytes) handed out lately
         self._kept = 0  # bytes in _history
         self._resumed = 0  # where the last resync resumed: the next one starts past it
+        self.resume_at: int | None = None  # compressed offset of a member whose record ends the stretch (Parts)
+        self.resume_pos: int | None = None  # ... its stream offset, once that member is reached
+        self.resumed = False  # the stretch's reader stopped there
+        self._past: list[str] = []  # damage noted past that member
 
     def note_damage(self, why: str) -> None:
+        if self.resume_pos is not None:  # past the member the fast path may read on from (then it sees it again)
+            self._past.append(why)
         self.damage = self.damage or why
         self.damaged += 1
+
+    def resume(self) -> None:
+        """The stretch's reader stopped at the record of `resume_pos`: what lies past it is the fast path's."""
+        self.resumed = True
+        if self._past:
+            self.damaged -= len(self._past)
+            self.damage = self.damage if self.damaged else None
 
     def fill(self) -> bool:
         """Append the next chunk of the file to `buf`; False at its end (or when the source failed)."""
@@ -152,7 +173,8 @@ class _Stream:
     def peek(self, offset: int, n: int) -> bytes:
         """Up to `n` bytes handed out from stream offset `offset`, as far as they are kept."""
         out = b""
-        for at, data in self._history:
+        ahead = ((self.pos, self._pending), (self.pos + len(self._pending), self._held_over))  # handed out next
+        for at, data in (*self._history, *ahead):
             if at + len(data) > offset and len(out) < n:
                 out += data[max(0, offset - at) : max(0, offset - at) + n - len(out)]
         return out
@@ -189,7 +211,6 @@ class _Members(_Stream):
         self._fed: list[bytes] | None = []
         self._fed_bytes = 0
         self._fed_from = 0  # compressed offset where the member's latest chunk of the file began to be fed
-        self._held_over = b""  # inflated past a read's size to finish a member: handed out by the next read
         self._rescanned_to = 0  # compressed offset up to which damaged bytes were looked through already
         self._bad_in_row = 0  # damaged members since the last whole one
         self.one_member = False  # a read ends at the end of its member (sniffing the first ones)
@@ -227,6 +248,8 @@ class _Members(_Stream):
                         if not began:
                             break
                     self._starts.append(self.pos + n)
+                    if self._start == self.resume_at:
+                        self.resume_pos = self.pos + n
                 inflater = self._inflater
                 at_end = False
                 if at == len(buf):
@@ -290,10 +313,17 @@ class _Members(_Stream):
         starts = self._starts
         while starts and starts[0] <= start:
             starts.popleft()
-        if not starts or starts[0] >= start + length:
-            return None
+        if not starts and start + length > self.pos and not self._pending:
+            # the next member not begun yet: begin it now (handed out next), so that whether the record is cut does
+            # not hang on how far the parser had read ahead
+            self._pending = self._next(READ_SIZE)
         # a record may span members (legal gzip, e.g. fixed-size blocks): cut only where another record begins
-        return starts[0] if self.peek(starts[0], len(WARC_LINE) - 1) == WARC_LINE[1:] else None
+        for at in starts:
+            if at >= start + length:
+                break
+            if self.peek(at, len(WARC_LINE) - 1) == WARC_LINE[1:]:
+                return at
+        return None
 
     def _begin_member(self) -> bool:
         """Start inflating the member at `buf`; stray bytes before it are damage. False at the end."""
@@ -362,10 +392,19 @@ class _Members(_Stream):
                 return False
 
 
-def open_stream(f: IO[bytes], name: str) -> _Stream:
+def open_stream(f: IO[bytes], name: str, head: bytes = b"", offset: int = 0) -> _Stream:
     """The file as the parser reads it (gzip members inflated, or plain WARC); NotWarc when it is neither.
-    A gzip file whose first members are damaged (or preceded by stray bytes) is read from its first whole one."""
+    A gzip file whose first members are damaged (or preceded by stray bytes) is read from its first whole one.
+
+    `head`: bytes already read from `f`, the file's from compressed offset `offset`. Past the file's start
+    (`offset` > 0, where Parts hands over: the file is gzip, its first member a record) the stream goes on
+    from there, as it would have reached that member."""
+    if offset:
+        stream = _Members(f)
+        stream.buf, stream.compressed_pos = head, offset + len(head)
+        return stream
     probe = _Stream(f)
+    probe.buf, probe.compressed_pos = head, len(head)
     while len(probe.buf) < 16 and probe.fill():
         pass
     if probe.failed is not None:
@@ -413,6 +452,102 @@ def _read_member_on(stream: _Members) -> None:
             break
         seen += len(data)
     stream.one_member = False
+
+
+class Parts:
+    """A file's parts in order, for extraction: the fast path first (_watgz.c's `reader.scan` over its regular
+    gzip members, FAST_CHUNK bytes of the file read at once), and each stretch it does not read (a member that
+    is not regular: damage, another kind of record, another form) as a stream for `records` over the rest of the
+    file: its reader stops at the record of the next regular member (`reader.find`, within FIND_WINDOW), which
+    begins at `stream.resume_pos`, and sets `stream.resumed`; the fast path reads on from there. The stream sees
+    the file's bytes as they are, so it reads that stretch as the container reads a whole file. Without a regular
+    member within reach, or when the stream goes past it, it reads the rest of the file. Iterating yields each
+    scan's result (a tuple) and each such stream."""
+
+    def __init__(self, f: IO[bytes], name: str, reader) -> None:
+        self._f, self._name, self._reader = f, name, reader
+        self._buf, self._final = bytearray(), False
+        self.offset = 0  # compressed offset of _buf's first byte
+        self.last: _Stream | None = None  # the stream that reads the rest of the file, if one does
+        self._wat = False  # a WAT record was read
+        self._rescanned_to = 0  # what the last stream had looked through (_Members._rescanned_to)
+
+    @property
+    def compressed_pos(self) -> int:
+        return self.last.compressed_pos if self.last is not None else self.offset
+
+    def _more(self) -> None:
+        chunk = self._f.read(FAST_CHUNK)
+        self._final = not chunk
+        self._buf += chunk
+
+    def _drop(self, n: int) -> None:
+        self.offset += n
+        del self._buf[:n]
+
+    def __iter__(self) -> Iterator[tuple | _Stream]:
+        buf, reader = self._buf, self._reader
+        while True:
+            if not self._final:
+                self._more()
+            result = reader.scan(buf, self._final)
+            self._wat = self._wat or result[7]
+            yield result
+            self._drop(result[0])
+            if not result[1] and not (self._final and (buf or not self.offset)):  # an empty file is handed over
+                if self._final:
+                    return
+                continue
+            # the member at buf[0] is not regular: the container's stream reads on from it, up to the next regular
+            # member within reach (looked for once the file showed a WAT record: a WARC file's are the stream's)
+            at = end = -1
+            if self._wat:
+                search = 1
+                while True:
+                    at, end, search = reader.find(buf, search, self._final)
+                    if at >= 0 or self._final or len(buf) > FIND_WINDOW:
+                        break
+                    self._more()
+            rest = _Rest(self, end + FIND_WINDOW if at >= 0 else -1)
+            stream = rest.stream = open_stream(rest, self._name, b"", self.offset)
+            if isinstance(stream, _Members):  # damaged stretches it looked through already, as one stream would
+                stream._rescanned_to = self._rescanned_to
+            if at >= 0:
+                stream.resume_at = self.offset + at
+            yield stream
+            if not stream.resumed:  # it read the rest of the file
+                self.last = stream
+                return
+            self._rescanned_to = stream._rescanned_to
+            self._drop(at)
+
+
+class _Rest:
+    """The file from Parts' buffer on, as a stream of the container reads it: what it reads stays in the buffer
+    (the fast path reads on from the member where the stream stops), up to `limit` bytes past the buffer's start;
+    past that (or once the buffer is read, with `limit` -1) the stream reads on to the file's end, from the file."""
+
+    def __init__(self, parts: Parts, limit: int) -> None:
+        self._parts, self._limit, self._at = parts, limit, 0
+        self.stream: _Stream | None = None  # the stream that reads it
+
+    def read(self, size: int = -1) -> bytes:
+        parts, size = self._parts, size if size > 0 else CHUNK_SIZE
+        if self._at >= len(parts._buf):
+            if self._at > self._limit:  # the stream reads on to the file's end: the fast path does not take over
+                if self.stream is not None:
+                    self.stream.resume_at = self.stream.resume_pos = None
+                parts._buf.clear()
+                self._at = 0
+                return parts._f.read(size)
+            if not parts._final:
+                parts._more()
+        data = bytes(parts._buf[self._at : self._at + size])
+        self._at += len(data)
+        return data
+
+    def close(self) -> None:
+        pass
 
 
 def records(stream: _Stream, on_unparsable: Callable[[BaseException], None]) -> Iterator:

@@ -7,8 +7,11 @@ Each pair also carries its page's Creative Commons license URL (null when none).
 images out (robots meta tag, X-Robots-Tag) or reserves TDM rights (W3C TDMRep) gives no pairs: its links
 that pass the alt-text and URL filters are dropped with the reason (page_optout.py).
 
-Records come from container.py (gzip members inflated with isal, parsed by fastwarc,
-damage skipped); each record's payload is read up to `max_record_bytes`, so memory is
+Records come from container.py: a gzipped WAT file's regular members (one metadata record of JSON each, as
+Common Crawl writes them) are read by the fast path in C (`_watgz.c`: libdeflate, and the record sorted as
+`_page_of` sorts it, before any Python object is made); anything else, and plain files, by the container's
+stream (gzip members inflated with isal, parsed by fastwarc, damage skipped), which hands back to the fast path
+at the next regular member. Each record's payload is read up to `max_record_bytes`, so memory is
 bounded whatever a record holds. Every record counts once: an HTML page, skipped for a
 RecordStatus reason, or malformed (anything that stops reading it stops only it).
 
@@ -16,7 +19,8 @@ Speed: WAT records that cannot hold an img link (requests, WARC metadata, respon
 without images: most of a WAT) are skipped by a bytes search before any JSON parsing;
 license links are only looked for on pages that mention creativecommons.org. The WAT
 JSON (wat.py), the per-link loop (`_PairBuilder.add`) and language id are C extensions
-(`_watjson.c`, `_pairs.c`, `_lid.c`), each tested against the Python it stands for. The
+(`_watjson.c`, `_pairs.c`, `_lid.c`), as is the fast path (`_watgz.c`), each tested against the code it
+stands for. The
 figures are in docs/benchmarks.md.
 """
 
@@ -33,8 +37,8 @@ from fastwarc.warc import WarcRecordType
 from clipcrawl.tasks.core.config import ExtractSettings
 from clipcrawl.tasks.core.status import FileStatus, PairStatus, RecordStatus
 from clipcrawl.tasks.core.uri import open_uri
-from clipcrawl.tasks.ingest import _pairs
-from clipcrawl.tasks.ingest.container import NotWarc, open_stream, records
+from clipcrawl.tasks.ingest import _pairs, _watgz
+from clipcrawl.tasks.ingest.container import NotWarc, Parts, records
 from clipcrawl.tasks.ingest.language import LanguageDetector
 from clipcrawl.tasks.ingest.normalize import (
     _Base,
@@ -255,6 +259,21 @@ def _read_capped(record, cap: int) -> tuple[bytes, bool]:
     return (payload[:cap], True) if len(payload) > cap else (payload, False)
 
 
+def _wat_page(payload: bytes, stats: FileStats, rules: PageRules) -> PageLinks | None:
+    """The raw links of a WAT metadata record's payload that holds an img link (and is not too large)."""
+    page = page_links_from_wat(payload, rules.meta_names, rules.header_names)
+    if page is None:
+        stats.responses += RESPONSE_MARKER in payload
+        stats.skip(RecordStatus.NOT_A_PAGE)
+        return None
+    stats.responses += 1
+    if page.status is not None and not 200 <= page.status < 300:
+        stats.skip(RecordStatus.HTTP_ERROR)
+        return None
+    stats.html_pages += 1
+    return page
+
+
 def _page_of(record, stats: FileStats, cap: int, rules: PageRules) -> PageLinks | None:
     """The raw links of one record, or None when it holds no page's img links (with the meta tags and
     response headers `rules` look at).
@@ -278,17 +297,7 @@ def _page_of(record, stats: FileStats, cap: int, rules: PageRules) -> PageLinks 
                     return None
             stats.skip(RecordStatus.NOT_A_PAGE)
             return None
-        page = page_links_from_wat(payload, rules.meta_names, rules.header_names)
-        if page is None:
-            stats.responses += RESPONSE_MARKER in payload
-            stats.skip(RecordStatus.NOT_A_PAGE)
-            return None
-        stats.responses += 1
-        if page.status is not None and not 200 <= page.status < 300:
-            stats.skip(RecordStatus.HTTP_ERROR)
-            return None
-        stats.html_pages += 1
-        return page
+        return _wat_page(payload, stats, rules)
     if rtype == WarcRecordType.response:
         stats.saw("warc")
         if not record.is_http:
@@ -343,10 +352,7 @@ def iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterato
 
 
 def _iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterator[pa.RecordBatch]:
-    try:
-        stream = open_stream(open_uri(uri), uri)
-    except NotWarc as exc:
-        raise ExtractError(str(exc)) from None
+    source = open_uri(uri)
     builder = _PairBuilder(settings, stats)
     batch_rows, cap, rules = settings.batch_rows, settings.max_record_bytes, builder.rules
 
@@ -359,35 +365,67 @@ def _iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterat
         stats.records += 1
         malformed(f"unparsable WARC record ({type(exc).__name__}: {exc}), skipped to the next record")
 
+    def guarded(read, *args) -> PageLinks | None:
+        try:
+            return read(*args)
+        except BaseException as exc:  # noqa: BLE001 - any record that cannot be read costs itself only
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
+                raise
+            malformed(str(exc) if isinstance(exc, MalformedRecord) else f"{type(exc).__name__}: {exc}")
+            return None
+
+    def add(page: PageLinks | None) -> Iterator[pa.RecordBatch]:
+        if page is not None and page.links:
+            builder.add(page)
+            if len(builder) >= batch_rows:
+                yield from _split(builder.flush(), batch_rows)
+
+    parts = Parts(source, uri, _watgz.Reader(cap, MAX_JSON_VALUES, IMG_MARKER, RESPONSE_MARKER, HTML_MARKER))
+    damage, damaged = None, 0  # the first damage the container's streams skipped, and how many stretches
     try:
-        for record in records(stream, unparsable):
-            stats.records += 1
-            try:
-                page = _page_of(record, stats, cap, rules)
-            except BaseException as exc:  # noqa: BLE001 - any record that cannot be read costs itself only
-                if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError)):
-                    raise
-                malformed(str(exc) if isinstance(exc, MalformedRecord) else f"{type(exc).__name__}: {exc}")
-                page = None
-            _skip_rest(record)
+        for part in parts:
+            if isinstance(part, tuple):  # the fast path's regular members
+                _, _, read, responses, html_pages, not_a_page, too_large, wat, pages = part
+                first = stats.records
+                if wat:
+                    stats.saw("wat")
+                for number, payload in pages:
+                    stats.records = first + number
+                    yield from add(guarded(_wat_page, payload, stats, rules))
+                stats.records = first + read
+                stats.responses += responses
+                stats.html_pages += html_pages
+                for status, n in ((RecordStatus.NOT_A_PAGE, not_a_page), (RecordStatus.RECORD_TOO_LARGE, too_large)):
+                    if n:
+                        stats.skipped_records[status.value] = stats.skipped_records.get(status.value, 0) + n
+                continue
+            stream = part  # a stretch the fast path does not read, up to the record it reads on from
+            for record in records(stream, unparsable):
+                if record.stream_pos == stream.resume_pos:
+                    stream.resume()
+                    break
+                stats.records += 1
+                page = guarded(_page_of, record, stats, cap, rules)
+                _skip_rest(record)
+                if stream.failed is not None:
+                    raise stream.failed
+                yield from add(page)
             if stream.failed is not None:
                 raise stream.failed
-            if page is not None and page.links:
-                builder.add(page)
-                if len(builder) >= batch_rows:
-                    yield from _split(builder.flush(), batch_rows)
-        if stream.failed is not None:
-            raise stream.failed
+            if stream.damage:
+                damage, damaged = damage or stream.damage, damaged + stream.damaged
         batch = builder.flush()
         if batch is not None:
             yield from _split(batch, batch_rows)
+    except NotWarc as exc:
+        raise ExtractError(str(exc)) from None
     finally:
-        stats.compressed_bytes = stream.compressed_pos
-        stream.close()
-    if stream.damage:
-        more = f"; {stream.damaged - 1} more damaged stretches skipped" if stream.damaged > 1 else ""
+        stats.compressed_bytes = parts.compressed_pos
+        source.close()
+    if damage:
+        more = f"; {damaged - 1} more damaged stretches skipped" if damaged > 1 else ""
         stats.status = FileStatus.PARTIAL
-        stats.error = f"{uri}: {stream.damage}{more}; read on past the damage: {stats.records} records"
+        stats.error = f"{uri}: {damage}{more}; read on past the damage: {stats.records} records"
 
 
 def _skip_rest(record) -> None:
