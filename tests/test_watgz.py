@@ -1,8 +1,9 @@
 """The fast path through gzipped WAT files (tasks/ingest/_watgz.c, container.Parts) against the container's path
 (container.py and fastwarc, which read the whole file before it): the same pairs, in the same order, and the
 same stats, on the world's kind of file, on records of every other form, and on seeded mutations of both kinds
-of file. And: the fast path reads a regular file without handing anything over, reads on after what it hands
-over, and reads members of any size up to the cap."""
+of file (docs/ingest.md names the damage where the two may differ: where the stream's outcome hangs on how far
+its parser had read ahead). And: the fast path reads a regular file without handing anything over, reads on
+after what it hands over, and reads members of any size up to the cap."""
 
 from __future__ import annotations
 

@@ -25,7 +25,9 @@ The GIL is released while members inflate: a Reader is for one thread at a time.
 */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stddef.h>
 #include <string.h>
+#include <structmember.h>
 #include <sys/mman.h>
 
 #include "libdeflate/libdeflate.h"
@@ -381,6 +383,11 @@ static PyMethodDef Reader_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyMemberDef Reader_members[] = {
+    {"max_out", T_PYSSIZET, offsetof(Reader, max_out), READONLY, "the largest member inflated whole"},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "clipcrawl.tasks.ingest._watgz.Reader",
@@ -391,6 +398,7 @@ static PyTypeObject ReaderType = {
     .tp_init = (initproc)Reader_init,
     .tp_dealloc = (destructor)Reader_dealloc,
     .tp_methods = Reader_methods,
+    .tp_members = Reader_members,
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_watgz", NULL, -1, NULL};

@@ -18,7 +18,8 @@ Nothing raises from inside the parser's reads: errors are kept and looked at bet
 The fast path (`Parts`, with `_watgz.c`) reads a gzipped WAT file's regular members first, each whole; the
 stream above reads what it does not (any damage, any other kind or form of record, a plain file) from there,
 with the file's bytes as they are, and hands back at the next regular member: a file reads as the stream alone
-would read it (tests/test_watgz.py compares the two).
+would read it (tests/test_watgz.py compares the two), but for damage whose outcome in the stream hangs on how
+far its parser had read ahead (docs/ingest.md lists it).
 """
 
 from __future__ import annotations
@@ -131,7 +132,13 @@ class _Stream:
         return self.pos
 
     def rewind(self, offset: int) -> bool:
-        """Hand out again from stream offset `offset`; False when it is no longer kept."""
+        """Hand out again from stream offset `offset`; False when it is no longer kept. An offset within what is
+        handed out next (a cut `overrun` found there) is reached by reading up to it."""
+        if self.pos < offset <= self.pos + len(self._pending) + len(self._held_over):
+            while self.pos < offset:
+                if not self.read(offset - self.pos):
+                    return False
+            return True
         if not self._history or not self._history[0][0] <= offset <= self.pos:
             return False
         first = self._history[0][0]
@@ -148,13 +155,15 @@ class _Stream:
         start = max(after + 1, self._resumed)
         if start < self.pos and not self.rewind(start) and self._history:
             self.rewind(self._history[0][0])  # no longer kept from there: from the oldest byte kept
-        member = self._member_start(self.pos)  # a record may also begin a member, where no newline precedes it
+        origin = self.pos
         tail = b""  # a record line starts after a newline
         while True:
             at = self.pos
             data = self.read(READ_SIZE)
             if not data:
                 return self.restart()
+            # a record may also begin a member, where no newline precedes it (one begun by this read too)
+            member = self._member_start(origin)
             window = tail + data
             found = window.find(WARC_LINE)
             begin = at - len(tail) + found + 1 if found >= 0 else None
@@ -313,17 +322,33 @@ class _Members(_Stream):
         starts = self._starts
         while starts and starts[0] <= start:
             starts.popleft()
-        if not starts and start + length > self.pos and not self._pending:
-            # the next member not begun yet: begin it now (handed out next), so that whether the record is cut does
-            # not hang on how far the parser had read ahead
-            self._pending = self._next(READ_SIZE)
-        # a record may span members (legal gzip, e.g. fixed-size blocks): cut only where another record begins
-        for at in starts:
-            if at >= start + length:
+
+        def cut() -> tuple[int | None, bool]:  # (where, whether that is known from the members begun so far)
+            # a record may span members (legal gzip, e.g. fixed-size blocks): cut only where another record begins
+            for at in starts:
+                if at >= start + length:
+                    return None, True
+                if self.peek(at, len(WARC_LINE) - 1) == WARC_LINE[1:]:
+                    return at, True
+            return None, False
+
+        at, known = cut()
+        # not known yet: inflate on (handed out next), so that the cut does not hang on how far the parser had read
+        # ahead, until it is known, the claim is covered, or HISTORY_BYTES wait to be handed out
+        while not known and start + length > self.pos + len(self._pending) + len(self._held_over):
+            if len(self._pending) >= HISTORY_BYTES:
                 break
-            if self.peek(at, len(WARC_LINE) - 1) == WARC_LINE[1:]:
-                return at
-        return None
+            handed = self.pos
+            self.pos += len(self._pending)  # _next notes the members it begins at pos and on
+            try:
+                more = self._next(READ_SIZE)
+            finally:
+                self.pos = handed
+            if not more:
+                break
+            self._pending += more
+            at, known = cut()
+        return at
 
     def _begin_member(self) -> bool:
         """Start inflating the member at `buf`; stray bytes before it are damage. False at the end."""
@@ -468,7 +493,7 @@ class Parts:
         self._f, self._name, self._reader = f, name, reader
         self._buf, self._final = bytearray(), False
         self.offset = 0  # compressed offset of _buf's first byte
-        self.last: _Stream | None = None  # the stream that reads the rest of the file, if one does
+        self.last: _Stream | None = None  # the stream reading now, or the one that read the rest of the file
         self._wat = False  # a WAT record was read
         self._rescanned_to = 0  # what the last stream had looked through (_Members._rescanned_to)
 
@@ -494,7 +519,10 @@ class Parts:
             self._wat = self._wat or result[7]
             yield result
             self._drop(result[0])
-            if not result[1] and not (self._final and (buf or not self.offset)):  # an empty file is handed over
+            # a member the scan could not inflate whole before the end of what was read: waited for only while it
+            # is whole as far as it goes (damage is handed over at once: the buffer stays a chunk or so)
+            stop = result[1] or (buf and not self._final and not _cut_short(buf, reader.max_out))
+            if not stop and not (self._final and (buf or not self.offset)):  # an empty file is handed over
                 if self._final:
                     return
                 continue
@@ -514,12 +542,32 @@ class Parts:
                 stream._rescanned_to = self._rescanned_to
             if at >= 0:
                 stream.resume_at = self.offset + at
+            self.last = stream  # where the file stands while it reads
             yield stream
             if not stream.resumed:  # it read the rest of the file
-                self.last = stream
                 return
+            self.last = None
             self._rescanned_to = stream._rescanned_to
             self._drop(at)
+
+
+def _cut_short(data: bytearray, limit: int) -> bool:
+    """Whether `data` begins a gzip member that ISA-L inflates without error to its end, no more than `limit` bytes
+    and not finished: cut by the end of what was read (damage, a member that ends, or a larger one: False)."""
+    inflater, made = _new_inflater(_GZIP_WBITS), 0
+    rest = memoryview(data)
+    try:
+        while True:
+            made += len(inflater.decompress(rest, READ_SIZE))
+            if inflater.eof or made > limit:
+                return False
+            rest = inflater.unconsumed_tail
+            if not rest:
+                return True
+    except isal_zlib.error:
+        return False
+    finally:
+        del rest
 
 
 class _Rest:
@@ -538,7 +586,7 @@ class _Rest:
                 if self.stream is not None:
                     self.stream.resume_at = self.stream.resume_pos = None
                 parts._buf.clear()
-                self._at = 0
+                self._at, self._limit = 0, -1
                 return parts._f.read(size)
             if not parts._final:
                 parts._more()
