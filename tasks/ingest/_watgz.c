@@ -10,8 +10,9 @@ It reads only the regular record: a member that holds exactly one record of WARC
 lines plain ASCII `Name: value` without folding, its Content-Length and WARC-Type once each, its block
 followed by CRLF CRLF at the member's end, of type metadata (application/json) or warcinfo
 (application/warc-fields). At anything else (a member that does not inflate, bytes between members, a
-record of another kind or form, one larger than the reader inflates whole) it stops, and hands the rest of
-the file over at that member's start: container.py and fastwarc read it from there, damage and all.
+record of another kind or form, one larger than the reader inflates whole) it stops, and hands the file over
+at that member's start: container.py's stream (ISA-L, fastwarc) reads it from there, damage and all, and
+hands back at the next regular member, which find(data, start, final) finds.
 
 scan returns (used, stop, records, responses, html_pages, not_a_page, too_large, wat, pages):
 - used: bytes of `data` read (whole members); stop: 1 when the member at `used` is handed over, 0 when
@@ -20,7 +21,6 @@ scan returns (used, stop, records, responses, html_pages, not_a_page, too_large,
   not handed back as pages (as _page_of counts them); wat: whether a metadata record was among them;
 - pages: (number of the record among those read, from 1; its payload) for each page to read, which its
   reader counts.
-find(data, start, final) is where the fast path takes over again: the next regular member.
 The GIL is released while members inflate: a Reader is for one thread at a time.
 */
 #define PY_SSIZE_T_CLEAN
