@@ -169,6 +169,16 @@ def test_a_member_of_another_form_is_read_by_the_container_and_the_fast_path_rea
         assert len(handed) == 1 and handed[0].resumed
 
 
+def test_a_first_member_of_another_form_is_read_by_the_container_and_the_fast_path_reads_on(tmp_path):
+    write_warc(tmp_path / "a.wat.gz", pages(4))
+    parts = members((tmp_path / "a.wat.gz").read_bytes())
+    path = tmp_path / "odd-first.warc.wat.gz"
+    path.write_bytes(gz(inflate(parts[0]).replace(b"WARC-Type", b"warc-type")) + b"".join(parts[1:]))
+    fast, old, handed = extract_both(path)
+    assert fast == old and fast[1]["kept"] == 3 * 4
+    assert len(handed) == 1 and handed[0].resumed
+
+
 def test_members_larger_than_the_first_buffer_and_the_caps(tmp_path):
     """A 3.7 MB page (the output buffer grows past its first MiB) and a flood of commas (too large), read by the
     fast path and counted as the container's path counts them; under a 1 MiB cap the page's member is larger than

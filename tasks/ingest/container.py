@@ -527,9 +527,10 @@ class Parts:
                     return
                 continue
             # the member at buf[0] is not regular: the container's stream reads on from it, up to the next regular
-            # member within reach (looked for once the file showed a WAT record: a WARC file's are the stream's)
+            # member within reach (looked for at the file's start, or once it showed a WAT record: past its
+            # warcinfo, a WARC file's records are the stream's)
             at = end = -1
-            if self._wat:
+            if self._wat or not self.offset:
                 search = 1
                 while True:
                     at, end, search = reader.find(buf, search, self._final)
