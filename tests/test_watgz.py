@@ -200,35 +200,38 @@ def test_members_larger_than_the_first_buffer_and_the_caps(tmp_path):
         assert fast[1]["skipped_records"]["record_too_large"] == (1 if cap > len(big) else 2)
 
 
-def test_the_reader_counts_as_extract_sorts():
-    """scan's counts and pages, on members made here, as _page_of sorts them."""
-    reader = _watgz.Reader(1 << 20, MAX_JSON_VALUES, IMG_MARKER, RESPONSE_MARKER, HTML_MARKER)
-    html = b'{"HTTP-Response-Metadata": {"HTML-Metadata": {}}}'
-    data = b"".join(
-        gz(regular_record(b"metadata", payload, J))
-        for payload in [html, b'{"HTTP-Response-Metadata": {}}', b"{}", b'{"IMG@/src"}', b"x" * ((1 << 20) + 1)]
-    )
-    used, stop, records, responses, html_pages, not_a_page, too_large, wat, found = reader.scan(data, True)
-    assert (used, stop, records, responses, html_pages, not_a_page, too_large, wat) == (
-        len(data),
-        0,
-        5,
-        2,
-        1,
-        2,
-        1,
-        True,
-    )
-    assert found == [(4, b'{"IMG@/src"}')]
+def test_the_reader_counts_as_extract_sorts(tmp_path):
+    """scan's counts and pages, on a WAT written as the world writes one, as _page_of sorts its records."""
+    page = "http://p.test/"
+    img = wat_json(page, [("/a.jpg", "a picture here")])
+    image = json.loads(img)  # a response that is no HTML page (an image's): no HTML-Metadata
+    del image["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]
+    big = wat_json(page, [(f"/{i}.jpg", f"a picture numbered {i}") for i in range(3_000)])
+    records = [request_json(page), wat_json(page, []), json.dumps(image).encode(), img, big]
+    write_warc(tmp_path / "s.warc.wat.gz", [("wat", page, payload) for payload in records])
+    data = (tmp_path / "s.warc.wat.gz").read_bytes()
+    assert 100_000 < len(big) < 1 << 20 and big.count(b",") > 1_000 > img.count(b",")
+    # the big page too large by the cap, then by its commas (the other reader's cap holds it)
+    for reader in (
+        _watgz.Reader(100_000, MAX_JSON_VALUES, IMG_MARKER, RESPONSE_MARKER, HTML_MARKER),
+        _watgz.Reader(1 << 20, 1_000, IMG_MARKER, RESPONSE_MARKER, HTML_MARKER),
+    ):
+        used, stop, read, responses, html_pages, not_a_page, too_large, wat, found = reader.scan(data, True)
+        # warcinfo and the request: no response; the HTML page without img links; the image's response
+        assert (used, stop, read, responses, html_pages, not_a_page, too_large, wat) == (
+            len(data), 0, 6, 2, 1, 3, 1, True
+        )  # fmt: skip
+        assert found == [(5, img)]
     # a member cut by the end of what was read: left for the next read, or handed over at the file's end
-    assert reader.scan(data[:-5], False)[:3] == (len(data) - len(members(data)[-1]), 0, 4)
-    assert reader.scan(data[:-5], True)[:2] == (len(data) - len(members(data)[-1]), 1)
+    last = len(data) - len(members(data)[-1])
+    assert reader.scan(data[:-5], False)[:3] == (last, 0, 5)
+    assert reader.scan(data[:-5], True)[:2] == (last, 1)
     assert reader.find(data, 1, True)[0] == len(members(data)[0])
     with pytest.raises(ValueError):
         _watgz.Reader(-1, MAX_JSON_VALUES, IMG_MARKER, RESPONSE_MARKER, HTML_MARKER)
     with pytest.raises(ValueError):  # a failed __init__ leaves the reader as it was
         reader.__init__(1 << 20, -1, IMG_MARKER, RESPONSE_MARKER, HTML_MARKER)
-    assert reader.scan(data, True)[:3] == (len(data), 0, 5)
+    assert reader.scan(data, True)[:3] == (len(data), 0, 6)
     with pytest.raises(RuntimeError, match="not initialised"):
         _watgz.Reader.__new__(_watgz.Reader).scan(data, True)
 

@@ -268,9 +268,9 @@ static PyObject *Reader_scan(Reader *r, PyObject *args) {
     }
     r->busy = 0;
     PyBuffer_Release(&data);
-    return Py_BuildValue("(niLLLLLON)", (Py_ssize_t)at, stop, records,
-                         counts[NO_IMG] + counts[NOT_HTML], counts[NO_IMG],
-                         counts[NOT_HTML] + counts[NO_RESPONSE] + counts[WARCINFO], counts[TOO_LARGE], wat ? Py_True : Py_False, pages);
+    return Py_BuildValue("(niLLLLLON)", (Py_ssize_t)at, stop, records, counts[NO_IMG] + counts[NOT_HTML],
+                         counts[NO_IMG], counts[NOT_HTML] + counts[NO_RESPONSE] + counts[WARCINFO],
+                         counts[TOO_LARGE], wat ? Py_True : Py_False, pages);
 fail:
     r->busy = 0;
     Py_XDECREF(pages);
@@ -313,7 +313,7 @@ static PyObject *Reader_find(Reader *r, PyObject *args) {
             end = (Py_ssize_t)(at + used);
             break;
         }
-        at++;
+        at += whole > 0 ? used : 1;    /* past a whole member of another form: no member begins inside it */
     }
     Py_END_ALLOW_THREADS
     if (found < 0 && resume < 0)

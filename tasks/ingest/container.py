@@ -417,19 +417,17 @@ class _Members(_Stream):
                 return False
 
 
-def open_stream(f: IO[bytes], name: str, head: bytes = b"", offset: int = 0) -> _Stream:
+def open_stream(f: IO[bytes], name: str, offset: int = 0) -> _Stream:
     """The file as the parser reads it (gzip members inflated, or plain WARC); NotWarc when it is neither.
     A gzip file whose first members are damaged (or preceded by stray bytes) is read from its first whole one.
 
-    `head`: bytes already read from `f`, the file's from compressed offset `offset`. Past the file's start
-    (`offset` > 0, where Parts hands over: the file is gzip, its first member a record) the stream goes on
-    from there, as it would have reached that member."""
+    `f` at compressed offset `offset`: past the file's start (where Parts hands over: the file is gzip, its first
+    member a record) the stream goes on from there, as it would have reached that member."""
     if offset:
         stream = _Members(f)
-        stream.buf, stream.compressed_pos = head, offset + len(head)
+        stream.compressed_pos = offset
         return stream
     probe = _Stream(f)
-    probe.buf, probe.compressed_pos = head, len(head)
     while len(probe.buf) < 16 and probe.fill():
         pass
     if probe.failed is not None:
@@ -538,7 +536,7 @@ class Parts:
                         break
                     self._more()
             rest = _Rest(self, end + FIND_WINDOW if at >= 0 else -1)
-            stream = rest.stream = open_stream(rest, self._name, b"", self.offset)
+            stream = rest.stream = open_stream(rest, self._name, self.offset)
             if isinstance(stream, _Members):  # damaged stretches it looked through already, as one stream would
                 stream._rescanned_to = self._rescanned_to
             if at >= 0:

@@ -106,9 +106,9 @@ class FileStats:
         key = status.value  # an enum's .value is a property: read once
         self.dropped[key] = self.dropped.get(key, 0) + n
 
-    def skip(self, status: RecordStatus) -> None:
+    def skip(self, status: RecordStatus, n: int = 1) -> None:
         key = status.value
-        self.skipped_records[key] = self.skipped_records.get(key, 0) + 1
+        self.skipped_records[key] = self.skipped_records.get(key, 0) + n
 
     def saw(self, kind: str) -> None:
         if kind not in self._kinds:
@@ -396,8 +396,8 @@ def _iter_pairs(uri: str, settings: ExtractSettings, stats: FileStats) -> Iterat
                 stats.responses += responses
                 stats.html_pages += html_pages
                 for status, n in ((RecordStatus.NOT_A_PAGE, not_a_page), (RecordStatus.RECORD_TOO_LARGE, too_large)):
-                    if n:
-                        stats.skipped_records[status.value] = stats.skipped_records.get(status.value, 0) + n
+                    if n:  # a reason no record had stays out of the stats, as with one record at a time
+                        stats.skip(status, n)
                 continue
             stream = part  # a stretch the fast path does not read, up to the record it reads on from
             for record in records(stream, unparsable):

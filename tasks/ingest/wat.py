@@ -14,7 +14,8 @@ Speed: the regular record (well-formed) is read by a fast path in C (`_watjson.c
 objects only for the page's URL, base, status, img links and license candidates, and hands over the raw
 Metas and Headers that mention a name asked for: the other <a> links, most of a page's, cost no object at
 all. Every other record, and any the fast path does not read exactly as msgspec would, goes to
-`page_links_msgspec`: the JSON is decoded by msgspec into the few typed fields below; everything else (Container, the links' "text", ...) is validated and skipped
+`page_links_msgspec`: the JSON is decoded by msgspec into the few typed fields below; everything else
+(Container, the links' "text", ...) is validated and skipped
 without building Python objects, faster than a full orjson.loads. Link fields
 stay `Any` so a link that is not an img may hold anything, as with a plain decode.
 Head.Link is kept undecoded (msgspec.Raw) and read only on pages that mention
